@@ -1,0 +1,62 @@
+"""Load local weight files (.safetensors, .pth/.pt/.bin) onto a model, with a clear account of misfits."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from pefs.errors import PefsError
+
+SUFFIXES = (".safetensors", ".pth", ".pt", ".bin", ".ckpt")
+
+
+def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
+    """Read a state dict, unwrapping the usual ``state_dict`` / ``model`` nesting and ``module.`` prefixes."""
+    path = Path(path)
+    if not path.is_file():
+        raise PefsError(f"checkpoint {str(path)!r} does not exist (expected a file ending in {', '.join(SUFFIXES)})")
+    if path.suffix not in SUFFIXES:
+        raise PefsError(f"checkpoint {str(path)!r} has suffix {path.suffix!r}; expected one of {', '.join(SUFFIXES)}")
+    try:
+        if path.suffix == ".safetensors":
+            from safetensors.torch import load_file
+
+            sd = load_file(str(path))
+        else:
+            sd = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # corrupt or foreign file
+        raise PefsError(f"cannot read checkpoint {str(path)!r}: {type(e).__name__}: {e}") from e
+    for key in ("state_dict", "model", "model_state_dict"):
+        if isinstance(sd, dict) and isinstance(sd.get(key), dict):
+            sd = sd[key]
+    if not isinstance(sd, dict) or not all(isinstance(v, torch.Tensor) for v in sd.values()):
+        raise PefsError(f"checkpoint {str(path)!r} does not hold a state dict of tensors")
+    return {k.removeprefix("module."): v for k, v in sd.items()}
+
+
+def load_checkpoint(model: nn.Module, path: str | Path, head_name: str | None = None) -> None:
+    """Load ``path`` into ``model``.
+
+    Head tensors whose shape differs (a checkpoint fine-tuned for another class count) are skipped:
+    pefs resets the head anyway. Any other missing, unexpected or misshapen key is an error that
+    says how many keys did not fit and names a few.
+    """
+    sd = read_state_dict(path)
+    own = model.state_dict()
+    def is_head(k):
+        return (head_name is not None and k.startswith(head_name + "."))
+    shape_bad = [k for k, v in sd.items() if k in own and tuple(v.shape) != tuple(own[k].shape) and not is_head(k)]
+    sd = {k: v for k, v in sd.items() if not (k in own and tuple(v.shape) != tuple(own[k].shape))}
+    missing = [k for k in own if k not in sd and not is_head(k) and not k.endswith("num_batches_tracked")]
+    unexpected = [k for k in sd if k not in own]
+    if shape_bad or missing or unexpected:
+        parts = []
+        for label, keys in (("missing", missing), ("unexpected", unexpected), ("wrong shape", shape_bad)):
+            if keys:
+                parts.append(f"{len(keys)} {label} (e.g. {', '.join(keys[:3])})")
+        raise PefsError(f"checkpoint {str(path)!r} does not fit {type(model).__name__}: "
+                        f"{len(missing) + len(unexpected) + len(shape_bad)} of {len(own)} keys mismatched: "
+                        + "; ".join(parts))
+    model.load_state_dict(sd, strict=False)

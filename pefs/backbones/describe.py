@@ -1,0 +1,214 @@
+"""A uniform view of any backbone: family, ordered blocks, feature width, head and data config.
+
+timm models of every family expose the same few facts in different places (``blocks`` on ViTs,
+``stages[i].blocks`` on ConvNeXt, ``layer1..4`` on ResNet, nested ``blocks`` on EfficientNet);
+:class:`Backbone` gathers them so strategies never special-case a model class themselves.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import nn
+
+from pefs.errors import PefsError
+
+IMAGENET_DATA_CONFIG: dict[str, Any] = {
+    "input_size": (3, 224, 224), "interpolation": "bicubic", "mean": (0.485, 0.456, 0.406),
+    "std": (0.229, 0.224, 0.225), "crop_pct": 0.875, "crop_mode": "center",
+}
+HEAD_ATTRS = ("head", "fc", "classifier", "last_linear")
+
+
+class HeadedModule(nn.Module):
+    """A user's feature extractor (images -> (B, D) features) with a linear head added after it."""
+
+    def __init__(self, body: nn.Module, width: int, num_classes: int) -> None:
+        super().__init__()
+        self.body = body
+        self.head = nn.Linear(width, num_classes) if num_classes > 0 else nn.Identity()
+
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        return self.body(x)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.body(x))
+
+
+@dataclass
+class Backbone:
+    """A model plus what pefs needs to know about it.
+
+    ``family`` is one of vit, convnext, resnet, efficientnet, cnn, custom; ``kind`` is transformer
+    or cnn (what strategies dispatch on). ``blocks`` are the model's residual blocks in forward
+    order; ``head_name`` the dotted name of the classifier module.
+    """
+
+    model: nn.Module
+    name: str
+    family: str
+    kind: str
+    width: int
+    head_name: str
+    data_config: dict[str, Any]
+    pretrained: str = "random"  # "hub", "offline", "checkpoint:<path>" or "random"
+    block_names: list[str] = field(default_factory=list)
+
+    @property
+    def blocks(self) -> list[nn.Module]:
+        modules = dict(self.model.named_modules())
+        return [modules[n] for n in self.block_names]
+
+    @property
+    def head(self) -> nn.Module:
+        return self.model.get_submodule(self.head_name)
+
+    @property
+    def input_size(self) -> tuple[int, int, int]:
+        return tuple(self.data_config["input_size"])  # type: ignore[return-value]
+
+    def num_params(self, include_head: bool = False) -> int:
+        """Parameters of the backbone (by default without the classifier head)."""
+        head = {id(p) for p in self.head.parameters()}
+        return sum(p.numel() for p in self.model.parameters() if include_head or id(p) not in head)
+
+    def reset_head(self, num_classes: int) -> None:
+        """Replace the classifier with a fresh ``num_classes``-way linear layer (0 = no head)."""
+        if hasattr(self.model, "reset_classifier"):
+            self.model.reset_classifier(num_classes)
+        else:
+            parent_name, _, attr = self.head_name.rpartition(".")
+            parent = self.model.get_submodule(parent_name) if parent_name else self.model
+            new = nn.Linear(self.width, num_classes) if num_classes > 0 else nn.Identity()
+            setattr(parent, attr, new)
+
+    def features(self, x: torch.Tensor) -> torch.Tensor:
+        """Pooled pre-logit features, (B, width)."""
+        m = self.model
+        if hasattr(m, "forward_head"):
+            return m.forward_head(m.forward_features(x), pre_logits=True)
+        if isinstance(m, HeadedModule):
+            return m.body(x)
+        head = self.head
+        parent_name, _, attr = self.head_name.rpartition(".")
+        parent = m.get_submodule(parent_name) if parent_name else m
+        setattr(parent, attr, nn.Identity())
+        try:
+            return m(x)
+        finally:
+            setattr(parent, attr, head)
+
+    def describe(self) -> dict[str, Any]:
+        """A JSON-friendly summary (what ``pefs models --describe`` prints)."""
+        return {
+            "name": self.name, "family": self.family, "kind": self.kind, "width": self.width,
+            "num_blocks": len(self.block_names), "blocks": self.block_names[:3] + (
+                ["..."] if len(self.block_names) > 4 else []) + self.block_names[-1:] * (len(self.block_names) > 3),
+            "head": self.head_name, "params": self.num_params(), "pretrained": self.pretrained,
+            "input_size": list(self.input_size),
+        }
+
+
+def _children_names(prefix: str, container: nn.Module) -> list[str]:
+    return [f"{prefix}.{n}" for n, _ in container.named_children()]
+
+
+def _find_blocks(model: nn.Module) -> tuple[str, list[str]]:
+    """Return (family, ordered block names) for timm families, else ("custom", top-level children)."""
+    cls = type(model).__name__.lower()
+    if hasattr(model, "patch_embed") and isinstance(getattr(model, "blocks", None), (nn.Sequential, nn.ModuleList)):
+        return "vit", _children_names("blocks", model.blocks)
+    if "convnext" in cls and hasattr(model, "stages"):
+        return "convnext", [f"stages.{i}.blocks.{j}" for i, s in enumerate(model.stages) for j in range(len(s.blocks))]
+    if all(hasattr(model, f"layer{i}") for i in range(1, 5)):
+        return "resnet", [n for i in range(1, 5) for n in _children_names(f"layer{i}", getattr(model, f"layer{i}"))]
+    if "efficientnet" in cls or "mobilenet" in cls:
+        blocks = model.blocks
+        return "efficientnet", [f"blocks.{i}.{j}" for i, s in enumerate(blocks) for j in range(len(s))]
+    if hasattr(model, "stages"):
+        names = []
+        for i, s in enumerate(model.stages):
+            inner = getattr(s, "blocks", None)
+            names += _children_names(f"stages.{i}.blocks", inner) if inner is not None else [f"stages.{i}"]
+        return "cnn", names
+    if isinstance(getattr(model, "blocks", None), (nn.Sequential, nn.ModuleList)):
+        return "cnn", _children_names("blocks", model.blocks)
+    return "custom", [n for n, c in model.named_children() if any(True for _ in c.parameters())]
+
+
+def _kind(model: nn.Module, family: str) -> str:
+    if family == "vit":
+        return "transformer"
+    if any(isinstance(m, nn.Conv2d) for m in model.modules()):
+        return "cnn"
+    if any(isinstance(m, nn.MultiheadAttention) for m in model.modules()):
+        return "transformer"
+    return "other"
+
+
+def describe_timm(model: nn.Module, name: str, pretrained: str) -> Backbone:
+    """Describe a timm model (any family)."""
+    from timm.data import resolve_data_config
+
+    family, blocks = _find_blocks(model)
+    head_name = model.pretrained_cfg.get("classifier", "head") if hasattr(model, "pretrained_cfg") else "head"
+    if isinstance(head_name, (list, tuple)):  # distilled models have two heads; the first is the class head
+        head_name = head_name[0]
+    try:
+        model.get_submodule(head_name)
+    except AttributeError:
+        head_name = next(a for a in HEAD_ATTRS if hasattr(model, a))
+    data_config = dict(resolve_data_config({}, model=model))
+    img_size = getattr(getattr(model, "patch_embed", None), "img_size", None)
+    if img_size:  # a ViT built at another resolution (img_size=...) only accepts that size
+        data_config["input_size"] = (3, *img_size)
+    return Backbone(
+        model=model, name=name, family=family, kind=_kind(model, family), width=int(model.num_features),
+        head_name=head_name, data_config=data_config, pretrained=pretrained,
+        block_names=blocks,
+    )
+
+
+def describe_module(module: nn.Module, name: str = "custom", head_name: str | None = None,
+                    input_size: tuple[int, int, int] = (3, 224, 224),
+                    data_config: dict[str, Any] | None = None) -> Backbone:
+    """Describe a user's own ``nn.Module``.
+
+    If it ends in a linear classifier (attribute ``head``/``fc``/``classifier`` or ``head_name``),
+    that is the head; otherwise the module is taken as a feature extractor and a head is added.
+    """
+    if head_name is None:
+        head_name = next((a for a in HEAD_ATTRS if isinstance(getattr(module, a, None), nn.Linear)), None)
+    elif not isinstance(_get(module, head_name), nn.Linear):
+        raise PefsError(f"head_name {head_name!r} is not an nn.Linear in {type(module).__name__}")
+    config = dict(IMAGENET_DATA_CONFIG, input_size=tuple(input_size), **(data_config or {}))
+    if head_name is None:
+        with torch.no_grad():
+            was_training = module.training
+            out = module.eval()(torch.zeros(2, *input_size))
+            module.train(was_training)
+        if out.ndim != 2:
+            raise PefsError(
+                f"{type(module).__name__} returns shape {tuple(out.shape)} for a {tuple(input_size)} image; "
+                "a custom backbone must return (batch, features) or end in a Linear head named "
+                f"one of {', '.join(HEAD_ATTRS)} (or pass head_name=)")
+        model: nn.Module = HeadedModule(module, out.shape[1], 0)
+        width, head_name = out.shape[1], "head"
+        family, blocks = _find_blocks(module)
+        blocks = [f"body.{b}" for b in blocks]
+    else:
+        model, width = module, _get(module, head_name).in_features
+        family, blocks = _find_blocks(module)
+        blocks = [b for b in blocks if b != head_name]
+    family = "custom" if family == "custom" else family
+    return Backbone(model=model, name=name, family=family, kind=_kind(model, family), width=int(width),
+                    head_name=head_name, data_config=config, pretrained="user", block_names=blocks)
+
+
+def _get(module: nn.Module, dotted: str) -> nn.Module | None:
+    try:
+        return module.get_submodule(dotted)
+    except AttributeError:
+        return None

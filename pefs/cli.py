@@ -1,0 +1,181 @@
+"""``pefs`` command line: thin over the library. User errors print one line and exit 2, never a traceback."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from collections.abc import Callable, Sequence
+
+from pefs.errors import PefsError
+
+EPILOG = "Runs offline by default: model efficientnet_lite0.offline, data fashion-mnist-small (both embedded)."
+
+
+def _seeds(text: str) -> tuple[int, ...]:
+    try:
+        if "-" in text.strip("-") and "," not in text:
+            a, b = text.split("-")
+            return tuple(range(int(a), int(b) + 1))
+        return tuple(int(s) for s in text.split(",") if s.strip())
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"seeds must look like 0 or 0,1,2 or 0-4, got {text!r}") from None
+
+
+def _keyval(text: str) -> tuple[str, str]:
+    if "=" not in text:
+        raise argparse.ArgumentTypeError(f"options must look like KEY=VALUE (e.g. r=8), got {text!r}")
+    k, v = text.split("=", 1)
+    return k.strip(), v.strip()
+
+
+def add_tune_args(p: argparse.ArgumentParser) -> None:
+    """The flags of one run (shared by ``tune`` and, as grid axes, by ``sweep``)."""
+    from pefs.backbones import DEFAULT_MODEL
+
+    g = p.add_argument_group("model and strategy")
+    g.add_argument("--model", default=DEFAULT_MODEL, help=f"timm model name or offline model (default {DEFAULT_MODEL}; "
+                   "`pefs models` lists them)")
+    g.add_argument("--strategy", default="linear", help="tuning strategy, or several joined by '+' "
+                   "(e.g. lora, lora+norm; `pefs strategies` lists them). Default linear")
+    g.add_argument("--opt", "-o", action="append", type=_keyval, default=[], metavar="KEY=VALUE",
+                   help="strategy option, repeatable: -o r=8 -o targets=qkv,proj (lora.r=8 for one of several)")
+    g.add_argument("--no-pretrained", dest="pretrained", action="store_false",
+                   help="random weights instead of the hub's pretrained ones")
+    g.add_argument("--checkpoint", help="local weights (.safetensors/.pth) to load into the model")
+    g.add_argument("--img-size", type=int, help="input resolution (default: the model's own data config)")
+    g = p.add_argument_group("data and protocol")
+    g.add_argument("--data", help="image folder (<root>/<class>/*.jpg), Hugging Face dataset name or local "
+                   "path; default: the embedded fashion-mnist-small")
+    g.add_argument("--shots", type=int, default=5, help="K: training images per class (default 5)")
+    g.add_argument("--seeds", "--seed", type=_seeds, default=(0,), help="seed(s): 0 | 0,1,2 | 0-4 (default 0); "
+                   "mean and 95%% CI are over seeds")
+    g.add_argument("--ways", type=int, help="N: switch to N-way K-shot episodes")
+    g.add_argument("--queries", type=int, default=15, help="query images per class in an episode (default 15)")
+    g.add_argument("--episodes", type=int, default=100, help="number of episodes (default 100)")
+    g = p.add_argument_group("training")
+    g.add_argument("--epochs", type=int, default=30, help="passes over the support set (default 30)")
+    g.add_argument("--batch-size", type=int, default=16, help="default 16")
+    g.add_argument("--lr", type=float, default=1e-3, help="learning rate of the strategy's parameters (1e-3)")
+    g.add_argument("--head-lr", type=float, default=1e-2, help="learning rate of the classifier head (1e-2)")
+    g.add_argument("--weight-decay", type=float, default=1e-4)
+    g.add_argument("--mixed-precision", choices=["no", "bf16", "fp16"], default="no", help="through Accelerate")
+    g.add_argument("--no-cache", dest="cache_features", action="store_false",
+                   help="run the frozen trunk every step even when only the head trains")
+
+
+def config_from_args(a: argparse.Namespace):
+    from pefs.config import TuneConfig
+    from pefs.engine import TrainConfig
+
+    train = TrainConfig(epochs=a.epochs, batch_size=a.batch_size, lr=a.lr, head_lr=a.head_lr,
+                        weight_decay=a.weight_decay, mixed_precision=a.mixed_precision,
+                        cache_features=a.cache_features, progress=not getattr(a, "quiet", False))
+    return TuneConfig(model=a.model, strategy=a.strategy, shots=a.shots, seeds=a.seeds, data=a.data, ways=a.ways,
+                      queries=a.queries, episodes=a.episodes, pretrained=a.pretrained, checkpoint=a.checkpoint,
+                      img_size=a.img_size, options=dict(a.opt), train=train, output=a.output,
+                      save_adapter=getattr(a, "save_adapter", None))
+
+
+def cmd_tune(a: argparse.Namespace) -> int:
+    from pefs.tune import tune
+
+    cfg = config_from_args(a)
+    rec = tune(cfg)
+    p = rec["params"]
+    unit = "episodes" if rec["protocol"] == "episodic" else "seeds"
+    what = f"{cfg.ways}-way {cfg.shots}-shot" if cfg.ways else f"{cfg.shots}-shot"
+    print(f"{rec['model']} | {rec['strategy']} | {what} on {rec['dataset']['name']} "
+          f"({rec['dataset']['classes']} classes)")
+    print(f"accuracy: {100 * rec['accuracy_mean']:.2f}% ± {100 * rec['accuracy_ci95']:.2f} "
+          f"(95% CI over {len(rec['accuracies'])} {unit})")
+    print(f"trainable parameters: {p['trainable']:,} ({p['percent_of_backbone']:.3f}% of the backbone's "
+          f"{p['backbone_params']:,}; head {p['head']:,})")
+    t = rec["time_s"]
+    print(f"wall time: {rec['wall_s']:.1f} s (decode {t['decode_s']:.1f}, features {t['extract_s']:.1f}, "
+          f"train {t['train_s']:.1f}, eval {t['eval_s']:.1f}); peak memory {rec['peak_memory_mb']:.0f} MB")
+    print(f"result record: {rec['path']}")
+    return 0
+
+
+def cmd_models(a: argparse.Namespace) -> int:
+    from pefs.backbones import OFFLINE_MODELS, list_models, load
+
+    if a.describe:
+        import json
+
+        print(json.dumps(load(a.describe, pretrained=False).describe(), indent=2))
+        return 0
+    for name, spec in OFFLINE_MODELS.items():
+        print(f"{name:34s} offline  {spec.summary}")
+    if not a.offline:
+        names = [n for n in list_models(a.pattern) if n not in OFFLINE_MODELS]
+        print(f"\n{len(names)} timm models matching {a.pattern!r} (pretrained weights need the model hub):")
+        print("\n".join(names[: a.limit]) + (f"\n... ({len(names) - a.limit} more)" if len(names) > a.limit else ""))
+    return 0
+
+
+def cmd_strategies(a: argparse.Namespace) -> int:
+    from pefs.strategies import list_strategies
+
+    for name, cls in list_strategies().items():
+        opts = cls.config_class.options()
+        kinds = "/".join(cls.kinds)
+        print(f"{name:12s} {cls.summary} [{kinds}]")
+        if opts:
+            print(" " * 13 + "options: " + ", ".join(f"{k}={v!r}" for k, v in opts.items()))
+    return 0
+
+
+COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
+    "tune": cmd_tune, "models": cmd_models, "strategies": cmd_strategies}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="pefs", description="Parameter-efficient fine-tuning for few-shot image "
+                                "classification.", epilog=EPILOG)
+    sub = p.add_subparsers(dest="command", metavar="COMMAND")
+    t = sub.add_parser("tune", help="tune one model with one strategy on K shots, evaluate, write a record",
+                       description="Sample K images per class (or N-way K-shot episodes), tune, evaluate on "
+                       "held-out images, print accuracy ± 95%% CI and write a JSON result record.", epilog=EPILOG)
+    add_tune_args(t)
+    t.add_argument("--output", default="runs", help="folder for the JSON result record (default runs/)")
+    t.add_argument("--save-adapter", metavar="DIR", help="save the strategy's tensors (safetensors) per seed here")
+    t.add_argument("--quiet", "-q", action="store_true", help="no progress bars")
+    m = sub.add_parser("models", help="list offline and timm model names", description="List model names; "
+                       "offline ones load with no network.")
+    m.add_argument("pattern", nargs="?", default="*", help="glob over timm names, e.g. 'vit_*' (default *)")
+    m.add_argument("--offline", action="store_true", help="only models that load with no network")
+    m.add_argument("--limit", type=int, default=50, help="how many timm names to show (default 50)")
+    m.add_argument("--describe", metavar="NAME", help="print the family, blocks, width and head of one model "
+                   "(random weights, nothing downloaded)")
+    sub.add_parser("strategies", help="list tuning strategies and their options",
+                   description="List tuning strategies, the backbone kinds they support, and their options.")
+    for register in EXTRA_PARSERS:
+        register(sub)
+    return p
+
+
+#: Other modules add subcommands here: ``fn(subparsers)`` adds a parser and its entry in COMMANDS.
+EXTRA_PARSERS: list[Callable[[argparse._SubParsersAction], None]] = []
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not args.command:
+        parser.print_help()
+        return 2
+    try:
+        return COMMANDS[args.command](args)
+    except PefsError as e:
+        print(f"pefs {args.command}: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"pefs {args.command}: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

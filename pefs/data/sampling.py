@@ -1,0 +1,108 @@
+"""Few-shot sampling, kept apart from models (as easyfsl does): K-shot splits and N-way K-shot episodes."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import numpy as np
+
+from pefs.data.sources import Dataset, ImageSet
+from pefs.errors import PefsError
+
+
+@dataclass
+class FewShotSplit:
+    """Support (K per class) and query images, as index arrays into ``pool`` / ``query_pool``."""
+
+    support: ImageSet
+    query: ImageSet
+    support_index: np.ndarray
+    query_index: np.ndarray
+
+
+def _check_shots(shots: int, counts: np.ndarray, classes: list[str], need_extra: int = 0, what: str = "shots") -> None:
+    if not isinstance(shots, (int, np.integer)) or shots < 1:
+        raise PefsError(f"{what} must be a whole number >= 1, got {shots!r}")
+    short = [(classes[c], int(n)) for c, n in enumerate(counts) if n < shots + need_extra]
+    if short:
+        cls, n = min(short, key=lambda t: t[1])
+        limit = int(counts.min()) - need_extra
+        raise PefsError(f"{what}={shots}{f' (+{need_extra} held out)' if need_extra else ''} needs more images "
+                        f"than class {cls!r} has ({n}); valid {what}: 1..{max(limit, 0)}")
+
+
+def kshot_split(dataset: Dataset, shots: int, seed: int = 0, test_fraction: float = 0.3) -> FewShotSplit:
+    """K training images per class from the train split; the query set is the whole test split.
+
+    A dataset without a test split is first split per class, seeded, ``test_fraction`` held out,
+    so no image can land in both sets.
+    """
+    rng = np.random.default_rng(seed)
+    train, test = dataset.train, dataset.test
+    if test is None:
+        train_idx, test_idx = stratified_split(train.labels, test_fraction, seed=seed + 10_007)
+        train, test = train.subset(train_idx), train.subset(test_idx)
+    _check_shots(shots, train.counts(), train.classes)
+    support = np.concatenate([rng.choice(np.flatnonzero(train.labels == c), shots, replace=False)
+                              for c in range(len(train.classes))])
+    return FewShotSplit(train.subset(support), test, support, np.arange(len(test)))
+
+
+def stratified_split(labels: np.ndarray, test_fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Per-class seeded split; every class keeps at least one image on each side."""
+    if not 0 < test_fraction < 1:
+        raise PefsError(f"test_fraction must lie strictly between 0 and 1, got {test_fraction}")
+    rng = np.random.default_rng(seed)
+    tr, te = [], []
+    for c in np.unique(labels):
+        idx = rng.permutation(np.flatnonzero(labels == c))
+        if len(idx) < 2:
+            raise PefsError(f"class {c} has {len(idx)} image; a held-out split needs at least 2 per class")
+        n_test = min(max(1, round(len(idx) * test_fraction)), len(idx) - 1)
+        te.append(idx[:n_test])
+        tr.append(idx[n_test:])
+    return np.sort(np.concatenate(tr)), np.sort(np.concatenate(te))
+
+
+@dataclass
+class Episode:
+    """One N-way K-shot task: labels are re-indexed 0..N-1 in the order of ``classes``."""
+
+    support: ImageSet
+    query: ImageSet
+    classes: list[int]
+
+
+def episodes(pool: ImageSet, ways: int, shots: int, queries: int, n_episodes: int, seed: int = 0) -> Iterator[Episode]:
+    """Sample ``n_episodes`` N-way K-shot tasks with ``queries`` query images per class, disjoint."""
+    n_classes = len(pool.classes)
+    if not isinstance(ways, (int, np.integer)) or not 2 <= ways <= n_classes:
+        raise PefsError(f"ways must lie in 2..{n_classes} (the dataset has {n_classes} classes), got {ways!r}")
+    if not isinstance(queries, (int, np.integer)) or queries < 1:
+        raise PefsError(f"queries must be a whole number >= 1, got {queries!r}")
+    if not isinstance(n_episodes, (int, np.integer)) or n_episodes < 1:
+        raise PefsError(f"episodes must be a whole number >= 1, got {n_episodes!r}")
+    counts = pool.counts()
+    eligible = np.flatnonzero(counts >= shots + queries) if isinstance(shots, (int, np.integer)) and shots >= 1 else []
+    if len(eligible) < ways:
+        _check_shots(shots, counts, pool.classes, need_extra=queries)
+        raise PefsError(f"only {len(eligible)} classes have shots+queries={shots + queries} images; ways must be "
+                        f"<= {len(eligible)}")
+    rng = np.random.default_rng(seed)
+    for _ in range(n_episodes):
+        chosen = rng.choice(eligible, ways, replace=False)
+        sup, qry = [], []
+        for c in chosen:
+            idx = rng.choice(np.flatnonzero(pool.labels == c), shots + queries, replace=False)
+            sup.append(idx[:shots])
+            qry.append(idx[shots:])
+        yield Episode(_relabel(pool, np.concatenate(sup), chosen), _relabel(pool, np.concatenate(qry), chosen),
+                      [int(c) for c in chosen])
+
+
+def _relabel(pool: ImageSet, idx: np.ndarray, chosen: np.ndarray) -> ImageSet:
+    sub = pool.subset(idx)
+    remap = {int(c): i for i, c in enumerate(chosen)}
+    return ImageSet([pool.classes[c] for c in chosen], np.array([remap[int(v)] for v in sub.labels]),
+                    sub.names, sub.loader)

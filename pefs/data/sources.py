@@ -1,0 +1,196 @@
+"""Labelled image sources: the embedded default set, image folders, Hugging Face datasets, arrays.
+
+Every source becomes a :class:`Dataset` holding a ``train`` and (when the data has one) a ``test``
+:class:`ImageSet`. An ImageSet decodes lazily: only the images a protocol samples are ever opened.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, UnidentifiedImageError
+
+from pefs.errors import PefsError
+
+DEFAULT_DATASET = "fashion-mnist-small"
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff")
+ASSETS = Path(__file__).parent / "assets"
+
+
+@dataclass
+class ImageSet:
+    """Labelled images with lazy decoding. ``names[i]`` identifies image ``i`` (path or split/index)."""
+
+    classes: list[str]
+    labels: np.ndarray
+    names: list[str]
+    loader: Callable[[int], Image.Image]
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def image(self, i: int) -> Image.Image:
+        """Decode image ``i`` as RGB; a file that fails to decode raises a PefsError naming it."""
+        try:
+            return self.loader(int(i)).convert("RGB")
+        except (OSError, UnidentifiedImageError, ValueError, SyntaxError) as e:
+            raise PefsError(f"cannot decode image {self.names[int(i)]!r}: {type(e).__name__}: {e}") from e
+
+    def subset(self, indices: Sequence[int]) -> ImageSet:
+        idx = np.asarray(indices, dtype=int)
+        return ImageSet(self.classes, self.labels[idx], [self.names[i] for i in idx],
+                        lambda j, _idx=idx, _load=self.loader: _load(int(_idx[j])))
+
+    def counts(self) -> np.ndarray:
+        return np.bincount(self.labels, minlength=len(self.classes))
+
+
+@dataclass
+class Dataset:
+    """A named dataset: a train ImageSet and, when the source defines one, a test ImageSet."""
+
+    name: str
+    train: ImageSet
+    test: ImageSet | None = None
+    licence: str = ""
+    #: input resolution to use when the user gives none (small native images gain nothing from 224 px)
+    suggested_img_size: int | None = None
+
+    @property
+    def classes(self) -> list[str]:
+        return self.train.classes
+
+
+def from_arrays(images: np.ndarray, labels: Sequence[int], classes: Sequence[str] | None = None,
+                prefix: str = "array") -> ImageSet:
+    """Images as an (N, H, W) or (N, H, W, C) uint8 array."""
+    images, labels = np.asarray(images), np.asarray(labels, dtype=int)
+    if images.ndim not in (3, 4) or len(images) != len(labels):
+        raise PefsError(f"arrays must be (N, H, W[, C]) images with N labels; got images {images.shape}, "
+                        f"{len(labels)} labels")
+    if classes is None:
+        classes = [str(c) for c in range(int(labels.max()) + 1)]
+    if len(labels) and (labels.min() < 0 or labels.max() >= len(classes)):
+        raise PefsError(f"labels must lie in 0..{len(classes) - 1}; got {labels.min()}..{labels.max()}")
+    return ImageSet(list(classes), labels, [f"{prefix}[{i}]" for i in range(len(labels))],
+                    lambda i: Image.fromarray(images[i]))
+
+
+def load_default() -> Dataset:
+    """Fashion-MNIST subset shipped with pefs (60 train + 40 test per class, 10 classes, MIT licence)."""
+    z = np.load(ASSETS / "fashion_mnist_small.npz")
+    classes = [str(c) for c in z["classes"]]
+    return Dataset(DEFAULT_DATASET, from_arrays(z["train_images"], z["train_labels"], classes, "train"),
+                   from_arrays(z["test_images"], z["test_labels"], classes, "test"),
+                   licence="Fashion-MNIST (c) 2017 Zalando SE, MIT licence", suggested_img_size=128)
+
+
+def load_folder(root: str | Path) -> Dataset:
+    """An image folder ``root/<class>/*.jpg``; with ``root/train`` and ``root/test`` both present,
+    those are the splits. Files that are not images by suffix are ignored; empty classes are errors."""
+    root = Path(root)
+    if not root.is_dir():
+        raise PefsError(f"data folder {str(root)!r} does not exist")
+    if (root / "train").is_dir() and (root / "test").is_dir():
+        train = _folder_set(root / "train")
+        test = _folder_set(root / "test", classes=train.classes)
+        return Dataset(root.name, train, test)
+    return Dataset(root.name, _folder_set(root))
+
+
+def _folder_set(root: Path, classes: list[str] | None = None) -> ImageSet:
+    dirs = sorted(d for d in root.iterdir() if d.is_dir() and not d.name.startswith("."))
+    if not dirs:
+        raise PefsError(f"data folder {str(root)!r} has no class sub-folders; expected {root}/<class>/<image>.jpg")
+    found = [d.name for d in dirs]
+    classes = classes or found
+    if sorted(found) != sorted(classes):
+        raise PefsError(f"class folders of {str(root)!r} ({', '.join(found)}) differ from the train split's "
+                        f"({', '.join(classes)})")
+    paths, labels = [], []
+    for d in dirs:
+        files = sorted(p for p in d.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+        if not files:
+            raise PefsError(f"class folder {str(d)!r} has no images (looked for {', '.join(IMAGE_SUFFIXES)})")
+        paths += files
+        labels += [classes.index(d.name)] * len(files)
+    return ImageSet(classes, np.array(labels), [str(p) for p in paths], lambda i: Image.open(paths[i]))
+
+
+def load_hf(name: str, image_column: str | None = None, label_column: str | None = None,
+            train_split: str = "train", test_split: str | None = "test") -> Dataset:
+    """A Hugging Face ``datasets`` dataset by hub name or local path (offline needs a local copy)."""
+    import datasets
+
+    try:
+        dd = datasets.load_dataset(name) if not Path(name).is_dir() else _load_local_hf(name)
+    except (FileNotFoundError, ConnectionError, OSError, ValueError) as e:
+        raise PefsError(f"cannot load dataset {name!r} with Hugging Face datasets: {type(e).__name__}: {e}") from e
+    if not isinstance(dd, datasets.DatasetDict):
+        dd = datasets.DatasetDict({train_split: dd})
+    if train_split not in dd:
+        raise PefsError(f"dataset {name!r} has no split {train_split!r}; splits: {', '.join(dd)}")
+    train = dd[train_split]
+    image_column = image_column or _detect(train, name, "image", datasets.Image)
+    label_column = label_column or _detect(train, name, "label", datasets.ClassLabel)
+    for col in (image_column, label_column):
+        if col not in train.column_names:
+            raise PefsError(f"dataset {name!r} has no column {col!r}; columns: {', '.join(train.column_names)}")
+    feat = train.features[label_column]
+    classes = list(feat.names) if isinstance(feat, datasets.ClassLabel) else sorted(set(train[label_column]))
+    test = dd[test_split] if test_split and test_split in dd else None
+    return Dataset(Path(name).name, _hf_set(train, image_column, label_column, classes, train_split),
+                   _hf_set(test, image_column, label_column, classes, test_split) if test is not None else None)
+
+
+def _load_local_hf(path: str):
+    import datasets
+
+    if (Path(path) / "dataset_dict.json").exists() or (Path(path) / "dataset_info.json").exists():
+        return datasets.load_from_disk(path)
+    return datasets.load_dataset(path)
+
+
+def _detect(ds, name: str, what: str, feature_type) -> str:
+    cols = [c for c, f in ds.features.items() if isinstance(f, feature_type)]
+    if cols:
+        return cols[0]
+    if what in ds.column_names:
+        return what
+    raise PefsError(f"cannot find the {what} column of dataset {name!r}; columns: {', '.join(ds.column_names)}; "
+                    f"name it with --{what}-column")
+
+
+def _hf_set(ds, image_column: str, label_column: str, classes: list, split: str) -> ImageSet:
+    raw = ds[label_column]
+    labels = np.array([classes.index(v) if not isinstance(v, (int, np.integer)) else int(v) for v in raw])
+    column = ds.with_format(None)
+
+    def loader(i: int) -> Image.Image:
+        img = column[i][image_column]
+        return img if isinstance(img, Image.Image) else Image.fromarray(np.asarray(img))
+
+    return ImageSet([str(c) for c in classes], labels, [f"{split}[{i}]" for i in range(len(labels))], loader)
+
+
+def load_dataset(spec: str | Dataset | None = None, **hf_kwargs) -> Dataset:
+    """Resolve a data spec: None or ``fashion-mnist-small`` (embedded), an image folder
+    (``root/<class>/*.jpg``), a saved/local Hugging Face dataset folder, or a hub name ``user/name``."""
+    if isinstance(spec, Dataset):
+        return spec
+    if spec is None or spec == DEFAULT_DATASET:
+        return load_default()
+    path = Path(spec)
+    if path.is_dir():
+        hf_files = [p for p in path.rglob("*") if p.suffix in (".arrow", ".parquet", ".csv", ".jsonl")
+                    or p.name in ("dataset_dict.json", "dataset_info.json")]
+        return load_hf(spec, **hf_kwargs) if hf_files or hf_kwargs else load_folder(path)
+    if path.exists():
+        raise PefsError(f"data {spec!r} is a file; give a folder (<root>/<class>/*.jpg) or a dataset name")
+    if "/" in spec and not spec.startswith((".", "/")):
+        return load_hf(spec, **hf_kwargs)
+    raise PefsError(f"unknown dataset {spec!r}: not a folder here; give {DEFAULT_DATASET!r} (embedded), an image "
+                    f"folder (<root>/<class>/*.jpg), or a Hugging Face dataset name ('user/name') or local path")

@@ -1,0 +1,123 @@
+"""The strategy contract: a typed config and an ``apply`` that decides what trains.
+
+A strategy mutates a freshly loaded :class:`~pefs.backbones.Backbone` in place: it may insert modules
+(adapters, prompts, LoRA layers) and it marks its own parameters ``requires_grad``. Everything else
+stays frozen; the classifier head always trains (``pefs.model.wrap`` sees to both).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import typing
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+from torch import nn
+
+from pefs.backbones import Backbone
+from pefs.errors import PefsError
+
+
+@dataclass
+class StrategyConfig:
+    """Base class of every strategy's options (a dataclass; fields are the options)."""
+
+    @classmethod
+    def options(cls) -> dict[str, Any]:
+        """Option name -> default value."""
+        return {f.name: (f.default if f.default is not dataclasses.MISSING else f.default_factory())
+                for f in dataclasses.fields(cls)}
+
+    @classmethod
+    def from_options(cls, strategy: str, **opts: Any) -> StrategyConfig:
+        """Build a config from (possibly string) option values, casting each to its field's type."""
+        hints = typing.get_type_hints(cls)
+        valid = cls.options()
+        out = {}
+        for key, value in opts.items():
+            if key not in valid:
+                raise PefsError(f"unknown option {key!r} for strategy {strategy!r}; valid options: "
+                                + (", ".join(f"{k} (default {v!r})" for k, v in valid.items()) or "none"))
+            out[key] = cast_option(strategy, key, value, hints[key])
+        cfg = cls(**out)
+        cfg.validate(strategy)
+        return cfg
+
+    def validate(self, strategy: str) -> None:
+        """Raise PefsError for out-of-range values; subclasses override."""
+
+
+def cast_option(strategy: str, key: str, value: Any, hint: Any) -> Any:
+    """Turn a CLI string (``"8"``, ``"qkv,proj"``, ``"true"``) into the option's declared type."""
+    origin = typing.get_origin(hint)
+    args = [a for a in typing.get_args(hint) if a is not type(None)]
+    if origin in (typing.Union, getattr(__import__("types"), "UnionType", None)):
+        if value is None or value == "none":
+            return None
+        hint, origin = args[0], typing.get_origin(args[0])
+    try:
+        if origin in (tuple, list):
+            items = value.split(",") if isinstance(value, str) else list(value)
+            inner = typing.get_args(hint)[0] if typing.get_args(hint) else str
+            return tuple(inner(i) for i in items if str(i) != "")
+        if typing.get_origin(hint) is typing.Literal:
+            if value not in typing.get_args(hint):
+                raise ValueError
+            return value
+        if hint is bool and isinstance(value, str):
+            if value.lower() not in ("true", "false", "1", "0", "yes", "no"):
+                raise ValueError
+            return value.lower() in ("true", "1", "yes")
+        return hint(value) if not isinstance(value, hint) else value
+    except (TypeError, ValueError):
+        expected = (" or ".join(map(repr, typing.get_args(hint))) if typing.get_origin(hint) is typing.Literal
+                    else getattr(hint, "__name__", str(hint)))
+        raise PefsError(f"option {key}={value!r} of strategy {strategy!r} must be {expected}") from None
+
+
+class Strategy:
+    """One way of choosing what trains. Subclasses set the class attributes and implement ``apply``."""
+
+    name: ClassVar[str]
+    summary: ClassVar[str]
+    config_class: ClassVar[type[StrategyConfig]] = StrategyConfig
+    #: backbone kinds this strategy supports ("transformer", "cnn", "other")
+    kinds: ClassVar[tuple[str, ...]] = ("transformer", "cnn", "other")
+    #: True when nothing before the head trains, so pooled features can be cached
+    frozen_prefix: ClassVar[bool] = False
+    #: True when ``merge`` folds the strategy into the backbone's own weights
+    mergeable: ClassVar[bool] = False
+
+    def __init__(self, config: StrategyConfig | None = None) -> None:
+        self.config = config or self.config_class()
+
+    def check(self, bb: Backbone) -> None:
+        """Refuse a backbone kind this strategy does not support, saying what to use instead."""
+        if bb.kind not in self.kinds:
+            raise PefsError(f"strategy {self.name!r} does not apply to {bb.name} (a {bb.kind} backbone); "
+                            f"it supports {', '.join(self.kinds)} backbones")
+
+    def apply(self, bb: Backbone) -> None:
+        """Modify ``bb.model`` in place and set ``requires_grad`` on this strategy's parameters."""
+        raise NotImplementedError
+
+    def frozen_base(self, bb: Backbone) -> set[str]:
+        """Names of parameters this strategy relies on staying frozen (e.g. LoRA's base weights)."""
+        return set()
+
+    def merge(self, bb: Backbone) -> None:
+        """Fold the strategy's weights into the backbone so inference costs nothing extra."""
+        raise PefsError(f"strategy {self.name!r} cannot be merged into the backbone weights")
+
+    def describe(self) -> str:
+        opts = dataclasses.asdict(self.config)
+        return self.name + (f"({', '.join(f'{k}={v}' for k, v in opts.items())})" if opts else "")
+
+
+def set_trainable(params: typing.Iterable[nn.Parameter]) -> int:
+    """Mark parameters trainable; return how many elements that is."""
+    n = 0
+    for p in params:
+        p.requires_grad_(True)
+        n += p.numel()
+    return n

@@ -1,0 +1,28 @@
+"""``full``: full fine-tuning, the baseline every parameter-efficient strategy is measured against."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from pefs.backbones import Backbone
+from pefs.strategies.base import Strategy, StrategyConfig, set_trainable
+from pefs.strategies.registry import register
+
+
+@dataclass
+class FullConfig(StrategyConfig):
+    """Full fine-tuning has no options."""
+
+
+@register
+class Full(Strategy):
+    name = "full"
+    summary = "every parameter trains (baseline)"
+    config_class = FullConfig
+    mergeable = True
+
+    def apply(self, bb: Backbone) -> None:
+        set_trainable(bb.model.parameters())
+
+    def merge(self, bb: Backbone) -> None:
+        """The weights are the backbone's own: nothing to merge."""

@@ -1,0 +1,69 @@
+"""``pefs`` end to end on the embedded model and data, and one-line errors for bad input."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from pefs.cli import main
+
+
+def run_cli(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "pefs.cli", *args], capture_output=True, text=True, timeout=600)
+
+
+def test_tune_linear_end_to_end(tmp_path, capsys):
+    assert main(["tune", "--strategy", "linear", "--shots", "2", "-q", "--output", str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    assert "accuracy:" in out and "trainable parameters: 12,810" in out
+    record = json.loads(next(tmp_path.glob("*.json")).read_text())
+    assert record["strategy"] == "linear" and record["shots"] == 2
+    assert record["accuracy_mean"] > 0.3  # chance is 0.1 on 10 classes
+    assert record["params"]["trainable"] == 12_810 and record["runs"][0]["cached"]
+
+
+def test_tune_lora_end_to_end(tmp_path, capsys):
+    assert main(["tune", "--strategy", "lora", "--shots", "1", "--epochs", "2", "-q",
+                 "--output", str(tmp_path)]) == 0
+    record = json.loads(next(tmp_path.glob("*.json")).read_text())
+    assert record["params"]["trainable"] > record["params"]["head"] > 0
+    assert not record["runs"][0]["cached"] and record["runs"][0]["steps"] == 2  # 10 images, batch 16
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--model", "no_such_model"], "unknown model 'no_such_model'"),
+    (["--strategy", "nope"], "unknown strategy 'nope'; valid choices:"),
+    (["--shots", "0"], "shots must be a whole number >= 1, got 0"),
+    (["--shots", "500"], "valid shots: 1..60"),
+    (["--checkpoint", "/missing.safetensors"], "checkpoint '/missing.safetensors' does not exist"),
+    (["--strategy", "lora", "-o", "rank=4"], "unknown option 'rank'"),
+])
+def test_bad_input_one_line_no_traceback(tmp_path, args, message):
+    r = run_cli("tune", "-q", "--output", str(tmp_path), *args)
+    assert r.returncode == 2
+    assert message in r.stderr
+    assert "Traceback" not in r.stderr
+    assert len(r.stderr.strip().splitlines()) == 1
+
+
+def test_data_folder_without_images(tmp_path):
+    (tmp_path / "data" / "cls").mkdir(parents=True)
+    r = run_cli("tune", "-q", "--data", str(tmp_path / "data"), "--output", str(tmp_path))
+    assert r.returncode == 2 and "has no images" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_help_for_every_subcommand():
+    for cmd in ([], ["tune"], ["models"], ["strategies"]):
+        r = run_cli(*cmd, "--help")
+        assert r.returncode == 0 and "usage: pefs" in r.stdout
+
+
+def test_models_and_strategies_lists(capsys):
+    assert main(["models", "--offline"]) == 0
+    assert "efficientnet_lite0.offline" in capsys.readouterr().out
+    assert main(["strategies"]) == 0
+    out = capsys.readouterr().out
+    assert "linear" in out and "lora" in out and "r=8" in out
