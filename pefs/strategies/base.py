@@ -87,6 +87,8 @@ class Strategy:
     frozen_prefix: ClassVar[bool] = False
     #: True when ``merge`` folds the strategy into the backbone's own weights
     mergeable: ClassVar[bool] = False
+    #: True when the wrapped model's features equal the backbone's before any training (zero-init updates)
+    identity_at_init: ClassVar[bool] = True
 
     def __init__(self, config: StrategyConfig | None = None) -> None:
         self.config = config or self.config_class()
