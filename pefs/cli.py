@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import argparse
 import os
+import signal
 import sys
+import threading
 from collections.abc import Callable, Sequence
 
 from pefs.errors import PefsError
@@ -53,6 +55,12 @@ def add_tune_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--ways", type=int, help="N: switch to N-way K-shot episodes")
     g.add_argument("--queries", type=int, default=15, help="query images per class in an episode (default 15)")
     g.add_argument("--episodes", type=int, default=100, help="number of episodes (default 100)")
+    g.add_argument("--head", default=None, help="classifier: linear | linear-proto (default) | prototype | "
+                   "patch-match (Hungarian matching of patch tokens)")
+    g.add_argument("--views", type=int, default=1, help="views per support image, the clean one included (default 1)")
+    g.add_argument("--augment", action="store_true", help="extra views are randomly cropped and flipped")
+    g.add_argument("--mask-ratio", type=float, default=0.0, help="extra views have this fraction of patches masked")
+    g.add_argument("--mask-patch", type=int, default=16, help="side of a masked patch in pixels (default 16)")
     g = p.add_argument_group("training")
     g.add_argument("--epochs", type=int, default=30, help="passes over the support set (default 30)")
     g.add_argument("--batch-size", type=int, default=16, help="default 16")
@@ -74,7 +82,12 @@ def config_from_args(a: argparse.Namespace):
     return TuneConfig(model=a.model, strategy=a.strategy, shots=a.shots, seeds=a.seeds, data=a.data, ways=a.ways,
                       queries=a.queries, episodes=a.episodes, pretrained=a.pretrained, checkpoint=a.checkpoint,
                       img_size=a.img_size, options=dict(a.opt), train=train, output=a.output,
-                      save_adapter=getattr(a, "save_adapter", None))
+                      save_adapter=getattr(a, "save_adapter", None), **_head_and_views(a))
+
+
+def _head_and_views(a: argparse.Namespace) -> dict:
+    keys = ("head", "views", "augment", "mask_ratio", "mask_patch")
+    return {k: getattr(a, k) for k in keys if getattr(a, k, None) is not None}
 
 
 def cmd_tune(a: argparse.Namespace) -> int:
@@ -85,7 +98,7 @@ def cmd_tune(a: argparse.Namespace) -> int:
     p = rec["params"]
     unit = "episodes" if rec["protocol"] == "episodic" else "seeds"
     what = f"{cfg.ways}-way {cfg.shots}-shot" if cfg.ways else f"{cfg.shots}-shot"
-    print(f"{rec['model']} | {rec['strategy']} | {what} on {rec['dataset']['name']} "
+    print(f"{rec['model']} | {rec['strategy']} | head {rec['head']} | {what} on {rec['dataset']['name']} "
           f"({rec['dataset']['classes']} classes)")
     print(f"accuracy: {100 * rec['accuracy_mean']:.2f}% ± {100 * rec['accuracy_ci95']:.2f} "
           f"(95% CI over {len(rec['accuracies'])} {unit})")
@@ -93,7 +106,8 @@ def cmd_tune(a: argparse.Namespace) -> int:
           f"{p['backbone_params']:,}; head {p['head']:,})")
     t = rec["time_s"]
     print(f"wall time: {rec['wall_s']:.1f} s (decode {t['decode_s']:.1f}, features {t['extract_s']:.1f}, "
-          f"train {t['train_s']:.1f}, eval {t['eval_s']:.1f}); peak memory {rec['peak_memory_mb']:.0f} MB")
+          f"train {t['train_s']:.1f}, eval {t['eval_s']:.1f}; {rec['seconds_per_task']:.2f} s per "
+          f"{unit[:-1]}); peak memory {rec['peak_memory_mb']:.0f} MB")
     print(f"result record: {rec['path']}")
     return 0
 
@@ -127,8 +141,104 @@ def cmd_strategies(a: argparse.Namespace) -> int:
     return 0
 
 
+def _sweep_settings(a: argparse.Namespace) -> dict:
+    """The sweep flags the user gave (None = not given), under their recipe key names."""
+    from pefs.recipe import RECIPE_KEYS
+
+    given = {k: v for k, v in vars(a).items() if k in RECIPE_KEYS and v is not None}
+    if a.opt:
+        given["options"] = dict(a.opt)
+    if isinstance(given.get("seeds"), tuple):
+        given["seeds"] = list(given["seeds"])
+    return given
+
+
+def _print_cell(rank_prefix: str):
+    def show(kind: str, cell, info: dict) -> None:
+        if kind == "problem":
+            print(f"pefs sweep: warning: {info['message']}", file=sys.stderr)
+        elif kind in ("done", "failed"):
+            row, at = info["row"], f"{rank_prefix}[{info['position']}/{info['of']}] {cell.label()}"
+            if kind == "failed":
+                print(f"{at}: FAILED: {row['error']}", flush=True)
+            else:
+                rec = row["record"]
+                print(f"{at}: {100 * rec['accuracy_mean']:.2f}% ({rec['wall_s']:.1f} s)", flush=True)
+    return show
+
+
+def cmd_sweep(a: argparse.Namespace) -> int:
+    from pefs import store, sweep
+    from pefs.recipe import load_recipe
+
+    recipe = load_recipe(a.recipe) if a.recipe else {}
+    flags = _sweep_settings(a)
+    settings = {**recipe, **flags, "options": {**(recipe.get("options") or {}), **flags.get("options", {})}}
+    spec = sweep.spec_from_settings(settings, f"recipe {a.recipe!r} or the flags" if a.recipe else "the flags")
+    spec.progress = not a.quiet
+    cells = sweep.plan(spec)
+    if a.dry_run:
+        rows = store.load(store.check_store_path(spec.store)).rows
+        for c in cells:
+            print(f"[{c.index + 1}/{len(cells)}] {c.label()}: {rows[c.hash]['status'] if c.hash in rows else 'to run'}")
+        print(f"{len(cells)} cells, {sum(c.hash in rows for c in cells)} already in {spec.store}")
+        return 0
+    rank, world = sweep.process_slot()
+    s = sweep.run_sweep(cells, spec.store, rank, world, a.retry_failed,
+                        on_event=_print_cell(f"[rank {rank}] " if world > 1 else ""))
+    print(f"sweep: {s.planned} cells; this process ran {s.ran}, skipped {s.skipped} already in the store, "
+          f"{s.failed} failed{' (rerun with --retry-failed to try them again)' if s.failed else ''}; "
+          f"results in {s.shard}. Next: pefs report --store {spec.store}")
+    return 0
+
+
+def cmd_report(a: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from pefs.report import build_report, parse_formats
+
+    out = a.out or str(Path(a.store).parent / "report")
+    files, problems = build_report(a.store, out, parse_formats(a.format))
+    for message in problems:
+        print(f"pefs report: warning: {message}", file=sys.stderr)
+    print("\n".join(str(f) for f in files))
+    return 0
+
+
 COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
-    "tune": cmd_tune, "models": cmd_models, "strategies": cmd_strategies}
+    "tune": cmd_tune, "models": cmd_models, "strategies": cmd_strategies, "sweep": cmd_sweep, "report": cmd_report}
+
+
+def _add_sweep_parsers(sub: argparse._SubParsersAction) -> None:
+    from pefs.report import FORMATS
+    from pefs.sweep import DEFAULT_STORE
+
+    s = sub.add_parser("sweep", conflict_handler="resolve", epilog=EPILOG,
+                       help="run a grid of models x strategies x shots x seeds into a resumable results store",
+                       description="One tune run per (model, strategy, shots, seed) cell, appended to a JSONL "
+                       "store keyed by the cell's config hash. Rerun the same command to resume: finished cells "
+                       "are skipped. Under `accelerate launch` each process takes every n-th cell. Flags override "
+                       "the recipe; run flags apply to every cell.")
+    add_tune_args(s)
+    g = s.add_argument_group("grid (comma lists; each overrides the recipe)")
+    g.add_argument("--recipe", metavar="FILE", help="YAML recipe of sweep settings (see recipes/)")
+    g.add_argument("--models", "--model", help="model names, e.g. efficientnet_lite0.offline,resnet18")
+    g.add_argument("--strategies", "--strategy", help="strategies, e.g. linear,lora (default linear)")
+    g.add_argument("--shots", help="shots per class: 1,2,4,8,16 (default 5)")
+    g.add_argument("--seeds", "--seed", help="seeds: 0-2 | 0,1,2 (default 0); one cell per seed")
+    s.add_argument("--store", help=f"results store, a .jsonl file (default {DEFAULT_STORE})")
+    s.add_argument("--output", help="folder for each cell's JSON record (default: records/ beside the store)")
+    s.add_argument("--retry-failed", action="store_true", help="run again the cells stored as failed")
+    s.add_argument("--dry-run", action="store_true", help="list the cells and which are already stored; run none")
+    s.add_argument("--quiet", "-q", action="store_true", help="no progress bars")
+    s.set_defaults(**{act.dest: None for act in s._actions if act.dest != "help"})
+    r = sub.add_parser("report", help="tables (Markdown, CSV) and plots (PNG) from a results store",
+                       description="Aggregate seeds (mean ± 95%% CI), one model x shots table per strategy, the "
+                       "best strategy per model and shots, and plots of accuracy vs shots and trainable parameters.")
+    r.add_argument("--store", default=DEFAULT_STORE, help=f"results store to read, with its shards (default "
+                   f"{DEFAULT_STORE})")
+    r.add_argument("--out", help="folder for the report (default: report/ beside the store)")
+    r.add_argument("--format", default=",".join(FORMATS), help=f"comma list of {', '.join(FORMATS)} (default all)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -151,6 +261,7 @@ def build_parser() -> argparse.ArgumentParser:
                    "(random weights, nothing downloaded)")
     sub.add_parser("strategies", help="list tuning strategies and their options",
                    description="List tuning strategies, the backbone kinds they support, and their options.")
+    _add_sweep_parsers(sub)
     for register in EXTRA_PARSERS:
         register(sub)
     return p
@@ -160,8 +271,14 @@ def build_parser() -> argparse.ArgumentParser:
 EXTRA_PARSERS: list[Callable[[argparse._SubParsersAction], None]] = []
 
 
+def _sigterm_as_interrupt(signum, frame) -> None:
+    raise KeyboardInterrupt
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    if threading.current_thread() is threading.main_thread():  # SIGTERM unwinds like Ctrl-C: atomic writes finish
+        signal.signal(signal.SIGTERM, _sigterm_as_interrupt)
     parser = build_parser()
     args = parser.parse_args(argv)
     if not args.command:

@@ -9,8 +9,14 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from pefs.backbones import DEFAULT_MODEL
+from pefs.data.views import ViewConfig
 from pefs.engine import TrainConfig
-from pefs.errors import PefsError
+from pefs.errors import PefsError, unknown
+from pefs.heads import DEFAULT_HEAD, HEADS
+
+#: fields that do not change a run's numbers, so they stay out of its hash (a sweep resumes across them)
+RESULT_NEUTRAL = ("output", "save_adapter")
+RESULT_NEUTRAL_TRAIN = ("progress", "eval_batch_size")
 
 
 @dataclass
@@ -32,6 +38,17 @@ class TuneConfig:
     train: TrainConfig = field(default_factory=TrainConfig)
     output: str = "runs"
     save_adapter: str | None = None
+    #: classifier head: linear | linear-proto | prototype | patch-match (see pefs.heads)
+    head: str = DEFAULT_HEAD
+    #: views per support image (1 = the clean image only); extra views are augmented and/or masked
+    views: int = 1
+    augment: bool = False
+    mask_ratio: float = 0.0
+    mask_patch: int = 16
+
+    @property
+    def view_config(self) -> ViewConfig:
+        return ViewConfig(self.views, self.augment, self.mask_ratio, self.mask_patch)
 
     @property
     def protocol(self) -> str:
@@ -44,8 +61,16 @@ class TuneConfig:
             raise PefsError("seeds must name at least one seed")
         if self.img_size is not None and self.img_size < 8:
             raise PefsError(f"img_size must be >= 8 pixels, got {self.img_size}")
-        if self.ways is not None and self.ways < 2:
-            raise PefsError(f"ways must be >= 2 for an episode, got {self.ways}")
+        if self.ways is not None and (not isinstance(self.ways, int) or self.ways < 2):
+            raise PefsError(f"ways must be a whole number >= 2 for an episode, got {self.ways!r}")
+        if self.ways is not None and len(self.seeds) > 1:
+            raise PefsError(f"episodes draw their own tasks from one seed; give one seed, got {list(self.seeds)}")
+        for name in ("queries", "episodes"):
+            if not isinstance(getattr(self, name), int) or getattr(self, name) < 1:
+                raise PefsError(f"{name} must be a whole number >= 1, got {getattr(self, name)!r}")
+        if self.head not in HEADS:
+            raise unknown("head", self.head, list(HEADS))
+        self.view_config.validate()
         self.train.validate()
 
     def to_dict(self) -> dict[str, Any]:
@@ -56,7 +81,8 @@ class TuneConfig:
     def hash(self) -> str:
         """A stable hash of everything that affects the result (not output paths or progress bars)."""
         d = self.to_dict()
-        for k in ("output", "save_adapter"):
+        for k in RESULT_NEUTRAL:
             d.pop(k)
-        d["train"].pop("progress")
+        for k in RESULT_NEUTRAL_TRAIN:
+            d["train"].pop(k)
         return hashlib.sha256(json.dumps(d, sort_keys=True, default=str).encode()).hexdigest()[:16]

@@ -1,12 +1,16 @@
 """Training and evaluation on Accelerate: the only module that places tensors on devices.
 
-``fit`` trains a :class:`~pefs.model.PefsModel` on a decoded support set; when the model has a frozen
-prefix (only the head trains) the trunk runs once and the head trains on cached features, which gives
-the same result as running the trunk every step, many times faster.
+``fit`` trains a :class:`~pefs.model.PefsModel` on a decoded support set. The part of the network tuning
+cannot change runs once: :func:`frozen_level` finds how deep that goes (the pooled features when only the
+head trains, the input of the first trainable block for ``last-k``) and ``fit`` trains only the rest on the
+cached activations; the result equals running the whole network every step (tests/test_engine.py), many
+times faster. :func:`outputs` runs any level to logits, pooled features or tokens, in eval mode.
+AdamW, cosine schedule, optional bf16/fp16 autocast, seeded and bit-for-bit repeatable on a CPU.
 """
 
 from __future__ import annotations
 
+import contextlib
 import math
 import time
 from dataclasses import dataclass, field
@@ -18,6 +22,7 @@ from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 from tqdm.auto import tqdm
 
+from pefs.backbones.split import Stages, stages
 from pefs.errors import PefsError
 
 _ACCELERATORS: dict[str, Any] = {}
@@ -37,7 +42,7 @@ class TrainConfig:
     #: of one few-shot task is a poor estimate), "update" lets them move
     bn_stats: Literal["frozen", "update"] = "frozen"
     cache_features: bool = True
-    eval_batch_size: int = 16
+    eval_batch_size: int = 64
     progress: bool = True
 
     def validate(self) -> None:
@@ -66,12 +71,25 @@ class FitStats:
 
 
 def accelerator(mixed_precision: str = "no"):
-    """One Accelerator per precision per process (Accelerate keeps global state)."""
+    """The process's Accelerator: which device this process owns (one GPU per process under
+    ``accelerate launch``, where sweeps spread cells over processes). Accelerate's state is global and fixes
+    its precision once, so precision is set per call by :func:`autocast`; ``mixed_precision`` is ignored.
+
+    Models and batches are moved with ``.to(acc.device)`` rather than ``acc.prepare``: a few-shot task is a
+    handful of batches, data-parallel wrapping only adds cost, and ``prepare``/``free_memory`` keep references
+    and run ``gc.collect()`` (a third of a cached episode's time on a CPU)."""
     from accelerate import Accelerator
 
-    if mixed_precision not in _ACCELERATORS:
-        _ACCELERATORS[mixed_precision] = Accelerator(mixed_precision=mixed_precision)
-    return _ACCELERATORS[mixed_precision]
+    if "acc" not in _ACCELERATORS:
+        _ACCELERATORS["acc"] = Accelerator()
+    return _ACCELERATORS["acc"]
+
+
+def autocast(device: torch.device, mixed_precision: str):
+    """Autocast to bf16/fp16 on ``device`` (a no-op for "no"); several precisions may run in one process."""
+    if mixed_precision == "no":
+        return contextlib.nullcontext()
+    return torch.autocast(device.type, dtype=torch.bfloat16 if mixed_precision == "bf16" else torch.float16)
 
 
 def seed_everything(seed: int) -> None:
@@ -96,21 +114,95 @@ def _loader(*tensors: torch.Tensor, batch_size: int, shuffle: bool, seed: int = 
     return DataLoader(TensorDataset(*tensors), batch_size=batch_size, shuffle=shuffle, generator=g)
 
 
+def frozen_level(model: nn.Module, cfg: TrainConfig, reads: str = "pooled") -> int:
+    """The deepest level (see :mod:`pefs.backbones.split`) whose activations tuning cannot change, capped at
+    what the classifier ``reads`` ("pooled" or "tokens"): inputs there may be computed once and cached.
+
+    0 (no caching) when caching is off, when BatchNorm statistics are set to update (they would move in the
+    frozen part too), when a strategy does not say which blocks it leaves untouched, or when the backbone's
+    layout is unknown and something before the pooled features trains. The frozen prefix runs in eval mode.
+    """
+    if not cfg.cache_features:
+        return 0
+    bb = model.backbone
+    if cfg.bn_stats == "update" and any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in model.modules()):
+        return 0
+    st = stages(bb)
+    cap = st.tokens if reads == "tokens" else st.pooled
+    if cap is None:
+        return 0
+    if model.frozen_prefix:
+        return cap
+    untouched = [len(bb.block_names) if s.frozen_prefix else getattr(s, "frozen_blocks", lambda _: None)(bb)
+                 for s in model.strategies]
+    if any(u is None for u in untouched) or not st.n_blocks or min(untouched) == 0:
+        return 0
+    first = min(untouched)
+    prefix = tuple(n + "." for n in bb.block_names[:first])
+    if any(p.requires_grad and n.startswith(prefix) for n, p in bb.model.named_parameters()):
+        return 0  # a strategy claimed frozen blocks but trains inside them: do not trust the cut
+    return min(st.block(first), cap)
+
+
+def _forward(model: nn.Module, st: Stages, h: torch.Tensor, start: int, stop: int) -> torch.Tensor:
+    """Level ``start`` -> level ``stop``; from the image, through the model's own forward where one exists
+    (so strategies that change the forward are honoured)."""
+    if start == 0 and stop == st.logits:
+        return model(h)
+    if start == 0 and stop == st.pooled:
+        return model.features(h)
+    if start == 0 and stop == st.tokens:
+        return model.net.forward_features(h)
+    return st.run(h, start, stop)
+
+
+class _Suffix(nn.Module):
+    """What trains when inputs are cached at level ``start``: the rest of the model, up to the logits."""
+
+    def __init__(self, model: nn.Module, st: Stages, start: int) -> None:
+        super().__init__()
+        self.model, self.st, self.start = model, st, start
+
+    def forward(self, h: torch.Tensor) -> torch.Tensor:
+        return _forward(self.model, self.st, h, self.start, self.st.logits)
+
+
+def level_of(model: nn.Module, name: str | int) -> int:
+    """The level called ``name`` ("logits", "pooled", "tokens") in ``model``; a PefsError when unknown."""
+    st = stages(model.backbone)
+    level = {"logits": st.logits, "pooled": st.pooled, "tokens": st.tokens}.get(name, name)  # type: ignore[arg-type]
+    if level is None:
+        raise PefsError(f"{model.backbone.name} has no known feature-map layout, so pefs cannot read its "
+                        "unpooled tokens; supported: timm ViT, EfficientNet, ResNet, ConvNeXt")
+    return int(level)
+
+
 @torch.no_grad()
-def extract_features(model: nn.Module, x: torch.Tensor, cfg: TrainConfig, desc: str = "features") -> torch.Tensor:
-    """Run the frozen trunk once over ``x``: pooled features (N, width), on the CPU."""
+def outputs(model: nn.Module, x: torch.Tensor, cfg: TrainConfig, start: int = 0, stop: str | int = "logits",
+            desc: str = "forward") -> torch.Tensor:
+    """Run ``x`` (activations at level ``start``; 0 = images) to ``stop`` ("logits", "pooled", "tokens" or a
+    level) in eval mode, batch by batch; the result is a float32 CPU tensor."""
+    st = stages(model.backbone)
+    stop = level_of(model, stop)
+    if start == stop:
+        return x.float()
     acc = accelerator(cfg.mixed_precision)
     cl = _channels_last(model)
     if cl:
         model.to(memory_format=torch.channels_last)
-    model = acc.prepare_model(model, evaluation_mode=True)
     model.eval()
+    model.to(acc.device)
     out = []
-    for (xb,) in tqdm(acc.prepare_data_loader(_loader(x, batch_size=cfg.eval_batch_size, shuffle=False)),
+    for (xb,) in tqdm(_loader(x, batch_size=cfg.eval_batch_size, shuffle=False),
                       desc=desc, disable=not cfg.progress, leave=False):
-        with acc.autocast():
-            out.append(acc.unwrap_model(model).features(_layout(xb, cl)).float().cpu())
+        with autocast(acc.device, cfg.mixed_precision):
+            out.append(_forward(model, st, _layout(xb.to(acc.device), cl), start, stop).float().cpu())
     return torch.cat(out) if out else torch.empty(0)
+
+
+def extract_features(model: nn.Module, x: torch.Tensor, cfg: TrainConfig, desc: str = "features") -> torch.Tensor:
+    """Run the trunk once over images ``x``: pooled features (N, width), on the CPU."""
+    return outputs(model, x, cfg, 0, "pooled", desc=desc)
 
 
 def _optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
@@ -121,27 +213,34 @@ def _optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
     return torch.optim.AdamW([g for g in groups if g["params"]], weight_decay=cfg.weight_decay)
 
 
-def fit(model: nn.Module, x: torch.Tensor, y: torch.Tensor, cfg: TrainConfig, seed: int = 0) -> FitStats:
-    """Train ``model`` (a PefsModel) on images ``x`` with labels ``y``; returns timing and loss stats."""
+def fit(model: nn.Module, x: torch.Tensor, y: torch.Tensor, cfg: TrainConfig, seed: int = 0,
+        start: int = 0) -> FitStats:
+    """Train ``model`` (a PefsModel) on ``x`` (images, or activations at level ``start`` that the caller
+    cached) with labels ``y``. A frozen prefix beyond ``start`` runs once here, then only the rest trains:
+    AdamW (head at ``head_lr``), cosine schedule over every step, shuffled batches seeded by ``seed``."""
     cfg.validate()
     seed_everything(seed)
     stats = FitStats()
-    use_cache = cfg.cache_features and getattr(model, "frozen_prefix", False)
-    if use_cache:
+    st = stages(model.backbone)
+    level = max(start, frozen_level(model, cfg))
+    if level > start:
         t0 = time.perf_counter()
-        x = extract_features(model, x, cfg, desc="support features")
-        stats.extract_s, stats.cached = time.perf_counter() - t0, True
-    trained = model.head if use_cache else model
-    cl = _channels_last(model) and not use_cache
+        x = outputs(model, x, cfg, start, level, desc="frozen prefix")
+        stats.extract_s = time.perf_counter() - t0
+    stats.cached = level > 0
+    trained = _Suffix(model, st, level)
+    cl = _channels_last(model)
     if cl:
         model.to(memory_format=torch.channels_last)
     acc = accelerator(cfg.mixed_precision)
+    model.to(acc.device)
     opt = _optimizer(model, cfg)
+    # fp16 gradients underflow without loss scaling; bf16 and fp32 need none (the scaler is then a pass-through)
+    scaler = torch.amp.GradScaler(acc.device.type, enabled=cfg.mixed_precision == "fp16")
     steps_per_epoch = math.ceil(len(x) / cfg.batch_size)
     total = cfg.epochs * steps_per_epoch
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 0.5 * (1 + math.cos(math.pi * min(s, total) / total)))
-    trained, opt, loader = acc.prepare(trained, opt, _loader(x, y, batch_size=cfg.batch_size, shuffle=True,
-                                                             seed=seed))
+    loader = _loader(x, y, batch_size=cfg.batch_size, shuffle=True, seed=seed)
     model.train()
     if cfg.bn_stats == "frozen":
         for m in model.modules():
@@ -151,14 +250,16 @@ def fit(model: nn.Module, x: torch.Tensor, y: torch.Tensor, cfg: TrainConfig, se
     bar = tqdm(total=total, desc="train", disable=not cfg.progress, leave=False)
     for epoch in range(cfg.epochs):
         for xb, yb in loader:
-            with acc.autocast():
-                loss = nn.functional.cross_entropy(trained(_layout(xb, cl)), yb)
+            xb, yb = xb.to(acc.device), yb.to(acc.device)
+            with autocast(acc.device, cfg.mixed_precision):
+                loss = nn.functional.cross_entropy(trained(_layout(xb, cl)).float(), yb)
             if not torch.isfinite(loss):
                 bar.close()
-                raise NonFiniteLoss(stats.steps + 1, epoch + 1, float(loss), cfg)
+                raise NonFiniteLoss(stats.steps + 1, epoch + 1, float(loss.detach()), cfg)
             opt.zero_grad(set_to_none=True)
-            acc.backward(loss)
-            opt.step()
+            acc.backward(scaler.scale(loss))
+            scaler.step(opt)
+            scaler.update()
             sched.step()
             stats.steps += 1
             stats.losses.append(loss.item())
@@ -168,7 +269,6 @@ def fit(model: nn.Module, x: torch.Tensor, y: torch.Tensor, cfg: TrainConfig, se
     stats.train_s = time.perf_counter() - t0
     stats.final_loss = stats.losses[-1] if stats.losses else float("nan")
     model.eval()
-    acc.free_memory()
     return stats
 
 
@@ -181,24 +281,12 @@ class NonFiniteLoss(PefsError):
                          f"(lr={cfg.lr}, head_lr={cfg.head_lr}) or use --mixed-precision no")
 
 
-@torch.no_grad()
-def predict(model: nn.Module, x: torch.Tensor, cfg: TrainConfig, features: torch.Tensor | None = None) -> torch.Tensor:
-    """Predicted class per image (from cached ``features`` when given, else through the full model)."""
-    acc = accelerator(cfg.mixed_precision)
-    model.eval()
+def predict(model: nn.Module, x: torch.Tensor, cfg: TrainConfig, features: torch.Tensor | None = None,
+            start: int = 0) -> torch.Tensor:
+    """Predicted class per image: from ``x`` at level ``start`` (0 = images), or from pooled ``features``."""
     if features is not None:
-        head = acc.prepare_model(model.head, evaluation_mode=True)
-        return head(features.to(acc.device)).argmax(-1).cpu()
-    cl = _channels_last(model)
-    if cl:
-        model.to(memory_format=torch.channels_last)
-    net = acc.prepare_model(model, evaluation_mode=True)
-    out = []
-    for (xb,) in tqdm(acc.prepare_data_loader(_loader(x, batch_size=cfg.eval_batch_size, shuffle=False)),
-                      desc="evaluate", disable=not cfg.progress, leave=False):
-        with acc.autocast():
-            out.append(net(_layout(xb, cl)).argmax(-1).cpu())
-    return torch.cat(out) if out else torch.empty(0, dtype=torch.long)
+        return outputs(model, features, cfg, level_of(model, "pooled"), "logits").argmax(-1)
+    return outputs(model, x, cfg, start, "logits", desc="evaluate").argmax(-1)
 
 
 def accuracy(pred: torch.Tensor, y: torch.Tensor) -> float:

@@ -1,4 +1,11 @@
-"""The episodic protocol: N-way K-shot tasks, each tuned from the same frozen start, never sharing weights."""
+"""The episodic protocol: E tasks of N-way K-shot with Q queries per class, each tuned from the same frozen start.
+
+The backbone loads once (:class:`~pefs.fewshot.TaskRunner`); every episode restores its start state, so no
+weights leak between episodes, and each run entry carries the fingerprint of the state it started from.
+When the trunk is frozen up to some level (linear probe, prototype heads, ``last-k``), the activations
+there are computed once per pool image for the whole run and every episode trains only what follows.
+Mean and 95% CI (1.96·std/√E) are over episodes.
+"""
 
 from __future__ import annotations
 
@@ -7,35 +14,29 @@ from typing import Any
 
 from tqdm.auto import tqdm
 
-from pefs import engine
 from pefs.config import TuneConfig
-from pefs.data import Dataset, decode, episodes, eval_transform
+from pefs.data import Dataset, episodes
+from pefs.engine import NonFiniteLoss
+from pefs.fewshot import TaskRunner
 
 
-def run_episodes(cfg: TuneConfig, dataset: Dataset) -> dict[str, Any]:
-    """Fit a fresh model per episode on its support set, score its queries; one run entry per episode."""
-    from pefs.tune import build_model
+def check_episodes(cfg: TuneConfig, dataset: Dataset) -> None:
+    """Raise the sampling errors (ways > classes, shots+queries > images of a class) before loading weights."""
+    next(episodes(dataset.train, cfg.ways, cfg.shots, cfg.queries, 1, seed=cfg.seeds[0]))
 
-    t_start = time.perf_counter()
-    runs = []
+
+def run_episodes(cfg: TuneConfig, dataset: Dataset, runner: TaskRunner, t_start: float | None = None) -> dict[str, Any]:
+    """Tune and score ``cfg.episodes`` episodes drawn from the train split; one run entry per episode."""
+    t_start = time.perf_counter() if t_start is None else t_start
     seed = cfg.seeds[0]
     tasks = episodes(dataset.train, cfg.ways, cfg.shots, cfg.queries, cfg.episodes, seed=seed)
+    runs: list[dict[str, Any]] = []
     for i, ep in enumerate(tqdm(tasks, total=cfg.episodes, desc="episodes", disable=not cfg.train.progress)):
-        engine.seed_everything(seed + i)
-        model = build_model(cfg, cfg.ways)
-        tf = eval_transform(model.backbone.data_config, cfg.img_size)
-        t0 = time.perf_counter()
-        xs, ys = decode(ep.support, tf)
-        xq, yq = decode(ep.query, tf)
-        decode_s = time.perf_counter() - t0
-        stats = engine.fit(model, xs, ys, cfg.train, seed=seed + i)
-        t0 = time.perf_counter()
-        feats = engine.extract_features(model, xq, cfg.train, desc="query features") if stats.cached else None
-        pred = engine.predict(model, xq, cfg.train, features=feats)
-        runs.append({"episode": i, "classes": ep.classes, "accuracy": engine.accuracy(pred, yq),
-                     "decode_s": decode_s, "extract_s": stats.extract_s, "train_s": stats.train_s,
-                     "eval_s": time.perf_counter() - t0, "steps": stats.steps, "cached": stats.cached,
-                     "params": model.param_report(), "_model": model})
-        if i < cfg.episodes - 1:
-            runs[-1].pop("_model")
+        try:
+            run = runner.run(ep.support, ep.query, seed + i)
+        except NonFiniteLoss as e:
+            e.partial = {"runs": runs, "wall_s": time.perf_counter() - t_start,  # type: ignore[attr-defined]
+                         "status": "diverged", "error": f"episode {i}: {e}", "failed_episode": i}
+            raise
+        runs.append({"episode": i, "classes": ep.classes, **run})
     return {"runs": runs, "wall_s": time.perf_counter() - t_start, "status": "ok"}

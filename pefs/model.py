@@ -86,7 +86,7 @@ class PefsModel(nn.Module):
             raise PefsError(f"cannot merge {', '.join(bad)}: these strategies add computation that has no "
                             "equivalent backbone weights; mergeable ones: "
                             + ", ".join(sorted(n for n, c in _all_strategies().items() if c.mergeable)))
-        for s in self.strategies:
+        for s in sorted(self.strategies, key=lambda s: s.merge_order):
             s.merge(self.backbone)
         self.merged = True
         return self

@@ -1,8 +1,13 @@
-"""``tune``: the K-shot transfer protocol, seed by seed, with a result record (what ``pefs tune`` runs)."""
+"""``tune``: K-shot transfer seed by seed (or episodes, :mod:`pefs.episodic`) and the result record (``pefs tune``).
+
+The record holds per-seed (per-episode) accuracies, their mean and 95% CI, trainable parameters, wall time
+split into decode / frozen-prefix features / training / evaluation, and peak memory.
+"""
 
 from __future__ import annotations
 
 import json
+import os
 import platform
 import time
 from pathlib import Path
@@ -12,89 +17,88 @@ import torch
 
 from pefs import engine
 from pefs.config import TuneConfig
-from pefs.data import decode, eval_transform, kshot_split, load_dataset
+from pefs.data import Dataset, kshot_split, load_dataset
 from pefs.engine import NonFiniteLoss, mean_ci95
+from pefs.episodic import check_episodes, run_episodes
 from pefs.errors import PefsError
-from pefs.model import PefsModel, wrap
+from pefs.fewshot import TaskRunner, build_model
+
+__all__ = ["build_model", "finish", "run_kshot_seed", "tune", "write_record"]
 
 
-def build_model(cfg: TuneConfig, num_classes: int) -> PefsModel:
-    kwargs = {"img_size": cfg.img_size} if cfg.img_size and _takes_img_size(cfg.model) else {}
-    return wrap(cfg.model, cfg.strategy, num_classes=num_classes, pretrained=cfg.pretrained,
-                checkpoint=cfg.checkpoint, model_kwargs=kwargs, **cfg.options)
+def check_splits_disjoint(dataset: Dataset) -> None:
+    """Images are cached by name, and leaks are ruled out by name: train and test names must differ."""
+    if dataset.test is not None:
+        shared = set(dataset.train.names) & set(dataset.test.names)
+        if shared:
+            raise PefsError(f"the train and test splits of {dataset.name!r} share {len(shared)} image names "
+                            f"(e.g. {sorted(shared)[0]!r}); give them distinct names (from_arrays(prefix=...))")
 
 
-def _takes_img_size(name: str) -> bool:
-    return any(k in name for k in ("vit", "deit", "eva", "beit", "swin"))
-
-
-def run_kshot_seed(cfg: TuneConfig, dataset, seed: int, query_cache: dict) -> dict[str, Any]:
-    """One seed of K-shot transfer: sample K per class, fit, evaluate on the whole test split."""
+def run_kshot_seed(cfg: TuneConfig, dataset: Dataset, seed: int, runner: TaskRunner) -> dict[str, Any]:
+    """One seed of K-shot transfer: sample K per class, tune from the runner's start, score the whole test split."""
     split = kshot_split(dataset, cfg.shots, seed=seed)
-    engine.seed_everything(seed)
-    model = build_model(cfg, len(dataset.classes))
-    tf = eval_transform(model.backbone.data_config, cfg.img_size)
-    t0 = time.perf_counter()
-    xs, ys = decode(split.support, tf)
-    if "x" not in query_cache:
-        query_cache["x"], query_cache["y"] = decode(split.query, tf)
-    xq, yq = query_cache["x"], query_cache["y"]
-    decode_s = time.perf_counter() - t0
-    stats = engine.fit(model, xs, ys, cfg.train, seed=seed)
-    t0 = time.perf_counter()
-    if stats.cached:
-        feats = engine.extract_features(model, xq, cfg.train, desc="query features")
-        pred = engine.predict(model, xq, cfg.train, features=feats)
-    else:
-        pred = engine.predict(model, xq, cfg.train)
-    eval_s = time.perf_counter() - t0
+    run = runner.run(split.support, split.query, seed)
     if cfg.save_adapter:
-        model.save(Path(cfg.save_adapter) / f"seed{seed}")
-    return {"seed": seed, "accuracy": engine.accuracy(pred, yq), "support": len(ys), "query": len(yq),
-            "decode_s": decode_s, "extract_s": stats.extract_s, "train_s": stats.train_s, "eval_s": eval_s,
-            "steps": stats.steps, "final_loss": stats.final_loss, "cached": stats.cached,
-            "params": model.param_report(), "_model": model}
+        runner.model.save(Path(cfg.save_adapter) / f"seed{seed}")
+    return run
 
 
 def tune(cfg: TuneConfig) -> dict[str, Any]:
-    """Run the configured protocol over every seed; return the result record (also written to disk)."""
+    """Run the configured protocol (K-shot over seeds, or episodes); return the result record (also on disk)."""
     cfg.validate()
+    check_writable(cfg.output)  # before any compute, not after it
     dataset = load_dataset(cfg.data)
+    check_splits_disjoint(dataset)
     if cfg.img_size is None and dataset.suggested_img_size:
         cfg.img_size = dataset.suggested_img_size
     if cfg.protocol == "episodic":
-        from pefs.episodic import run_episodes  # noqa: PLC0415  (kept apart: its own module)
-
-        return finish(cfg, dataset, run_episodes(cfg, dataset))
+        check_episodes(cfg, dataset)  # sampling errors before any weight loads
+    else:
+        kshot_split(dataset, cfg.shots, seed=cfg.seeds[0])
     t_start = time.perf_counter()
-    runs, cache = [], {}
+    runner = TaskRunner(cfg, cfg.ways if cfg.protocol == "episodic" else len(dataset.classes))
+    try:
+        if cfg.protocol == "episodic":
+            body = run_episodes(cfg, dataset, runner, t_start)
+        else:
+            body = run_kshot(cfg, dataset, runner, t_start)
+    except NonFiniteLoss as e:
+        e.record = finish(cfg, dataset, e.partial, runner)  # type: ignore[attr-defined]
+        e.args = (f"{e}; the record says so: {e.record['path']}",)
+        raise
+    return finish(cfg, dataset, body, runner)
+
+
+def run_kshot(cfg: TuneConfig, dataset: Dataset, runner: TaskRunner, t_start: float) -> dict[str, Any]:
+    """Every seed of K-shot transfer; a diverged seed raises NonFiniteLoss carrying the finished seeds."""
+    runs: list[dict[str, Any]] = []
     for seed in cfg.seeds:
         try:
-            runs.append(run_kshot_seed(cfg, dataset, seed, cache))
+            runs.append(run_kshot_seed(cfg, dataset, seed, runner))
         except NonFiniteLoss as e:
-            record = finish(cfg, dataset, {"runs": runs, "wall_s": time.perf_counter() - t_start,
-                                           "status": "diverged", "error": str(e), "failed_seed": seed})
-            e.record = record  # type: ignore[attr-defined]
+            e.partial = {"runs": runs, "wall_s": time.perf_counter() - t_start,  # type: ignore[attr-defined]
+                         "status": "diverged", "error": str(e), "failed_seed": seed}
             raise
-    return finish(cfg, dataset, {"runs": runs, "wall_s": time.perf_counter() - t_start, "status": "ok"})
+    return {"runs": runs, "wall_s": time.perf_counter() - t_start, "status": "ok"}
 
 
-def finish(cfg: TuneConfig, dataset, body: dict[str, Any]) -> dict[str, Any]:
+def finish(cfg: TuneConfig, dataset: Dataset, body: dict[str, Any], runner: TaskRunner | None) -> dict[str, Any]:
     """Assemble the record (mean and 95% CI over seeds/episodes) and write it as JSON."""
     runs = body.pop("runs")
-    model = runs[-1].pop("_model", None) if runs else None
-    for r in runs:
-        r.pop("_model", None)
+    model = runner.model if runner is not None else None
     accs = [r["accuracy"] for r in runs]
     mean, ci = mean_ci95(accs) if accs and body.get("status", "ok") == "ok" else (None, None)
-    params = runs[-1]["params"] if runs else None
+    params = model.param_report() if model is not None else None
     record = {
         "pefs_record": 1, "config": cfg.to_dict(), "config_hash": cfg.hash(), "protocol": cfg.protocol,
-        "model": cfg.model, "strategy": cfg.strategy, "shots": cfg.shots, "ways": cfg.ways,
+        "model": cfg.model, "strategy": cfg.strategy, "head": cfg.head, "shots": cfg.shots, "ways": cfg.ways,
         "dataset": {"name": dataset.name, "classes": len(dataset.classes), "licence": dataset.licence},
         "backbone": model.backbone.describe() if model is not None else None,
         "accuracy_mean": mean, "accuracy_ci95": ci, "accuracies": accs, "runs": runs, "params": params,
         "time_s": {k: sum(r.get(k, 0.0) for r in runs) for k in ("decode_s", "extract_s", "train_s", "eval_s")},
+        "seconds_per_task": body["wall_s"] / len(runs) if runs else None, "cached": runner is not None
+        and runner.level > 0, "frozen_level": runner.level if runner is not None else None,
         "peak_memory_mb": engine.peak_memory_mb(), "machine": {"python": platform.python_version(),
                                                               "torch": torch.__version__,
                                                               "cuda": torch.cuda.is_available(),
@@ -111,11 +115,29 @@ def write_record(record: dict[str, Any], output: str | Path) -> Path:
     out = Path(output)
     name = (f"{time.strftime('%Y%m%d-%H%M%S')}-{record['model']}-{record['strategy']}-{record['shots']}shot-"
             f"{record['config_hash'][:8]}.json").replace("/", "_").replace(":", "_")
+    tmp = out / f".{name}.tmp"
     try:
         out.mkdir(parents=True, exist_ok=True)
-        tmp = out / f".{name}.tmp"
-        tmp.write_text(json.dumps(record, indent=2, default=str))
+        with open(tmp, "w") as f:
+            f.write(json.dumps(record, indent=2, default=str))
+            f.flush()
+            os.fsync(f.fileno())
         tmp.replace(out / name)
     except OSError as e:
+        if tmp.parent.is_dir():  # never leave a half-written record behind (e.g. disk full)
+            tmp.unlink(missing_ok=True)
         raise PefsError(f"cannot write the result record to {str(out)!r}: {e.strerror or e}") from e
     return out / name
+
+
+def check_writable(output: str | Path) -> None:
+    """Fail fast, naming the folder, when result records could not be written there."""
+    out = Path(output)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        probe = out / f".pefs-write-test-{os.getpid()}"
+        probe.write_text("")
+        probe.unlink()
+    except OSError as e:
+        raise PefsError(f"output folder {str(out)!r} is not writable: {e.strerror or e}; choose another with "
+                        "--output") from e

@@ -1,6 +1,18 @@
 """Tuning strategies: one module each, registered by name (see :mod:`pefs.strategies.registry`)."""
 
-from pefs.strategies import full, linear, lora  # noqa: F401  (registration side effects)
+from pefs.strategies import (  # noqa: F401  (registration side effects)
+    adapter,
+    bias,
+    full,
+    last_k,
+    linear,
+    lora,
+    norm,
+    peft_method,
+    self_prompt,
+    ssf,
+    vpt,
+)
 from pefs.strategies.base import Strategy, StrategyConfig
 from pefs.strategies.registry import STRATEGIES, build, list_strategies, register
 

@@ -89,6 +89,9 @@ class Strategy:
     mergeable: ClassVar[bool] = False
     #: True when the wrapped model's features equal the backbone's before any training (zero-init updates)
     identity_at_init: ClassVar[bool] = True
+    #: merge order, lowest first: a strategy that folds into the layer it follows (ssf) merges before one
+    #: that rewrites that layer's weights (peft merges W + dW in place)
+    merge_order: ClassVar[int] = 0
 
     def __init__(self, config: StrategyConfig | None = None) -> None:
         self.config = config or self.config_class()

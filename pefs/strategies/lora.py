@@ -33,8 +33,8 @@ class LoraConfig(StrategyConfig):
             raise PefsError(f"option dropout={self.dropout} of strategy {strategy!r} must lie in [0, 1)")
 
 
-def default_targets(bb: Backbone, suffixes: tuple[str, ...] = ()) -> list[str]:
-    """Full module names LoRA should adapt on this backbone."""
+def default_targets(bb: Backbone, suffixes: tuple[str, ...] = (), what: str = "LoRA") -> list[str]:
+    """Full module names LoRA (or ``what``, another adapter) should adapt on this backbone."""
     modules = dict(bb.model.named_modules())
     in_blocks = [n for b in bb.block_names for n, _ in modules[b].named_modules(prefix=b)]
     adaptable = [n for n in in_blocks if isinstance(modules[n], nn.Linear)
@@ -43,7 +43,7 @@ def default_targets(bb: Backbone, suffixes: tuple[str, ...] = ()) -> list[str]:
         chosen = [n for n in adaptable if any(n == s or n.endswith("." + s) for s in suffixes)]
         if not chosen:
             names = sorted({n.rsplit(".", 1)[-1] for n in adaptable})
-            raise PefsError(f"LoRA targets {', '.join(suffixes)} match no Linear/Conv2d in the blocks of {bb.name}; "
+            raise PefsError(f"{what} targets {', '.join(suffixes)} match no Linear/Conv2d in the blocks of {bb.name}; "
                             f"module names there: {', '.join(names[:20])}")
         return chosen
     if bb.kind == "transformer":
@@ -51,7 +51,7 @@ def default_targets(bb: Backbone, suffixes: tuple[str, ...] = ()) -> list[str]:
         if chosen:
             return chosen
     if not adaptable:
-        raise PefsError(f"LoRA found no Linear or non-grouped Conv2d inside the blocks of {bb.name}; "
+        raise PefsError(f"{what} found no Linear or non-grouped Conv2d inside the blocks of {bb.name}; "
                         "pass targets= naming the layers to adapt")
     return adaptable
 
@@ -74,7 +74,8 @@ class Lora(Strategy):
             p.requires_grad_("lora_" in n)
 
     def frozen_base(self, bb: Backbone) -> set[str]:
-        return {n for n, _ in bb.model.named_parameters() if ".base_layer." in n}
+        # only the adapted weights: biases (BitFit) may train alongside the low-rank update
+        return {n for n, _ in bb.model.named_parameters() if n.endswith(".base_layer.weight")}
 
     def merge(self, bb: Backbone) -> None:
         from peft.tuners.lora import LoraLayer

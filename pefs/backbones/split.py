@@ -1,0 +1,123 @@
+"""Run a backbone in pieces, so a frozen prefix runs once and only the trainable suffix runs every step.
+
+A backbone is a list of stages: ``stem``, one stage per block (``Backbone.block_names`` order), ``neck``
+(what follows the last block up to the feature map: the final norm, EfficientNet's head conv), ``pool``
+(pooled pre-logit features) and ``head``. *Level* ``L`` is the activation after the first ``L`` stages:
+0 is the image, :attr:`Stages.tokens` the feature map / token sequence, :attr:`Stages.pooled` the pooled
+features and :attr:`Stages.logits` the output. ``run(h, a, b)`` maps level ``a`` to level ``b``.
+
+Families with a known layout (timm ViT, EfficientNet/MobileNet, ResNet, ConvNeXt) get one stage per block;
+any other model gets only ``[features, head]``, enough to cache pooled features for a linear probe.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from pefs.backbones.describe import Backbone
+from pefs.errors import PefsError
+
+Stage = Callable[[torch.Tensor], torch.Tensor]
+#: timm classes whose forward_features is exactly stem -> blocks -> neck, as laid out below
+SPLIT_CLASSES = {"vit": ("VisionTransformer",), "efficientnet": ("EfficientNet",),
+                 "resnet": ("ResNet",), "convnext": ("ConvNeXt",)}
+
+
+@dataclass
+class Stages:
+    """The ordered stages of one backbone and the levels that matter between them."""
+
+    fns: list[Stage]
+    n_blocks: int  # 0 when the family has no known layout (only features -> head)
+
+    @property
+    def logits(self) -> int:
+        return len(self.fns)
+
+    @property
+    def pooled(self) -> int:
+        return len(self.fns) - 1
+
+    @property
+    def tokens(self) -> int | None:
+        """Level of the unpooled feature map / tokens (None when the layout is unknown)."""
+        return len(self.fns) - 2 if self.n_blocks else None
+
+    def block(self, i: int) -> int:
+        """Level of the input of block ``i`` (``i == n_blocks``: the output of the last block)."""
+        if not self.n_blocks:
+            raise PefsError("this backbone's layout is unknown to pefs, so it cannot be cut between blocks")
+        if not 0 <= i <= self.n_blocks:
+            raise PefsError(f"block index must lie in 0..{self.n_blocks}, got {i}")
+        return 1 + i
+
+    def run(self, h: torch.Tensor, start: int, stop: int) -> torch.Tensor:
+        """Map the activation at level ``start`` to level ``stop``."""
+        if not 0 <= start <= stop <= self.logits:
+            raise PefsError(f"cannot run from level {start} to level {stop}; levels lie in 0..{self.logits}")
+        for fn in self.fns[start:stop]:
+            h = fn(h)
+        return h
+
+
+def _seq(*mods: nn.Module) -> Stage:
+    def run(x: torch.Tensor) -> torch.Tensor:
+        for m in mods:
+            x = m(x)
+        return x
+    return run
+
+
+def _stem_and_neck(bb: Backbone) -> tuple[Stage, Stage]:
+    m = bb.model
+    if bb.family == "vit":
+        return (lambda x: m.norm_pre(m.patch_drop(m._pos_embed(m.patch_embed(x))))), m.norm
+    if bb.family == "efficientnet":
+        return _seq(m.conv_stem, m.bn1), _seq(m.conv_head, m.bn2)
+    if bb.family == "resnet":
+        return _seq(m.conv1, m.bn1, m.act1, m.maxpool), nn.Identity()
+    return m.stem, m.norm_pre  # convnext
+
+
+def _block_stages(bb: Backbone) -> list[Stage]:
+    """One callable per block; a ConvNeXt stage's downsample runs with that stage's first block."""
+    out: list[Stage] = []
+    for name, block in zip(bb.block_names, bb.blocks):
+        parts = name.split(".")
+        if bb.family == "convnext" and parts[-1] == "0":
+            out.append(_seq(bb.model.stages[int(parts[1])].downsample, block))
+        else:
+            out.append(block)
+    return out
+
+
+def supports_blocks(bb: Backbone) -> bool:
+    """True when pefs knows how to run this backbone block by block."""
+    return type(bb.model).__name__ in SPLIT_CLASSES.get(bb.family, ()) and bool(bb.block_names)
+
+
+def stages(bb: Backbone) -> Stages:
+    """The stages of ``bb`` (see the module docstring)."""
+    head = bb.head
+    if not supports_blocks(bb):
+        return Stages([bb.features, head], n_blocks=0)
+    stem, neck = _stem_and_neck(bb)
+    m = bb.model
+    pool: Stage = lambda t: m.forward_head(t, pre_logits=True)  # noqa: E731
+    blocks = _block_stages(bb)
+    return Stages([stem, *blocks, neck, pool, head], n_blocks=len(blocks))
+
+
+def patch_tokens(bb: Backbone, t: torch.Tensor) -> torch.Tensor:
+    """Per-position features (B, P, D) from the unpooled output: ViT patch tokens (class/register tokens
+    dropped) or, for CNNs, one token per feature-map position."""
+    if bb.family == "vit":
+        return t[:, getattr(bb.model, "num_prefix_tokens", 1):]
+    if t.ndim == 4:
+        return t.flatten(2).transpose(1, 2)
+    raise PefsError(f"cannot read patch tokens from {bb.name}: its feature output has shape {tuple(t.shape)}; "
+                    "expected (B, tokens, D) from a ViT or a (B, C, H, W) feature map")

@@ -1,0 +1,181 @@
+"""PNG plots of a report (matplotlib, Agg backend): accuracy vs shots, accuracy vs trainable parameters, and a
+shots × trainable-parameters heatmap of accuracy. One set of files per protocol setting in the store."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from pefs.report import Group
+
+MARKERS = "osD^vP*Xh<>"
+
+
+def _pyplot():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _ok(groups: list[Group]) -> list[Group]:
+    return [g for g in groups if g.mean_ci()[0] is not None]
+
+
+def _random_note(groups: list[Group]) -> str:
+    return " (random weights)" if any(g.pretrained == "random" for g in groups) else ""
+
+
+def _model_label(g: Group) -> str:
+    from pefs.report import fmt_count
+
+    return f"{g.model} ({fmt_count(g.backbone_params)})"
+
+
+def _shots_axis(ax, shots: list[int]) -> None:
+    ax.set_xscale("log", base=2)
+    ax.set_xticks(shots)
+    ax.set_xticklabels([str(k) for k in shots])
+    ax.set_xlabel("shots per class (K)")
+
+
+def accuracy_vs_shots(groups: list[Group], path: Path, title: str) -> Path:
+    """One panel per strategy, one line per model, error bars = 95% CI."""
+    plt = _pyplot()
+    gs = _ok(groups)
+    strategies = sorted({g.strategy for g in gs})
+    shots = sorted({g.shots for g in gs})
+    models = sorted({g.model for g in gs}, key=lambda m: next(g.backbone_params or 0 for g in gs if g.model == m))
+    ncols = min(len(strategies), 3)
+    nrows = -(-len(strategies) // ncols)
+    fig, axes = plt.subplots(nrows, ncols, figsize=(5.2 * ncols, 4.2 * nrows), sharey=True, squeeze=False)
+    for ax, strategy in zip(axes.flat, strategies):
+        for i, m in enumerate(models):
+            pts = sorted((g for g in gs if g.strategy == strategy and g.model == m), key=lambda g: g.shots)
+            if not pts:
+                continue
+            dodge = 2 ** (0.05 * (i - (len(models) - 1) / 2))  # side by side, so error bars do not hide each other
+            ax.errorbar([g.shots * dodge for g in pts], [g.mean_ci()[0] for g in pts],
+                        yerr=[g.mean_ci()[1] for g in pts],
+                        marker=MARKERS[i % len(MARKERS)], capsize=3, label=_model_label(pts[0]))
+        _shots_axis(ax, shots)
+        ax.set_title(strategy)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8, title="model (backbone params)", title_fontsize=8)
+    for ax in axes[:, 0]:
+        ax.set_ylabel("accuracy (%), mean ± 95% CI")
+    for ax in list(axes.flat)[len(strategies):]:
+        ax.set_visible(False)
+    fig.suptitle(f"Accuracy vs shots{_random_note(gs)}\n{title}")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
+def accuracy_vs_params(groups: list[Group], path: Path, title: str) -> Path:
+    """One panel per shots value: trainable parameters (log x) vs accuracy; colour = strategy, marker = model."""
+    from matplotlib.ticker import NullFormatter
+
+    plt = _pyplot()
+    gs = [g for g in _ok(groups) if g.trainable]
+    shots = sorted({g.shots for g in gs})
+    strategies = sorted({g.strategy for g in gs})
+    models = sorted({g.model for g in gs}, key=lambda m: next(g.backbone_params or 0 for g in gs if g.model == m))
+    colours = plt.get_cmap("tab10")
+    ncols = min(len(shots) + 1, 3)
+    nrows = -(-(len(shots) + 1) // ncols)
+    fig, axes = plt.subplots(nrows, ncols, figsize=(4.6 * ncols, 3.7 * nrows), sharey=True, sharex=True,
+                             squeeze=False)
+    lo, hi = min(g.trainable for g in gs), max(g.trainable for g in gs)
+    for ax, k in zip(axes.flat, shots):
+        for g in (g for g in gs if g.shots == k):
+            ax.errorbar(g.trainable, g.mean_ci()[0], yerr=g.mean_ci()[1], capsize=3, linestyle="none",
+                        marker=MARKERS[models.index(g.model) % len(MARKERS)], markersize=7,
+                        color=colours(strategies.index(g.strategy) % 10))
+        ax.set_xscale("log")
+        ax.set_xlim(lo / 2.5, hi * 2.5)
+        ax.xaxis.set_minor_formatter(NullFormatter())
+        ax.set_title(f"{k}-shot")
+        ax.grid(alpha=0.3)
+    for i, ax in enumerate(axes.flat):
+        if i < len(shots) and i + ncols >= len(shots):
+            ax.set_xlabel("trainable parameters (log scale)")
+            ax.xaxis.set_tick_params(labelbottom=True)
+    for ax in axes[:, 0]:
+        ax.set_ylabel("accuracy (%), mean ± 95% CI")
+    handles = [plt.Line2D([], [], color=colours(i % 10), marker="o", linestyle="none", label=s)
+               for i, s in enumerate(strategies)]
+    handles += [plt.Line2D([], [], color="grey", marker=MARKERS[i % len(MARKERS)], linestyle="none",
+                           label=_model_label(next(g for g in gs if g.model == m))) for i, m in enumerate(models)]
+    legend_ax = list(axes.flat)[len(shots)]
+    legend_ax.axis("off")
+    legend_ax.legend(handles=handles, loc="center", fontsize=9, title="colour = strategy, marker = model",
+                     title_fontsize=9)
+    for ax in list(axes.flat)[len(shots) + 1:]:
+        ax.set_visible(False)
+    fig.suptitle(f"Accuracy vs trainable parameters{_random_note(gs)}\n{title}")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
+def shots_params_heatmap(groups: list[Group], path: Path, title: str) -> Path:
+    """Rows = (strategy, model) ordered by trainable parameters, columns = shots, colour = mean accuracy."""
+    import numpy as np
+
+    from pefs.report import fmt_count
+
+    plt = _pyplot()
+    gs = _ok(groups)
+    shots = sorted({g.shots for g in gs})
+    first = {(g.strategy, g.model): g for g in gs}
+    rows = sorted(first, key=lambda r: (first[r].trainable or 0, first[r].backbone_params or 0, r))
+    grid = np.full((len(rows), len(shots)), np.nan)
+    text = [["" for _ in shots] for _ in rows]
+    for g in gs:
+        i, j = rows.index((g.strategy, g.model)), shots.index(g.shots)
+        mean, ci = g.mean_ci()
+        grid[i, j], text[i][j] = mean, f"{mean:.1f}\n±{ci:.1f}"
+    labels = [f"{s} · {m} ({fmt_count(first[s, m].trainable)})" for s, m in rows]
+    fig, ax = plt.subplots(figsize=(1.3 * len(shots) + 5.5, 0.55 * len(rows) + 2.0))
+    im = ax.imshow(grid, cmap="viridis", aspect="auto")
+    lo, hi = np.nanmin(grid), np.nanmax(grid)
+    for i in range(len(rows)):
+        for j in range(len(shots)):
+            if not text[i][j]:
+                ax.text(j, i, "not run", ha="center", va="center", fontsize=7, color="grey")
+            else:
+                dark = (grid[i, j] - lo) / max(hi - lo, 1e-9) < 0.6
+                ax.text(j, i, text[i][j], ha="center", va="center", fontsize=7, color="white" if dark else "black")
+    ax.set_xticks(range(len(shots)), [str(k) for k in shots])
+    ax.set_yticks(range(len(rows)), labels, fontsize=8)
+    ax.set_xlabel("shots per class (K)")
+    ax.set_ylabel("strategy · model (trainable params), fewest first")
+    fig.colorbar(im, ax=ax, label="accuracy (%), mean")
+    ax.set_title(f"Accuracy by shots and trainable parameters{_random_note(gs)}\n{title}", fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
+def write_plots(groups: list[Group], out: Path) -> list[Path]:
+    """All three plots per setting; file names carry a setting suffix only when the store holds several."""
+    settings = sorted({g.setting for g in groups})
+    files = []
+    for setting in settings:
+        gs = [g for g in groups if g.setting == setting]
+        if not _ok(gs):
+            continue
+        suffix = "" if len(settings) == 1 else "-" + re.sub(r"[^a-z0-9]+", "-", setting.lower()).strip("-")
+        files.append(accuracy_vs_shots(gs, out / f"accuracy_vs_shots{suffix}.png", setting))
+        if any(g.trainable for g in _ok(gs)):
+            files.append(accuracy_vs_params(gs, out / f"accuracy_vs_params{suffix}.png", setting))
+        files.append(shots_params_heatmap(gs, out / f"shots_params_heatmap{suffix}.png", setting))
+    return files

@@ -1,0 +1,208 @@
+"""``self-prompt`` (ours): prompts generated from the image itself, rather than VPT's fixed learned vectors.
+
+A small generator -- M learned queries cross-attending (one head, width ``dim``) over the image's own features
+at the output of block ``source`` -- produces M instance-conditioned prompts for the later ``targets`` blocks.
+
+* Transformers (timm ViT): the prompts are projected to the model width D. Each target block gets a parallel
+  attention branch from its own (normalised) tokens to the prompts, through the block's frozen q/k/v and output
+  projections, added to the block's output times a per-head gate that starts at zero (LLaMA-Adapter's
+  zero-init gating).
+* CNNs: the generator reads the source feature map's positions as tokens; each target block mixes the M
+  prompts with its own softmax weights and maps the mix to a per-channel scale and shift (FiLM) of its output,
+  ``y * (1 + gamma) + beta``, through a zero-initialised linear layer.
+
+Either way the wrapped model starts exactly equal to the backbone. The design is ablatable through its
+options: ``prompts`` (M), ``source`` (which block's features feed the generator; default ``len(blocks) // 4``),
+``targets`` (which later blocks read the prompts; default every block after the source) and ``dim``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from pefs.backbones import Backbone
+from pefs.errors import PefsError
+from pefs.strategies.adapter import Wrapped, _reference, probe_shapes, replace_module, select_blocks
+from pefs.strategies.base import Strategy, StrategyConfig, set_trainable
+from pefs.strategies.registry import register
+from pefs.strategies.vpt import TimmBlocks, vit_blocks
+
+
+class PromptGenerator(nn.Module):
+    """M learned queries attend over (B, N, C) tokens and give (B, M, out_dim) prompts."""
+
+    def __init__(self, in_dim: int, dim: int, prompts: int, out_dim: int) -> None:
+        super().__init__()
+        self.norm = nn.LayerNorm(in_dim)
+        self.queries = nn.Parameter(torch.randn(prompts, dim) * 0.02)
+        self.kv = nn.Linear(in_dim, 2 * dim)
+        self.out = nn.Linear(dim, out_dim)
+
+    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
+        k, v = self.kv(self.norm(tokens)).chunk(2, dim=-1)
+        q = self.queries.to(k.dtype).expand(tokens.shape[0], -1, -1)
+        return self.out(F.scaled_dot_product_attention(q, k, v))
+
+
+def gated_prompt_attention(block: nn.Module, x: torch.Tensor, prompts: torch.Tensor,
+                           gate: torch.Tensor) -> torch.Tensor:
+    """The block's own attention from its tokens ``x`` to ``prompts``, gated per head (zero gate = no change);
+    the output projection's bias is left out so the branch is exactly zero while the gate is."""
+    attn, h = block.attn, block.norm1
+    heads, hd = attn.num_heads, attn.head_dim
+    width = heads * hd
+    w, bias = attn.qkv.weight, attn.qkv.bias  # (LoRA-wrapped projections expose the base weight too)
+    q = F.linear(h(x), w[:width], None if bias is None else bias[:width])  # q for the tokens, k/v for the prompts
+    kv = F.linear(h(prompts), w[width:], None if bias is None else bias[width:])
+    b, n, m = x.shape[0], x.shape[1], prompts.shape[1]
+    q = attn.q_norm(q.reshape(b, n, heads, hd).transpose(1, 2))
+    k, v = kv.reshape(b, m, 2, heads, hd).permute(2, 0, 3, 1, 4).unbind(0)
+    out = F.scaled_dot_product_attention(q, attn.k_norm(k), v).transpose(1, 2).reshape(b, n, width)
+    out = getattr(attn, "norm", nn.Identity())(out)
+    out = (out.reshape(b, n, heads, hd) * gate.to(x.dtype).view(1, 1, heads, 1)).reshape(b, n, width)
+    if getattr(attn, "gate", None) is not None:  # timm's optional sigmoid output gate
+        out = out * attn.gate(h(x)).sigmoid()
+    out = F.linear(out, attn.proj.weight)
+    return block.ls1(out) if hasattr(block, "ls1") else out
+
+
+class SelfPromptedBlocks(TimmBlocks):
+    """ViT blocks whose ``targets`` read prompts generated from the output of block ``source``."""
+
+    def __init__(self, blocks: nn.Sequential, generator: PromptGenerator, source: int, targets: list[int],
+                 heads: int) -> None:
+        super().__init__(blocks)
+        self.generator = generator
+        self.gates = nn.Parameter(torch.zeros(len(targets), heads))
+        self.source = source
+        self.targets = {t: j for j, t in enumerate(targets)}
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        prompts = None
+        for i, block in enumerate(self.block_list()):
+            y = block(x)
+            if i in self.targets:
+                y = y + gated_prompt_attention(block, x, prompts, self.gates[self.targets[i]])
+            x = y
+            if i == self.source:
+                prompts = self.generator(x)
+        return x
+
+
+class PromptSource(Wrapped):
+    """A CNN block whose output feature map feeds the generator; the prompts wait here for the target blocks."""
+
+    def __init__(self, base_layer: nn.Module, generator: PromptGenerator) -> None:
+        super().__init__(base_layer)
+        self.generator = generator
+        self.prompts: torch.Tensor | None = None
+
+    def forward(self, x: torch.Tensor, *args, **kwargs) -> torch.Tensor:
+        y = self.base_layer(x, *args, **kwargs)
+        self.prompts = self.generator(y.flatten(2).transpose(1, 2))
+        return y
+
+
+class FilmTarget(Wrapped):
+    """A CNN block whose output is scaled and shifted per channel from a mix of the generated prompts."""
+
+    def __init__(self, base_layer: nn.Module, source: PromptSource, prompts: int, dim: int, channels: int,
+                 last: bool) -> None:
+        super().__init__(base_layer)
+        self.mix = nn.Parameter(torch.zeros(prompts))
+        self.film = nn.Linear(dim, 2 * channels)
+        nn.init.zeros_(self.film.weight)
+        nn.init.zeros_(self.film.bias)
+        self._source = [source]  # a plain reference: the source is registered where it sits
+        self.last = last
+
+    def forward(self, x: torch.Tensor, *args, **kwargs) -> torch.Tensor:
+        y = self.base_layer(x, *args, **kwargs)
+        source = self._source[0]
+        if source.prompts is None:
+            raise RuntimeError("self-prompt target block ran before its source block")
+        mixed = torch.einsum("m,bmd->bd", self.mix.softmax(0).to(y.dtype), source.prompts.to(y.dtype))
+        gamma, beta = self.film(mixed).to(y.dtype)[:, :, None, None].chunk(2, dim=1)
+        if self.last:  # drop the reference so a finished forward leaves no graph behind (deepcopy-safe)
+            source.prompts = None
+        return y * (1 + gamma) + beta
+
+
+@dataclass
+class SelfPromptConfig(StrategyConfig):
+    #: number of generated prompts M
+    prompts: int = 8
+    #: block whose output feeds the generator (negative from the end); none = len(blocks) // 4
+    source: int | None = None
+    #: blocks that read the prompts (after the source); empty = every block after it
+    targets: tuple[int, ...] = ()
+    #: generator width (attention width of its queries)
+    dim: int = 64
+
+    def validate(self, strategy: str) -> None:
+        for key in ("prompts", "dim"):
+            if getattr(self, key) < 1:
+                raise PefsError(f"option {key}={getattr(self, key)} of strategy {strategy!r} must be >= 1")
+
+
+@register
+class SelfPrompt(Strategy):
+    name = "self-prompt"
+    summary = "instance prompts generated from an early block's features, read by later blocks (zero-init gated)"
+    config_class = SelfPromptConfig
+    kinds = ("transformer", "cnn")
+
+    def plan(self, bb: Backbone) -> tuple[int, list[int]]:
+        """The source block index and the target block indices, validated against ``bb``."""
+        c: SelfPromptConfig = self.config  # type: ignore[assignment]
+        n = len(bb.block_names)
+        source = select_blocks(bb, (c.source if c.source is not None else n // 4,), self.name, "source")[0]
+        if source >= n - 1:
+            raise PefsError(f"option source={c.source} of strategy 'self-prompt' leaves no block after it to read "
+                            f"the prompts ({bb.name} has {n} blocks); valid sources: 0..{n - 2}")
+        targets = select_blocks(bb, c.targets, self.name, "targets") if c.targets else list(range(source + 1, n))
+        early = [t for t in targets if t <= source]
+        if early:
+            raise PefsError(f"option targets={','.join(map(str, c.targets))} of strategy 'self-prompt' includes "
+                            f"block {early[0]}, which runs before the prompts exist (source block {source}); "
+                            f"valid targets: {source + 1}..{n - 1}")
+        return source, targets
+
+    def apply(self, bb: Backbone) -> None:
+        c: SelfPromptConfig = self.config  # type: ignore[assignment]
+        source, targets = self.plan(bb)
+        device, dtype = _reference(bb.model)
+        if bb.kind == "transformer":
+            blocks = vit_blocks(bb, "self-prompt on a transformer", "strategy 'adapter' or 'lora'")
+            needed = ("qkv", "proj", "num_heads", "head_dim", "q_norm", "k_norm")
+            for t in targets:
+                attn = getattr(blocks[t], "attn", None)
+                if not hasattr(blocks[t], "norm1") or not all(hasattr(attn, a) for a in needed):
+                    raise PefsError(f"self-prompt reuses timm ViT block attention (norm1, attn.qkv, attn.proj); "
+                                    f"block {t} of {bb.name} is a {type(blocks[t]).__name__}: use strategy "
+                                    "'adapter' or 'lora'")
+            generator = PromptGenerator(bb.width, c.dim, c.prompts, bb.width)
+            new = SelfPromptedBlocks(blocks, generator, source, targets, attn.num_heads).to(device=device, dtype=dtype)
+            bb.model.blocks = new
+            set_trainable(list(new.generator.parameters()) + [new.gates])
+            return
+        names = [bb.block_names[i] for i in (source, *targets)]
+        shapes = probe_shapes(bb, names)
+        bad = [n for n in names if n not in shapes or len(shapes[n][1]) != 4]
+        if bad:
+            raise PefsError(f"self-prompt needs CNN blocks that output (B, C, H, W) feature maps; block {bad[0]} "
+                            f"of {bb.name} gave {tuple(shapes[bad[0]][1]) if bad[0] in shapes else 'nothing'}")
+        generator = PromptGenerator(shapes[names[0]][1][1], c.dim, c.prompts, c.dim)
+        src = PromptSource(bb.model.get_submodule(names[0]), generator).to(device=device, dtype=dtype)
+        replace_module(bb.model, names[0], src)
+        trainable = list(generator.parameters())
+        for j, name in enumerate(names[1:]):
+            target = FilmTarget(bb.model.get_submodule(name), src, c.prompts, c.dim, shapes[name][1][1],
+                                last=j == len(targets) - 1).to(device=device, dtype=dtype)
+            replace_module(bb.model, name, target)
+            trainable += [target.mix, *target.film.parameters()]
+        set_trainable(trainable)

@@ -1,0 +1,134 @@
+"""The engine: backbone split points, frozen-prefix caching (cached == uncached), repeatability, NaN errors."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+import pefs
+from pefs import engine
+from pefs.backbones.split import stages
+from pefs.engine import NonFiniteLoss, TrainConfig
+from pefs.errors import PefsError
+from pefs.strategies.last_k import final_norms
+from tests.conftest import TINY_MODELS
+
+
+def tiny(family: str, strategy: str = "linear", classes: int = 3, **options) -> pefs.PefsModel:
+    name, kwargs = TINY_MODELS[family]
+    engine.seed_everything(0)
+    return pefs.wrap(name, strategy, num_classes=classes, pretrained=False, model_kwargs=kwargs, **options)
+
+
+def batch(n: int = 12, classes: int = 3, size: int = 32) -> tuple[torch.Tensor, torch.Tensor]:
+    g = torch.Generator().manual_seed(1)
+    return torch.randn(n, 3, size, size, generator=g), torch.arange(n) % classes
+
+
+def cfg(**kw) -> TrainConfig:
+    return TrainConfig(**{"epochs": 3, "batch_size": 4, "progress": False, **kw})
+
+
+@pytest.mark.parametrize("family", list(TINY_MODELS))
+def test_stages_reproduce_the_model_at_every_cut(family):
+    m = tiny(family).eval()
+    st = stages(m.backbone)
+    x, _ = batch(2)
+    with torch.no_grad():
+        logits, pooled = m(x), m.features(x)
+        assert torch.allclose(st.run(x, 0, st.pooled), pooled, atol=1e-5)
+        for i in range(0, st.n_blocks + 1, 3):
+            h = st.run(x, 0, st.block(i))
+            assert torch.allclose(st.run(h, st.block(i), st.logits), logits, atol=1e-5), f"cut before block {i}"
+
+
+@pytest.mark.parametrize("family, strategy", [("vit", "linear"), ("vit", "last-k"), ("efficientnet", "linear"),
+                                              ("efficientnet", "last-k"), ("convnext", "last-k")])
+def test_cached_and_uncached_training_agree(family, strategy):
+    x, y = batch()
+    results = []
+    for cache in (True, False):
+        m = tiny(family, strategy)
+        before = engine.outputs(m, x, cfg())
+        stats = engine.fit(m, x, y, cfg(cache_features=cache), seed=0)
+        assert stats.cached is cache and stats.steps == 9
+        results.append((engine.outputs(m, x, cfg()), before, stats.losses))
+    (cached, before, loss_c), (uncached, _, loss_u) = results
+    assert not torch.allclose(cached, before, atol=1e-4)  # training did change the model
+    assert torch.allclose(cached, uncached, atol=1e-4)
+    assert torch.equal(cached.argmax(-1), uncached.argmax(-1))
+    assert loss_c == pytest.approx(loss_u, abs=1e-5)
+
+
+def test_frozen_level_per_strategy():
+    m = tiny("vit", "last-k", k=3)
+    st = stages(m.backbone)
+    assert engine.frozen_level(m, cfg()) == st.block(12 - 3)
+    assert engine.frozen_level(tiny("vit"), cfg()) == st.pooled
+    assert engine.frozen_level(tiny("vit"), cfg(), reads="tokens") == st.tokens
+    assert engine.frozen_level(tiny("vit", "lora"), cfg()) == 0  # LoRA trains inside every block
+    assert engine.frozen_level(m, cfg(cache_features=False)) == 0
+    assert engine.frozen_level(tiny("resnet"), cfg(bn_stats="update")) == 0  # BN statistics would move
+
+
+def test_last_k_trains_last_blocks_final_norm_and_head():
+    m = tiny("vit", "last-k", k=2)
+    trained = {n.split(".")[0] + ("." + n.split(".")[1] if n.startswith("blocks.") else "")
+               for n, p in m.net.named_parameters() if p.requires_grad}
+    assert trained == {"blocks.10", "blocks.11", "norm", "head"}
+    assert final_norms(tiny("efficientnet", "last-k").backbone) == ["bn2"]
+    assert set(tiny("resnet", "last-k", k=1).param_report()["breakdown"]) == {"layer4.1", "head"}
+
+
+@pytest.mark.parametrize("k, message", [(0, "k=0 .* must be >= 1"), (13, r"k=13 .* must lie in 1..12")])
+def test_last_k_bad_k(k, message):
+    with pytest.raises(PefsError, match=message):
+        tiny("vit", "last-k", k=k)
+
+
+def test_fit_repeats_bit_for_bit_for_a_seed():
+    x, y = batch()
+    runs = []
+    for _ in range(2):
+        m = tiny("vit", "lora")
+        stats = engine.fit(m, x, y, cfg(), seed=7)
+        runs.append((stats.losses, {n: p.detach().clone() for n, p in m.trainable_state().items()}))
+    assert runs[0][0] == runs[1][0]
+    assert all(torch.equal(runs[0][1][n], runs[1][1][n]) for n in runs[0][1])
+
+
+def test_cosine_schedule_and_head_learning_rate():
+    m = tiny("vit", "last-k", k=1)
+    opt = engine._optimizer(m, cfg(lr=1e-3, head_lr=1e-2))
+    assert sorted(g["lr"] for g in opt.param_groups) == [1e-3, 1e-2]
+    stats = engine.fit(m, *batch(), cfg(), seed=0)
+    assert stats.final_loss == stats.losses[-1] and len(stats.losses) == 9
+
+
+def test_non_finite_loss_names_the_step():
+    x, y = batch()
+    x[5] = float("nan")  # second batch of 4 after the seeded shuffle holds it, or a later one
+    with pytest.raises(NonFiniteLoss, match=r"training loss became nan at step \d+ \(epoch 1\)"):
+        engine.fit(tiny("vit", "last-k"), x, y, cfg(cache_features=False), seed=0)
+
+
+def test_mixed_precision_switches_within_one_process():
+    for precision in ("no", "bf16", "fp16", "no"):
+        stats = engine.fit(tiny("vit", "last-k", k=1), *batch(), cfg(mixed_precision=precision, epochs=1,
+                                                                      cache_features=False), seed=0)
+        assert stats.steps == 3 and all(torch.isfinite(torch.tensor(stats.losses)))
+
+
+@pytest.mark.parametrize("kw, message", [({"epochs": 0}, "epochs must be >= 1"), ({"lr": 0}, "lr must be > 0"),
+                                         ({"mixed_precision": "fp8"}, "mixed_precision must be one of")])
+def test_bad_train_config(kw, message):
+    with pytest.raises(PefsError, match=message):
+        TrainConfig(**kw).validate()
+
+
+def test_unknown_layout_caches_pooled_features_but_has_no_tokens():
+    body = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten())
+    m = pefs.wrap(body, "linear", num_classes=2, model_kwargs={"input_size": (3, 16, 16)})
+    assert engine.frozen_level(m, cfg()) == stages(m.backbone).pooled == 1
+    with pytest.raises(PefsError, match="cannot read its unpooled tokens"):
+        engine.level_of(m, "tokens")

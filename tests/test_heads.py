@@ -1,0 +1,101 @@
+"""Classifier heads: prototypes, prototype-initialised linear heads, Hungarian patch matching."""
+
+from __future__ import annotations
+
+import itertools
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from pefs import heads
+from pefs.backbones.split import patch_tokens
+from pefs.errors import PefsError
+from tests.test_engine import tiny
+
+
+def brute_force_match(sim: np.ndarray) -> float:
+    """Best one-to-one assignment of every row to a distinct column, by trying every ordered choice."""
+    rows, cols = sim.shape
+    return max(sum(sim[r, c] for r, c in enumerate(perm)) for perm in itertools.permutations(range(cols), rows)) / rows
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_hungarian_matches_brute_force(seed):
+    rng = np.random.default_rng(seed)
+    for rows, cols in ((3, 3), (3, 5), (4, 6)):
+        sim = rng.uniform(-1, 1, (rows, cols))
+        assert heads.match_score(sim) == pytest.approx(brute_force_match(sim))
+
+
+def test_patch_match_scores_against_brute_force_cosines():
+    g = torch.Generator().manual_seed(0)
+    support, labels = torch.randn(4, 2, 5, generator=g), torch.tensor([0, 0, 1, 1])  # 2 shots x 2 patches per class
+    query = torch.randn(3, 3, 5, generator=g)
+    scores = heads.patch_match_scores(support, labels, query, 2)
+    for q in range(3):
+        for c in range(2):
+            pool = F.normalize(support[labels == c].reshape(-1, 5), dim=-1)
+            sim = (F.normalize(query[q], dim=-1) @ pool.T).numpy()
+            assert scores[q, c].item() == pytest.approx(brute_force_match(sim), abs=1e-6)
+
+
+def test_patch_match_counts_parts_a_pooled_vector_misses():
+    # class 0's support shows parts A and B; class 1's shows A twice. A query with parts A and B must pick class 0,
+    # and one-to-one matching stops a query of two A parts from scoring perfectly against class 0.
+    a, b = torch.tensor([1.0, 0, 0]), torch.tensor([0, 1.0, 0])
+    support, labels = torch.stack([torch.stack([a, b]), torch.stack([a, a])]), torch.tensor([0, 1])
+    scores = heads.patch_match_scores(support, labels, torch.stack([torch.stack([a, b]), torch.stack([a, a])]), 2)
+    assert scores.argmax(-1).tolist() == [0, 1]
+    assert scores[1, 0] == pytest.approx(0.5)
+
+
+def test_prototype_head_is_cosine_to_class_means():
+    feats = torch.tensor([[1.0, 0], [3.0, 0.2], [0, 1.0], [0.1, 2.0]])
+    labels = torch.tensor([0, 0, 1, 1])
+    protos = heads.prototypes(feats, labels, 2)
+    assert torch.allclose(protos, torch.tensor([[2.0, 0.1], [0.05, 1.5]]))
+    scores = heads.PrototypeHead().classify(feats, labels, torch.tensor([[5.0, 1.0], [0.2, 0.3]]), 2)
+    assert scores.argmax(-1).tolist() == [0, 1]
+    assert scores[0, 0] == pytest.approx(F.cosine_similarity(torch.tensor([5.0, 1.0]), protos[0], dim=0).item())
+
+
+def test_proto_init_linear_head_decides_like_the_prototype_classifier():
+    g = torch.Generator().manual_seed(0)
+    feats, labels = torch.randn(15, 8, generator=g).abs(), torch.arange(15) % 5
+    head = nn.Linear(8, 5)
+    heads.LinearProtoHead().init_linear(head, feats, labels, 5)
+    query = torch.randn(40, 8, generator=g).abs()
+    with torch.no_grad():
+        logits = head(query)
+    cos = heads.PrototypeHead().classify(feats, labels, query, 5)
+    assert torch.equal(logits.argmax(-1), cos.argmax(-1))
+    assert head.bias.abs().max() == 0 and logits.abs().max() < heads.PROTO_SCALE * 3
+
+
+def test_prototypes_need_every_class():
+    with pytest.raises(PefsError, match=r"classes \[2\] have no support example"):
+        heads.prototypes(torch.ones(2, 3), torch.tensor([0, 1]), 3)
+
+
+def test_unknown_head():
+    with pytest.raises(PefsError, match="unknown head 'knn'; valid choices: linear, linear-proto, patch-match"):
+        heads.build("knn")
+
+
+def test_which_heads_train():
+    assert heads.build("linear").trains(frozen_prefix=True)
+    assert not heads.build("prototype").trains(frozen_prefix=True)
+    assert heads.build("prototype").trains(frozen_prefix=False)  # tuned through a prototype-initialised head
+    assert not heads.build("patch-match").trains(frozen_prefix=True)
+
+
+def test_patch_tokens_of_vit_and_cnn():
+    vit = tiny("vit").eval()
+    with torch.no_grad():
+        t = vit.net.forward_features(torch.zeros(2, 3, 32, 32))
+    assert patch_tokens(vit.backbone, t).shape == (2, 4, 192)  # 2x2 patches, class token dropped
+    cnn = tiny("resnet")
+    assert patch_tokens(cnn.backbone, torch.zeros(2, 512, 3, 4)).shape == (2, 12, 512)  # one per map position

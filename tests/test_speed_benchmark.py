@@ -1,0 +1,69 @@
+"""benchmarks/speed.py on its tiny setting: it runs end to end and reports every column (no timing assertions)."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+SCRIPT = ROOT / "benchmarks" / "speed.py"
+
+
+def _speed_module():
+    spec = importlib.util.spec_from_file_location("pefs_speed_benchmark", SCRIPT)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)  # top level is standard library only: cheap
+    return mod
+
+
+def _table(md: str) -> tuple[list[str], list[list[str]]]:
+    """Header and rows of the main results table (the first table whose header starts with 'strategy')."""
+    lines = md.splitlines()
+    start = next(i for i, ln in enumerate(lines) if ln.startswith("| strategy | epochs |"))
+    header = [c.strip() for c in lines[start].strip("|").split("|")]
+    rows = []
+    for ln in lines[start + 2:]:
+        if not ln.startswith("|"):
+            break
+        rows.append([c.strip() for c in ln.strip("|").split("|")])
+    return header, rows
+
+
+def test_tiny_run_reports_every_column(tmp_path):
+    mod = _speed_module()
+    out_md, out_json = tmp_path / "speed.md", tmp_path / "speed.json"
+    env = dict(os.environ, HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1")
+    proc = subprocess.run([sys.executable, str(SCRIPT), "--tiny", "--markdown", str(out_md), "--json", str(out_json)],
+                          cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:] + proc.stdout[-2000:]
+    md = out_md.read_text()
+    assert md in proc.stdout  # the report is printed too
+
+    header, rows = _table(md)
+    assert header == mod.COLUMNS
+    result = json.loads(out_json.read_text())
+    names = [r["name"] for r in result["rows"]]
+    expected = [n for n in mod.TINY if n in names or not any(n in s for s in result["skipped"])]
+    assert names == expected and {"linear", "lora", "full"} <= set(names)
+    assert [r[0] for r in rows] == names
+    for row in rows:
+        assert len(row) == len(mod.COLUMNS)
+        assert all(cell and cell != "–" for cell in row[3:]), row  # every measurement is filled in
+        assert "NO" not in row[-1], f"reference and pefs disagree on accuracy: {row}"
+    for r in result["rows"]:
+        assert "error" not in r
+        for side in ("ref", "pefs"):
+            assert r[f"{side}_episode_s"] > 0 and r[f"{side}_kshot_s"] > 0 and r[f"{side}_peak_mb"] is not None
+            assert 0.0 <= r[f"{side}_episode_acc"] <= 1.0
+        assert r["limit_episode_s"] > 0 and r["pefs_vs_limit_episode"] > 0
+
+    for section in ("### Where the time goes", "### Targets", "### Hardware probes", "### GPU"):
+        assert section in md
+    assert "load average" in md and "--tiny" in md
+    assert result["load_start"] and result["load_end"]
+    if not result["info"]["cuda"]:
+        assert "Skipped: torch.cuda.is_available() is False" in md
