@@ -98,6 +98,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--json", type=Path, help="write every measurement here")
     p.add_argument("--markdown", type=Path, help="write the report here (also printed)")
+    p.add_argument("--from-json", type=Path, metavar="PATH", help="measure nothing: render the report of an earlier "
+                                                                  "run's --json output")
     return p.parse_args(argv)
 
 
@@ -982,9 +984,9 @@ def _breakdown(r: dict[str, Any]) -> list[str]:
             lines.append(f"| {row['name']} | {side} | {_f(setup)} | {_f(parts['decode_s'])} | "
                          f"{_f(parts.get('extract_s'))} | {_f(parts['train_s'])} | {_f(parts['eval_s'])} | "
                          f"{_f(parts.get('other_s'))} | {_f(row[f'{side}_episode_s'])} | {limit} |")
-    lines += ["", "other = total − the parts pefs times: restoring the start state, the start-state fingerprint, "
-                  "Accelerate prepare, optimizer set-up, and ``acc.free_memory()`` (a full ``gc.collect()``) at the "
-                  "end of every fit. Measured alone in the pefs workers (median over strategies): "
+    lines += ["", "other = total − the parts pefs times (restoring the start state, the start-state fingerprint, "
+                  "optimizer and device set-up). Per-task bookkeeping measured alone in the pefs workers (median over "
+                  "strategies; a full ``gc.collect()`` is what Accelerate's ``free_memory()`` runs): "
               + ", ".join(f"{label} {statistics.median(v):.3f} s" for label, key in (
                   ("gc.collect()", "gc_collect_s"), ("load_state_dict(start)", "restore_s"),
                   ("fingerprint(model)", "fingerprint_s"))
@@ -1084,6 +1086,12 @@ def _probes(r: dict[str, Any]) -> list[str]:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    if args.from_json:
+        md = render(json.loads(args.from_json.read_text()))
+        print(md)
+        if args.markdown:
+            args.markdown.write_text(md)
+        return 0
     s = settings(args)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("HF_DATASETS_OFFLINE", "1")

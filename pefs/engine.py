@@ -42,7 +42,7 @@ class TrainConfig:
     #: of one few-shot task is a poor estimate), "update" lets them move
     bn_stats: Literal["frozen", "update"] = "frozen"
     cache_features: bool = True
-    eval_batch_size: int = 64
+    eval_batch_size: int = 16  # 16 beats 64 on CPU for channels-last CNNs: 2.6x img/s, -380 MB (benchmarks/speed.md)
     progress: bool = True
 
     def validate(self) -> None:
