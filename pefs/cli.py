@@ -67,7 +67,15 @@ def add_tune_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--lr", type=float, default=1e-3, help="learning rate of the strategy's parameters (1e-3)")
     g.add_argument("--head-lr", type=float, default=1e-2, help="learning rate of the classifier head (1e-2)")
     g.add_argument("--weight-decay", type=float, default=1e-4)
-    g.add_argument("--mixed-precision", choices=["no", "bf16", "fp16"], default="no", help="through Accelerate")
+    g.add_argument("--mixed-precision", choices=["no", "bf16", "fp16"], default="no",
+                   help="autocast while training (default no)")
+    g.add_argument("--inference-precision", choices=["auto", "no", "bf16", "fp16"], default="auto",
+                   help="autocast of no-grad passes (cached frozen prefix, evaluation); auto: bf16 where the "
+                        "hardware has it natively, else as --mixed-precision")
+    g.add_argument("--no-merge-for-eval", dest="merge_for_eval", action="store_false",
+                   help="evaluate LoRA / peft tuners unmerged (default: merged, then unmerged exactly)")
+    g.add_argument("--grad-checkpointing", action="store_true",
+                   help="recompute block activations in backward: less memory, more time (timm models)")
     g.add_argument("--no-cache", dest="cache_features", action="store_false",
                    help="run the frozen trunk every step even when only the head trains")
 
@@ -78,6 +86,8 @@ def config_from_args(a: argparse.Namespace):
 
     train = TrainConfig(epochs=a.epochs, batch_size=a.batch_size, lr=a.lr, head_lr=a.head_lr,
                         weight_decay=a.weight_decay, mixed_precision=a.mixed_precision,
+                        inference_precision=a.inference_precision, merge_for_eval=a.merge_for_eval,
+                        grad_checkpointing=a.grad_checkpointing,
                         cache_features=a.cache_features, progress=not getattr(a, "quiet", False))
     return TuneConfig(model=a.model, strategy=a.strategy, shots=a.shots, seeds=a.seeds, data=a.data, ways=a.ways,
                       queries=a.queries, episodes=a.episodes, pretrained=a.pretrained, checkpoint=a.checkpoint,

@@ -8,6 +8,7 @@ linear probe or a prototype head, the input of the first trainable block for ``l
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import hashlib
 import time
@@ -55,6 +56,8 @@ class TaskRunner:
         reads = "tokens" if self.head.reads == "tokens" else "pooled"
         if reads == "tokens":
             engine.level_of(self.model, reads)  # refuses a backbone without a known token layout
+        with engine.grad_checkpointing(self.model, cfg.train.grad_checkpointing):
+            pass  # refuses, before any work, a model that cannot checkpoint
         #: level of the inputs fit/classify start from; everything before it is computed once per image
         self.level = engine.frozen_level(self.model, cfg.train, reads)
         self.start = {k: v.detach().clone() for k, v in self.model.state_dict().items()}
@@ -123,8 +126,9 @@ class TaskRunner:
             t["extract_s"] += stats.extract_s
             t["train_s"] += stats.train_s
         t0 = time.perf_counter()
-        sup = self.read(xs, "support") if self.head.reads != "logits" else xs[:0]
-        scores = self.head.classify(sup, ys, self.read(xq, "evaluate"), n)
+        with model.merged_view() if cfg.merge_for_eval else contextlib.nullcontext():
+            sup = self.read(xs, "support") if self.head.reads != "logits" else xs[:0]
+            scores = self.head.classify(sup, ys, self.read(xq, "evaluate"), n)
         t["eval_s"] += time.perf_counter() - t0
         pred = scores.argmax(-1)
         t["decoded"] = int(t["decoded"])  # images decoded for this task (the rest came from the run's cache)

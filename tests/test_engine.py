@@ -26,7 +26,9 @@ def batch(n: int = 12, classes: int = 3, size: int = 32) -> tuple[torch.Tensor, 
 
 
 def cfg(**kw) -> TrainConfig:
-    return TrainConfig(**{"epochs": 3, "batch_size": 4, "progress": False, **kw})
+    """fp32 no-grad passes unless asked: these tests compare paths that must agree to 1e-4, and "auto" would
+    run the cached prefix in bf16 on a CPU that has it (tests/test_speed_options.py covers that)."""
+    return TrainConfig(**{"epochs": 3, "batch_size": 4, "progress": False, "inference_precision": "no", **kw})
 
 
 @pytest.mark.parametrize("family", list(TINY_MODELS))

@@ -7,8 +7,10 @@ stays frozen; the classifier head always trains (``pefs.model.wrap`` sees to bot
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import typing
+import warnings
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
@@ -114,6 +116,12 @@ class Strategy:
         """Fold the strategy's weights into the backbone so inference costs nothing extra."""
         raise PefsError(f"strategy {self.name!r} cannot be merged into the backbone weights")
 
+    def merged_view(self, bb: Backbone) -> contextlib.AbstractContextManager[None]:
+        """Fold the strategy into the weights for the duration of a ``with`` block (fast inference), then undo
+        it exactly. Default: nothing to fold (the strategy trains the backbone's own weights, or it adds
+        computation that has no weight equivalent and simply keeps running)."""
+        return contextlib.nullcontext()
+
     def describe(self) -> str:
         opts = dataclasses.asdict(self.config)
         return self.name + (f"({', '.join(f'{k}={v}' for k, v in opts.items())})" if opts else "")
@@ -126,3 +134,24 @@ def set_trainable(params: typing.Iterable[nn.Parameter]) -> int:
         p.requires_grad_(True)
         n += p.numel()
     return n
+
+
+@contextlib.contextmanager
+def tuner_layers_merged(layers: list[nn.Module]) -> typing.Iterator[None]:
+    """Merge peft tuner ``layers`` (W + dW in the base layer) inside the block; afterwards unmerge them and put
+    the base weights back bit for bit (peft's unmerge subtracts dW again, which leaves rounding error)."""
+    layers = [m for m in layers if not m.merged]
+    saved = [{k: v.detach().clone() for k, v in m.get_base_layer().named_parameters(recurse=False)} for m in layers]
+    try:
+        for m in layers:
+            m.merge()
+        yield
+    finally:
+        for m, tensors in zip(layers, saved):
+            if m.merged:
+                with warnings.catch_warnings():  # "unmerge can be inaccurate": the exact copy below fixes that
+                    warnings.simplefilter("ignore", UserWarning)
+                    m.unmerge()
+            base = dict(m.get_base_layer().named_parameters(recurse=False))
+            for k, v in tensors.items():
+                base[k].data.copy_(v)

@@ -14,7 +14,7 @@ from torch import nn
 
 from pefs.backbones import Backbone
 from pefs.errors import PefsError
-from pefs.strategies.base import Strategy, StrategyConfig
+from pefs.strategies.base import Strategy, StrategyConfig, tuner_layers_merged
 from pefs.strategies.registry import register
 
 
@@ -76,6 +76,11 @@ class Lora(Strategy):
     def frozen_base(self, bb: Backbone) -> set[str]:
         # only the adapted weights: biases (BitFit) may train alongside the low-rank update
         return {n for n, _ in bb.model.named_parameters() if n.endswith(".base_layer.weight")}
+
+    def merged_view(self, bb: Backbone):
+        from peft.tuners.lora import LoraLayer
+
+        return tuner_layers_merged([m for m in bb.model.modules() if isinstance(m, LoraLayer)])
 
     def merge(self, bb: Backbone) -> None:
         from peft.tuners.lora import LoraLayer

@@ -18,7 +18,7 @@ from torch import nn
 
 from pefs.backbones import Backbone
 from pefs.errors import PefsError, unknown
-from pefs.strategies.base import Strategy, StrategyConfig, cast_option, set_trainable
+from pefs.strategies.base import Strategy, StrategyConfig, cast_option, set_trainable, tuner_layers_merged
 from pefs.strategies.lora import default_targets
 from pefs.strategies.registry import register
 
@@ -193,6 +193,13 @@ class PeftMethodStrategy(Strategy):
 
     def frozen_base(self, bb: Backbone) -> set[str]:
         return {n for n, _ in bb.model.named_parameters() if n.endswith(".base_layer.weight")}
+
+    def merged_view(self, bb: Backbone):
+        from peft.tuners.tuners_utils import BaseTunerLayer
+
+        prefix = _prefix(self.method)
+        return tuner_layers_merged([m for m in bb.model.modules() if isinstance(m, BaseTunerLayer)
+                                    and m.adapter_layer_names[0].startswith(prefix)])
 
     def merge(self, bb: Backbone) -> None:
         from peft.tuners.tuners_utils import BaseTunerLayer
