@@ -50,9 +50,12 @@ def test_tiny_run_reports_every_column(tmp_path):
     expected = [n for n in mod.TINY if n in names or not any(n in s for s in result["skipped"])]
     assert names == expected and {"linear", "lora", "full"} <= set(names)
     assert [r[0] for r in rows] == names
+    bf16_limit = mod.COLUMNS.index("pefs ÷ bf16 fwd limit")
+    native = bool(result["rows"][0].get("limit_bf16_episode_s"))  # measured only where bf16 is native
     for row in rows:
         assert len(row) == len(mod.COLUMNS)
-        assert all(cell and cell != "–" for cell in row[3:]), row  # every measurement is filled in
+        filled = [c for i, c in enumerate(row) if i >= 3 and (native or i != bf16_limit)]
+        assert all(cell and cell != "–" for cell in filled), row  # every measurement is filled in
         assert "NO" not in row[-1], f"reference and pefs disagree on accuracy: {row}"
     for r in result["rows"]:
         assert "error" not in r
@@ -61,8 +64,13 @@ def test_tiny_run_reports_every_column(tmp_path):
             assert 0.0 <= r[f"{side}_episode_acc"] <= 1.0
         assert r["limit_episode_s"] > 0 and r["pefs_vs_limit_episode"] > 0
 
-    for section in ("### Where the time goes", "### Targets", "### Hardware probes", "### GPU"):
+    for section in ("### Where the time goes", "### Protocol run: 2 episodes", "### Targets", "### Hardware probes",
+                    "### GPU"):
         assert section in md
+    stream = next(r for r in result["rows"] if r["name"] == "linear")
+    assert len(stream["tasks"]["a"]["stream"]) == len(stream["tasks"]["b"]["stream"]) == 2
+    # pefs decodes an image once per run: the two episodes overlap in a 5-way pool, so fewer than 2 x 100
+    assert 100 <= stream["pefs_stream_decoded"] < stream["stream_images"] == 200
     assert "load average" in md and "--tiny" in md
     assert result["load_start"] and result["load_end"]
     if not result["info"]["cuda"]:

@@ -1,0 +1,31 @@
+"""benchmarks/memory.py on its tiny setting: every strategy measured in its own process, ratios to full."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_tiny_memory_run_reports_every_strategy(tmp_path):
+    out_md, out_json = tmp_path / "memory.md", tmp_path / "memory.json"
+    env = dict(os.environ, HF_HUB_OFFLINE="1", OMP_NUM_THREADS="1")
+    proc = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "memory.py"), "--tiny", "--markdown",
+                           str(out_md), "--json", str(out_json)], cwd=ROOT, env=env, capture_output=True, text=True,
+                          timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:] + proc.stdout[-2000:]
+    result = json.loads(out_json.read_text())
+    rows = result["results"]["vit_tiny_patch16_224"]
+    assert list(rows) == ["full", "linear", "lora", "lora@ckpt"]
+    for spec, m in rows.items():
+        assert "error" not in m, (spec, m)
+        assert m["peak_mb"] > 0 and m["s_per_step"] > 0
+    assert rows["linear"]["cached"] and not rows["lora"]["cached"]  # the linear probe trains on cached features
+    assert rows["full"]["trainable"] > rows["lora"]["trainable"] == rows["lora@ckpt"]["trainable"]
+    md = out_md.read_text()
+    assert md in proc.stdout
+    assert "| vit_tiny_patch16_224 | 32 |" in md and "÷ full" in md
