@@ -25,7 +25,8 @@ from pathlib import Path
 from typing import Any
 
 MODELS = ["vit_small_patch16_224", "vit_base_patch16_224", "efficientnet_lite0.offline"]
-STRATEGIES = ["full", "linear", "bias", "lora", "lora@ckpt", "vpt", "adapter", "last-k"]
+STRATEGIES = ["full", "full@ckpt", "linear", "last-k", "bias", "lora", "lora@ckpt", "vpt", "vpt@ckpt", "adapter",
+              "adapter@ckpt"]
 TARGET = 0.5
 
 
@@ -37,7 +38,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                                         f"{','.join(STRATEGIES)})")
     p.add_argument("--batch-size", type=int, default=16)
     p.add_argument("--img-size", type=int, help="input side in pixels (default 224; --tiny: 32)")
-    p.add_argument("--steps", type=int, help="training steps (default 2; --tiny: 1)")
+    p.add_argument("--steps", type=int, default=1, help="training steps per fit (default 1: gradients and AdamW "
+                                                         "state exist from the first step on)")
     p.add_argument("--json", type=Path, help="write every measurement here")
     p.add_argument("--markdown", type=Path, help="write the report here (also printed)")
     return p.parse_args(argv)
@@ -137,7 +139,7 @@ def main(argv: list[str] | None = None) -> int:
     models = (a.models or ("vit_tiny_patch16_224" if a.tiny else ",".join(MODELS))).split(",")
     specs = (a.strategies or ("full,linear,lora,lora@ckpt" if a.tiny else ",".join(STRATEGIES))).split(",")
     s = {"batch_size": a.batch_size, "img_size": a.img_size or (32 if a.tiny else 224),
-         "steps": a.steps or (1 if a.tiny else 2)}
+         "steps": a.steps}
     ctx = mp.get_context("spawn")
     command = " ".join(shlex.quote(x) for x in [".venv/bin/python", "benchmarks/memory.py",
                                                   *(sys.argv[1:] if argv is None else argv)])

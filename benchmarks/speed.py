@@ -81,8 +81,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--epochs", type=int, help="epochs over the support set for strategies that train through the "
                                               "backbone (default 5; --tiny: 1)")
     p.add_argument("--frozen-epochs", type=int, help="epochs for the frozen-prefix strategies, whose reference "
-                                                     "runs the trunk every step (default 10; 0: pefs' TrainConfig "
-                                                     "default; --tiny: 1)")
+                                                     "runs the trunk every step (default 0: pefs' TrainConfig "
+                                                     "default, 30; --tiny: 1)")
     p.add_argument("--batch-size", type=int, default=16)
     p.add_argument("--eval-batch-size", type=int, help="pefs' eval batch (default: its TrainConfig default); the "
                                                        "reference and the forward-only limit use it too, else the "
@@ -96,8 +96,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--precision-strategies", help="strategies run by pefs with inference_precision no (fp32) vs "
                                                   "bf16 (default linear,lora; --tiny: none; '' to skip)")
     p.add_argument("--stream-episodes", type=int, help="episodes of the protocol run, where pefs' run-wide cache "
-                                                       "amortises (default 20; --tiny: 2; 0: none)")
-    p.add_argument("--stream-strategies", help="strategies given the protocol run (default linear,prototype)")
+                                                       "amortises (default 100, as `pefs tune --ways`; --tiny: 2; "
+                                                       "0: none)")
+    p.add_argument("--stream-strategies", help="strategies given the protocol run (default prototype; --tiny: linear)")
     p.add_argument("--checkpointed", help="strategies measured again with pefs' grad_checkpointing=True "
                                           "(default lora; --tiny: none; '' to skip)")
     p.add_argument("--no-probes", action="store_true", help="skip the hardware probes")
@@ -130,14 +131,14 @@ def settings(a: argparse.Namespace) -> dict[str, Any]:
         "tiny": tiny, "model": pick(a.model, "efficientnet_lite0.offline", "test_efficientnet"),
         "img_size": pick(a.img_size, 128, 32), "ways": a.ways, "shots": a.shots, "queries": a.queries,
         "episodes": pick(a.episodes, 3, 1), "kshot_shots": pick(a.kshot_shots, 5, 1), "kshot_runs": a.kshot_runs,
-        "epochs": pick(a.epochs, 5, 1), "frozen_epochs": pick(a.frozen_epochs, 10, 1),
+        "epochs": pick(a.epochs, 5, 1), "frozen_epochs": pick(a.frozen_epochs, 0, 1),
         "batch_size": a.batch_size, "pefs_eval_batch_size": a.eval_batch_size,
         "eval_batch_size": a.eval_batch_size or a.batch_size,
         "strategies": pick(a.strategies, "auto", ",".join(TINY)), "options": options, "repeats": pick(a.repeats, 3, 1),
         "threads": pick(a.threads, 0, 1),
         "precision_strategies": [s for s in precision.split(",") if s], "probes": not a.no_probes,
-        "stream_episodes": pick(a.stream_episodes, 20, 2),
-        "stream_strategies": [x for x in pick(a.stream_strategies, "linear,prototype", "linear").split(",") if x],
+        "stream_episodes": pick(a.stream_episodes, 100, 2),
+        "stream_strategies": [x for x in pick(a.stream_strategies, "prototype", "linear").split(",") if x],
         "checkpointed": [x for x in pick(a.checkpointed, "lora", "").split(",") if x],
         "compile": not (a.no_compile or tiny), "compile_timeout": a.compile_timeout, "seed": a.seed,
     }
@@ -553,16 +554,12 @@ class ProbeWorker:
     def handle(self, job: dict[str, Any]) -> dict[str, Any]:
         if job["kind"] == "limit":
             x = self._layout(self.images(job["protocol"], job["index"])).to(self.dev)
-            self._forward(self.base, x[: self.s["eval_batch_size"]], self.s["eval_batch_size"])  # same shapes warm
-            t0 = time.perf_counter()
-            self._forward(self.base, x, self.s["eval_batch_size"])
-            out = {"limit_s": time.perf_counter() - t0, "images": len(x)}
+            bs = self.s["eval_batch_size"]
+            variants = {"limit_s": lambda: self._forward(self.base, x, bs)}
             if self.bf16:  # the same pass in bf16 autocast, the fastest forward this hardware offers
-                self._forward(self.base, x[: self.s["eval_batch_size"]], self.s["eval_batch_size"], True)
-                t0 = time.perf_counter()
-                self._forward(self.base, x, self.s["eval_batch_size"], True)
-                out["limit_bf16_s"] = time.perf_counter() - t0
-            return out
+                variants["limit_bf16_s"] = lambda: self._forward(self.base, x, bs, True)
+            timed = interleaved(variants, self.s["repeats"], len(x))  # median of repeats, after a warm-up call
+            return {"images": len(x), **{k: v["s"] for k, v in timed.items()}}
         if job["kind"] == "probes":
             return self.probes()
         if job["kind"] == "compile":

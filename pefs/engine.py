@@ -261,11 +261,14 @@ def grad_checkpointing(model: nn.Module, enabled: bool):
     if not callable(getattr(net, "set_grad_checkpointing", None)):
         raise PefsError(f"grad_checkpointing needs a timm model with set_grad_checkpointing(); "
                         f"{model.backbone.name} ({type(net).__name__}) has none: train without it")
-    net.set_grad_checkpointing(True)
+    blocks = getattr(net, "blocks", None)
+    # strategies that rerun a ViT's blocks themselves (vpt tokens, self-prompt) checkpoint each block there
+    target = blocks if getattr(blocks, "runs_own_checkpointing", False) else net
+    target.set_grad_checkpointing(True)
     try:
         yield
     finally:
-        net.set_grad_checkpointing(False)
+        target.set_grad_checkpointing(False)
 
 
 def fit(model: nn.Module, x: torch.Tensor, y: torch.Tensor, cfg: TrainConfig, seed: int = 0,

@@ -102,7 +102,10 @@ def finish(cfg: TuneConfig, dataset: Dataset, body: dict[str, Any], runner: Task
         "peak_memory_mb": engine.peak_memory_mb(), "machine": {"python": platform.python_version(),
                                                               "torch": torch.__version__,
                                                               "cuda": torch.cuda.is_available(),
-                                                              "threads": torch.get_num_threads()},
+                                                              "threads": torch.get_num_threads(),
+                                                              # what inference_precision="auto" became here
+                                                              "inference_precision": engine.inference_precision(
+                                                                  cfg.train, engine.accelerator().device)},
         "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S"),
         **body,
     }

@@ -120,6 +120,7 @@ def test_kshot_record_and_same_seed_same_result(folder, tmp_path):
     assert len(a["accuracies"]) == 2 and a["accuracy_mean"] == pytest.approx(np.mean(a["accuracies"]))
     assert set(a["time_s"]) == {"decode_s", "extract_s", "train_s", "eval_s"} and a["peak_memory_mb"] > 0
     assert a["params"]["trainable"] > a["params"]["head"] > 0 and a["wall_s"] > 0
+    assert a["machine"]["inference_precision"] == ("bf16" if engine.native_bf16("cpu") else "no")
     splits = [kshot_split(load_dataset(cfg.data), 2, seed=s) for s in (0, 1)]
     used = {n for sp in splits for n in sp.support.names + sp.query.names}
     assert sum(r["decoded"] for r in a["runs"]) == len(used) < sum(r["support"] + r["query"] for r in a["runs"])

@@ -115,29 +115,30 @@ def test_fewshot_evaluation_merges_peft_tuners(monkeypatch):
     assert acc_merged == pytest.approx(acc_plain, abs=1e-9)
 
 
-@pytest.mark.parametrize("family", ["efficientnet", "vit"])
-def test_grad_checkpointing_trains_the_same_and_switches_off_after(family):
+@pytest.mark.parametrize("family, strategy", [("efficientnet", "lora"), ("vit", "lora"), ("vit", "vpt"),
+                                              ("vit", "self-prompt"), ("efficientnet", "adapter")])
+def test_grad_checkpointing_trains_the_same_and_switches_off_after(family, strategy):
     x, y = batch()
     runs = []
     for ckpt in (False, True):
-        m = tiny(family, "lora")
+        m = tiny(family, strategy)
         stats = engine.fit(m, x, y, cfg(grad_checkpointing=ckpt, inference_precision="no"), seed=0)
         runs.append((stats.losses, engine.outputs(m, x, cfg(inference_precision="no"))))
-        assert m.net.grad_checkpointing is False  # only during fit
+        assert m.net.grad_checkpointing is False and not getattr(m.net.blocks, "use_checkpoint", False)
     (loss_a, out_a), (loss_b, out_b) = runs
     assert loss_a == pytest.approx(loss_b, abs=1e-5)
     assert torch.allclose(out_a, out_b, atol=1e-4)
 
 
-def test_grad_checkpointing_keeps_fewer_activations():
-    m = tiny("vit", "lora")
+@pytest.mark.parametrize("strategy", ["lora", "vpt"])
+def test_grad_checkpointing_keeps_fewer_activations(strategy):
+    m = tiny("vit", strategy, classes=3)
     x, y = batch()
     sizes = []
     for ckpt in (False, True):
-        m.net.set_grad_checkpointing(ckpt)
         saved = []
-        with torch.autograd.graph.saved_tensors_hooks(lambda t, _s=saved: (_s.append(t.numel()), t)[1],
-                                                      lambda t: t):
+        with engine.grad_checkpointing(m, ckpt), torch.autograd.graph.saved_tensors_hooks(
+                lambda t, _s=saved: (_s.append(t.numel()), t)[1], lambda t: t):
             torch.nn.functional.cross_entropy(m(x), y)
         sizes.append(sum(saved))
     assert sizes[1] < sizes[0] / 2

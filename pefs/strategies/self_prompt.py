@@ -84,7 +84,7 @@ class SelfPromptedBlocks(TimmBlocks):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         prompts = None
         for i, block in enumerate(self.block_list()):
-            y = block(x)
+            y = self.run_block(block, x)
             if i in self.targets:
                 y = y + gated_prompt_attention(block, x, prompts, self.gates[self.targets[i]])
             x = y

@@ -43,6 +43,19 @@ class TimmBlocks(nn.Module):
     def block_list(self) -> list[nn.Module]:
         return [self._modules[str(i)] for i in range(self.num_blocks)]
 
+    #: timm's own checkpointing (``checkpoint_seq``) needs a Sequential: pefs' engine turns it on here instead
+    runs_own_checkpointing = True
+    use_checkpoint = False
+
+    def set_grad_checkpointing(self, enable: bool = True) -> None:
+        self.use_checkpoint = enable
+
+    def run_block(self, block: nn.Module, x: torch.Tensor) -> torch.Tensor:
+        """``block(x)``; under gradient checkpointing only ``x`` is kept and the block reruns in backward."""
+        if self.use_checkpoint and torch.is_grad_enabled():
+            return torch.utils.checkpoint.checkpoint(block, x, use_reentrant=False)
+        return block(x)
+
 
 def vit_blocks(bb: Backbone, strategy: str, alternative: str) -> nn.Sequential:
     """The ``blocks`` Sequential of a timm VisionTransformer, or a PefsError saying what to use instead."""
@@ -74,7 +87,7 @@ class PromptedBlocks(TimmBlocks):
         for i, block in enumerate(self.block_list()):
             if i > 0 and len(prompts) > 1:
                 x = torch.cat([x[:, :n], prompts[i].expand(b, -1, -1), x[:, n + m:]], dim=1)
-            x = block(x)
+            x = self.run_block(block, x)
         return torch.cat([x[:, :n], x[:, n + m:]], dim=1)
 
 
