@@ -1,0 +1,375 @@
+"""benchmarks/speed.py's worker side: the reference pipeline and pefs, one few-shot task per request.
+
+Runs inside worker processes forked from the benchmark's fork server; torch, timm, peft and pefs are imported
+lazily (the server has them loaded already).
+"""
+
+from __future__ import annotations
+
+import math
+import statistics
+import time
+from collections.abc import Callable
+from typing import Any
+
+
+def _rss_kb(field: str) -> int:
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith(field + ":"):
+                return int(line.split()[1])
+    raise KeyError(field)
+
+
+class PeakMemory:
+    """Peak memory growth of this process from now: VmHWM after resetting it (Linux), else ru_maxrss;
+    on a GPU the peak allocated by torch."""
+
+    def __init__(self, cuda: bool) -> None:
+        import torch
+
+        self.cuda = cuda
+        if cuda:
+            torch.cuda.synchronize()
+            torch.cuda.reset_peak_memory_stats()
+            self.base = torch.cuda.memory_allocated()
+            self.how = "torch.cuda.max_memory_allocated"
+            return
+        try:
+            with open("/proc/self/clear_refs", "w") as f:
+                f.write("5")  # resets the peak RSS (VmHWM) to the current RSS
+            self.exact, self.how = True, "VmHWM reset via /proc/self/clear_refs"
+        except OSError:
+            self.exact, self.how = False, "ru_maxrss (includes peaks before the baseline)"
+        self.base = _rss_kb("VmRSS")
+
+    def delta_mb(self) -> float:
+        import torch
+
+        if self.cuda:
+            return (torch.cuda.max_memory_allocated() - self.base) / 2**20
+        if self.exact:
+            return (_rss_kb("VmHWM") - self.base) / 1024
+        import resource
+
+        return (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - self.base) / 1024
+
+
+def _tasks(s: dict[str, Any], protocol: str):
+    """The ImageSets of every timed task of ``protocol``: (support, query, seed, ways) per task."""
+    from pefs.data import episodes, kshot_split, load_default
+
+    ds = load_default()
+    if protocol == "episode":
+        eps = episodes(ds.train, s["ways"], s["shots"], s["queries"], s["episodes"], seed=s["seed"])
+        return [(e.support, e.query, s["seed"] + i, s["ways"]) for i, e in enumerate(eps)]
+    if protocol == "stream":  # a protocol run: many episodes from one pool, as `pefs tune --ways` draws them
+        eps = episodes(ds.train, s["ways"], s["shots"], s["queries"], s["stream_episodes"], seed=s["seed"] + 500)
+        return [(e.support, e.query, s["seed"] + 500 + i, s["ways"]) for i, e in enumerate(eps)]
+    if protocol == "warmup":  # a task of its own, run by a separate runner/model: no cache is shared
+        e = next(episodes(ds.train, s["ways"], s["shots"], s["queries"], 1, seed=s["seed"] + 9_999))
+        return [(e.support, e.query, s["seed"] + 9_999, s["ways"])]
+    out = []
+    for j in range(s["kshot_runs"]):
+        split = kshot_split(ds, s["kshot_shots"], seed=s["seed"] + j)
+        out.append((split.support, split.query, s["seed"] + j, len(ds.classes)))
+    return out
+
+
+def _timm_name(s: dict[str, Any]) -> str:
+    from pefs.backbones import OFFLINE_MODELS
+
+    return OFFLINE_MODELS[s["model"]].timm_name if s["model"] in OFFLINE_MODELS else s["model"]
+
+
+def _model_kwargs(s: dict[str, Any]) -> dict[str, Any]:
+    from pefs.fewshot import _takes_img_size
+
+    return {"img_size": s["img_size"]} if _takes_img_size(s["model"]) else {}
+
+
+def _plain_model(s: dict[str, Any], classes: int):
+    """What a timm user writes: the architecture, the checkpoint, a fresh ``classes``-way head."""
+    import timm
+
+    model = timm.create_model(_timm_name(s), checkpoint_path=s["checkpoint"], **_model_kwargs(s))
+    model.reset_classifier(classes)
+    return model
+
+
+def _transform(s: dict[str, Any], model) -> Callable:
+    from timm.data import create_transform, resolve_data_config
+
+    cfg = resolve_data_config({}, model=model)
+    cfg["input_size"] = (3, s["img_size"], s["img_size"])
+    return create_transform(**cfg, is_training=False)
+
+
+def _decode(images, tf: Callable):
+    import numpy as np
+    import torch
+
+    x = torch.stack([tf(images.image(i)) for i in range(len(images))])
+    return x, torch.as_tensor(np.asarray(images.labels), dtype=torch.long)
+
+
+def _classifier(model):
+    get = getattr(model, "get_classifier", None)
+    return get() if get is not None else model.head
+
+
+def _cnn(model) -> bool:
+    import torch
+
+    return any(isinstance(m, torch.nn.Conv2d) for m in model.modules())
+
+
+class RefSide:
+    """The reference pipeline: plain timm (+ peft), plain PyTorch loop, NCHW, the whole network every step."""
+
+    def __init__(self, s: dict[str, Any], run: dict[str, Any], overrides: dict[str, Any]) -> None:
+        import torch
+
+        from pefs.engine import TrainConfig
+
+        self.s, self.run, self.kind = s, run, run["ref"]
+        self.train = TrainConfig()  # the same learning rates and weight decay pefs uses
+        self.dev = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        self.models: dict[str, tuple[Any, dict, Callable]] = {}
+
+    def _options(self, cls_name: str) -> Any:
+        from pefs.strategies import STRATEGIES
+
+        return STRATEGIES[cls_name].config_class.from_options(cls_name, **self.run["options"])
+
+    def build(self, classes: int):
+        """The model at its frozen start, ``requires_grad`` only where the strategy trains."""
+        import peft
+        from torch import nn
+
+        if self.kind == "wrap":  # no standard library implements it: pefs makes the modules, the loop stays plain
+            import pefs
+
+            return pefs.wrap(self.s["model"], self.run["strategy"], num_classes=classes,
+                             pretrained=self.s["pretrained"], checkpoint=self.s["pefs_checkpoint"],
+                             model_kwargs=_model_kwargs(self.s), **self.run["options"])
+        model = _plain_model(self.s, classes)
+        for p in model.parameters():
+            p.requires_grad_(self.kind == "full")
+        if self.kind == "lora":
+            c = self._options("lora")
+            blocks = model.blocks
+            targets = [f"blocks.{n}" for n, m in blocks.named_modules() if isinstance(m, nn.Linear)
+                       or (isinstance(m, nn.Conv2d) and m.groups == 1)]
+            if c.targets:
+                targets = [t for t in targets if any(t.endswith("." + x) for x in c.targets)]
+            elif not _cnn(model):
+                targets = [t for t in targets if t.endswith(".qkv")] or targets
+            peft.inject_adapter_in_model(peft.LoraConfig(r=c.r, lora_alpha=c.alpha, lora_dropout=c.dropout,
+                                                         target_modules=targets), model)
+            for n, p in model.named_parameters():
+                p.requires_grad_("lora_" in n)
+        elif self.kind == "last-k":
+            k = self._options("last-k").k
+            blocks = [b for stage in model.blocks for b in (stage if isinstance(stage, nn.Sequential) else [stage])]
+            for b in blocks[-k:]:
+                for p in b.parameters():
+                    p.requires_grad_(True)
+            for name in ("bn2", "norm", "fc_norm"):  # the final norm after the blocks
+                m = getattr(model, name, None)
+                if isinstance(m, (nn.LayerNorm, nn.modules.batchnorm._BatchNorm)):
+                    for p in m.parameters():
+                        p.requires_grad_(True)
+        if self.kind == "prototype":
+            model.reset_classifier(0)  # the model now returns pooled features
+        else:
+            for p in _classifier(model).parameters():
+                p.requires_grad_(True)
+        return model
+
+    def drop(self, protocol: str) -> None:
+        self.models.pop(protocol, None)
+
+    def setup(self, protocol: str, classes: int, epochs: int | None = None) -> dict[str, Any]:
+        import torch
+
+        torch.manual_seed(self.s["seed"])
+        model = self.build(classes).to(self.dev)
+        start = {k: v.clone() for k, v in model.state_dict().items()}
+        net = getattr(model, "net", model)
+        self.models[protocol] = (model, start, _transform(self.s, net))
+        return {"trainable": sum(p.numel() for p in model.parameters() if p.requires_grad)}
+
+    def task(self, protocol: str, support, query, seed: int, epochs: int | None = None) -> dict[str, Any]:
+        import torch
+        import torch.nn.functional as F
+
+        model, start, tf = self.models[protocol]
+        t0 = time.perf_counter()
+        xs, ys = _decode(support, tf)
+        xq, yq = _decode(query, tf)
+        t1 = time.perf_counter()
+        model.load_state_dict(start)
+        loss = float("nan")
+        if self.kind == "prototype":
+            model.eval()
+            fs, fq = self._predict(model, xs, features=True), self._predict(model, xq, features=True)
+            protos = torch.zeros(int(ys.max()) + 1, fs.shape[1]).index_add_(0, ys, fs)
+            protos /= torch.bincount(ys).float()[:, None]
+            t2 = time.perf_counter()
+            pred = (F.normalize(fq, dim=-1) @ F.normalize(protos, dim=-1).T).argmax(-1)
+        else:
+            torch.manual_seed(seed)
+            _classifier(model).reset_parameters()
+            loss = self._fit(model, xs, ys, seed, epochs or self.s["epochs"])
+            t2 = time.perf_counter()
+            pred = self._predict(model, xq)
+        t3 = time.perf_counter()
+        return {"total_s": t3 - t0, "decode_s": t1 - t0, "train_s": t2 - t1, "eval_s": t3 - t2,
+                "accuracy": float((pred == yq).float().mean()), "final_loss": loss}
+
+    def _fit(self, model, x, y, seed: int, epochs: int) -> float:
+        import torch
+        import torch.nn.functional as F
+        from torch.utils.data import DataLoader, TensorDataset
+
+        c, bs = self.train, self.s["batch_size"]
+        head = {id(p) for p in _classifier(model).parameters()}
+        params = [p for p in model.parameters() if p.requires_grad]
+        groups = [{"params": [p for p in params if id(p) in head], "lr": c.head_lr},
+                  {"params": [p for p in params if id(p) not in head], "lr": c.lr}]
+        opt = torch.optim.AdamW([g for g in groups if g["params"]], weight_decay=c.weight_decay)
+        sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=epochs * math.ceil(len(x) / bs))
+        loader = DataLoader(TensorDataset(x, y), batch_size=bs, shuffle=True,
+                            generator=torch.Generator().manual_seed(seed))
+        torch.manual_seed(seed)
+        if self.kind == "linear":
+            model.eval()  # a frozen trunk: eval mode, and it still runs every step
+        else:
+            model.train()
+            for m in model.modules():  # pretrained BatchNorm statistics stay (as pefs' default bn_stats="frozen")
+                if isinstance(m, torch.nn.modules.batchnorm._BatchNorm):
+                    m.eval()
+        loss = torch.tensor(float("nan"))
+        for _ in range(epochs):
+            for xb, yb in loader:
+                loss = F.cross_entropy(model(xb.to(self.dev)), yb.to(self.dev))
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                opt.step()
+                sched.step()
+        model.eval()
+        return float(loss)
+
+    def _predict(self, model, x, features: bool = False):
+        import torch
+
+        dev, bs = self.dev, self.s["eval_batch_size"]
+        with torch.no_grad():
+            out = [model(x[i:i + bs].to(dev)).float().cpu() for i in range(0, len(x), bs)]
+        out_t = torch.cat(out)
+        return out_t if features else out_t.argmax(-1)
+
+
+class PefsSide:
+    """pefs' own path: one :class:`pefs.fewshot.TaskRunner` per protocol, ``run`` per task."""
+
+    def __init__(self, s: dict[str, Any], run: dict[str, Any], overrides: dict[str, Any]) -> None:
+        from pefs.engine import TrainConfig
+
+        self.s, self.run = s, run
+        ebs = {"eval_batch_size": s["pefs_eval_batch_size"]} if s["pefs_eval_batch_size"] else {}
+        self.train = TrainConfig(epochs=s["epochs"], batch_size=s["batch_size"], progress=False, **ebs, **overrides)
+        self.runners: dict[str, Any] = {}
+
+    def config(self, epochs: int | None = None):
+        import dataclasses
+
+        from pefs.config import TuneConfig
+
+        train = dataclasses.replace(self.train, epochs=epochs or self.train.epochs)
+        return TuneConfig(model=self.s["model"], strategy=self.run["strategy"], options=dict(self.run["options"]),
+                          pretrained=self.s["pretrained"], checkpoint=self.s["pefs_checkpoint"],
+                          img_size=self.s["img_size"], head=self.run["head"], train=train)
+
+    def setup(self, protocol: str, classes: int, epochs: int | None = None) -> dict[str, Any]:
+        from pefs import engine
+        from pefs.fewshot import TaskRunner
+
+        engine.seed_everything(self.s["seed"])
+        runner = TaskRunner(self.config(epochs), classes)
+        self.runners[protocol] = runner
+        return {"trainable": runner.model.param_report()["trainable"], "level": runner.level}
+
+    def drop(self, protocol: str) -> None:
+        self.runners.pop(protocol, None)
+
+    def task(self, protocol: str, support, query, seed: int, epochs: int | None = None) -> dict[str, Any]:
+        t0 = time.perf_counter()
+        r = self.runners[protocol].run(support, query, seed)
+        total = time.perf_counter() - t0
+        return {"total_s": total, "decode_s": r["decode_s"], "extract_s": r["extract_s"], "train_s": r["train_s"],
+                "eval_s": r["eval_s"], "accuracy": r["accuracy"], "final_loss": r["final_loss"],
+                "cached": r["cached"], "level": r.get("level"), "steps": r["steps"], "decoded": r["decoded"]}
+
+
+class SideWorker:
+    """A worker for one side of one strategy: warm-up, then the tasks the parent sends, one at a time."""
+
+    def __init__(self, s: dict[str, Any], role: str, run: dict[str, Any], overrides: dict[str, Any]) -> None:
+        import torch
+
+        self.s = s
+        self.side = (RefSide if role == "ref" else PefsSide)(s, run, overrides)
+        self.tasks = {p: _tasks(s, p) for p in ("episode", "kshot", "stream") if p != "stream" or run.get("stream")}
+        warm = _tasks(s, "warmup")[0]
+        self.memory = PeakMemory(torch.cuda.is_available())
+        # warm-up: a separate model on a separate task, one epoch (kernels, lazy imports, Accelerate state)
+        self.side.setup("warmup", warm[3], epochs=1)
+        self.side.task("warmup", warm[0], warm[1], warm[2], epochs=1)
+        self.side.drop("warmup")
+        self.info: dict[str, Any] = {}
+        for p in self.tasks:
+            if self.tasks[p]:
+                t0 = time.perf_counter()
+                self.info[p] = {**self.side.setup(p, self.tasks[p][0][3]), "setup_s": time.perf_counter() - t0}
+
+    def handle(self, job: dict[str, Any]) -> dict[str, Any]:
+        support, query, seed, _ = self.tasks[job["protocol"]][job["index"]]
+        out = self.side.task(job["protocol"], support, query, seed)
+        out["images"], out["queries"] = len(support) + len(query), len(query)
+        return out
+
+    def finish(self) -> dict[str, Any]:
+        import gc
+
+        out = {"peak_mb": self.memory.delta_mb(), "memory_method": self.memory.how, "setup": self.info}
+        if not self.memory.cuda and self.tasks["episode"]:
+            # the CPU analogue of max_memory_allocated: the first episode again, counting live tensors
+            from live_memory import LiveTensors
+
+            support, query, seed, _ = self.tasks["episode"][0]
+            runner = getattr(self.side, "runners", {}).get("episode")
+            if runner is not None:
+                runner._memo.clear()  # cold, as a first episode: decode and frozen prefix counted too
+            with LiveTensors() as live:
+                self.side.task("episode", support, query, seed)
+            out["tensor_peak_mb"] = live.peak_mb
+        # what pefs' per-task bookkeeping costs in this process (after the peak memory is read)
+        out["gc_collect_s"] = _time_median(gc.collect, self.s["repeats"])  # Accelerate's free_memory() after a fit
+        runner = getattr(self.side, "runners", {}).get("episode")
+        if runner is not None:
+            from pefs.fewshot import fingerprint
+
+            out["restore_s"] = _time_median(lambda: runner.model.load_state_dict(runner.start), self.s["repeats"])
+            out["fingerprint_s"] = _time_median(lambda: fingerprint(runner.model), self.s["repeats"])
+        return out
+
+
+def _time_median(fn: Callable[[], Any], repeats: int) -> float:
+    times = []
+    for _ in range(max(repeats, 1)):
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times)
