@@ -16,7 +16,8 @@ from pefs.heads import DEFAULT_HEAD, HEADS
 
 #: fields that do not change a run's numbers, so they stay out of its hash (a sweep resumes across them)
 RESULT_NEUTRAL = ("output", "save_adapter")
-RESULT_NEUTRAL_TRAIN = ("progress", "eval_batch_size")
+#: (gradient checkpointing recomputes the same activations: tests/test_speed_options.py checks equal losses)
+RESULT_NEUTRAL_TRAIN = ("progress", "eval_batch_size", "grad_checkpointing")
 
 
 @dataclass

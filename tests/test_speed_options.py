@@ -154,3 +154,13 @@ def test_grad_checkpointing_refused_for_a_model_without_it():
                    train=TrainConfig(grad_checkpointing=True, progress=False))
     with pytest.raises(PefsError, match="grad_checkpointing needs a timm model with set_grad_checkpointing"):
         TaskRunner(c, 3)
+
+
+def test_config_hash_ignores_checkpointing_but_not_precision():
+    """A sweep resumes across --grad-checkpointing (same numbers); another inference precision is another result."""
+    from pefs.config import TuneConfig
+
+    base = TuneConfig(train=TrainConfig()).hash()
+    assert TuneConfig(train=TrainConfig(grad_checkpointing=True, eval_batch_size=64)).hash() == base
+    assert TuneConfig(train=TrainConfig(inference_precision="no")).hash() != base
+    assert TuneConfig(train=TrainConfig(merge_for_eval=False)).hash() != base
