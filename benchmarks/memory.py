@@ -45,11 +45,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
-def _rss_kb(field: str) -> int:
-    with open("/proc/self/status") as f:
-        return next(int(line.split()[1]) for line in f if line.startswith(field + ":"))
-
-
 def measure(model: str, spec: str, batch: int, img_size: int, steps: int, conn) -> None:
     """In a fresh process: build ``model`` with ``spec``, train ``steps`` steps, send peak memory and time."""
     try:
@@ -67,24 +62,19 @@ def measure(model: str, spec: str, batch: int, img_size: int, steps: int, conn) 
         x = torch.randn(batch, 3, img_size, img_size)
         y = torch.arange(batch) % 5
         cfg = engine.TrainConfig(epochs=steps, batch_size=batch, progress=False, grad_checkpointing=flag == "ckpt")
+        from live_memory import LiveTensors, PeakMemory
+
         cuda = torch.cuda.is_available()
         if cuda:
             m.cuda()
-            torch.cuda.reset_peak_memory_stats()
-            base = torch.cuda.memory_allocated()
-        else:
-            with open("/proc/self/clear_refs", "w") as f:
-                f.write("5")  # peak RSS := current RSS
-            base = _rss_kb("VmRSS") * 1024
+        memory = PeakMemory(cuda)  # from here: peak RSS growth on a CPU, peak allocated on a GPU
         stats = engine.fit(m, x, y, cfg)
-        peak = torch.cuda.max_memory_allocated() if cuda else _rss_kb("VmHWM") * 1024
-        out = {"rss_mb": None if cuda else (peak - base) / 2**20, "s_per_step": stats.train_s / max(stats.steps, 1),
+        grown = memory.delta_mb()
+        out = {"rss_mb": None if cuda else grown, "s_per_step": stats.train_s / max(stats.steps, 1),
                "trainable": m.param_report()["trainable"], "params": m.backbone_params, "cached": stats.cached}
         if cuda:
-            out["peak_mb"] = (peak - base) / 2**20
+            out["peak_mb"] = grown
         else:
-            from live_memory import LiveTensors
-
             with LiveTensors() as live:  # a second fit, counting live tensors (slower: not timed)
                 engine.fit(m, x, y, cfg)
             out["peak_mb"] = live.peak_mb

@@ -13,48 +13,6 @@ from collections.abc import Callable
 from typing import Any
 
 
-def _rss_kb(field: str) -> int:
-    with open("/proc/self/status") as f:
-        for line in f:
-            if line.startswith(field + ":"):
-                return int(line.split()[1])
-    raise KeyError(field)
-
-
-class PeakMemory:
-    """Peak memory growth of this process from now: VmHWM after resetting it (Linux), else ru_maxrss;
-    on a GPU the peak allocated by torch."""
-
-    def __init__(self, cuda: bool) -> None:
-        import torch
-
-        self.cuda = cuda
-        if cuda:
-            torch.cuda.synchronize()
-            torch.cuda.reset_peak_memory_stats()
-            self.base = torch.cuda.memory_allocated()
-            self.how = "torch.cuda.max_memory_allocated"
-            return
-        try:
-            with open("/proc/self/clear_refs", "w") as f:
-                f.write("5")  # resets the peak RSS (VmHWM) to the current RSS
-            self.exact, self.how = True, "VmHWM reset via /proc/self/clear_refs"
-        except OSError:
-            self.exact, self.how = False, "ru_maxrss (includes peaks before the baseline)"
-        self.base = _rss_kb("VmRSS")
-
-    def delta_mb(self) -> float:
-        import torch
-
-        if self.cuda:
-            return (torch.cuda.max_memory_allocated() - self.base) / 2**20
-        if self.exact:
-            return (_rss_kb("VmHWM") - self.base) / 1024
-        import resource
-
-        return (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - self.base) / 1024
-
-
 def _tasks(s: dict[str, Any], protocol: str):
     """The ImageSets of every timed task of ``protocol``: (support, query, seed, ways) per task."""
     from pefs.data import episodes, kshot_split, load_default
@@ -323,6 +281,8 @@ class SideWorker:
         self.side = (RefSide if role == "ref" else PefsSide)(s, run, overrides)
         self.tasks = {p: _tasks(s, p) for p in ("episode", "kshot", "stream") if p != "stream" or run.get("stream")}
         warm = _tasks(s, "warmup")[0]
+        from live_memory import PeakMemory  # imports torch: worker side only
+
         self.memory = PeakMemory(torch.cuda.is_available())
         # warm-up: a separate model on a separate task, one epoch (kernels, lazy imports, Accelerate state)
         self.side.setup("warmup", warm[3], epochs=1)

@@ -251,19 +251,24 @@ def _optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
     return torch.optim.AdamW([g for g in groups if g["params"]], weight_decay=cfg.weight_decay)
 
 
-@contextlib.contextmanager
-def grad_checkpointing(model: nn.Module, enabled: bool):
-    """Turn on timm's gradient checkpointing for the duration of a fit (off again afterwards)."""
+def checkpointing_target(model: nn.Module) -> nn.Module:
+    """The module whose ``set_grad_checkpointing`` turns checkpointing on for ``model``, or a PefsError."""
     net = model.net
-    if not enabled:
-        yield
-        return
     if not callable(getattr(net, "set_grad_checkpointing", None)):
         raise PefsError(f"grad_checkpointing needs a timm model with set_grad_checkpointing(); "
                         f"{model.backbone.name} ({type(net).__name__}) has none: train without it")
     blocks = getattr(net, "blocks", None)
     # strategies that rerun a ViT's blocks themselves (vpt tokens, self-prompt) checkpoint each block there
-    target = blocks if getattr(blocks, "runs_own_checkpointing", False) else net
+    return blocks if getattr(blocks, "runs_own_checkpointing", False) else net
+
+
+@contextlib.contextmanager
+def grad_checkpointing(model: nn.Module, enabled: bool):
+    """Turn on timm's gradient checkpointing for the duration of a fit (off again afterwards)."""
+    if not enabled:
+        yield
+        return
+    target = checkpointing_target(model)
     target.set_grad_checkpointing(True)
     try:
         yield

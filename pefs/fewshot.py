@@ -56,8 +56,8 @@ class TaskRunner:
         reads = "tokens" if self.head.reads == "tokens" else "pooled"
         if reads == "tokens":
             engine.level_of(self.model, reads)  # refuses a backbone without a known token layout
-        with engine.grad_checkpointing(self.model, cfg.train.grad_checkpointing):
-            pass  # refuses, before any work, a model that cannot checkpoint
+        if cfg.train.grad_checkpointing:
+            engine.checkpointing_target(self.model)  # refuses, before any work, a model that cannot checkpoint
         #: level of the inputs fit/classify start from; everything before it is computed once per image
         self.level = engine.frozen_level(self.model, cfg.train, reads)
         self.start = {k: v.detach().clone() for k, v in self.model.state_dict().items()}
