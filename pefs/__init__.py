@@ -3,12 +3,27 @@
 >>> import pefs
 >>> model = pefs.wrap("efficientnet_lite0.offline", "lora", num_classes=10, r=8)
 >>> model.param_report()["trainable"]
+
+The public names load lazily (PEP 562), so ``import pefs.report`` or ``pefs.store`` never imports torch.
 """
 
-from pefs.backbones import Backbone, list_models, load
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
 from pefs.errors import PefsError
-from pefs.model import PefsModel, wrap
-from pefs.strategies import list_strategies
 
 __version__ = "0.1.0"
-__all__ = ["Backbone", "PefsError", "PefsModel", "__version__", "list_models", "list_strategies", "load", "wrap"]
+#: public name -> the module that defines it
+_LAZY = {"Backbone": "pefs.backbones", "list_models": "pefs.backbones", "load": "pefs.backbones",
+         "PefsModel": "pefs.model", "wrap": "pefs.model", "list_strategies": "pefs.strategies"}
+__all__ = ["PefsError", "__version__", *_LAZY]
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _LAZY:
+        raise AttributeError(f"module 'pefs' has no attribute {name!r}")
+    value = getattr(importlib.import_module(_LAZY[name]), name)
+    globals()[name] = value
+    return value

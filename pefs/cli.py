@@ -18,10 +18,14 @@ def _seeds(text: str) -> tuple[int, ...]:
     try:
         if "-" in text.strip("-") and "," not in text:
             a, b = text.split("-")
-            return tuple(range(int(a), int(b) + 1))
-        return tuple(int(s) for s in text.split(",") if s.strip())
+            values = tuple(range(int(a), int(b) + 1))
+        else:
+            values = tuple(int(s) for s in text.split(",") if s.strip())
     except ValueError:
         raise argparse.ArgumentTypeError(f"seeds must look like 0 or 0,1,2 or 0-4, got {text!r}") from None
+    if not values or any(v < 0 for v in values):
+        raise argparse.ArgumentTypeError(f"seeds must be whole numbers >= 0 (0 or 0,1,2 or 0-4), got {text!r}")
+    return values
 
 
 def _keyval(text: str) -> tuple[str, str]:
@@ -31,73 +35,73 @@ def _keyval(text: str) -> tuple[str, str]:
     return k.strip(), v.strip()
 
 
-def add_tune_args(p: argparse.ArgumentParser) -> None:
-    """The flags of one run (shared by ``tune`` and, as grid axes, by ``sweep``)."""
-    from pefs.backbones import DEFAULT_MODEL
+def add_config_args(g: argparse._ActionsContainer, cls: type) -> None:
+    """One flag per field of config dataclass ``cls``, from its type hint, default and help metadata."""
+    import dataclasses
+    import typing
 
-    g = p.add_argument_group("model and strategy")
-    g.add_argument("--model", default=DEFAULT_MODEL, help=f"timm model name or offline model (default {DEFAULT_MODEL}; "
-                   "`pefs models` lists them)")
-    g.add_argument("--strategy", default="linear", help="tuning strategy, or several joined by '+' "
-                   "(e.g. lora, lora+norm; `pefs strategies` lists them). Default linear")
-    g.add_argument("--opt", "-o", action="append", type=_keyval, default=[], metavar="KEY=VALUE",
-                   help="strategy option, repeatable: -o r=8 -o targets=qkv,proj (lora.r=8 for one of several)")
-    g.add_argument("--no-pretrained", dest="pretrained", action="store_false",
-                   help="random weights instead of the hub's pretrained ones")
-    g.add_argument("--checkpoint", help="local weights (.safetensors/.pth) to load into the model")
-    g.add_argument("--img-size", type=int, help="input resolution (default: the model's own data config)")
-    g = p.add_argument_group("data and protocol")
-    g.add_argument("--data", help="image folder (<root>/<class>/*.jpg), Hugging Face dataset name or local "
-                   "path; default: the embedded fashion-mnist-small")
-    g.add_argument("--shots", type=int, default=5, help="K: training images per class (default 5)")
-    g.add_argument("--seeds", "--seed", type=_seeds, default=(0,), help="seed(s): 0 | 0,1,2 | 0-4 (default 0); "
-                   "mean and 95%% CI are over seeds")
-    g.add_argument("--ways", type=int, help="N: switch to N-way K-shot episodes")
-    g.add_argument("--queries", type=int, default=15, help="query images per class in an episode (default 15)")
-    g.add_argument("--episodes", type=int, default=100, help="number of episodes (default 100)")
-    g.add_argument("--head", default=None, help="classifier: linear | linear-proto (default) | prototype | "
-                   "patch-match (Hungarian matching of patch tokens)")
-    g.add_argument("--views", type=int, default=1, help="views per support image, the clean one included (default 1)")
-    g.add_argument("--augment", action="store_true", help="extra views are randomly cropped and flipped")
-    g.add_argument("--mask-ratio", type=float, default=0.0, help="extra views have this fraction of patches masked")
-    g.add_argument("--mask-patch", type=int, default=16, help="side of a masked patch in pixels (default 16)")
-    g = p.add_argument_group("training")
-    g.add_argument("--epochs", type=int, default=30, help="passes over the support set (default 30)")
-    g.add_argument("--batch-size", type=int, default=16, help="default 16")
-    g.add_argument("--lr", type=float, default=1e-3, help="learning rate of the strategy's parameters (1e-3)")
-    g.add_argument("--head-lr", type=float, default=1e-2, help="learning rate of the classifier head (1e-2)")
-    g.add_argument("--weight-decay", type=float, default=1e-4)
-    g.add_argument("--mixed-precision", choices=["no", "bf16", "fp16"], default="no",
-                   help="autocast while training (default no)")
-    g.add_argument("--inference-precision", choices=["auto", "no", "bf16", "fp16"], default="auto",
-                   help="autocast of no-grad passes (cached frozen prefix, evaluation); auto: bf16 where the "
-                        "hardware has it natively, else as --mixed-precision")
-    g.add_argument("--no-merge-for-eval", dest="merge_for_eval", action="store_false",
-                   help="evaluate LoRA / peft tuners unmerged (default: merged, then unmerged exactly)")
-    g.add_argument("--grad-checkpointing", action="store_true",
-                   help="recompute block activations in backward: less memory, more time (timm models)")
-    g.add_argument("--no-cache", dest="cache_features", action="store_false",
-                   help="run the frozen trunk every step even when only the head trains")
+    from pefs.config import field_types
+
+    hints = field_types(cls)
+    for f in dataclasses.fields(cls):
+        meta = f.metadata
+        if not meta.get("cli", True):
+            continue
+        hint, default = hints[f.name], (f.default if f.default is not dataclasses.MISSING else f.default_factory())
+        args = [a for a in typing.get_args(hint) if a is not type(None)]
+        if typing.get_origin(hint) in (typing.Union, getattr(__import__("types"), "UnionType", None)):
+            hint = args[0]
+        text = meta.get("help", "").replace("%", "%%")
+        flag = "--" + f.name.replace("_", "-")
+        kw: dict[str, typing.Any] = {"dest": f.name, "help": text}
+        if hint is bool:
+            flags = meta.get("flags") or ((f"--no-{f.name.replace('_', '-')}",) if default else (flag,))
+            if default:
+                kw["help"] = f"{text}: on by default, this flag turns it off"
+            g.add_argument(*flags, action="store_false" if default else "store_true", default=default, **kw)
+            continue
+        if typing.get_origin(hint) is dict:
+            kw.update(action="append", type=_keyval, default=[])
+        elif typing.get_origin(hint) is tuple:
+            kw.update(type=_seeds, default=default)
+        elif typing.get_origin(hint) is typing.Literal:
+            kw.update(choices=typing.get_args(hint), default=default)
+        else:
+            kw.update(type=hint, default=default)
+        if default not in (None, (), {}) and not isinstance(default, dict):
+            shown = ",".join(map(str, default)) if isinstance(default, tuple) else default
+            kw["help"] = f"{text} (default {shown})"
+        if meta.get("metavar"):
+            kw["metavar"] = meta["metavar"]
+        g.add_argument(*(meta.get("flags") or (flag,)), **kw)
+
+
+def add_tune_args(p: argparse.ArgumentParser) -> None:
+    """The flags of one run (shared by ``tune`` and, as grid axes, by ``sweep``): generated from the configs."""
+    from pefs.config import TrainConfig, TuneConfig
+
+    add_config_args(p.add_argument_group("model, data and protocol"), TuneConfig)
+    add_config_args(p.add_argument_group("training"), TrainConfig)
+
+
+def _config_values(a: argparse.Namespace, cls: type) -> dict:
+    import dataclasses
+
+    out = {}
+    for f in dataclasses.fields(cls):
+        value = getattr(a, f.name, None)
+        if not f.metadata.get("cli", True) or value is None:
+            continue
+        out[f.name] = dict(value) if f.name == "options" else value
+    return out
 
 
 def config_from_args(a: argparse.Namespace):
-    from pefs.config import TuneConfig
-    from pefs.engine import TrainConfig
+    from pefs.config import TrainConfig, TuneConfig
 
-    train = TrainConfig(epochs=a.epochs, batch_size=a.batch_size, lr=a.lr, head_lr=a.head_lr,
-                        weight_decay=a.weight_decay, mixed_precision=a.mixed_precision,
-                        inference_precision=a.inference_precision, merge_for_eval=a.merge_for_eval,
-                        grad_checkpointing=a.grad_checkpointing,
-                        cache_features=a.cache_features, progress=not getattr(a, "quiet", False))
-    return TuneConfig(model=a.model, strategy=a.strategy, shots=a.shots, seeds=a.seeds, data=a.data, ways=a.ways,
-                      queries=a.queries, episodes=a.episodes, pretrained=a.pretrained, checkpoint=a.checkpoint,
-                      img_size=a.img_size, options=dict(a.opt), train=train, output=a.output,
-                      save_adapter=getattr(a, "save_adapter", None), **_head_and_views(a))
-
-
-def _head_and_views(a: argparse.Namespace) -> dict:
-    keys = ("head", "views", "augment", "mask_ratio", "mask_patch")
-    return {k: getattr(a, k) for k in keys if getattr(a, k, None) is not None}
+    train = TrainConfig(**_config_values(a, TrainConfig), progress=not getattr(a, "quiet", False))
+    return TuneConfig(**_config_values(a, TuneConfig), train=train, output=a.output,
+                      save_adapter=getattr(a, "save_adapter", None))
 
 
 def cmd_tune(a: argparse.Namespace) -> int:
@@ -156,8 +160,8 @@ def _sweep_settings(a: argparse.Namespace) -> dict:
     from pefs.recipe import RECIPE_KEYS
 
     given = {k: v for k, v in vars(a).items() if k in RECIPE_KEYS and v is not None}
-    if a.opt:
-        given["options"] = dict(a.opt)
+    if a.options:
+        given["options"] = dict(a.options)
     if isinstance(given.get("seeds"), tuple):
         given["seeds"] = list(given["seeds"])
     return given
@@ -243,7 +247,7 @@ def _add_sweep_parsers(sub: argparse._SubParsersAction) -> None:
     s.add_argument("--quiet", "-q", action="store_true", help="no progress bars")
     s.set_defaults(**{act.dest: None for act in s._actions if act.dest != "help"})
     r = sub.add_parser("report", help="tables (Markdown, CSV) and plots (PNG) from a results store",
-                       description="Aggregate seeds (mean ± 95%% CI), one model x shots table per strategy, the "
+                       description="Aggregate seeds (mean ± 95% CI), one model x shots table per strategy, the "
                        "best strategy per model and shots, and plots of accuracy vs shots and trainable parameters.")
     r.add_argument("--store", default=DEFAULT_STORE, help=f"results store to read, with its shards (default "
                    f"{DEFAULT_STORE})")
@@ -257,7 +261,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", metavar="COMMAND")
     t = sub.add_parser("tune", help="tune one model with one strategy on K shots, evaluate, write a record",
                        description="Sample K images per class (or N-way K-shot episodes), tune, evaluate on "
-                       "held-out images, print accuracy ± 95%% CI and write a JSON result record.", epilog=EPILOG)
+                       "held-out images, print accuracy ± 95% CI and write a JSON result record.", epilog=EPILOG)
     add_tune_args(t)
     t.add_argument("--output", default="runs", help="folder for the JSON result record (default runs/)")
     t.add_argument("--save-adapter", metavar="DIR", help="save the strategy's tensors (safetensors) per seed here")

@@ -15,61 +15,19 @@ import functools
 import math
 import time
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any
 
-import numpy as np
 import torch
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 from tqdm.auto import tqdm
 
 from pefs.backbones.split import Stages, stages
+from pefs.config import TrainConfig
 from pefs.errors import PefsError
+from pefs.stats import mean_ci95  # noqa: F401  (re-exported: engine.mean_ci95)
 
 _ACCELERATORS: dict[str, Any] = {}
-
-
-@dataclass
-class TrainConfig:
-    """How to train: epochs over the support set, batch size, learning rates, precision."""
-
-    epochs: int = 30
-    batch_size: int = 16
-    lr: float = 1e-3
-    head_lr: float = 1e-2
-    weight_decay: float = 1e-4
-    #: autocast while training; bf16 training measured 0.84x the speed of fp32 on a CPU (benchmarks/speed.md)
-    mixed_precision: Literal["no", "bf16", "fp16"] = "no"
-    #: autocast of every no-grad pass (the frozen prefix pefs caches, evaluation). "auto": bf16 where the device
-    #: computes it natively (CUDA with bf16, CPUs with AVX-512 BF16 or AMX; 1.5x faster inference on such a
-    #: CPU, pooled features within cosine 0.995 of fp32), else the same as ``mixed_precision``
-    inference_precision: Literal["auto", "no", "bf16", "fp16"] = "auto"
-    #: evaluate with LoRA / peft updates merged into the weights (undone afterwards): 2.2x faster LoRA inference
-    merge_for_eval: bool = True
-    #: keep only each block's input during training and recompute the rest in backward: less memory, more
-    #: time; for timm models with ``set_grad_checkpointing`` (ViT, EfficientNet, ResNet, ConvNeXt, ...)
-    grad_checkpointing: bool = False
-    #: BatchNorm running statistics during training: "frozen" keeps the pretrained ones (a 16-image batch
-    #: of one few-shot task is a poor estimate), "update" lets them move
-    bn_stats: Literal["frozen", "update"] = "frozen"
-    cache_features: bool = True
-    eval_batch_size: int = 16  # 16 beats 64 on CPU for channels-last CNNs: 2.6x img/s, -380 MB (benchmarks/speed.md)
-    progress: bool = True
-
-    def validate(self) -> None:
-        for name in ("epochs", "batch_size", "eval_batch_size"):
-            if getattr(self, name) < 1:
-                raise PefsError(f"{name} must be >= 1, got {getattr(self, name)}")
-        for name in ("lr", "head_lr"):
-            if not getattr(self, name) > 0:
-                raise PefsError(f"{name} must be > 0, got {getattr(self, name)}")
-        if self.bn_stats not in ("frozen", "update"):
-            raise PefsError(f"bn_stats must be 'frozen' or 'update', got {self.bn_stats!r}")
-        if self.mixed_precision not in ("no", "bf16", "fp16"):
-            raise PefsError(f"mixed_precision must be one of no, bf16, fp16; got {self.mixed_precision!r}")
-        if self.inference_precision not in ("auto", "no", "bf16", "fp16"):
-            raise PefsError("inference_precision must be one of auto, no, bf16, fp16; "
-                            f"got {self.inference_precision!r}")
 
 
 @dataclass
@@ -84,10 +42,10 @@ class FitStats:
     losses: list[float] = field(default_factory=list)
 
 
-def accelerator(mixed_precision: str = "no"):
+def accelerator():
     """The process's Accelerator: which device this process owns (one GPU per process under
     ``accelerate launch``, where sweeps spread cells over processes). Accelerate's state is global and fixes
-    its precision once, so precision is set per call by :func:`autocast`; ``mixed_precision`` is ignored.
+    its precision once, so precision is set per call by :func:`autocast` instead.
 
     Models and batches are moved with ``.to(acc.device)`` rather than ``acc.prepare``: a few-shot task is a
     handful of batches, data-parallel wrapping only adds cost, and ``prepare``/``free_memory`` keep references
@@ -223,7 +181,7 @@ def outputs(model: nn.Module, x: torch.Tensor, cfg: TrainConfig, start: int = 0,
     stop = level_of(model, stop)
     if start == stop:
         return x.float()
-    acc = accelerator(cfg.mixed_precision)
+    acc = accelerator()
     cl = _channels_last(model)
     if cl:
         model.to(memory_format=torch.channels_last)
@@ -295,7 +253,7 @@ def fit(model: nn.Module, x: torch.Tensor, y: torch.Tensor, cfg: TrainConfig, se
     cl = _channels_last(model)
     if cl:
         model.to(memory_format=torch.channels_last)
-    acc = accelerator(cfg.mixed_precision)
+    acc = accelerator()
     model.to(acc.device)
     opt = _optimizer(model, cfg)
     # fp16 gradients underflow without loss scaling; bf16 and fp32 need none (the scaler is then a pass-through)
@@ -364,13 +322,3 @@ def peak_memory_mb() -> float:
     import resource
 
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-
-
-def mean_ci95(values: list[float]) -> tuple[float, float]:
-    """Mean and 95% confidence half-width 1.96·std/√n (std with ddof=1; 0 for a single value)."""
-    v = np.asarray(values, dtype=float)
-    if len(v) == 0:
-        return float("nan"), float("nan")
-    if len(v) == 1:
-        return float(v[0]), 0.0
-    return float(v.mean()), float(1.96 * v.std(ddof=1) / math.sqrt(len(v)))

@@ -24,6 +24,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from pefs.config import DEFAULT_HEAD, HEAD_NAMES  # noqa: F401  (DEFAULT_HEAD re-exported)
 from pefs.errors import PefsError, unknown
 
 #: initial logit scale of a prototype-initialised linear head: logits start as about SCALE x cosine
@@ -102,7 +103,6 @@ class PatchMatchHead(PrototypeHead):
 
 
 HEADS: dict[str, type[Head]] = {h.name: h for h in (LinearHead, LinearProtoHead, PrototypeHead, PatchMatchHead)}
-DEFAULT_HEAD = "linear-proto"
 
 
 def build(name: str) -> Head:

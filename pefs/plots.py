@@ -7,8 +7,10 @@ import re
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from pefs.aggregate import fmt_count
+
 if TYPE_CHECKING:
-    from pefs.report import Group
+    from pefs.aggregate import Group
 
 MARKERS = "osD^vP*Xh<>"
 
@@ -31,8 +33,6 @@ def _random_note(groups: list[Group]) -> str:
 
 
 def _model_label(g: Group) -> str:
-    from pefs.report import fmt_count
-
     return f"{g.model} ({fmt_count(g.backbone_params)})"
 
 
@@ -128,8 +128,6 @@ def accuracy_vs_params(groups: list[Group], path: Path, title: str) -> Path:
 def shots_params_heatmap(groups: list[Group], path: Path, title: str) -> Path:
     """Rows = (strategy, model) ordered by trainable parameters, columns = shots, colour = mean accuracy."""
     import numpy as np
-
-    from pefs.report import fmt_count
 
     plt = _pyplot()
     gs = _ok(groups)

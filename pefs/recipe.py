@@ -9,39 +9,42 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import types
+import typing
 from pathlib import Path
 from typing import Any
 
-from pefs.config import TuneConfig
-from pefs.engine import TrainConfig
+from pefs.config import TrainConfig, TuneConfig, field_types
 from pefs.errors import PefsError
 
 #: grid axes (each a list; "1,2,4" and "0-2" strings are accepted too)
 GRID_KEYS = ("models", "strategies", "shots", "seeds")
 #: TuneConfig fields that are not settings shared by every cell (the grid axes, or where output goes)
 _NOT_RUN_KEYS = ("model", "strategy", "shots", "seeds", "options", "train", "output", "save_adapter")
-#: types of the TuneConfig fields whose default is None
-_NONE_DEFAULT_TYPES: dict[str, tuple[type, ...]] = {"data": (str,), "ways": (int,), "checkpoint": (str,),
-                                                    "img_size": (int,)}
 
 
-def _type_of(name: str, default: Any) -> tuple[type, ...]:
-    if default is None:
-        return _NONE_DEFAULT_TYPES.get(name, (object,))
-    return (int, float) if isinstance(default, float) else (type(default),)
+def _types(hint: Any) -> tuple[type, ...]:
+    """The Python types a recipe value of a field with type ``hint`` may have."""
+    args = [a for a in typing.get_args(hint) if a is not type(None)]
+    if typing.get_origin(hint) in (typing.Union, types.UnionType):
+        hint = args[0]
+    if typing.get_origin(hint) is typing.Literal:
+        return (str,)
+    if hint is float:
+        return (int, float)
+    return (typing.get_origin(hint) or hint,)
 
 
-def _defaults(cls: type) -> dict[str, Any]:
-    return {f.name: f.default if f.default is not dataclasses.MISSING else f.default_factory()
-            for f in dataclasses.fields(cls)}
+def _keys(cls: type, skip: tuple[str, ...]) -> dict[str, tuple[type, ...]]:
+    hints = field_types(cls)
+    return {f.name: _types(hints[f.name]) for f in dataclasses.fields(cls)
+            if f.name not in skip and f.metadata.get("cli", True)}
 
 
 #: one run's protocol and model settings (TuneConfig's other fields: data, ways, pretrained, ...), with types
-RUN_KEYS: dict[str, tuple[type, ...]] = {k: _type_of(k, v) for k, v in _defaults(TuneConfig).items()
-                                         if k not in _NOT_RUN_KEYS}
+RUN_KEYS: dict[str, tuple[type, ...]] = _keys(TuneConfig, _NOT_RUN_KEYS)
 #: training settings: TrainConfig's fields (progress bars are not a setting of the result)
-TRAIN_KEYS: dict[str, tuple[type, ...]] = {k: _type_of(k, v) for k, v in _defaults(TrainConfig).items()
-                                           if k != "progress"}
+TRAIN_KEYS: dict[str, tuple[type, ...]] = _keys(TrainConfig, ())
 OTHER_KEYS = ("description", "options", "store", "output")
 RECIPE_KEYS = (*GRID_KEYS, *RUN_KEYS, *TRAIN_KEYS, *OTHER_KEYS)
 STRATEGY_ENTRY_KEYS = ("name", "options", *TRAIN_KEYS)

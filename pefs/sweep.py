@@ -16,9 +16,8 @@ from pathlib import Path
 from typing import Any
 
 from pefs import store as results
-from pefs.backbones import DEFAULT_MODEL, OFFLINE_MODELS, list_models
-from pefs.config import TuneConfig
-from pefs.engine import TrainConfig
+from pefs.backbones import OFFLINE_MODELS, list_models
+from pefs.config import DEFAULT_MODEL, TrainConfig, TuneConfig
 from pefs.errors import PefsError, unknown
 from pefs.recipe import RUN_KEYS, TRAIN_KEYS, as_list, check_settings, strategy_entry
 
@@ -146,6 +145,9 @@ def plan(spec: SweepSpec, check_data: bool = True) -> list[Cell]:
         if k < 1:
             raise PefsError(f"shots must be whole numbers >= 1, got {k}")
     output = spec.output or str(Path(spec.store).parent / "records")
+    dataset = _check_data(spec) if check_data else None
+    from pefs.tune import resolve
+
     cells = []
     for model in spec.models:
         for s in spec.strategies:
@@ -156,15 +158,14 @@ def plan(spec: SweepSpec, check_data: bool = True) -> list[Cell]:
                     cfg = TuneConfig(model=model, strategy=s.spec, shots=shots, seeds=(seed,), options=options,
                                      train=train, output=output, **spec.run)
                     cfg.validate()
-                    cells.append(Cell(len(cells), cfg, cfg.hash()))
-    if check_data:
-        _check_data(spec)
+                    # the key is the resolved config's hash, as in the record tune() writes for this cell
+                    cells.append(Cell(len(cells), cfg, resolve(cfg, dataset).hash()))
     return cells
 
 
-def _check_data(spec: SweepSpec) -> None:
+def _check_data(spec: SweepSpec):
     """Load the dataset once (images decode lazily) and sample the largest shots, so a grid asking for more
-    images than a class has fails before any cell runs."""
+    images than a class has fails before any cell runs; the dataset, for resolving the cells' configs."""
     from pefs.data import episodes, kshot_split, load_dataset
 
     dataset = load_dataset(spec.run.get("data"))
@@ -173,6 +174,7 @@ def _check_data(spec: SweepSpec) -> None:
         next(iter(episodes(dataset.train, spec.run["ways"], most, spec.run.get("queries", 15), 1, seed=0)))
     else:
         kshot_split(dataset, most, seed=0)
+    return dataset
 
 
 def process_slot() -> tuple[int, int]:

@@ -16,14 +16,15 @@ from typing import Any
 import torch
 
 from pefs import engine
-from pefs.config import TuneConfig
+from pefs.config import SCHEMA_VERSION, TuneConfig, resolved
 from pefs.data import Dataset, kshot_split, load_dataset
-from pefs.engine import NonFiniteLoss, mean_ci95
+from pefs.engine import NonFiniteLoss
 from pefs.episodic import check_episodes, run_episodes
 from pefs.errors import PefsError
 from pefs.fewshot import TaskRunner, build_model
+from pefs.stats import mean_ci95
 
-__all__ = ["build_model", "finish", "run_kshot_seed", "tune", "write_record"]
+__all__ = ["build_model", "finish", "resolve", "run_kshot_seed", "tune", "write_record"]
 
 
 def check_splits_disjoint(dataset: Dataset) -> None:
@@ -44,14 +45,27 @@ def run_kshot_seed(cfg: TuneConfig, dataset: Dataset, seed: int, runner: TaskRun
     return run
 
 
+def resolve(cfg: TuneConfig, dataset: Dataset | None) -> TuneConfig:
+    """A copy of ``cfg`` with what it leaves to run time filled in: the image size the dataset suggests and the
+    precision "auto" becomes on this machine. Its hash is the run's identity (a sweep cell's store key), so
+    ``--img-size 128`` and a default that resolves to 128 are one cell. ``cfg`` itself is never changed."""
+    values: dict[str, Any] = {}
+    if cfg.img_size is None and dataset is not None and dataset.suggested_img_size:
+        values["img_size"] = dataset.suggested_img_size
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")  # what Accelerate will pick
+    precision = engine.inference_precision(cfg.train, device)
+    return resolved(cfg, **values, train={"inference_precision": precision})
+
+
 def tune(cfg: TuneConfig) -> dict[str, Any]:
-    """Run the configured protocol (K-shot over seeds, or episodes); return the result record (also on disk)."""
+    """Run the configured protocol (K-shot over seeds, or episodes); return the result record (also on disk).
+    The record holds the caller's ``config`` and the ``resolved`` one it ran with; ``config_hash`` is the
+    resolved one's."""
     cfg.validate()
     check_writable(cfg.output)  # before any compute, not after it
     dataset = load_dataset(cfg.data)
     check_splits_disjoint(dataset)
-    if cfg.img_size is None and dataset.suggested_img_size:
-        cfg.img_size = dataset.suggested_img_size
+    requested, cfg = cfg, resolve(cfg, dataset)
     if cfg.protocol == "episodic":
         check_episodes(cfg, dataset)  # sampling errors before any weight loads
     else:
@@ -64,10 +78,10 @@ def tune(cfg: TuneConfig) -> dict[str, Any]:
         else:
             body = run_kshot(cfg, dataset, runner, t_start)
     except NonFiniteLoss as e:
-        e.record = finish(cfg, dataset, e.partial, runner)  # type: ignore[attr-defined]
+        e.record = finish(cfg, dataset, e.partial, runner, requested)  # type: ignore[attr-defined]
         e.args = (f"{e}; the record says so: {e.record['path']}",)
         raise
-    return finish(cfg, dataset, body, runner)
+    return finish(cfg, dataset, body, runner, requested)
 
 
 def run_kshot(cfg: TuneConfig, dataset: Dataset, runner: TaskRunner, t_start: float) -> dict[str, Any]:
@@ -83,15 +97,18 @@ def run_kshot(cfg: TuneConfig, dataset: Dataset, runner: TaskRunner, t_start: fl
     return {"runs": runs, "wall_s": time.perf_counter() - t_start, "status": "ok"}
 
 
-def finish(cfg: TuneConfig, dataset: Dataset, body: dict[str, Any], runner: TaskRunner | None) -> dict[str, Any]:
-    """Assemble the record (mean and 95% CI over seeds/episodes) and write it as JSON."""
+def finish(cfg: TuneConfig, dataset: Dataset, body: dict[str, Any], runner: TaskRunner | None,
+           requested: TuneConfig | None = None) -> dict[str, Any]:
+    """Assemble the record (mean and 95% CI over seeds/episodes) and write it as JSON. ``cfg`` is the resolved
+    config the run used, ``requested`` the caller's (default: the same)."""
     runs = body.pop("runs")
     model = runner.model if runner is not None else None
     accs = [r["accuracy"] for r in runs]
     mean, ci = mean_ci95(accs) if accs and body.get("status", "ok") == "ok" else (None, None)
     params = model.param_report() if model is not None else None
     record = {
-        "pefs_record": 1, "config": cfg.to_dict(), "config_hash": cfg.hash(), "protocol": cfg.protocol,
+        "pefs_record": 2, "config": (requested or cfg).to_dict(), "resolved": cfg.to_dict(),
+        "config_hash": cfg.hash(), "schema": SCHEMA_VERSION, "protocol": cfg.protocol,
         "model": cfg.model, "strategy": cfg.strategy, "head": cfg.head, "shots": cfg.shots, "ways": cfg.ways,
         "dataset": {"name": dataset.name, "classes": len(dataset.classes), "licence": dataset.licence},
         "backbone": model.backbone.describe() if model is not None else None,
@@ -104,8 +121,7 @@ def finish(cfg: TuneConfig, dataset: Dataset, body: dict[str, Any], runner: Task
                                                               "cuda": torch.cuda.is_available(),
                                                               "threads": torch.get_num_threads(),
                                                               # what inference_precision="auto" became here
-                                                              "inference_precision": engine.inference_precision(
-                                                                  cfg.train, engine.accelerator().device)},
+                                                              "inference_precision": cfg.train.inference_precision},
         "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S"),
         **body,
     }

@@ -12,9 +12,11 @@ import torch
 import pefs.tune
 from pefs import store, sweep
 from pefs.cli import main
+from pefs.data import load_dataset
 from pefs.engine import NonFiniteLoss, TrainConfig
 from pefs.errors import PefsError
 from pefs.recipe import load_recipe
+from pefs.tune import resolve
 
 RECIPES = Path(__file__).resolve().parents[1] / "recipes"
 TINY = ["--no-pretrained", "--img-size", "32", "--epochs", "1", "-q"]
@@ -79,6 +81,7 @@ def test_grid_2x2x2_end_to_end_then_torn_line_is_repaired(tmp_path, image_folder
         (m, s, k) for m in ("vit_tiny_patch16_224", "resnet18") for s in ("linear", "lora") for k in (1, 2)}
     assert all(r["status"] == "ok" and 0 <= r["record"]["accuracy_mean"] <= 1 for r in rows)
     assert all(r["record"]["backbone"]["pretrained"] == "random" for r in rows)
+    assert all(r["record"]["config_hash"] == r["hash"] for r in rows)  # a record's hash is its store key
     assert "8 cells; this process ran 8" in capsys.readouterr().out
 
     with open(st, "ab") as f:  # a kill in the middle of writing a 9th line
@@ -138,7 +141,7 @@ def test_sharding_over_simulated_processes_then_merge(tmp_path):
         ran[rank] = []
         summary = sweep.run_sweep(cells, st, rank=rank, world=2, runner=fake_runner(ran[rank]))
         assert summary.shard == tmp_path / f"results.{rank}.jsonl" and summary.ran == 4
-    assert set(ran[0]).isdisjoint(ran[1]) and set(ran[0]) | set(ran[1]) == {c.hash for c in cells}
+    assert set(ran[0]).isdisjoint(ran[1]) and set(ran[0]) | set(ran[1]) == {c.config.hash() for c in cells}
     assert not st.exists()
     merged = store.load(st)
     assert len(merged.rows) == 8 and merged.files == [tmp_path / "results.0.jsonl", tmp_path / "results.1.jsonl"]
@@ -169,8 +172,15 @@ def test_hash_is_the_config_hash_and_grid_order(tmp_path):
     cells = offline_cells(seeds="0")
     assert [(c.config.strategy, c.config.shots) for c in cells] == [("linear", 1), ("linear", 2), ("lora", 1),
                                                                     ("lora", 2)]
-    assert all(c.hash == c.config.hash() and c.config.seeds == (c.describe()["seed"],) for c in cells)
+    # the key is the hash of the config tune() resolves and records (image size from the data, precision)
+    dataset = load_dataset(cells[0].config.data)
+    assert all(c.hash == resolve(c.config, dataset).hash() and c.config.seeds == (c.describe()["seed"],)
+               for c in cells)
     assert len({c.hash for c in cells}) == 4
+    # --img-size 128 is the same cell as the default that the embedded data resolves to 128
+    default, explicit = (sweep.plan(sweep.spec_from_settings({"models": "efficientnet_lite0.offline", **s}))[0]
+                         for s in ({}, {"img_size": 128}))
+    assert default.hash == explicit.hash and default.config.img_size is None
 
 
 def test_options_route_to_the_strategies_that_take_them():

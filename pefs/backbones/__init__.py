@@ -15,12 +15,12 @@ from torch import nn
 from pefs.backbones.checkpoint import load_checkpoint, read_state_dict
 from pefs.backbones.describe import Backbone, HeadedModule, describe_module, describe_timm
 from pefs.backbones.offline import OFFLINE_MODELS, create_offline
+from pefs.config import DEFAULT_MODEL
 from pefs.errors import PefsError, unknown
 
 __all__ = ["Backbone", "HeadedModule", "OFFLINE_MODELS", "DEFAULT_MODEL", "load", "list_models",
            "read_state_dict"]
 
-DEFAULT_MODEL = "efficientnet_lite0.offline"
 
 
 def list_models(pattern: str = "*", offline_only: bool = False) -> list[str]:

@@ -10,36 +10,12 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from dataclasses import dataclass
 
 import torch
 
+from pefs.config import ViewConfig
 from pefs.data.sources import ImageSet
 from pefs.errors import PefsError
-
-
-@dataclass
-class ViewConfig:
-    """How many views each support image contributes and how the extra ones differ from the clean one."""
-
-    views: int = 1
-    augment: bool = False
-    mask_ratio: float = 0.0
-    mask_patch: int = 16
-
-    def validate(self) -> None:
-        if not isinstance(self.views, int) or self.views < 1:
-            raise PefsError(f"views must be a whole number >= 1, got {self.views!r}")
-        if not 0 <= self.mask_ratio < 1:
-            raise PefsError(f"mask_ratio must lie in [0, 1), got {self.mask_ratio}")
-        if not isinstance(self.mask_patch, int) or self.mask_patch < 1:
-            raise PefsError(f"mask_patch must be a whole number of pixels >= 1, got {self.mask_patch!r}")
-        extra = self.augment or self.mask_ratio > 0
-        if self.views > 1 and not extra:
-            raise PefsError(f"views={self.views} would only repeat each image; add augmentation (--augment) "
-                            "or masking (--mask-ratio in (0, 1))")
-        if self.views == 1 and extra:
-            raise PefsError("augmentation and masking make extra views; set views >= 2 (--views 4)")
 
 
 def mask_patches(x: torch.Tensor, ratio: float, patch: int, generator: torch.Generator) -> torch.Tensor:

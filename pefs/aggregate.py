@@ -1,0 +1,137 @@
+"""Seeds aggregated into table cells: one :class:`Group` per (setting, strategy variant, model, shots).
+
+Plain data from a results store's rows (no torch): :mod:`pefs.report` writes tables from these groups and
+:mod:`pefs.plots` draws them.
+"""
+
+from __future__ import annotations
+
+import json
+from collections import defaultdict
+from dataclasses import dataclass, field
+from typing import Any
+
+from pefs.recipe import RUN_KEYS
+from pefs.stats import mean_ci95
+
+
+@dataclass
+class Group:
+    """One table cell: every stored seed of one setting, strategy variant, model and shots."""
+
+    setting: str
+    strategy: str
+    model: str
+    shots: int
+    accuracies: list[float] = field(default_factory=list)
+    seeds: list[int] = field(default_factory=list)
+    trainable: int | None = None
+    percent: float | None = None
+    backbone_params: int | None = None
+    pretrained: str | None = None
+    wall_s: list[float] = field(default_factory=list)
+    failed: list[str] = field(default_factory=list)
+
+    @property
+    def n(self) -> int:
+        return len(self.seeds)
+
+    def mean_ci(self) -> tuple[float | None, float | None]:
+        """Mean and 95% CI half-width in percent (None when every seed failed)."""
+        if not self.accuracies:
+            return None, None
+        mean, ci = mean_ci95(self.accuracies)
+        return 100 * mean, 100 * ci
+
+
+def _config(row: dict[str, Any]) -> dict[str, Any]:
+    return row["cell"].get("config") or (row.get("record") or {}).get("config") or {}
+
+
+def setting_of(row: dict[str, Any]) -> str:
+    """The protocol a row belongs to, as a heading: dataset and K-shot transfer or N-way episodes."""
+    rec, cell = row.get("record") or {}, row["cell"]
+    dataset = (rec.get("dataset") or {}).get("name") or cell.get("data") or "fashion-mnist-small"
+    if cell.get("ways"):
+        cfg = _config(row)
+        return f"{dataset}, {cell['ways']}-way episodic ({cfg.get('queries')} queries, {cfg.get('episodes')} episodes)"
+    return f"{dataset}, K-shot transfer"
+
+
+def strategy_labels(rows: list[dict[str, Any]]) -> dict[str, str]:
+    """Row hash -> strategy label: the spec and its options, plus the training settings that differ between
+    rows of the same spec (so two LoRA runs with different epochs are two rows of the report, not one)."""
+    base = {}
+    for r in rows:
+        opts = r["cell"].get("options") or {}
+        base[r["hash"]] = r["cell"]["strategy"] + "".join(f" {k}={v}" for k, v in sorted(opts.items()))
+    variants: dict[str, dict[str, dict[str, Any]]] = defaultdict(dict)
+    for r in rows:
+        cfg = _config(r)
+        settings = {**{k: v for k, v in (cfg.get("train") or {}).items() if k != "progress"},
+                    **{k: cfg.get(k) for k in RUN_KEYS if k not in ("data", "ways")}}
+        variants[base[r["hash"]]][r["hash"]] = settings
+    labels = {}
+    for name, by_hash in variants.items():
+        keys = sorted({k for s in by_hash.values() for k in s})
+        varying = [k for k in keys if len({json.dumps(s.get(k), default=str) for s in by_hash.values()}) > 1]
+        for h, s in by_hash.items():
+            extra = ", ".join(f"{k}={s.get(k)}" for k in varying)
+            labels[h] = f"{name} ({extra})" if extra else name
+    return labels
+
+
+def aggregate(rows: list[dict[str, Any]]) -> list[Group]:
+    """Pool the stored rows into groups; failed rows keep their messages, never an accuracy."""
+    labels = strategy_labels(rows)
+    groups: dict[tuple, Group] = {}
+    for r in sorted(rows, key=lambda r: r["cell"].get("seed", 0)):
+        cell, rec = r["cell"], r.get("record") or {}
+        key = (setting_of(r), labels[r["hash"]], cell["model"], int(cell["shots"]))
+        g = groups.setdefault(key, Group(*key))
+        g.seeds.append(cell.get("seed", 0))
+        bb, params = rec.get("backbone") or {}, rec.get("params") or {}
+        if params:
+            g.trainable, g.percent = params.get("trainable"), params.get("percent_of_backbone")
+            g.backbone_params = params.get("backbone_params") or bb.get("params")
+        g.pretrained = bb.get("pretrained") or g.pretrained
+        if r["status"] == "ok":
+            g.accuracies += [float(a) for a in rec.get("accuracies") or []]
+            g.wall_s.append(float(rec.get("wall_s") or 0.0))
+        else:
+            g.failed.append(f"seed {cell.get('seed')}: {r.get('error') or 'failed'}")
+    return sorted(groups.values(), key=lambda g: (g.setting, g.strategy, g.model, g.shots))
+
+
+def fmt_cell(g: Group | None, n_expected: int) -> str:
+    if g is None:
+        return "–"
+    mean, ci = g.mean_ci()
+    if mean is None:
+        return f"failed ({len(g.failed)})"
+    n_ok = g.n - len(g.failed)
+    note = [f"n={n_ok}"] if n_ok != n_expected else []
+    note += [f"{len(g.failed)} failed"] if g.failed else []
+    return f"{mean:.1f} ± {ci:.1f}" + (f" ({', '.join(note)})" if note else "")
+
+
+def fmt_count(n: int | None) -> str:
+    if n is None:
+        return "?"
+    for unit, size in (("M", 1e6), ("k", 1e3)):
+        if n >= size:
+            return f"{n / size:.2f}{unit}" if n < 10 * size else f"{n / size:.1f}{unit}"
+    return str(n)
+
+
+def best(groups: list[Group]) -> dict[tuple[str, str, int], Group]:
+    """The best strategy per (setting, model, shots): highest mean, then fewer trainable parameters."""
+    out: dict[tuple[str, str, int], Group] = {}
+    for g in groups:
+        if g.mean_ci()[0] is None:
+            continue
+        k = (g.setting, g.model, g.shots)
+        cur = out.get(k)
+        if cur is None or (g.mean_ci()[0], -(g.trainable or 0)) > (cur.mean_ci()[0], -(cur.trainable or 0)):
+            out[k] = g
+    return out
