@@ -35,3 +35,29 @@ def image_folder(tmp_path):
             arr[..., c] += 150
             Image.fromarray(arr).save(d / f"{i}.png")
     return tmp_path / "imgs"
+
+
+def tiny(family: str, strategy: str = "linear", classes: int = 3, **options):
+    """A small random-weight model of ``family`` (see TINY_MODELS) wrapped with ``strategy``, seeded."""
+    import pefs
+    from pefs import engine
+
+    name, kwargs = TINY_MODELS[family]
+    engine.seed_everything(0)
+    return pefs.wrap(name, strategy, num_classes=classes, pretrained=False, model_kwargs=kwargs, **options)
+
+
+def batch(n: int = 12, classes: int = 3, size: int = 32):
+    """``n`` seeded random images (n, 3, size, size) and labels cycling through ``classes``."""
+    import torch
+
+    g = torch.Generator().manual_seed(1)
+    return torch.randn(n, 3, size, size, generator=g), torch.arange(n) % classes
+
+
+def cfg(**kw):
+    """A short TrainConfig with fp32 no-grad passes unless asked: these tests compare paths that must agree to
+    1e-4, and "auto" would run the cached prefix in bf16 on a CPU that has it (test_speed_options covers that)."""
+    from pefs.config import TrainConfig
+
+    return TrainConfig(**{"epochs": 3, "batch_size": 4, "progress": False, "inference_precision": "no", **kw})

@@ -8,7 +8,7 @@ import sys
 
 import pytest
 
-from pefs.cli import main
+from pefs.cli import build_parser, config_from_args, main
 
 
 def run_cli(*args: str) -> subprocess.CompletedProcess:
@@ -56,9 +56,33 @@ def test_data_folder_without_images(tmp_path):
 
 
 def test_help_for_every_subcommand():
-    for cmd in ([], ["tune"], ["models"], ["strategies"]):
+    for cmd in ([], ["tune"], ["models"], ["strategies"], ["sweep"], ["report"]):
         r = run_cli(*cmd, "--help")
-        assert r.returncode == 0 and "usage: pefs" in r.stdout
+        assert r.returncode == 0 and "usage: pefs" in r.stdout and "%%" not in r.stdout
+
+
+def test_tune_flags_are_generated_from_the_config_fields(capsys):
+    """Every CLI-visible config field has its flag, with the help text and default written on the field."""
+    import dataclasses
+
+    from pefs.config import TrainConfig, TuneConfig
+
+    with pytest.raises(SystemExit):
+        main(["tune", "--help"])
+    out = " ".join(capsys.readouterr().out.split())
+    for cls in (TuneConfig, TrainConfig):
+        for f in dataclasses.fields(cls):
+            if not f.metadata.get("cli", True):
+                continue
+            flag = (f.metadata.get("flags") or ("--" + f.name.replace("_", "-"),))[0]
+            if f.type == "bool" and f.default is True and not f.metadata.get("flags"):
+                flag = "--no-" + f.name.replace("_", "-")
+            assert flag in out, flag
+            assert " ".join(f.metadata["help"].split())[:30] in out, f.name
+    a = build_parser().parse_args(["tune", "--lr", "0.5", "--no-merge-for-eval", "-o", "r=4", "--seeds", "0-2"])
+    c = config_from_args(a)
+    assert (c.train.lr, c.train.merge_for_eval, c.options, c.seeds) == (0.5, False, {"r": "4"}, (0, 1, 2))
+    assert config_from_args(build_parser().parse_args(["tune"])) == TuneConfig(train=TrainConfig(progress=True))
 
 
 def test_models_and_strategies_lists(capsys):

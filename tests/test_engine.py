@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
 
@@ -11,24 +13,7 @@ from pefs.backbones.split import stages
 from pefs.engine import NonFiniteLoss, TrainConfig
 from pefs.errors import PefsError
 from pefs.strategies.last_k import final_norms
-from tests.conftest import TINY_MODELS
-
-
-def tiny(family: str, strategy: str = "linear", classes: int = 3, **options) -> pefs.PefsModel:
-    name, kwargs = TINY_MODELS[family]
-    engine.seed_everything(0)
-    return pefs.wrap(name, strategy, num_classes=classes, pretrained=False, model_kwargs=kwargs, **options)
-
-
-def batch(n: int = 12, classes: int = 3, size: int = 32) -> tuple[torch.Tensor, torch.Tensor]:
-    g = torch.Generator().manual_seed(1)
-    return torch.randn(n, 3, size, size, generator=g), torch.arange(n) % classes
-
-
-def cfg(**kw) -> TrainConfig:
-    """fp32 no-grad passes unless asked: these tests compare paths that must agree to 1e-4, and "auto" would
-    run the cached prefix in bf16 on a CPU that has it (tests/test_speed_options.py covers that)."""
-    return TrainConfig(**{"epochs": 3, "batch_size": 4, "progress": False, "inference_precision": "no", **kw})
+from tests.conftest import TINY_MODELS, batch, cfg, tiny
 
 
 @pytest.mark.parametrize("family", list(TINY_MODELS))
@@ -99,12 +84,23 @@ def test_fit_repeats_bit_for_bit_for_a_seed():
     assert all(torch.equal(runs[0][1][n], runs[1][1][n]) for n in runs[0][1])
 
 
-def test_cosine_schedule_and_head_learning_rate():
+def test_cosine_schedule_and_head_learning_rate(monkeypatch):
+    """Each optimizer step runs at lr * 0.5 * (1 + cos(pi * step / total)), the head at head_lr on the same
+    curve; 3 epochs of 12 images in batches of 4 are 9 steps."""
+    seen: list[dict[str, float]] = []
+    real_step = torch.optim.AdamW.step
+
+    def step(self, *args, **kwargs):
+        seen.append([g["lr"] for g in self.param_groups])  # [head group, strategy group]
+        return real_step(self, *args, **kwargs)
+
+    monkeypatch.setattr(torch.optim.AdamW, "step", step)
     m = tiny("vit", "last-k", k=1)
-    opt = engine._optimizer(m, cfg(lr=1e-3, head_lr=1e-2))
-    assert sorted(g["lr"] for g in opt.param_groups) == [1e-3, 1e-2]
-    stats = engine.fit(m, *batch(), cfg(), seed=0)
-    assert stats.final_loss == stats.losses[-1] and len(stats.losses) == 9
+    stats = engine.fit(m, *batch(), cfg(lr=1e-3, head_lr=1e-2), seed=0)
+    assert stats.final_loss == stats.losses[-1] and len(stats.losses) == 9 and len(seen) == 9
+    for s, lrs in enumerate(seen):
+        factor = 0.5 * (1 + math.cos(math.pi * s / 9))
+        assert lrs == pytest.approx([1e-2 * factor, 1e-3 * factor])
 
 
 def test_non_finite_loss_names_the_step():

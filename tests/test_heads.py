@@ -13,7 +13,7 @@ from torch.nn import functional as F
 from pefs import heads
 from pefs.backbones.split import patch_tokens
 from pefs.errors import PefsError
-from tests.test_engine import tiny
+from tests.conftest import tiny
 
 
 def brute_force_match(sim: np.ndarray) -> float:

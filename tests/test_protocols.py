@@ -134,8 +134,8 @@ def test_prototype_head_trains_nothing_on_a_frozen_trunk(folder, tmp_path):
     assert rec["runs"][0]["steps"] > 0  # a training strategy tunes through a prototype-initialised head
 
 
-def test_prototype_head_on_the_pretrained_offline_model():
-    cfg = TuneConfig(head="prototype", ways=5, shots=1, queries=5, episodes=3, img_size=32, output="/tmp/pefs-tests",
+def test_prototype_head_on_the_pretrained_offline_model(tmp_path):
+    cfg = TuneConfig(head="prototype", ways=5, shots=1, queries=5, episodes=3, img_size=32, output=str(tmp_path),
                      train=TrainConfig(progress=False))
     rec = tune(cfg)
     assert rec["accuracy_mean"] > 0.4  # chance is 0.2: real ImageNet features separate Fashion-MNIST classes

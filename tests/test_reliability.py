@@ -12,6 +12,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -138,12 +139,16 @@ def test_adapter_on_another_backbone_is_refused(tmp_path):
         pefs.PefsModel.load(tmp_path / "adapter", backbone=pefs.load("resnet34", pretrained=False))
 
 
-def _wait_for(predicate, timeout: float = 300) -> None:
-    t0 = time.time()
+def _wait_for(predicate, proc: subprocess.Popen, hang_guard: float = 1800) -> None:
+    """Poll ``predicate`` until it holds; fail at once if ``proc`` exits first (never a timing window: the guard
+    only stops a hung test)."""
+    t0 = time.monotonic()
     while not predicate():
-        if time.time() - t0 > timeout:
-            raise AssertionError("timed out waiting")
-        time.sleep(0.2)
+        if proc.poll() is not None:
+            raise AssertionError(f"process exited ({proc.returncode}) before it was ready: {proc.stderr.read()}")
+        if time.monotonic() - t0 > hang_guard:
+            raise AssertionError("hung: never became ready")
+        time.sleep(0.02)
 
 
 def _store_rows(store: Path) -> list[dict]:
@@ -162,8 +167,10 @@ def test_sweep_killed_by_a_signal_then_resumed(tmp_path, sig):
     env = dict(os.environ, OMP_NUM_THREADS="1")
     proc = subprocess.Popen([sys.executable, "-m", "pefs.cli", *args], stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True, env=env)
-    _wait_for(lambda: store.exists() and store.read_text().count("\n") >= 1)
+    _wait_for(lambda: store.exists() and store.read_text().count("\n") >= 1, proc)
+    proc.send_signal(signal.SIGSTOP)  # frozen the moment its first cell is stored: the signal lands mid-sweep
     proc.send_signal(sig)
+    proc.send_signal(signal.SIGCONT)
     _, err = proc.communicate(timeout=120)
     assert proc.returncode != 0 and "Traceback" not in err
     done = _store_rows(store)  # every line whole and valid JSON
@@ -181,10 +188,16 @@ def test_sweep_killed_by_a_signal_then_resumed(tmp_path, sig):
 def test_tune_killed_leaves_no_partial_record(tmp_path):
     env = dict(os.environ, OMP_NUM_THREADS="1")
     proc = subprocess.Popen([sys.executable, "-m", "pefs.cli", "tune", "--strategy", "lora", "--epochs", "200",
-                             "--img-size", "32", "-q", "--output", str(tmp_path)], stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True, env=env)
-    time.sleep(8)
+                             "--img-size", "32", "--output", str(tmp_path)], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, env=env)
+    seen = bytearray()
+    reader = threading.Thread(target=lambda: [seen.extend(chunk) for chunk in iter(
+        lambda: proc.stderr.read1(4096), b"")], daemon=True)
+    reader.start()
+    _wait_for(lambda: b"train:" in seen, proc)  # ready: its training progress bar is drawn
     proc.send_signal(signal.SIGTERM)
-    _, err = proc.communicate(timeout=120)
+    proc.wait(timeout=600)
+    reader.join(timeout=60)
+    err = seen.decode(errors="replace")
     assert proc.returncode == 130 and "interrupted" in err and "Traceback" not in err
     assert [p for p in tmp_path.iterdir() if not p.name.startswith(".pefs-write-test")] == []

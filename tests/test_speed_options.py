@@ -9,7 +9,7 @@ import torch
 from pefs import engine
 from pefs.engine import TrainConfig
 from pefs.errors import PefsError
-from tests.test_engine import batch, cfg, tiny
+from tests.conftest import batch, cfg, tiny
 
 CPU = torch.device("cpu")
 
@@ -84,8 +84,11 @@ def test_merged_view_leaves_a_merged_model_and_non_peft_strategies_alone():
     with m.merged_view():
         assert torch.equal(engine.outputs(m, x, cfg(inference_precision="no")), before)
     lora = tiny("efficientnet", "lora").merge()
-    with lora.merged_view():  # already folded for good: nothing left to merge
-        pass
+    weights = {k: v.clone() for k, v in lora.state_dict().items()}
+    merged = engine.outputs(lora, x, cfg(inference_precision="no"))
+    with lora.merged_view():  # already folded for good: nothing left to merge, nothing to undo afterwards
+        assert torch.equal(engine.outputs(lora, x, cfg(inference_precision="no")), merged)
+    assert all(torch.equal(v, weights[k]) for k, v in lora.state_dict().items())
 
 
 def test_fewshot_evaluation_merges_peft_tuners(monkeypatch):

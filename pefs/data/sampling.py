@@ -13,7 +13,8 @@ from pefs.errors import PefsError
 
 @dataclass
 class FewShotSplit:
-    """Support (K per class) and query images, as index arrays into ``pool`` / ``query_pool``."""
+    """Support (K per class) and query images; ``support_index`` / ``query_index`` say which images of the
+    train split and of the test split (or of the held-out part of train) they are."""
 
     support: ImageSet
     query: ImageSet

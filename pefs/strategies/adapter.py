@@ -70,7 +70,8 @@ def select_blocks(bb: Backbone, indices: tuple[int, ...], strategy: str, option:
     return sorted({i % n for i in indices})
 
 
-def _reference(model: nn.Module) -> tuple[torch.device, torch.dtype]:
+def reference_device_dtype(model: nn.Module) -> tuple[torch.device, torch.dtype]:
+    """Device and dtype of ``model``'s first parameter (CPU float32 without any): where new modules go."""
     p = next(model.parameters(), None)
     return (p.device, p.dtype) if p is not None else (torch.device("cpu"), torch.float32)
 
@@ -86,7 +87,7 @@ def probe_shapes(bb: Backbone, names: list[str]) -> dict[str, tuple[torch.Size, 
             shapes[name] = (args[0].shape, out.shape)
 
     c, h, w = bb.input_size
-    device, dtype = _reference(bb.model)
+    device, dtype = reference_device_dtype(bb.model)
     hooks = [modules[n].register_forward_hook(lambda m, a, o, n=n: record(n, m, a, o)) for n in names]
     was_training = bb.model.training
     bb.model.eval()
@@ -185,7 +186,7 @@ class Adapter(Strategy):
     def apply(self, bb: Backbone) -> None:
         c: AdapterConfig = self.config  # type: ignore[assignment]
         names = [bb.block_names[i] for i in select_blocks(bb, c.blocks, self.name)]
-        device, dtype = _reference(bb.model)
+        device, dtype = reference_device_dtype(bb.model)
         new: list[nn.Module] = []
         if bb.kind == "transformer":
             for b in names:

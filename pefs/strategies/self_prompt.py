@@ -26,7 +26,7 @@ from torch import nn
 
 from pefs.backbones import Backbone
 from pefs.errors import PefsError
-from pefs.strategies.adapter import Wrapped, _reference, probe_shapes, replace_module, select_blocks
+from pefs.strategies.adapter import Wrapped, probe_shapes, reference_device_dtype, replace_module, select_blocks
 from pefs.strategies.base import Strategy, StrategyConfig, set_trainable
 from pefs.strategies.registry import register
 from pefs.strategies.vpt import TimmBlocks, vit_blocks
@@ -175,7 +175,7 @@ class SelfPrompt(Strategy):
     def apply(self, bb: Backbone) -> None:
         c: SelfPromptConfig = self.config  # type: ignore[assignment]
         source, targets = self.plan(bb)
-        device, dtype = _reference(bb.model)
+        device, dtype = reference_device_dtype(bb.model)
         if bb.kind == "transformer":
             blocks = vit_blocks(bb, "self-prompt on a transformer", "strategy 'adapter' or 'lora'")
             needed = ("qkv", "proj", "num_heads", "head_dim", "q_norm", "k_norm")

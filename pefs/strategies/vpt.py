@@ -23,7 +23,7 @@ from torch import nn
 
 from pefs.backbones import Backbone
 from pefs.errors import PefsError
-from pefs.strategies.adapter import Wrapped, _reference, replace_module
+from pefs.strategies.adapter import Wrapped, reference_device_dtype, replace_module
 from pefs.strategies.base import Strategy, StrategyConfig, set_trainable
 from pefs.strategies.registry import register
 
@@ -125,7 +125,7 @@ class _Abort(Exception):
 @torch.no_grad()
 def find_stem(bb: Backbone) -> str:
     """Name of the first direct child of the model that is called with the image itself."""
-    device, dtype = _reference(bb.model)
+    device, dtype = reference_device_dtype(bb.model)
     x = torch.zeros(1, *bb.input_size, device=device, dtype=dtype)
     found: list[str] = []
 
@@ -188,7 +188,7 @@ class Vpt(Strategy):
 
     def apply(self, bb: Backbone) -> None:
         c: VptConfig = self.config  # type: ignore[assignment]
-        device, dtype = _reference(bb.model)
+        device, dtype = reference_device_dtype(bb.model)
         if c.mode == "pixel":
             _, h, w = bb.input_size
             pad = c.pad if c.pad is not None else max(1, round(min(h, w) * DEFAULT_PAD_FRACTION))

@@ -1,0 +1,133 @@
+"""Configs as data: one definition, stable hashes, no torch for reading results, imports that point down."""
+
+from __future__ import annotations
+
+import ast
+import copy
+import dataclasses
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from pefs.config import (
+    HEAD_NAMES,
+    SCHEMA_VERSION,
+    TrainConfig,
+    TuneConfig,
+    config_hash,
+    resolved,
+    setting,
+)
+
+PACKAGE = Path(__file__).resolve().parents[1] / "pefs"
+
+
+def test_reading_results_imports_no_torch():
+    code = ("import sys, pefs.report, pefs.store, pefs.recipe, pefs.config, pefs.aggregate, pefs.plots; "
+            "print(sorted(m for m in ('torch', 'timm', 'transformers', 'accelerate') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]"
+
+
+def _imports() -> dict[str, list[tuple[str, str]]]:
+    """Module -> [(imported pefs module, imported name)] for every import in pefs/, at any depth."""
+    mods = {".".join(p.relative_to(PACKAGE.parent).with_suffix("").parts).removesuffix(".__init__"): p
+            for p in PACKAGE.rglob("*.py")}
+    out: dict[str, list[tuple[str, str]]] = {m: [] for m in mods}
+    for m, p in mods.items():
+        for node in ast.walk(ast.parse(p.read_text())):
+            if isinstance(node, ast.ImportFrom) and (node.module or "").startswith("pefs"):
+                for a in node.names:
+                    full = f"{node.module}.{a.name}"
+                    out[m].append((full, "") if full in mods else (node.module, a.name))
+            elif isinstance(node, ast.Import):
+                out[m] += [(a.name, "") for a in node.names if a.name.startswith("pefs")]
+    return out
+
+
+def test_no_module_imports_another_modules_private_names():
+    bad = [(m, f"{target}.{name}") for m, imports in _imports().items() for target, name in imports
+           if name.startswith("_")]
+    assert bad == []
+
+
+def test_no_import_cycles():
+    graph = {m: {t for t, _ in imports if t != m and not t.startswith(m + ".")} for m, imports in _imports().items()}
+    state: dict[str, int] = {}
+
+    def visit(m: str, path: list[str]) -> None:
+        state[m] = 1
+        for t in graph.get(m, ()):
+            assert state.get(t) != 1, "import cycle: " + " -> ".join([*path[path.index(t):], t])
+            if t in graph and not state.get(t):
+                visit(t, [*path, t])
+        state[m] = 2
+
+    for m in graph:
+        if not state.get(m):
+            visit(m, [m])
+
+
+def test_head_names_match_the_heads_registry():
+    from pefs.heads import HEADS
+
+    assert tuple(HEADS) == HEAD_NAMES
+
+
+def test_hash_covers_what_changes_numbers_and_nothing_else():
+    base = TuneConfig()
+    assert base.hash() == config_hash(TuneConfig()) and len(base.hash()) == 16
+    neutral = TuneConfig(output="elsewhere", save_adapter="x",
+                         train=TrainConfig(progress=False, eval_batch_size=64, grad_checkpointing=True))
+    assert neutral.hash() == base.hash()
+    for changed in (TuneConfig(shots=1), TuneConfig(train=TrainConfig(lr=0.5)), TuneConfig(options={"r": 4}),
+                    TuneConfig(img_size=128), TuneConfig(train=TrainConfig(inference_precision="no"))):
+        assert changed.hash() != base.hash()
+
+
+def test_adding_a_field_with_since_changes_no_existing_hash():
+    """A field added in a later schema (``since``) is hashed only when it leaves its default, which by
+    contract reproduces the behaviour from before it existed."""
+
+    @dataclasses.dataclass
+    class Later(TrainConfig):
+        new_knob: int = setting(0, "a knob added later", since=SCHEMA_VERSION + 1)
+
+    assert config_hash(TuneConfig(train=Later())) == TuneConfig().hash()
+    assert config_hash(TuneConfig(train=Later(new_knob=3))) != TuneConfig().hash()
+
+
+def test_resolved_copy_leaves_the_callers_config_alone():
+    cfg = TuneConfig(options={"r": 8})
+    before = copy.deepcopy(cfg)
+    run = resolved(cfg, img_size=128, train={"inference_precision": "no"})
+    run.options["r"] = 4
+    assert cfg == before and (run.img_size, run.train.inference_precision) == (128, "no")
+    assert run.hash() == TuneConfig(options={"r": 4}, img_size=128,
+                                    train=TrainConfig(inference_precision="no")).hash()
+
+
+def test_tune_records_the_callers_config_and_the_resolved_one(tmp_path):
+    from pefs.tune import tune
+
+    cfg = TuneConfig(model="resnet18", pretrained=False, head="prototype", shots=1, output=str(tmp_path),
+                     train=TrainConfig(progress=False, inference_precision="no"))
+    before = copy.deepcopy(cfg)
+    rec = tune(cfg)
+    assert cfg == before  # img_size stays None: the resolved 128 lives in the record only
+    assert rec["config"] == cfg.to_dict() and rec["resolved"]["img_size"] == 128
+    assert rec["config_hash"] == resolved(cfg, img_size=128).hash() == TuneConfig(
+        **{**before.__dict__, "img_size": 128}).hash()
+
+
+@pytest.mark.parametrize("kw, message", [({"seeds": (0, 0)}, "seed 0 is listed twice"),
+                                         ({"seeds": (-1,)}, "seeds must be whole numbers >= 0"),
+                                         ({"train": TrainConfig(weight_decay=float("nan"))}, "weight_decay"),
+                                         ({"train": TrainConfig(head_lr=float("inf"))}, "head_lr must be > 0")])
+def test_bad_values_are_refused_by_the_config(kw, message):
+    from pefs.errors import PefsError
+
+    with pytest.raises(PefsError, match=message):
+        TuneConfig(**kw).validate()
