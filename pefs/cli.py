@@ -49,6 +49,8 @@ def add_tune_args(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("data and protocol")
     g.add_argument("--data", help="image folder (<root>/<class>/*.jpg), Hugging Face dataset name or local "
                    "path; default: the embedded fashion-mnist-small")
+    g.add_argument("--max-image-pixels", type=int, metavar="N", help="refuse images larger than N pixels (default "
+                   "89,478,485: a guard against decompression bombs); raise it for genuine large images")
     g.add_argument("--shots", type=int, default=5, help="K: training images per class (default 5)")
     g.add_argument("--seeds", "--seed", type=_seeds, default=(0,), help="seed(s): 0 | 0,1,2 | 0-4 (default 0); "
                    "mean and 95%% CI are over seeds")
@@ -295,6 +297,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.print_help()
         return 2
     try:
+        if getattr(args, "max_image_pixels", None) is not None:
+            from pefs.data.decode import set_max_image_pixels
+
+            set_max_image_pixels(args.max_image_pixels)
         return COMMANDS[args.command](args)
     except PefsError as e:
         print(f"pefs {args.command}: error: {e}", file=sys.stderr)
