@@ -112,10 +112,18 @@ def cmd_tune(a: argparse.Namespace) -> int:
     what = f"{cfg.ways}-way {cfg.shots}-shot" if cfg.ways else f"{cfg.shots}-shot"
     print(f"{rec['model']} | {rec['strategy']} | head {rec['head']} | {what} on {rec['dataset']['name']} "
           f"({rec['dataset']['classes']} classes)")
-    print(f"accuracy: {100 * rec['accuracy_mean']:.2f}% ± {100 * rec['accuracy_ci95']:.2f} "
-          f"(95% CI over {len(rec['accuracies'])} {unit})")
-    print(f"trainable parameters: {p['trainable']:,} ({p['percent_of_backbone']:.3f}% of the backbone's "
-          f"{p['backbone_params']:,}; head {p['head']:,})")
+    n = len(rec["accuracies"])
+    if rec["accuracy_ci95"] is None:
+        print(f"accuracy: {100 * rec['accuracy_mean']:.2f}% (one {unit[:-1]}: no confidence interval; "
+              f"give several {'seeds (--seeds 0-4)' if unit == 'seeds' else 'episodes'} for one)")
+    else:
+        print(f"accuracy: {100 * rec['accuracy_mean']:.2f}% ± {100 * rec['accuracy_ci95']:.2f} "
+              f"(95% CI over {n} {unit})")
+    if p.get("note"):
+        print(f"trainable parameters: 0 ({p['note']})")
+    else:
+        print(f"trainable parameters: {p['trainable']:,} ({p['percent_of_backbone']:.3f}% of the backbone's "
+              f"{p['backbone_params']:,}; head {p['head']:,})")
     t = rec["time_s"]
     print(f"wall time: {rec['wall_s']:.1f} s (decode {t['decode_s']:.1f}, features {t['extract_s']:.1f}, "
           f"train {t['train_s']:.1f}, eval {t['eval_s']:.1f}; {rec['seconds_per_task']:.2f} s per "
@@ -245,7 +253,7 @@ def _add_sweep_parsers(sub: argparse._SubParsersAction) -> None:
     s.add_argument("--quiet", "-q", action="store_true", help="no progress bars")
     s.set_defaults(**{act.dest: None for act in s._actions if act.dest != "help"})
     r = sub.add_parser("report", help="tables (Markdown, CSV) and plots (PNG) from a results store",
-                       description="Aggregate seeds (mean ± 95%% CI), one model x shots table per strategy, the "
+                       description="Aggregate seeds (mean ± 95% CI), one model x shots table per strategy, the "
                        "best strategy per model and shots, and plots of accuracy vs shots and trainable parameters.")
     r.add_argument("--store", default=DEFAULT_STORE, help=f"results store to read, with its shards (default "
                    f"{DEFAULT_STORE})")
@@ -259,7 +267,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", metavar="COMMAND")
     t = sub.add_parser("tune", help="tune one model with one strategy on K shots, evaluate, write a record",
                        description="Sample K images per class (or N-way K-shot episodes), tune, evaluate on "
-                       "held-out images, print accuracy ± 95%% CI and write a JSON result record.", epilog=EPILOG)
+                       "held-out images, print accuracy ± 95% CI and write a JSON result record.", epilog=EPILOG)
     add_tune_args(t)
     t.add_argument("--output", default="runs", help="folder for the JSON result record (default runs/)")
     t.add_argument("--save-adapter", metavar="DIR", help="save the strategy's tensors (safetensors) per seed here")

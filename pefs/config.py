@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from pefs.backbones import DEFAULT_MODEL
+from pefs.checks import check_seeds
 from pefs.data.views import ViewConfig
 from pefs.engine import TrainConfig
 from pefs.errors import PefsError, unknown
@@ -60,6 +61,7 @@ class TuneConfig:
             raise PefsError(f"shots must be a whole number >= 1, got {self.shots!r}")
         if not self.seeds:
             raise PefsError("seeds must name at least one seed")
+        check_seeds(self.seeds)
         if self.img_size is not None and self.img_size < 8:
             raise PefsError(f"img_size must be >= 8 pixels, got {self.img_size}")
         if self.ways is not None and (not isinstance(self.ways, int) or self.ways < 2):

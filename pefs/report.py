@@ -6,13 +6,16 @@ Seeds are aggregated here, not in the store: a table cell pools the accuracies o
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import json
+import os
 import time
 from collections import defaultdict
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TextIO
 
 from pefs import store as results
 from pefs.engine import mean_ci95
@@ -119,6 +122,8 @@ def fmt_cell(g: Group | None, n_expected: int) -> str:
     n_ok = g.n - len(g.failed)
     note = [f"n={n_ok}"] if n_ok != n_expected else []
     note += [f"{len(g.failed)} failed"] if g.failed else []
+    if len(g.accuracies) == 1:  # there is no interval from one seed; "± 0.0" would claim certainty
+        return f"{mean:.1f} (one seed, no CI{''.join(', ' + n for n in note)})"
     return f"{mean:.1f} ± {ci:.1f}" + (f" ({', '.join(note)})" if note else "")
 
 
@@ -226,7 +231,7 @@ CSV_COLUMNS = ("setting", "model", "backbone_params", "pretrained", "strategy", 
 def write_csv(groups: list[Group], path: Path) -> Path:
     """One row per group (long format): every number in the Markdown tables, unrounded."""
     top = {id(g) for g in best(groups).values()}
-    with open(path, "w", newline="") as f:
+    with atomic_write(path, newline="") as f:
         w = csv.writer(f)
         w.writerow(CSV_COLUMNS)
         for g in groups:
@@ -235,6 +240,25 @@ def write_csv(groups: list[Group], path: Path) -> Path:
                         " ".join(map(str, g.seeds)), len(g.failed), mean, ci, g.trainable, g.percent,
                         sum(g.wall_s) / len(g.wall_s) if g.wall_s else None, id(g) in top])
     return path
+
+
+@contextlib.contextmanager
+def atomic_write(path: Path, newline: str | None = None) -> Iterator[TextIO]:
+    """Write a text file whole or not at all (temp file + rename). UTF-8; names that are not valid UTF-8 (a
+    folder name in another encoding) are written as backslash escapes rather than failing half-way."""
+    tmp = path.with_name(f".{path.name}.tmp")
+    try:
+        with open(tmp, "w", encoding="utf-8", errors="backslashreplace", newline=newline) as f:
+            yield f
+            f.flush()
+            os.fsync(f.fileno())
+        tmp.replace(path)
+    except OSError as e:
+        tmp.unlink(missing_ok=True)
+        raise PefsError(f"cannot write the report file {str(path)!r}: {e.strerror or e}") from e
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
 
 
 def parse_formats(text: str | list[str] | tuple[str, ...]) -> tuple[str, ...]:
@@ -265,7 +289,8 @@ def build_report(store: str | Path, out: str | Path, formats: tuple[str, ...] = 
     counts = {"ok": len(contents.ok()), "failed": len(contents.failed())}
     if "md" in formats:
         files.append(out / "report.md")
-        files[-1].write_text(markdown(groups, str(store), counts))
+        with atomic_write(files[-1]) as f:
+            f.write(markdown(groups, str(store), counts))
     if "csv" in formats:
         files.append(write_csv(groups, out / "results.csv"))
     if "png" in formats:

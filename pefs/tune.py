@@ -16,6 +16,7 @@ from typing import Any
 import torch
 
 from pefs import engine
+from pefs.checks import check_classes
 from pefs.config import TuneConfig
 from pefs.data import Dataset, kshot_split, load_dataset
 from pefs.engine import NonFiniteLoss, mean_ci95
@@ -49,6 +50,7 @@ def tune(cfg: TuneConfig) -> dict[str, Any]:
     cfg.validate()
     check_writable(cfg.output)  # before any compute, not after it
     dataset = load_dataset(cfg.data)
+    check_classes(len(dataset.classes), dataset.name)
     check_splits_disjoint(dataset)
     if cfg.img_size is None and dataset.suggested_img_size:
         cfg.img_size = dataset.suggested_img_size
@@ -89,11 +91,17 @@ def finish(cfg: TuneConfig, dataset: Dataset, body: dict[str, Any], runner: Task
     model = runner.model if runner is not None else None
     accs = [r["accuracy"] for r in runs]
     mean, ci = mean_ci95(accs) if accs and body.get("status", "ok") == "ok" else (None, None)
+    ci = ci if len(accs) > 1 else None  # one seed (episode) has no interval; 0.0 would claim no uncertainty
     params = model.param_report() if model is not None else None
+    if params is not None and runner is not None and not runner.trains:
+        params = {**params, "trainable": 0, "trainable_without_head": 0, "head": 0, "percent_of_backbone": 0.0,
+                  "breakdown": {}, "note": f"the {cfg.head} head trains nothing: it classifies by the support "
+                                           "features' class means"}
     record = {
         "pefs_record": 1, "config": cfg.to_dict(), "config_hash": cfg.hash(), "protocol": cfg.protocol,
         "model": cfg.model, "strategy": cfg.strategy, "head": cfg.head, "shots": cfg.shots, "ways": cfg.ways,
-        "dataset": {"name": dataset.name, "classes": len(dataset.classes), "licence": dataset.licence},
+        "dataset": {"name": dataset.name, "classes": len(dataset.classes), "licence": dataset.licence,
+                    "source": dataset.source},
         "backbone": model.backbone.describe() if model is not None else None,
         "accuracy_mean": mean, "accuracy_ci95": ci, "accuracies": accs, "runs": runs, "params": params,
         "time_s": {k: sum(r.get(k, 0.0) for r in runs) for k in ("decode_s", "extract_s", "train_s", "eval_s")},

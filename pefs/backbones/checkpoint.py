@@ -15,6 +15,11 @@ SUFFIXES = (".safetensors", ".pth", ".pt", ".bin", ".ckpt")
 def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
     """Read a state dict, unwrapping the usual ``state_dict`` / ``model`` nesting and ``module.`` prefixes."""
     path = Path(path)
+    if path.is_dir():
+        inside = sorted(p.name for p in path.iterdir() if p.suffix in SUFFIXES)[:5]
+        raise PefsError(f"checkpoint {str(path)!r} is a folder; give the weight file itself ("
+                        + (f"this folder holds {', '.join(inside)}" if inside else
+                           f"a file ending in {', '.join(SUFFIXES)}; this folder holds none") + ")")
     if not path.is_file():
         raise PefsError(f"checkpoint {str(path)!r} does not exist (expected a file ending in {', '.join(SUFFIXES)})")
     if path.suffix not in SUFFIXES:
