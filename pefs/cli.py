@@ -174,8 +174,16 @@ def _sweep_settings(a: argparse.Namespace) -> dict:
 
 
 def _print_cell(rank_prefix: str):
+    waiting: list[int] = []
+
     def show(kind: str, cell, info: dict) -> None:
-        if kind == "problem":
+        if kind == "waiting":
+            indices = [c.index for c in info["cells"]]
+            if indices != waiting:  # once per change, not every poll
+                waiting[:] = indices
+                print(f"{rank_prefix}waiting for {len(indices)} cell(s) another sweep on this store is running",
+                      flush=True)
+        elif kind == "problem":
             print(f"pefs sweep: warning: {info['message']}", file=sys.stderr)
         elif kind in ("done", "failed"):
             row, at = info["row"], f"{rank_prefix}[{info['position']}/{info['of']}] {cell.label()}"

@@ -91,6 +91,19 @@ def strategy_labels(rows: list[dict[str, Any]]) -> dict[str, str]:
     return labels
 
 
+def current_rows(rows: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], int]:
+    """Drop rows superseded by a run of the same config on changed data or checkpoint (same config hash,
+    other fingerprints, written earlier), so stale numbers never pool with fresh ones; and how many went."""
+    newest: dict[str, float] = {}
+    for r in rows:
+        h = r["cell"].get("config_hash")
+        if h is not None:
+            newest[h] = max(newest.get(h, 0.0), r.get("written_at", 0.0))
+    kept = [r for r in rows if r["cell"].get("config_hash") is None
+            or r.get("written_at", 0.0) >= newest[r["cell"]["config_hash"]]]
+    return kept, len(rows) - len(kept)
+
+
 def aggregate(rows: list[dict[str, Any]]) -> list[Group]:
     """Pool the stored rows into groups; failed rows keep their messages, never an accuracy."""
     labels = strategy_labels(rows)
@@ -276,9 +289,11 @@ def build_report(store: str | Path, out: str | Path, formats: tuple[str, ...] = 
     contents = results.load(store)
     if not contents.files:
         raise PefsError(f"results store {str(store)!r} does not exist; run `pefs sweep --store {store}` first")
-    rows = list(contents.rows.values())
+    rows, stale = current_rows(list(contents.rows.values()))
     if not rows:
         raise PefsError(f"results store {str(store)!r} holds no results yet")
+    problems = contents.problems + ([f"{stale} stored result(s) left out: their data or checkpoint has changed "
+                                     "since, and the cell was run again on the new content"] if stale else [])
     groups = aggregate(rows)
     out = Path(out)
     try:
@@ -297,4 +312,4 @@ def build_report(store: str | Path, out: str | Path, formats: tuple[str, ...] = 
         from pefs.plots import write_plots
 
         files += write_plots(groups, out)
-    return files, contents.problems
+    return files, problems

@@ -23,6 +23,7 @@ from pefs.engine import NonFiniteLoss, mean_ci95
 from pefs.episodic import check_episodes, run_episodes
 from pefs.errors import PefsError
 from pefs.fewshot import TaskRunner, build_model
+from pefs.fingerprint import run_fingerprints
 
 __all__ = ["build_model", "finish", "run_kshot_seed", "tune", "write_record"]
 
@@ -114,6 +115,7 @@ def finish(cfg: TuneConfig, dataset: Dataset, body: dict[str, Any], runner: Task
                                                               # what inference_precision="auto" became here
                                                               "inference_precision": engine.inference_precision(
                                                                   cfg.train, engine.accelerator().device)},
+        "fingerprints": run_fingerprints(cfg.data, cfg.checkpoint),
         "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S"),
         **body,
     }
