@@ -16,6 +16,7 @@ from typing import Any
 import torch
 
 from pefs import engine
+from pefs.backbones.checkpoint import check_checkpoint_path
 from pefs.checks import check_classes
 from pefs.config import TuneConfig
 from pefs.data import Dataset, kshot_split, load_dataset
@@ -50,6 +51,8 @@ def tune(cfg: TuneConfig) -> dict[str, Any]:
     """Run the configured protocol (K-shot over seeds, or episodes); return the result record (also on disk)."""
     cfg.validate()
     check_writable(cfg.output)  # before any compute, not after it
+    if cfg.checkpoint:
+        check_checkpoint_path(cfg.checkpoint)
     dataset = load_dataset(cfg.data)
     check_classes(len(dataset.classes), dataset.name)
     check_splits_disjoint(dataset)
