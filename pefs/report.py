@@ -301,7 +301,7 @@ def build_report(store: str | Path, out: str | Path, formats: tuple[str, ...] = 
     except OSError as e:
         raise PefsError(f"cannot create report folder {str(out)!r}: {e.strerror or e}") from e
     files = []
-    counts = {"ok": len(contents.ok()), "failed": len(contents.failed())}
+    counts = {"ok": sum(r["status"] == "ok" for r in rows), "failed": sum(r["status"] == "failed" for r in rows)}
     if "md" in formats:
         files.append(out / "report.md")
         with atomic_write(files[-1]) as f:
