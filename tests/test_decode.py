@@ -148,3 +148,14 @@ def test_a_table_file_inside_an_image_folder_does_not_switch_loaders(image_folde
     (image_folder / "index.parquet").write_bytes(b"PAR1")
     with pytest.raises(PefsError, match=r"ambiguous.*index.parquet"):
         load_dataset(str(image_folder))
+
+
+def test_image_loader_errors_name_the_image():
+    from pefs.data.sources import ImageSet
+
+    def gone(i):
+        raise FileNotFoundError(2, "No such file or directory")
+
+    images = ImageSet(["a"], np.array([0]), ["lost.png"], gone)
+    with pytest.raises(PefsError, match="lost.png"):
+        images.image(0)

@@ -170,30 +170,12 @@ def test_an_absurd_learning_rate_is_a_divergence_not_a_traceback():
         engine.fit(model, x, y, TrainConfig(epochs=1, batch_size=16, head_lr=1e38, progress=False))
 
 
-def test_image_loader_errors_name_the_image():
-    from pefs.data.sources import ImageSet
-
-    def gone(i):
-        raise FileNotFoundError(2, "No such file or directory")
-
-    images = ImageSet(["a"], np.array([0]), ["lost.png"], gone)
-    with pytest.raises(PefsError, match="lost.png"):
-        images.image(0)
-
-
 def test_float_image_with_nan_is_named(tmp_path):
     from pefs.data import from_arrays
 
     images = from_arrays(np.full((1, 4, 4), np.nan, np.float32), [0])
     with pytest.raises(PefsError, match=r"array\[0\].*NaN"):
         images.image(0)
-
-
-def test_store_holding_a_folder_or_junk_json(tmp_path):
-    st = tmp_path / "results.jsonl"
-    st.write_text('[1, 2]\n"text"\n{"hash": 5}\n')
-    contents = store.load(st)
-    assert contents.rows == {} and len(contents.problems) == 3
 
 
 def test_claims_beside_a_store_in_an_unwritable_place_fail_clearly(tmp_path):

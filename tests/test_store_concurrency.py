@@ -161,3 +161,10 @@ def test_changed_data_or_checkpoint_under_the_same_path_reruns(tmp_path, image_f
     assert ": 2 finished cells" in md  # the two fresh seeds, not six pooled
     (group,) = aggregate(current_rows(list(store.load(st).rows.values()))[0])
     assert group.seeds == [0, 1] and group.accuracies == [0.55, 0.56]
+
+
+def test_rows_that_are_json_but_not_rows_are_reported(tmp_path):
+    st = tmp_path / "results.jsonl"
+    st.write_text('[1, 2]\n"text"\n{"hash": 5}\n')
+    contents = store.load(st)
+    assert contents.rows == {} and len(contents.problems) == 3
