@@ -8,6 +8,8 @@ from collections import Counter
 from collections.abc import Sequence
 from pathlib import Path
 
+import numpy as np
+
 from pefs.errors import PefsError
 
 #: NumPy and torch seeds must fit in 32 unsigned bits
@@ -17,7 +19,7 @@ MAX_SEED = 2**32 - 1
 def check_seeds(seeds: Sequence[int], flag: str = "seeds") -> None:
     """Seeds are whole numbers in 0..2**32-1, each given once (a repeated seed would count twice in a CI)."""
     for s in seeds:
-        if isinstance(s, bool) or not isinstance(s, int) or not 0 <= s <= MAX_SEED:
+        if isinstance(s, bool) or not isinstance(s, (int, np.integer)) or not 0 <= s <= MAX_SEED:
             raise PefsError(f"{flag} must be whole numbers in 0..{MAX_SEED}, got {s!r}")
     dup = sorted(s for s, n in Counter(seeds).items() if n > 1)
     if dup:
