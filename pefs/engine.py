@@ -339,11 +339,11 @@ def fit(model: nn.Module, x: torch.Tensor, y: torch.Tensor, cfg: TrainConfig, se
                 bar.update(1)
                 bar.set_postfix(loss=f"{stats.losses[-1]:.3f}")
         bar.close()
-        model.eval()
-        if stats.steps:
-            _check_after_last_step(model, trained, xb, yb, cl, acc.device, cfg, stats.steps)
     stats.train_s = time.perf_counter() - t0
     stats.final_loss = stats.losses[-1] if stats.losses else float("nan")
+    model.eval()
+    if stats.steps:
+        _check_after_last_step(model, trained, xb, yb, cl, acc.device, cfg, stats.steps)
     return stats
 
 

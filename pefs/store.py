@@ -32,6 +32,16 @@ class StoreContents:
     files: list[Path] = field(default_factory=list)
     problems: list[str] = field(default_factory=list)
     duplicates: int = 0
+    #: bytes of each file read so far, up to its last whole line (where :func:`refresh` goes on reading)
+    offsets: dict[Path, int] = field(default_factory=dict)
+
+    def add(self, row: dict[str, Any]) -> None:
+        """Count ``row`` in: it replaces the row of its hash when it is the better one (:func:`_better`)."""
+        old = self.rows.get(row["hash"])
+        if old is not None:
+            self.duplicates += 1
+        if old is None or _better(row, old):
+            self.rows[row["hash"]] = row
 
     def ok(self) -> list[dict[str, Any]]:
         return [r for r in self.rows.values() if r["status"] == "ok"]
@@ -125,10 +135,13 @@ def _parse(raw: bytes) -> tuple[list[dict[str, Any]], bytes | None]:
     return [], raw
 
 
-def read_file(path: Path) -> tuple[list[dict[str, Any]], list[str]]:
-    """Rows of one file and a message per torn/corrupt fragment (dropped; the file is left as it is)."""
+def read_file(path: Path, offset: int = 0) -> tuple[list[dict[str, Any]], list[str], int]:
+    """Rows of one file from byte ``offset`` on, a message per torn/corrupt fragment (dropped; the file is left
+    as it is), and the offset just past the last whole line (a torn tail is read again next time)."""
     try:
-        data = path.read_bytes()
+        with open(path, "rb") as f:
+            f.seek(offset)
+            data = f.read()
     except OSError as e:
         raise PefsError(f"cannot read the results store {str(path)!r}: {e.strerror or e}") from e
     rows: list[dict[str, Any]] = []
@@ -142,11 +155,12 @@ def read_file(path: Path) -> tuple[list[dict[str, Any]], list[str]]:
             what = "torn last line (a run was killed while writing it)" if number == len(lines) else \
                 "torn or corrupt line"
             shown = damaged[:60].decode("utf-8", "replace")
-            problems.append(f"{path} line {number}: {what}, dropped: {shown!r}{'...' if len(damaged) > 60 else ''}; "
+            where = f"line {number}" if offset == 0 else f"byte {offset + sum(len(x) + 1 for x in lines[:number - 1])}"
+            problems.append(f"{path} {where}: {what}, dropped: {shown!r}{'...' if len(damaged) > 60 else ''}; "
                             f"the {len(rows)} results before it are kept"
                             + (", and the whole row after it on that line" if found else ""))
         rows += found
-    return rows, problems
+    return rows, problems, offset + data.rfind(b"\n") + 1
 
 
 def _better(new: dict[str, Any], old: dict[str, Any]) -> bool:
@@ -159,13 +173,28 @@ def load(store: str | Path) -> StoreContents:
     """Read the store and all its shards, one row per cell hash; damaged lines are reported in ``problems``."""
     out = StoreContents()
     for path in store_files(store):
-        rows, problems = read_file(path)
+        rows, problems, out.offsets[path] = read_file(path)
         out.files.append(path)
         out.problems += problems
         for row in rows:
-            old = out.rows.get(row["hash"])
-            if old is not None:
-                out.duplicates += 1
-            if old is None or _better(row, old):
-                out.rows[row["hash"]] = row
+            out.add(row)
     return out
+
+
+def refresh(contents: StoreContents, store: str | Path) -> StoreContents:
+    """Read only what other writers appended since ``contents`` was read (new whole lines, new shards), so a
+    long sweep can look again before each cell without re-reading the whole store."""
+    for path in store_files(store):
+        start = contents.offsets.get(path, 0)
+        try:
+            if path.stat().st_size <= start:
+                continue
+        except OSError:
+            continue
+        rows, problems, contents.offsets[path] = read_file(path, start)
+        if path not in contents.files:
+            contents.files.append(path)
+        contents.problems += [m for m in problems if "torn last line" not in m]
+        for row in rows:
+            contents.add(row)
+    return contents

@@ -277,14 +277,14 @@ def run_sweep(cells: list[Cell], store: str | Path, rank: int = 0, world: int = 
                 deferred.append((position, cell))
                 continue
             with claim:
-                contents = results.load(store)  # another process may have finished it since we last looked
+                contents = results.refresh(contents, store)  # another process may have finished it meanwhile
                 if _done(contents.rows.get(cell.hash), retry_failed, summary, emit, cell, info):
                     continue
                 _run_cell(cell, runner, shard, rank, summary, emit, info)
         if deferred:
             emit("waiting", None, {"cells": [c for _, c in deferred]})
             time.sleep(POLL_S)
-            contents = results.load(store)
+            contents = results.refresh(contents, store)
         pending = deferred
     return summary
 

@@ -168,3 +168,17 @@ def test_rows_that_are_json_but_not_rows_are_reported(tmp_path):
     st.write_text('[1, 2]\n"text"\n{"hash": 5}\n')
     contents = store.load(st)
     assert contents.rows == {} and len(contents.problems) == 3
+
+
+def test_refresh_reads_only_what_others_appended(tmp_path):
+    st = tmp_path / "results.jsonl"
+    _writer(str(st), "a", 3)
+    contents = store.load(st)
+    with open(st, "ab") as f:
+        f.write(b'{"pefs_row":1,"hash":"half')  # another writer, killed mid-line
+    _writer(str(st.with_name("results.1.jsonl")), "s", 2)  # a new shard appears
+    _writer(str(st), "b", 2)  # and a live writer goes on, on a fresh line
+    store.refresh(contents, st)
+    assert set(contents.rows) == {"a0000", "a0001", "a0002", "s0000", "s0001", "b0000", "b0001"}
+    assert contents.offsets[st] == st.stat().st_size and contents.duplicates == 0
+    assert any("torn or corrupt line" in p for p in contents.problems)
