@@ -111,7 +111,7 @@ def cmd_tune(a: argparse.Namespace) -> int:
     unit = "episodes" if rec["protocol"] == "episodic" else "seeds"
     what = f"{cfg.ways}-way {cfg.shots}-shot" if cfg.ways else f"{cfg.shots}-shot"
     print(f"{rec['model']} | {rec['strategy']} | head {rec['head']} | {what} on {rec['dataset']['name']} "
-          f"({rec['dataset']['classes']} classes)")
+          f"({rec['dataset'].get('source') or 'data'}, {rec['dataset']['classes']} classes)")
     n = len(rec["accuracies"])
     if rec["accuracy_ci95"] is None:
         print(f"accuracy: {100 * rec['accuracy_mean']:.2f}% (one {unit[:-1]}: no confidence interval; "

@@ -91,6 +91,12 @@ def strategy_labels(rows: list[dict[str, Any]]) -> dict[str, str]:
     return labels
 
 
+def printable(text: str) -> str:
+    """``text`` with characters that cannot be written as UTF-8 (a file name in another encoding, read by
+    Python as lone surrogates) shown as backslash escapes, so tables and plot labels can always be written."""
+    return text.encode("utf-8", "backslashreplace").decode("utf-8")
+
+
 def current_rows(rows: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], int]:
     """Drop rows superseded by a run of the same config on changed data or checkpoint (same config hash,
     other fingerprints, written earlier), so stale numbers never pool with fresh ones; and how many went."""
@@ -110,7 +116,7 @@ def aggregate(rows: list[dict[str, Any]]) -> list[Group]:
     groups: dict[tuple, Group] = {}
     for r in sorted(rows, key=lambda r: r["cell"].get("seed", 0)):
         cell, rec = r["cell"], r.get("record") or {}
-        key = (setting_of(r), labels[r["hash"]], cell["model"], int(cell["shots"]))
+        key = (printable(setting_of(r)), printable(labels[r["hash"]]), printable(cell["model"]), int(cell["shots"]))
         g = groups.setdefault(key, Group(*key))
         g.seeds.append(cell.get("seed", 0))
         bb, params = rec.get("backbone") or {}, rec.get("params") or {}

@@ -145,6 +145,9 @@ def test_a_table_file_inside_an_image_folder_does_not_switch_loaders(image_folde
     (image_folder / "dog" / "meta.jsonl").write_text('{"a": 1}\n')
     ds = load_dataset(str(image_folder))
     assert ds.source == "image folder" and ds.classes == ["cat", "dog", "fox"]
+    r = cli("tune", "--data", str(image_folder), "--model", "resnet18", "--no-pretrained", "--shots", "2", *FAST,
+            "--output", str(image_folder.parent / "out"))
+    assert r.returncode == 0 and "(image folder, 3 classes)" in r.stdout, r.stderr  # says what it chose
     (image_folder / "index.parquet").write_bytes(b"PAR1")
     with pytest.raises(PefsError, match=r"ambiguous.*index.parquet"):
         load_dataset(str(image_folder))

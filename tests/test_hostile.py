@@ -100,18 +100,18 @@ def test_unwritable_store_fails_before_any_cell_runs(tmp_path):
 def test_report_with_a_non_utf8_name_is_written_whole(tmp_path):
     st = tmp_path / "results.jsonl"
     for seed in (0, 1):
-        cfg = {"model": "m", "strategy": "linear", "shots": 1, "seeds": [seed], "train": {}}
+        cfg = {"model": "m\udce9", "strategy": "linear", "shots": 1, "seeds": [seed], "train": {}}
         record = {"config": cfg, "accuracy_mean": 0.5, "accuracies": [0.5 + seed / 10], "wall_s": 1.0,
                   "dataset": {"name": "caf\udce9", "classes": 2},  # a folder name in Latin-1, read by Python
                   "backbone": {"params": 10, "pretrained": "offline"},
                   "params": {"trainable": 1, "backbone_params": 10, "percent_of_backbone": 10.0, "head": 1}}
-        cell = {"model": "m", "strategy": "linear", "options": {}, "shots": 1, "seed": seed, "ways": None,
+        cell = {"model": "m\udce9", "strategy": "linear", "options": {}, "shots": 1, "seed": seed, "ways": None,
                 "config": cfg}
         store.append(st, store.make_row(f"h{seed}", cell, "ok", record))
-    r = cli("report", "--store", str(st), "--out", str(tmp_path / "rep"), "--format", "md,csv")
+    r = cli("report", "--store", str(st), "--out", str(tmp_path / "rep"))  # md, csv and png
     assert r.returncode == 0, r.stderr
     md = (tmp_path / "rep" / "report.md").read_text(encoding="utf-8")
-    assert "caf\\udce9" in md and "| m |" in md
+    assert "caf\\udce9" in md and "| m\\udce9 |" in md and (tmp_path / "rep" / "accuracy_vs_shots.png").stat().st_size
     assert not list((tmp_path / "rep").glob(".*.tmp"))
 
 
