@@ -150,8 +150,12 @@ def decode_image(source: Any, name: str) -> Image.Image:
                 raise ValueError("the image entry is empty (no bytes, no path)")
         if isinstance(source, (str, Path, bytes, bytearray)):
             img = _open(source, name)
-            _check_size(img.size, name)
-            img.load()
+            try:
+                _check_size(img.size, name)
+                img.load()
+            except BaseException:
+                img.close()  # no open file handle left behind by a refused or broken image
+                raise
         elif isinstance(source, Image.Image):
             img = source
             _check_size(img.size, name)
