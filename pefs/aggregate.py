@@ -81,13 +81,32 @@ def strategy_labels(rows: list[dict[str, Any]]) -> dict[str, str]:
     return labels
 
 
+def printable(text: str) -> str:
+    """``text`` with characters that cannot be written as UTF-8 (a file name in another encoding, read by
+    Python as lone surrogates) shown as backslash escapes, so tables and plot labels can always be written."""
+    return text.encode("utf-8", "backslashreplace").decode("utf-8")
+
+
+def current_rows(rows: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], int]:
+    """Drop rows superseded by a run of the same config on changed data or checkpoint (same config hash,
+    other fingerprints, written earlier), so stale numbers never pool with fresh ones; and how many went."""
+    newest: dict[str, float] = {}
+    for r in rows:
+        h = r["cell"].get("config_hash")
+        if h is not None:
+            newest[h] = max(newest.get(h, 0.0), r.get("written_at", 0.0))
+    kept = [r for r in rows if r["cell"].get("config_hash") is None
+            or r.get("written_at", 0.0) >= newest[r["cell"]["config_hash"]]]
+    return kept, len(rows) - len(kept)
+
+
 def aggregate(rows: list[dict[str, Any]]) -> list[Group]:
     """Pool the stored rows into groups; failed rows keep their messages, never an accuracy."""
     labels = strategy_labels(rows)
     groups: dict[tuple, Group] = {}
     for r in sorted(rows, key=lambda r: r["cell"].get("seed", 0)):
         cell, rec = r["cell"], r.get("record") or {}
-        key = (setting_of(r), labels[r["hash"]], cell["model"], int(cell["shots"]))
+        key = (printable(setting_of(r)), printable(labels[r["hash"]]), printable(cell["model"]), int(cell["shots"]))
         g = groups.setdefault(key, Group(*key))
         g.seeds.append(cell.get("seed", 0))
         bb, params = rec.get("backbone") or {}, rec.get("params") or {}
@@ -112,6 +131,8 @@ def fmt_cell(g: Group | None, n_expected: int) -> str:
     n_ok = g.n - len(g.failed)
     note = [f"n={n_ok}"] if n_ok != n_expected else []
     note += [f"{len(g.failed)} failed"] if g.failed else []
+    if len(g.accuracies) == 1:  # there is no interval from one seed; "± 0.0" would claim certainty
+        return f"{mean:.1f} (one seed, no CI{''.join(', ' + n for n in note)})"
     return f"{mean:.1f} ± {ci:.1f}" + (f" ({', '.join(note)})" if note else "")
 
 

@@ -80,7 +80,10 @@ def add_tune_args(p: argparse.ArgumentParser) -> None:
     """The flags of one run (shared by ``tune`` and, as grid axes, by ``sweep``): generated from the configs."""
     from pefs.config import TrainConfig, TuneConfig
 
-    add_config_args(p.add_argument_group("model, data and protocol"), TuneConfig)
+    g = p.add_argument_group("model, data and protocol")
+    add_config_args(g, TuneConfig)
+    g.add_argument("--max-image-pixels", type=int, metavar="N", help="refuse images larger than N pixels (default "
+                   "89,478,485: a guard against decompression bombs); raise it for genuine large images")
     add_config_args(p.add_argument_group("training"), TrainConfig)
 
 
@@ -113,11 +116,19 @@ def cmd_tune(a: argparse.Namespace) -> int:
     unit = "episodes" if rec["protocol"] == "episodic" else "seeds"
     what = f"{cfg.ways}-way {cfg.shots}-shot" if cfg.ways else f"{cfg.shots}-shot"
     print(f"{rec['model']} | {rec['strategy']} | head {rec['head']} | {what} on {rec['dataset']['name']} "
-          f"({rec['dataset']['classes']} classes)")
-    print(f"accuracy: {100 * rec['accuracy_mean']:.2f}% ± {100 * rec['accuracy_ci95']:.2f} "
-          f"(95% CI over {len(rec['accuracies'])} {unit})")
-    print(f"trainable parameters: {p['trainable']:,} ({p['percent_of_backbone']:.3f}% of the backbone's "
-          f"{p['backbone_params']:,}; head {p['head']:,})")
+          f"({rec['dataset'].get('source') or 'data'}, {rec['dataset']['classes']} classes)")
+    n = len(rec["accuracies"])
+    if rec["accuracy_ci95"] is None:
+        print(f"accuracy: {100 * rec['accuracy_mean']:.2f}% (one {unit[:-1]}: no confidence interval; "
+              f"give several {'seeds (--seeds 0-4)' if unit == 'seeds' else 'episodes'} for one)")
+    else:
+        print(f"accuracy: {100 * rec['accuracy_mean']:.2f}% ± {100 * rec['accuracy_ci95']:.2f} "
+              f"(95% CI over {n} {unit})")
+    if p.get("note"):
+        print(f"trainable parameters: 0 ({p['note']})")
+    else:
+        print(f"trainable parameters: {p['trainable']:,} ({p['percent_of_backbone']:.3f}% of the backbone's "
+              f"{p['backbone_params']:,}; head {p['head']:,})")
     t = rec["time_s"]
     print(f"wall time: {rec['wall_s']:.1f} s (decode {t['decode_s']:.1f}, features {t['extract_s']:.1f}, "
           f"train {t['train_s']:.1f}, eval {t['eval_s']:.1f}; {rec['seconds_per_task']:.2f} s per "
@@ -168,8 +179,16 @@ def _sweep_settings(a: argparse.Namespace) -> dict:
 
 
 def _print_cell(rank_prefix: str):
+    waiting: list[int] = []
+
     def show(kind: str, cell, info: dict) -> None:
-        if kind == "problem":
+        if kind == "waiting":
+            indices = [c.index for c in info["cells"]]
+            if indices != waiting:  # once per change, not every poll
+                waiting[:] = indices
+                print(f"{rank_prefix}waiting for {len(indices)} cell(s) another sweep on this store is running",
+                      flush=True)
+        elif kind == "problem":
             print(f"pefs sweep: warning: {info['message']}", file=sys.stderr)
         elif kind in ("done", "failed"):
             row, at = info["row"], f"{rank_prefix}[{info['position']}/{info['of']}] {cell.label()}"
@@ -299,6 +318,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.print_help()
         return 2
     try:
+        if getattr(args, "max_image_pixels", None) is not None:
+            from pefs.data.decode import set_max_image_pixels
+
+            set_max_image_pixels(args.max_image_pixels)
         return COMMANDS[args.command](args)
     except PefsError as e:
         print(f"pefs {args.command}: error: {e}", file=sys.stderr)

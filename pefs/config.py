@@ -19,6 +19,7 @@ import typing
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+from pefs.checks import check_seeds
 from pefs.errors import PefsError, unknown
 
 #: bumped when the meaning of a hashed field changes; part of every hash, so old results never pass as new
@@ -83,7 +84,7 @@ class TrainConfig:
                 raise PefsError(f"{name} must be > 0 and finite, got {value!r}")
         if not (isinstance(self.weight_decay, (int, float)) and math.isfinite(self.weight_decay)
                 and self.weight_decay >= 0):
-            raise PefsError(f"weight_decay must be a finite number >= 0, got {self.weight_decay!r}")
+            raise PefsError(f"weight_decay must be >= 0 and finite, got {self.weight_decay!r}")
         check_choice(self, "bn_stats")
         check_choice(self, "mixed_precision")
         check_choice(self, "inference_precision")
@@ -160,12 +161,7 @@ class TuneConfig:
                 raise PefsError(f"{name} must be a whole number >= 1, got {value!r}")
         if not self.seeds:
             raise PefsError("seeds must name at least one seed")
-        bad = [s for s in self.seeds if isinstance(s, bool) or not isinstance(s, int) or s < 0]
-        if bad:
-            raise PefsError(f"seeds must be whole numbers >= 0, got {bad[0]!r}")
-        if len(set(self.seeds)) != len(self.seeds):
-            twice = next(s for i, s in enumerate(self.seeds) if s in self.seeds[:i])
-            raise PefsError(f"seed {twice} is listed twice; each seed is one sample of the mean and its CI")
+        check_seeds(self.seeds)
         if self.img_size is not None and (not isinstance(self.img_size, int) or self.img_size < 8):
             raise PefsError(f"img_size must be a whole number >= 8 pixels, got {self.img_size!r}")
         if self.ways is not None and (isinstance(self.ways, bool) or not isinstance(self.ways, int)
@@ -229,6 +225,13 @@ def config_hash(cfg: Any) -> str:
     Sweeps key their store by it and records carry it, so a record's hash is its store key."""
     payload = {"schema": SCHEMA_VERSION, **result_fields(cfg)}
     return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def run_key(cfg: TuneConfig, fingerprints: dict[str, Any]) -> str:
+    """A run's identity (a sweep cell's store key, a record's ``key``): the hash of its resolved config and the
+    content fingerprints of what it reads (data, checkpoint), so changed files under the same path rerun."""
+    blob = json.dumps({"config": cfg.hash(), **fingerprints}, sort_keys=True)
+    return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
 def resolved(cfg: TuneConfig, **values: Any) -> TuneConfig:

@@ -280,7 +280,14 @@ def fit(model: nn.Module, x: torch.Tensor, y: torch.Tensor, cfg: TrainConfig, se
                     raise NonFiniteLoss(stats.steps + 1, epoch + 1, float(loss.detach()), cfg)
                 opt.zero_grad(set_to_none=True)
                 acc.backward(scaler.scale(loss))
-                scaler.step(opt)
+                try:
+                    scaler.step(opt)
+                except RuntimeError as e:  # AdamW's step size overflowed float32 (an absurd learning rate)
+                    if "overflow" not in str(e):
+                        raise
+                    bar.close()
+                    raise NonFiniteLoss(stats.steps + 1, epoch + 1, float("inf"), cfg,
+                                        f"the optimizer step overflowed at step {stats.steps + 1}") from e
                 scaler.update()
                 sched.step()
                 stats.steps += 1
@@ -291,16 +298,32 @@ def fit(model: nn.Module, x: torch.Tensor, y: torch.Tensor, cfg: TrainConfig, se
     stats.train_s = time.perf_counter() - t0
     stats.final_loss = stats.losses[-1] if stats.losses else float("nan")
     model.eval()
+    if stats.steps:
+        _check_after_last_step(model, trained, xb, yb, cl, acc.device, cfg, stats.steps)
     return stats
+
+
+@torch.no_grad()
+def _check_after_last_step(model: nn.Module, trained: nn.Module, xb: torch.Tensor, yb: torch.Tensor, cl: bool,
+                           device: torch.device, cfg: TrainConfig, steps: int) -> None:
+    """The loss is checked before each step; this checks what the last step left: finite trainable weights,
+    and a finite loss on the last batch (in eval mode, so no BatchNorm statistics move)."""
+    bad = next((n for n, p in model.named_parameters() if p.requires_grad and not torch.isfinite(p).all()), None)
+    with autocast(device, cfg.mixed_precision):
+        loss = float(nn.functional.cross_entropy(trained(_layout(xb, cl)).float(), yb))
+    if bad is not None or not math.isfinite(loss):
+        what = f"trainable weight {bad!r} became NaN/inf" if bad else f"the loss on the last batch became {loss}"
+        raise NonFiniteLoss(steps, cfg.epochs, loss, cfg, f"{what} after the last step ({steps})")
 
 
 class NonFiniteLoss(PefsError):
     """Training diverged: the loss became NaN or infinite."""
 
-    def __init__(self, step: int, epoch: int, value: float, cfg: TrainConfig) -> None:
+    def __init__(self, step: int, epoch: int, value: float, cfg: TrainConfig, what: str | None = None) -> None:
         self.step, self.epoch, self.value = step, epoch, value
-        super().__init__(f"training loss became {value} at step {step} (epoch {epoch}); lower the learning rate "
-                         f"(lr={cfg.lr}, head_lr={cfg.head_lr}) or use --mixed-precision no")
+        what = what or f"training loss became {value} at step {step} (epoch {epoch})"
+        super().__init__(f"{what}; lower the learning rate (lr={cfg.lr}, head_lr={cfg.head_lr}) or use "
+                         "--mixed-precision no")
 
 
 def predict(model: nn.Module, x: torch.Tensor, cfg: TrainConfig, features: torch.Tensor | None = None,

@@ -6,12 +6,16 @@ Seeds are aggregated here, not in the store: a table cell pools the accuracies o
 
 from __future__ import annotations
 
+import contextlib
 import csv
+import os
 import time
+from collections.abc import Iterator
 from pathlib import Path
+from typing import TextIO
 
 from pefs import store as results
-from pefs.aggregate import Group, aggregate, best, fmt_cell, fmt_count, setting_of  # noqa: F401
+from pefs.aggregate import Group, aggregate, best, current_rows, fmt_cell, fmt_count, printable, setting_of  # noqa: F401
 from pefs.errors import PefsError
 
 FORMATS = ("md", "csv", "png")
@@ -99,7 +103,7 @@ CSV_COLUMNS = ("setting", "model", "backbone_params", "pretrained", "strategy", 
 def write_csv(groups: list[Group], path: Path) -> Path:
     """One row per group (long format): every number in the Markdown tables, unrounded."""
     top = {id(g) for g in best(groups).values()}
-    with open(path, "w", newline="") as f:
+    with atomic_write(path, newline="") as f:
         w = csv.writer(f)
         w.writerow(CSV_COLUMNS)
         for g in groups:
@@ -108,6 +112,25 @@ def write_csv(groups: list[Group], path: Path) -> Path:
                         " ".join(map(str, g.seeds)), len(g.failed), mean, ci, g.trainable, g.percent,
                         sum(g.wall_s) / len(g.wall_s) if g.wall_s else None, id(g) in top])
     return path
+
+
+@contextlib.contextmanager
+def atomic_write(path: Path, newline: str | None = None) -> Iterator[TextIO]:
+    """Write a text file whole or not at all (temp file + rename). UTF-8; names that are not valid UTF-8 (a
+    folder name in another encoding) are written as backslash escapes rather than failing half-way."""
+    tmp = path.with_name(f".{path.name}.tmp")
+    try:
+        with open(tmp, "w", encoding="utf-8", errors="backslashreplace", newline=newline) as f:
+            yield f
+            f.flush()
+            os.fsync(f.fileno())
+        tmp.replace(path)
+    except OSError as e:
+        tmp.unlink(missing_ok=True)
+        raise PefsError(f"cannot write the report file {str(path)!r}: {e.strerror or e}") from e
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
 
 
 def parse_formats(text: str | list[str] | tuple[str, ...]) -> tuple[str, ...]:
@@ -125,9 +148,11 @@ def build_report(store: str | Path, out: str | Path, formats: tuple[str, ...] = 
     contents = results.load(store)
     if not contents.files:
         raise PefsError(f"results store {str(store)!r} does not exist; run `pefs sweep --store {store}` first")
-    rows = list(contents.rows.values())
+    rows, stale = current_rows(list(contents.rows.values()))
     if not rows:
         raise PefsError(f"results store {str(store)!r} holds no results yet")
+    problems = contents.problems + ([f"{stale} stored result(s) left out: their data or checkpoint has changed "
+                                     "since, and the cell was run again on the new content"] if stale else [])
     groups = aggregate(rows)
     out = Path(out)
     try:
@@ -135,14 +160,15 @@ def build_report(store: str | Path, out: str | Path, formats: tuple[str, ...] = 
     except OSError as e:
         raise PefsError(f"cannot create report folder {str(out)!r}: {e.strerror or e}") from e
     files = []
-    counts = {"ok": len(contents.ok()), "failed": len(contents.failed())}
+    counts = {"ok": sum(r["status"] == "ok" for r in rows), "failed": sum(r["status"] == "failed" for r in rows)}
     if "md" in formats:
         files.append(out / "report.md")
-        files[-1].write_text(markdown(groups, str(store), counts))
+        with atomic_write(files[-1]) as f:
+            f.write(markdown(groups, str(store), counts))
     if "csv" in formats:
         files.append(write_csv(groups, out / "results.csv"))
     if "png" in formats:
         from pefs.plots import write_plots
 
         files += write_plots(groups, out)
-    return files, contents.problems
+    return files, problems

@@ -4,24 +4,33 @@ Every cell is one seed, so a killed sweep loses at most the cell in flight: reru
 skips every cell whose config hash is already in the store. The whole grid is validated (model names,
 strategies and their options, shots against the data, every TuneConfig) before the first cell runs.
 Under ``accelerate launch`` process ``i`` of ``n`` takes cells ``i, i+n, ...`` and appends to its own shard.
+A cell's key is its config hash plus fingerprints of the data's content and the checkpoint file
+(:mod:`pefs.fingerprint`): changed images under the same path run again. Separate sweeps sharing a store
+split its cells through claim files (:mod:`pefs.claims`) and finish the cells of one that was killed.
 """
 
 from __future__ import annotations
 
 import copy
 import os
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from pefs import claims
 from pefs import store as results
 from pefs.backbones import OFFLINE_MODELS, list_models
-from pefs.config import DEFAULT_MODEL, TrainConfig, TuneConfig
+from pefs.checks import check_classes, check_seeds, check_writable_file
+from pefs.config import DEFAULT_MODEL, TrainConfig, TuneConfig, run_key
 from pefs.errors import PefsError, unknown
+from pefs.fingerprint import run_fingerprints
 from pefs.recipe import RUN_KEYS, TRAIN_KEYS, as_list, check_settings, strategy_entry
 
 DEFAULT_STORE = "runs/sweep/results.jsonl"
+#: seconds between looks at cells another process has claimed
+POLL_S = 2.0
 
 
 @dataclass
@@ -51,16 +60,20 @@ class SweepSpec:
 
 @dataclass
 class Cell:
-    """One planned run: its position in the grid, its TuneConfig (one seed) and that config's hash."""
+    """One planned run: its position in the grid, its TuneConfig (one seed) and its key
+    (:func:`pefs.config.run_key`)."""
 
     index: int
     config: TuneConfig
     hash: str
+    #: content fingerprints of the data and checkpoint (pefs.fingerprint), part of ``hash``
+    fingerprints: dict[str, Any] = field(default_factory=dict)
 
     def describe(self) -> dict[str, Any]:
         c = self.config
         return {"model": c.model, "strategy": c.strategy, "options": c.options, "shots": c.shots,
-                "seed": c.seeds[0], "protocol": c.protocol, "ways": c.ways, "data": c.data, "config": c.to_dict()}
+                "seed": c.seeds[0], "protocol": c.protocol, "ways": c.ways, "data": c.data, "config": c.to_dict(),
+                "config_hash": c.hash(), "fingerprints": self.fingerprints}
 
     def label(self) -> str:
         c = self.config
@@ -144,11 +157,13 @@ def plan(spec: SweepSpec, check_data: bool = True) -> list[Cell]:
     for k in spec.shots:
         if k < 1:
             raise PefsError(f"shots must be whole numbers >= 1, got {k}")
+    check_seeds(spec.seeds)
     output = spec.output or str(Path(spec.store).parent / "records")
     dataset = _check_data(spec) if check_data else None
     from pefs.tune import resolve
 
-    cells = []
+    cells: list[Cell] = []
+    prints: dict[tuple, dict[str, Any]] = {}
     for model in spec.models:
         for s in spec.strategies:
             options = {**route_options(s.spec, spec.options), **s.options}
@@ -158,8 +173,11 @@ def plan(spec: SweepSpec, check_data: bool = True) -> list[Cell]:
                     cfg = TuneConfig(model=model, strategy=s.spec, shots=shots, seeds=(seed,), options=options,
                                      train=train, output=output, **spec.run)
                     cfg.validate()
-                    # the key is the resolved config's hash, as in the record tune() writes for this cell
-                    cells.append(Cell(len(cells), cfg, resolve(cfg, dataset).hash()))
+                    what = (cfg.data, cfg.checkpoint)
+                    if what not in prints:
+                        prints[what] = run_fingerprints(*what)
+                    # the key of the resolved config and what it reads, as in the record tune() writes
+                    cells.append(Cell(len(cells), cfg, run_key(resolve(cfg, dataset), prints[what]), prints[what]))
     return cells
 
 
@@ -169,6 +187,7 @@ def _check_data(spec: SweepSpec):
     from pefs.data import episodes, kshot_split, load_dataset
 
     dataset = load_dataset(spec.run.get("data"))
+    check_classes(len(dataset.classes), dataset.name)
     most = max(spec.shots)
     if spec.run.get("ways"):
         next(iter(episodes(dataset.train, spec.run["ways"], most, spec.run.get("queries", 15), 1, seed=0)))
@@ -225,37 +244,67 @@ def run_sweep(cells: list[Cell], store: str | Path, rank: int = 0, world: int = 
               on_event: Event | None = None, runner: Callable[[TuneConfig], dict] | None = None) -> SweepSummary:
     """Run this process's share of ``cells`` not yet in ``store``, appending one row per finished cell.
 
-    A cell whose tune raises a user error (PefsError, e.g. a diverged loss) is stored as failed with its
-    message and, unless ``retry_failed``, not retried. ``on_event(kind, cell, info)`` reports progress
-    (kinds: "problem", "skip", "start", "done", "failed")."""
+    Each cell is claimed first (:mod:`pefs.claims`): a cell another live process is running is left to it and
+    looked at again every POLL_S seconds, until its row appears (counted as skipped) or its claimer dies (then
+    this process runs it). A cell whose tune raises a user error (PefsError, e.g. a diverged loss) is stored as
+    failed with its message and, unless ``retry_failed``, not retried. ``on_event(kind, cell, info)`` reports
+    progress (kinds: "problem", "skip", "start", "done", "failed", "waiting")."""
     store = results.check_store_path(store)
     runner = runner or _run_tune
     emit = on_event or (lambda kind, cell, info: None)
     shard = results.shard_path(store, rank, world)
-    contents = results.load(store, repair=shard)
+    check_writable_file(shard, "results store", "--store")  # before any compute, not after it
+    contents = results.load(store)
     summary = SweepSummary(planned=len(cells), problems=contents.problems, shard=shard)
     for message in contents.problems:
         emit("problem", None, {"message": message})
     mine = my_cells(cells, rank, world)
     summary.mine = len(mine)
-    for position, cell in enumerate(mine, 1):
-        info = {"position": position, "of": len(mine)}
-        row = contents.rows.get(cell.hash)
-        if row is not None and (row["status"] == "ok" or not retry_failed):
-            summary.skipped += 1
-            emit("skip", cell, {**info, "row": row})
-            continue
-        emit("start", cell, info)
-        try:
-            record = runner(copy.deepcopy(cell.config))
-        except PefsError as e:
-            row = results.make_row(cell.hash, cell.describe(), "failed", getattr(e, "record", None), str(e), rank)
-            results.append(shard, row)
-            summary.failed += 1
-            emit("failed", cell, {**info, "row": row})
-            continue
-        row = results.make_row(cell.hash, cell.describe(), "ok", record, None, rank)
-        results.append(shard, row)
-        summary.ran += 1
-        emit("done", cell, {**info, "row": row})
+    pending = list(enumerate(mine, 1))
+    while pending:
+        deferred = []
+        for position, cell in pending:
+            info = {"position": position, "of": len(mine)}
+            if _done(contents.rows.get(cell.hash), retry_failed, summary, emit, cell, info):
+                continue
+            claim = claims.try_claim(store, cell.hash)
+            if claim is None:
+                deferred.append((position, cell))
+                continue
+            with claim:
+                contents = results.refresh(contents, store)  # another process may have finished it meanwhile
+                if _done(contents.rows.get(cell.hash), retry_failed, summary, emit, cell, info):
+                    continue
+                _run_cell(cell, runner, shard, rank, summary, emit, info)
+        if deferred:
+            emit("waiting", None, {"cells": [c for _, c in deferred]})
+            time.sleep(POLL_S)
+            contents = results.refresh(contents, store)
+        pending = deferred
     return summary
+
+
+def _done(row: dict[str, Any] | None, retry_failed: bool, summary: SweepSummary, emit: Event, cell: Cell,
+          info: dict[str, Any]) -> bool:
+    if row is not None and (row["status"] == "ok" or not retry_failed):
+        summary.skipped += 1
+        emit("skip", cell, {**info, "row": row})
+        return True
+    return False
+
+
+def _run_cell(cell: Cell, runner: Callable[[TuneConfig], dict], shard: Path, rank: int, summary: SweepSummary,
+              emit: Event, info: dict[str, Any]) -> None:
+    emit("start", cell, info)
+    try:
+        record = runner(copy.deepcopy(cell.config))
+    except PefsError as e:
+        row = results.make_row(cell.hash, cell.describe(), "failed", getattr(e, "record", None), str(e), rank)
+        results.append(shard, row)
+        summary.failed += 1
+        emit("failed", cell, {**info, "row": row})
+        return
+    row = results.make_row(cell.hash, cell.describe(), "ok", record, None, rank)
+    results.append(shard, row)
+    summary.ran += 1
+    emit("done", cell, {**info, "row": row})

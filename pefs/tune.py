@@ -16,12 +16,15 @@ from typing import Any
 import torch
 
 from pefs import engine
-from pefs.config import SCHEMA_VERSION, TuneConfig, resolved
+from pefs.backbones.checkpoint import check_checkpoint_path
+from pefs.checks import check_classes
+from pefs.config import SCHEMA_VERSION, TuneConfig, resolved, run_key
 from pefs.data import Dataset, kshot_split, load_dataset
 from pefs.engine import NonFiniteLoss
 from pefs.episodic import check_episodes, run_episodes
 from pefs.errors import PefsError
 from pefs.fewshot import TaskRunner, build_model
+from pefs.fingerprint import run_fingerprints
 from pefs.stats import mean_ci95
 
 __all__ = ["build_model", "finish", "resolve", "run_kshot_seed", "tune", "write_record"]
@@ -63,7 +66,10 @@ def tune(cfg: TuneConfig) -> dict[str, Any]:
     resolved one's."""
     cfg.validate()
     check_writable(cfg.output)  # before any compute, not after it
+    if cfg.checkpoint:
+        check_checkpoint_path(cfg.checkpoint)
     dataset = load_dataset(cfg.data)
+    check_classes(len(dataset.classes), dataset.name)
     check_splits_disjoint(dataset)
     requested, cfg = cfg, resolve(cfg, dataset)
     if cfg.protocol == "episodic":
@@ -105,12 +111,19 @@ def finish(cfg: TuneConfig, dataset: Dataset, body: dict[str, Any], runner: Task
     model = runner.model if runner is not None else None
     accs = [r["accuracy"] for r in runs]
     mean, ci = mean_ci95(accs) if accs and body.get("status", "ok") == "ok" else (None, None)
+    ci = ci if len(accs) > 1 else None  # one seed (episode) has no interval; 0.0 would claim no uncertainty
     params = model.param_report() if model is not None else None
+    prints = run_fingerprints(cfg.data, cfg.checkpoint)
+    if params is not None and runner is not None and not runner.trains:
+        params = {**params, "trainable": 0, "trainable_without_head": 0, "head": 0, "percent_of_backbone": 0.0,
+                  "breakdown": {}, "note": f"the {cfg.head} head trains nothing: it classifies by the support "
+                                           "features' class means"}
     record = {
         "pefs_record": 2, "config": (requested or cfg).to_dict(), "resolved": cfg.to_dict(),
         "config_hash": cfg.hash(), "schema": SCHEMA_VERSION, "protocol": cfg.protocol,
         "model": cfg.model, "strategy": cfg.strategy, "head": cfg.head, "shots": cfg.shots, "ways": cfg.ways,
-        "dataset": {"name": dataset.name, "classes": len(dataset.classes), "licence": dataset.licence},
+        "dataset": {"name": dataset.name, "classes": len(dataset.classes), "licence": dataset.licence,
+                    "source": dataset.source},
         "backbone": model.backbone.describe() if model is not None else None,
         "accuracy_mean": mean, "accuracy_ci95": ci, "accuracies": accs, "runs": runs, "params": params,
         "time_s": {k: sum(r.get(k, 0.0) for r in runs) for k in ("decode_s", "extract_s", "train_s", "eval_s")},
@@ -122,6 +135,7 @@ def finish(cfg: TuneConfig, dataset: Dataset, body: dict[str, Any], runner: Task
                                                               "threads": torch.get_num_threads(),
                                                               # what inference_precision="auto" became here
                                                               "inference_precision": cfg.train.inference_precision},
+        "fingerprints": prints, "key": run_key(cfg, prints),
         "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S"),
         **body,
     }

@@ -10,9 +10,33 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 # before torch loads OpenMP: spinning threads on a shared, loaded CPU made the suite ~8x slower (250 s vs 30 s)
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
+import subprocess  # noqa: E402
+import sys  # noqa: E402
+from pathlib import Path  # noqa: E402
+
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 from PIL import Image  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
+#: flags that keep a CLI run small: no progress bars, 32 px images, 2 epochs
+FAST = ["-q", "--img-size", "32", "--epochs", "2"]
+
+
+def cli(*args: str, cwd: Path | None = None, **kw) -> subprocess.CompletedProcess:
+    """Run ``python -m pefs.cli ARGS`` in a subprocess (one OpenMP thread), capturing its output."""
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    return subprocess.run([sys.executable, "-m", "pefs.cli", *args], capture_output=True, text=True, timeout=600,
+                          cwd=cwd, env=env, **kw)
+
+
+def assert_user_error(r: subprocess.CompletedProcess, *fragments: str) -> None:
+    """A user error as the CLI must report it: exit 2, one line on stderr, no traceback, naming ``fragments``."""
+    assert r.returncode == 2, r.stderr
+    assert "Traceback" not in r.stderr
+    assert len(r.stderr.strip().splitlines()) == 1, r.stderr
+    for f in fragments:
+        assert f in r.stderr, r.stderr
 
 #: small timm models, one per family, with the kwargs that keep them fast on a CPU
 TINY_MODELS = {

@@ -23,23 +23,7 @@ from pefs.config import TuneConfig
 from pefs.engine import NonFiniteLoss, TrainConfig
 from pefs.errors import PefsError
 from pefs.tune import tune
-
-ROOT = Path(__file__).resolve().parents[1]
-FAST = ["-q", "--img-size", "32", "--epochs", "2"]
-
-
-def cli(*args: str, cwd: Path | None = None, **kw) -> subprocess.CompletedProcess:
-    env = dict(os.environ, OMP_NUM_THREADS="1")
-    return subprocess.run([sys.executable, "-m", "pefs.cli", *args], capture_output=True, text=True, timeout=600,
-                          cwd=cwd, env=env, **kw)
-
-
-def assert_user_error(r: subprocess.CompletedProcess, *fragments: str) -> None:
-    assert r.returncode == 2, r.stderr
-    assert "Traceback" not in r.stderr
-    assert len(r.stderr.strip().splitlines()) == 1, r.stderr
-    for f in fragments:
-        assert f in r.stderr
+from tests.conftest import FAST, assert_user_error, cli
 
 
 @pytest.mark.parametrize("args, fragments", [

@@ -12,6 +12,7 @@ import torch
 import pefs.tune
 from pefs import store, sweep
 from pefs.cli import main
+from pefs.config import run_key
 from pefs.data import load_dataset
 from pefs.engine import NonFiniteLoss, TrainConfig
 from pefs.errors import PefsError
@@ -69,7 +70,7 @@ def offline_cells(**settings) -> list[sweep.Cell]:
     return sweep.plan(sweep.spec_from_settings({**base, **settings}))
 
 
-def test_grid_2x2x2_end_to_end_then_torn_line_is_repaired(tmp_path, image_folder, monkeypatch, capsys):
+def test_grid_2x2x2_end_to_end_then_torn_line_is_reported(tmp_path, image_folder, monkeypatch, capsys):
     st = tmp_path / "results.jsonl"
     args = ["sweep", "--models", "vit_tiny_patch16_224,resnet18", "--strategies", "linear,lora", "--shots", "1,2",
             "--seeds", "0", "--data", str(image_folder), "--store", str(st), *TINY]
@@ -81,7 +82,7 @@ def test_grid_2x2x2_end_to_end_then_torn_line_is_repaired(tmp_path, image_folder
         (m, s, k) for m in ("vit_tiny_patch16_224", "resnet18") for s in ("linear", "lora") for k in (1, 2)}
     assert all(r["status"] == "ok" and 0 <= r["record"]["accuracy_mean"] <= 1 for r in rows)
     assert all(r["record"]["backbone"]["pretrained"] == "random" for r in rows)
-    assert all(r["record"]["config_hash"] == r["hash"] for r in rows)  # a record's hash is its store key
+    assert all(r["record"]["key"] == r["hash"] for r in rows)  # a record's key is its store key
     assert "8 cells; this process ran 8" in capsys.readouterr().out
 
     with open(st, "ab") as f:  # a kill in the middle of writing a 9th line
@@ -90,7 +91,7 @@ def test_grid_2x2x2_end_to_end_then_torn_line_is_repaired(tmp_path, image_folder
     captured = capsys.readouterr()
     assert "line 9: torn last line" in captured.err and "the 8 results before it are kept" in captured.err
     assert len(calls) == 8  # nothing recomputed
-    assert len(lines(st)) == 8 and st.read_bytes().endswith(b"\n")  # rewritten without the torn line
+    assert len(store.load(st).rows) == 8 and st.read_bytes().endswith(b'"sta')  # never rewritten: others may append
     assert main([*args, "--dry-run"]) == 0 and "8 cells, 8 already in" in capsys.readouterr().out
 
     assert main(["report", "--store", str(st), "--out", str(tmp_path / "rep")]) == 0
@@ -99,7 +100,7 @@ def test_grid_2x2x2_end_to_end_then_torn_line_is_repaired(tmp_path, image_folder
         table = md.split(f"### {strategy}\n")[1].split("###")[0]
         for model in ("vit_tiny_patch16_224", "resnet18"):
             row = next(x for x in table.splitlines() if x.startswith(f"| {model}"))
-            assert row.count(" ± ") == 2  # a number for 1-shot and 2-shot
+            assert row.count(" (one seed, no CI)") == 2  # a number for 1-shot and 2-shot, and no fake interval
     assert "random (not pretrained)" in md
 
 
@@ -156,7 +157,7 @@ def test_sharding_over_simulated_processes_then_merge(tmp_path):
         sweep.my_cells(cells, 2, 2)
 
 
-def test_torn_line_detected_without_repair_for_other_shards(tmp_path):
+def test_torn_line_is_reported_never_rewritten_and_next_row_starts_fresh(tmp_path):
     cells, st = offline_cells(), tmp_path / "results.jsonl"
     sweep.run_sweep(cells[:3], st, runner=fake_runner([]))
     torn = st.read_bytes() + b'{"hash": "x", "status": "o'
@@ -164,17 +165,24 @@ def test_torn_line_detected_without_repair_for_other_shards(tmp_path):
     contents = store.load(st)  # a reader (report) reports but does not rewrite
     assert len(contents.rows) == 3 and "line 4: torn last line" in contents.problems[0]
     assert st.read_bytes() == torn
-    contents = store.load(st, repair=st)
-    assert "rewritten without it" in contents.problems[0] and len(lines(st)) == 3
+    row = store.make_row("y" * 16, {"seed": 9}, "ok", {})
+    store.append(st, row)  # the next writer starts on a fresh line instead of extending the torn one
+    assert st.read_bytes() == torn + b"\n" + json.dumps(row, separators=(",", ":")).encode() + b"\n"
+    contents = store.load(st)
+    assert len(contents.rows) == 4 and "y" * 16 in contents.rows and "line 4: torn or corrupt line" in \
+        contents.problems[0]
 
 
 def test_hash_is_the_config_hash_and_grid_order(tmp_path):
     cells = offline_cells(seeds="0")
     assert [(c.config.strategy, c.config.shots) for c in cells] == [("linear", 1), ("linear", 2), ("lora", 1),
                                                                     ("lora", 2)]
-    # the key is the hash of the config tune() resolves and records (image size from the data, precision)
+    # the key is the resolved config (image size from the data, precision) with the content fingerprints of
+    # what it reads: what tune() records as its key
     dataset = load_dataset(cells[0].config.data)
-    assert all(c.hash == resolve(c.config, dataset).hash() and c.config.seeds == (c.describe()["seed"],)
+    assert all(c.hash == run_key(resolve(c.config, dataset), c.fingerprints)
+               and c.config.seeds == (c.describe()["seed"],) for c in cells)
+    assert all(c.fingerprints["data"].startswith("embedded:") and c.fingerprints["checkpoint"] is None
                for c in cells)
     assert len({c.hash for c in cells}) == 4
     # --img-size 128 is the same cell as the default that the embedded data resolves to 128

@@ -12,7 +12,7 @@ from typing import Any
 
 from torch import nn
 
-from pefs.backbones.checkpoint import load_checkpoint, read_state_dict
+from pefs.backbones.checkpoint import check_checkpoint_path, load_checkpoint, read_state_dict
 from pefs.backbones.describe import Backbone, HeadedModule, describe_module, describe_timm
 from pefs.backbones.offline import OFFLINE_MODELS, create_offline
 from pefs.config import DEFAULT_MODEL
@@ -57,8 +57,8 @@ def load(model: str | nn.Module, pretrained: bool = True, checkpoint: str | Path
         return bb
     if not isinstance(model, str):
         raise PefsError(f"model must be a model name or an nn.Module, got {type(model).__name__}")
-    if checkpoint is not None and not Path(checkpoint).is_file():
-        raise PefsError(f"checkpoint {str(checkpoint)!r} does not exist")
+    if checkpoint is not None:
+        check_checkpoint_path(checkpoint)  # a folder, a missing file and a wrong suffix each say so
     if model in OFFLINE_MODELS:
         net = create_offline(model, **kwargs) if checkpoint is None else _timm_create(
             OFFLINE_MODELS[model].timm_name, False, model, **kwargs)

@@ -12,13 +12,24 @@ from pefs.errors import PefsError
 SUFFIXES = (".safetensors", ".pth", ".pt", ".bin", ".ckpt")
 
 
-def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
-    """Read a state dict, unwrapping the usual ``state_dict`` / ``model`` nesting and ``module.`` prefixes."""
+def check_checkpoint_path(path: str | Path) -> Path:
+    """``path`` as a readable checkpoint file name, or a PefsError saying what it is instead."""
     path = Path(path)
+    if path.is_dir():
+        inside = sorted(p.name for p in path.iterdir() if p.suffix in SUFFIXES)[:5]
+        raise PefsError(f"checkpoint {str(path)!r} is a folder; give the weight file itself ("
+                        + (f"this folder holds {', '.join(inside)}" if inside else
+                           f"a file ending in {', '.join(SUFFIXES)}; this folder holds none") + ")")
     if not path.is_file():
         raise PefsError(f"checkpoint {str(path)!r} does not exist (expected a file ending in {', '.join(SUFFIXES)})")
     if path.suffix not in SUFFIXES:
         raise PefsError(f"checkpoint {str(path)!r} has suffix {path.suffix!r}; expected one of {', '.join(SUFFIXES)}")
+    return path
+
+
+def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
+    """Read a state dict, unwrapping the usual ``state_dict`` / ``model`` nesting and ``module.`` prefixes."""
+    path = check_checkpoint_path(path)
     try:
         if path.suffix == ".safetensors":
             from safetensors.torch import load_file

@@ -29,6 +29,11 @@ def _check_shots(shots: int, counts: np.ndarray, classes: list[str], need_extra:
     if short:
         cls, n = min(short, key=lambda t: t[1])
         limit = int(counts.min()) - need_extra
+        if need_extra and limit < 1:  # the queries alone leave no image for the shots
+            fix = f"valid queries with shots={shots}: 1..{n - shots}" if n > shots else \
+                f"shots + queries must be <= {n}"
+            raise PefsError(f"queries={need_extra} with {what}={shots} needs {shots + need_extra} images per class, "
+                            f"but class {cls!r} has {n}; {fix}")
         raise PefsError(f"{what}={shots}{f' (+{need_extra} held out)' if need_extra else ''} needs more images "
                         f"than class {cls!r} has ({n}); valid {what}: 1..{max(limit, 0)}")
 

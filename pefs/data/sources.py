@@ -9,10 +9,13 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
-from PIL import Image, UnidentifiedImageError
+from PIL import Image
 
+from pefs.data.decode import decode_image
+from pefs.data.layout import IMAGE_FOLDER, SAVED_MARKERS, TABLE, data_layout, missing_local_path
 from pefs.errors import PefsError
 
 DEFAULT_DATASET = "fashion-mnist-small"
@@ -22,22 +25,25 @@ ASSETS = Path(__file__).parent / "assets"
 
 @dataclass
 class ImageSet:
-    """Labelled images with lazy decoding. ``names[i]`` identifies image ``i`` (path or split/index)."""
+    """Labelled images with lazy decoding. ``names[i]`` identifies image ``i`` (path or split/index).
+    ``loader(i)`` returns what :func:`pefs.data.decode.decode_image` takes: a path, bytes, a PIL image or an array."""
 
     classes: list[str]
     labels: np.ndarray
     names: list[str]
-    loader: Callable[[int], Image.Image]
+    loader: Callable[[int], Any]
 
     def __len__(self) -> int:
         return len(self.labels)
 
     def image(self, i: int) -> Image.Image:
-        """Decode image ``i`` as RGB; a file that fails to decode raises a PefsError naming it."""
+        """Decode image ``i`` as 8-bit RGB (:mod:`pefs.data.decode`); a failure is a PefsError naming it."""
+        name = self.names[int(i)]
         try:
-            return self.loader(int(i)).convert("RGB")
-        except (OSError, UnidentifiedImageError, ValueError, SyntaxError) as e:
-            raise PefsError(f"cannot decode image {self.names[int(i)]!r}: {type(e).__name__}: {e}") from e
+            source = self.loader(int(i))
+        except (OSError, ValueError, KeyError, IndexError) as e:
+            raise PefsError(f"cannot read image {name!r}: {type(e).__name__}: {e}") from e
+        return decode_image(source, name)
 
     def subset(self, indices: Sequence[int]) -> ImageSet:
         idx = np.asarray(indices, dtype=int)
@@ -58,6 +64,8 @@ class Dataset:
     licence: str = ""
     #: input resolution to use when the user gives none (small native images gain nothing from 224 px)
     suggested_img_size: int | None = None
+    #: how it was read: "embedded", "image folder", "datasets table" or "arrays"
+    source: str = ""
 
     @property
     def classes(self) -> list[str]:
@@ -66,7 +74,7 @@ class Dataset:
 
 def from_arrays(images: np.ndarray, labels: Sequence[int], classes: Sequence[str] | None = None,
                 prefix: str = "array") -> ImageSet:
-    """Images as an (N, H, W) or (N, H, W, C) uint8 array."""
+    """Images as an (N, H, W) or (N, H, W, C) array (uint8, or any depth :mod:`pefs.data.decode` scales)."""
     images, labels = np.asarray(images), np.asarray(labels, dtype=int)
     if images.ndim not in (3, 4) or len(images) != len(labels):
         raise PefsError(f"arrays must be (N, H, W[, C]) images with N labels; got images {images.shape}, "
@@ -76,7 +84,7 @@ def from_arrays(images: np.ndarray, labels: Sequence[int], classes: Sequence[str
     if len(labels) and (labels.min() < 0 or labels.max() >= len(classes)):
         raise PefsError(f"labels must lie in 0..{len(classes) - 1}; got {labels.min()}..{labels.max()}")
     return ImageSet(list(classes), labels, [f"{prefix}[{i}]" for i in range(len(labels))],
-                    lambda i: Image.fromarray(images[i]))
+                    lambda i: images[i])
 
 
 def load_default() -> Dataset:
@@ -85,7 +93,8 @@ def load_default() -> Dataset:
     classes = [str(c) for c in z["classes"]]
     return Dataset(DEFAULT_DATASET, from_arrays(z["train_images"], z["train_labels"], classes, "train"),
                    from_arrays(z["test_images"], z["test_labels"], classes, "test"),
-                   licence="Fashion-MNIST (c) 2017 Zalando SE, MIT licence", suggested_img_size=128)
+                   licence="Fashion-MNIST (c) 2017 Zalando SE, MIT licence", suggested_img_size=128,
+                   source="embedded")
 
 
 def load_folder(root: str | Path) -> Dataset:
@@ -97,8 +106,8 @@ def load_folder(root: str | Path) -> Dataset:
     if (root / "train").is_dir() and (root / "test").is_dir():
         train = _folder_set(root / "train")
         test = _folder_set(root / "test", classes=train.classes)
-        return Dataset(root.name, train, test)
-    return Dataset(root.name, _folder_set(root))
+        return Dataset(root.name, train, test, source=IMAGE_FOLDER)
+    return Dataset(root.name, _folder_set(root), source=IMAGE_FOLDER)
 
 
 def _folder_set(root: Path, classes: list[str] | None = None) -> ImageSet:
@@ -117,7 +126,7 @@ def _folder_set(root: Path, classes: list[str] | None = None) -> ImageSet:
             raise PefsError(f"class folder {str(d)!r} has no images (looked for {', '.join(IMAGE_SUFFIXES)})")
         paths += files
         labels += [classes.index(d.name)] * len(files)
-    return ImageSet(classes, np.array(labels), [str(p) for p in paths], lambda i: Image.open(paths[i]))
+    return ImageSet(classes, np.array(labels), [str(p) for p in paths], lambda i: paths[i])
 
 
 def load_hf(name: str, image_column: str | None = None, label_column: str | None = None,
@@ -140,16 +149,27 @@ def load_hf(name: str, image_column: str | None = None, label_column: str | None
         if col not in train.column_names:
             raise PefsError(f"dataset {name!r} has no column {col!r}; columns: {', '.join(train.column_names)}")
     feat = train.features[label_column]
-    classes = list(feat.names) if isinstance(feat, datasets.ClassLabel) else sorted(set(train[label_column]))
+    if isinstance(feat, datasets.ClassLabel):
+        classes, by_value = list(feat.names), False
+    else:  # plain values (ints or strings): the sorted distinct values of the train split are the classes
+        values = [v for v in train[label_column]]
+        bad = next((v for v in values if not isinstance(v, (str, int, np.integer)) or isinstance(v, bool)), None)
+        if bad is not None or any(v is None for v in values):
+            raise PefsError(f"label column {label_column!r} of dataset {name!r} holds {bad!r} "
+                            f"({type(bad).__name__}); labels must be class names (str) or integers")
+        if len({type(v) for v in values}) > 1:
+            raise PefsError(f"label column {label_column!r} of dataset {name!r} mixes strings and integers")
+        classes, by_value = sorted(set(values)), True
     test = dd[test_split] if test_split and test_split in dd else None
-    return Dataset(Path(name).name, _hf_set(train, image_column, label_column, classes, train_split),
-                   _hf_set(test, image_column, label_column, classes, test_split) if test is not None else None)
+    return Dataset(Path(name).name, _hf_set(train, image_column, label_column, classes, train_split, by_value, name),
+                   _hf_set(test, image_column, label_column, classes, test_split, by_value, name)
+                   if test is not None else None, source=TABLE)
 
 
 def _load_local_hf(path: str):
     import datasets
 
-    if (Path(path) / "dataset_dict.json").exists() or (Path(path) / "dataset_info.json").exists():
+    if any((Path(path) / m).exists() for m in SAVED_MARKERS):
         return datasets.load_from_disk(path)
     return datasets.load_dataset(path)
 
@@ -160,37 +180,58 @@ def _detect(ds, name: str, what: str, feature_type) -> str:
         return cols[0]
     if what in ds.column_names:
         return what
-    raise PefsError(f"cannot find the {what} column of dataset {name!r}; columns: {', '.join(ds.column_names)}; "
-                    f"name it with --{what}-column")
+    kind = "a datasets.Image feature" if what == "image" else "a datasets.ClassLabel feature"
+    raise PefsError(f"cannot find the {what} column of dataset {name!r}; columns: {', '.join(ds.column_names)}. "
+                    f"pefs takes the column with {kind}, else one named {what!r}: rename yours to {what!r} "
+                    f"(Dataset.rename_column), or pass {what}_column= to pefs.data.load_hf")
 
 
-def _hf_set(ds, image_column: str, label_column: str, classes: list, split: str) -> ImageSet:
+def _hf_set(ds, image_column: str, label_column: str, classes: list, split: str, by_value: bool,
+            name: str) -> ImageSet:
+    """One split; labels are indices into ``classes`` (``by_value``: looked up by value), checked here."""
+    import datasets
+
     raw = ds[label_column]
-    labels = np.array([classes.index(v) if not isinstance(v, (int, np.integer)) else int(v) for v in raw])
+    if by_value:
+        index = {v: i for i, v in enumerate(classes)}
+        unknown_values = sorted({str(v) for v in raw if v not in index})
+        if unknown_values:
+            raise PefsError(f"split {split!r} of dataset {name!r} has labels {', '.join(unknown_values[:5])} that "
+                            f"the train split lacks; classes: {', '.join(map(str, classes[:20]))}")
+        labels = np.array([index[v] for v in raw], dtype=int)
+    else:
+        labels = np.array(raw, dtype=int)
+        bad = labels[(labels < 0) | (labels >= len(classes))]
+        if len(bad):
+            raise PefsError(f"split {split!r} of dataset {name!r} has label {int(bad[0])} in column {label_column!r}, "
+                            f"outside its ClassLabel's 0..{len(classes) - 1} (-1 marks an unlabelled image)")
+    if isinstance(ds.features[image_column], datasets.Image):  # pefs decodes: one decoder for every source
+        ds = ds.cast_column(image_column, datasets.Image(decode=False))
     column = ds.with_format(None)
 
-    def loader(i: int) -> Image.Image:
-        img = column[i][image_column]
-        return img if isinstance(img, Image.Image) else Image.fromarray(np.asarray(img))
+    def loader(i: int) -> Any:
+        return column[i][image_column]
 
     return ImageSet([str(c) for c in classes], labels, [f"{split}[{i}]" for i in range(len(labels))], loader)
 
 
 def load_dataset(spec: str | Dataset | None = None, **hf_kwargs) -> Dataset:
     """Resolve a data spec: None or ``fashion-mnist-small`` (embedded), an image folder
-    (``root/<class>/*.jpg``), a saved/local Hugging Face dataset folder, or a hub name ``user/name``."""
+    (``root/<class>/*.jpg``), a saved/local Hugging Face dataset folder, or a hub name ``user/name``.
+    A folder's loader is chosen by its top-level layout (:mod:`pefs.data.layout`); ``Dataset.source`` says which."""
     if isinstance(spec, Dataset):
         return spec
     if spec is None or spec == DEFAULT_DATASET:
         return load_default()
     path = Path(spec)
     if path.is_dir():
-        hf_files = [p for p in path.rglob("*") if p.suffix in (".arrow", ".parquet", ".csv", ".jsonl")
-                    or p.name in ("dataset_dict.json", "dataset_info.json")]
-        return load_hf(spec, **hf_kwargs) if hf_files or hf_kwargs else load_folder(path)
+        if hf_kwargs or data_layout(path, IMAGE_SUFFIXES) == TABLE:
+            return load_hf(spec, **hf_kwargs)
+        return load_folder(path)
     if path.exists():
         raise PefsError(f"data {spec!r} is a file; give a folder (<root>/<class>/*.jpg) or a dataset name")
-    if "/" in spec and not spec.startswith((".", "/")):
+    typo = missing_local_path(spec)
+    if typo is None:
         return load_hf(spec, **hf_kwargs)
-    raise PefsError(f"unknown dataset {spec!r}: not a folder here; give {DEFAULT_DATASET!r} (embedded), an image "
+    raise PefsError(f"unknown dataset {spec!r}: {typo}; give {DEFAULT_DATASET!r} (embedded), an image "
                     f"folder (<root>/<class>/*.jpg), or a Hugging Face dataset name ('user/name') or local path")

@@ -1,0 +1,49 @@
+"""Up-front checks (stdlib only) of user input that several entry points share (tune, sweep, report), each a PefsError
+naming the bad value and what would be valid, raised before any weight loads or image decodes."""
+
+from __future__ import annotations
+
+import numbers
+import os
+from collections import Counter
+from collections.abc import Sequence
+from pathlib import Path
+
+from pefs.errors import PefsError
+
+#: NumPy and torch seeds must fit in 32 unsigned bits
+MAX_SEED = 2**32 - 1
+
+
+def check_seeds(seeds: Sequence[int], flag: str = "seeds") -> None:
+    """Seeds are whole numbers in 0..2**32-1, each given once (a repeated seed would count twice in a CI)."""
+    for s in seeds:
+        if isinstance(s, bool) or not isinstance(s, numbers.Integral) or not 0 <= s <= MAX_SEED:
+            raise PefsError(f"{flag} must be whole numbers in 0..{MAX_SEED}, got {s!r}")
+    dup = sorted(s for s, n in Counter(seeds).items() if n > 1)
+    if dup:
+        raise PefsError(f"{flag} {list(seeds)} repeat {', '.join(map(str, dup))}: a repeated seed reruns the same "
+                        "task and would count twice in the mean and CI; give each seed once (e.g. 0-4)")
+
+
+def check_classes(n_classes: int, name: str) -> None:
+    """Classification needs two classes: with one, every prediction is right and 100% means nothing."""
+    if n_classes < 2:
+        raise PefsError(f"dataset {name!r} has {n_classes} class; few-shot classification needs at least 2 "
+                        "(with one class every prediction is correct and the accuracy means nothing)")
+
+
+def check_writable_file(path: str | Path, what: str, flag: str) -> None:
+    """Fail now, naming the path, when ``path`` (a file to append to) could not be created or written."""
+    path = Path(path)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        if path.exists():
+            if not os.access(path, os.W_OK):
+                raise PermissionError(13, "Permission denied")
+        else:
+            probe = path.parent / f".pefs-write-test-{os.getpid()}"
+            probe.write_text("")
+            probe.unlink()
+    except OSError as e:
+        raise PefsError(f"{what} {str(path)!r} is not writable: {e.strerror or e}; choose another with {flag}") from e

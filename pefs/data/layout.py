@@ -1,0 +1,73 @@
+"""Which loader a ``--data`` folder needs, decided by its top-level layout only, and local-path typos.
+
+A folder is a ``datasets`` table when its top level (or a top-level ``data/`` folder) holds a saved dataset
+(``dataset_dict.json``, ``dataset_info.json``, ``state.json``) or table files (.arrow, .parquet, .csv, .jsonl,
+.json); it is an image folder when its top level holds class sub-folders with images (or ``train/`` and
+``test/`` ones that do). A table file deeper down (``cat/labels.csv``) never changes the choice; a folder that
+looks like both is refused, naming what was found.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pefs.errors import PefsError
+
+TABLE_SUFFIXES = (".arrow", ".parquet", ".csv", ".jsonl", ".json")
+SAVED_MARKERS = ("dataset_dict.json", "dataset_info.json", "state.json")
+IMAGE_FOLDER = "image folder"
+TABLE = "datasets table"
+
+
+def _visible(path: Path) -> list[Path]:
+    try:
+        return sorted(p for p in path.iterdir() if not p.name.startswith("."))
+    except OSError as e:
+        raise PefsError(f"cannot list data folder {str(path)!r}: {e.strerror or e}") from e
+
+
+def _table_files(root: Path) -> list[Path]:
+    top = _visible(root)
+    found = [p for p in top if p.is_file() and (p.suffix.lower() in TABLE_SUFFIXES or p.name in SAVED_MARKERS)]
+    data = root / "data"
+    if data.is_dir():
+        found += [p for p in _visible(data) if p.is_file() and p.suffix.lower() in TABLE_SUFFIXES]
+    return found
+
+
+def _has_class_images(root: Path, suffixes: tuple[str, ...]) -> bool:
+    for d in _visible(root):
+        if d.is_dir() and any(p.suffix.lower() in suffixes for p in _visible(d)):
+            return True
+    return False
+
+
+def data_layout(root: str | Path, image_suffixes: tuple[str, ...]) -> str:
+    """``IMAGE_FOLDER`` or ``TABLE`` for the folder ``root``; a PefsError when it looks like both."""
+    root = Path(root)
+    tables = _table_files(root)
+    images = _has_class_images(root, image_suffixes) or any(
+        (root / s).is_dir() and _has_class_images(root / s, image_suffixes) for s in ("train", "test"))
+    if tables and images:
+        shown = ", ".join(str(p.relative_to(root)) for p in tables[:3])
+        raise PefsError(f"data folder {str(root)!r} is ambiguous: it has class sub-folders of images and also "
+                        f"dataset table files at its top level ({shown}); move the table files out to use it as "
+                        "an image folder, or point --data at a folder holding only the table")
+    return TABLE if tables else IMAGE_FOLDER
+
+
+def missing_local_path(spec: str) -> str | None:
+    """Why ``spec`` (which does not exist) reads as a mistyped local path rather than a hub name
+    ``user/name``, or None when it could be a hub name."""
+    path = Path(spec)
+    if spec.startswith(("/", ".", "~")) or "\\" in spec or spec.count("/") != 1 or spec.endswith("/"):
+        reason = "no such folder"
+    elif path.parent.is_dir():
+        reason = f"no such folder, and {str(path.parent)!r} is a local folder"
+    else:
+        return None
+    parent = next((p for p in path.parents if p.is_dir() and str(p) != "."), None)
+    if parent is None:
+        return reason
+    near = [p.name for p in _visible(parent)][:8]
+    return reason + f" ({str(parent)!r} holds: {', '.join(near) or 'nothing'})"

@@ -1,0 +1,184 @@
+"""Stores many writers share: torn lines never swallow rows, two sweeps split the cells and finish a killed
+one's, and a cell's key follows the content of its data and checkpoint, not their paths."""
+
+from __future__ import annotations
+
+import json
+import multiprocessing
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+
+from pefs import claims, store, sweep
+from pefs.report import aggregate, build_report, current_rows
+
+SWEEP = ["sweep", "--models", "resnet18", "--no-pretrained", "--strategies", "linear", "--shots", "1",
+         "--img-size", "32", "--epochs", "1", "-q"]
+
+
+def _writer(path: str, tag: str, n: int) -> None:
+    for i in range(n):
+        store.append(path, store.make_row(f"{tag}{i:04d}", {"seed": i}, "ok", {"pad": "x" * (i % 50)}))
+
+
+def test_two_writer_processes_and_a_torn_line_lose_no_row(tmp_path):
+    st = tmp_path / "results.jsonl"
+    ctx = multiprocessing.get_context("fork")
+    procs = [ctx.Process(target=_writer, args=(str(st), tag, 150)) for tag in ("a", "b")]
+    for p in procs:
+        p.start()
+    time.sleep(0.05)
+    with open(st, "ab") as f:  # a third writer killed in the middle of its line
+        f.write(b'{"pefs_row":1,"hash":"torn","status":"o')
+    for p in procs:
+        p.join(60)
+        assert p.exitcode == 0
+    contents = store.load(st)
+    assert len(contents.rows) == 300 and "torn" not in contents.rows
+    assert len(contents.problems) == 1 and "torn" in contents.problems[0]
+
+
+def test_a_row_glued_onto_a_torn_line_is_recovered(tmp_path):
+    st = tmp_path / "results.jsonl"
+    good = json.dumps(store.make_row("whole", {}, "ok", {}), separators=(",", ":"))
+    st.write_text('{"pefs_row":1,"hash":"first","status":"ok","cell":{}}\n{"pefs_row":1,"hash":"cut","sta'
+                  + good + "\n")  # what a writer that did not start on a fresh line left
+    contents = store.load(st)
+    assert set(contents.rows) == {"first", "whole"}
+    assert "line 2" in contents.problems[0] and "whole row after it" in contents.problems[0]
+
+
+def test_stale_claims_are_taken_over_live_ones_respected(tmp_path):
+    st = tmp_path / "s.jsonl"
+    sleeper = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        path = claims.claims_dir(st) / "cell.claim"
+        path.parent.mkdir(parents=True)
+        path.write_text(json.dumps({"host": os.uname().nodename, "pid": sleeper.pid}))
+        assert claims.try_claim(st, "cell") is None  # a live process holds it
+    finally:
+        sleeper.kill()
+        sleeper.wait()
+    with claims.try_claim(st, "cell") as claim:  # its process is gone: stale, taken over
+        assert claim is not None and json.loads(path.read_text())["pid"] == os.getpid()
+    assert not path.exists()
+
+
+def _start(store_path: Path, out: Path, seeds: str) -> subprocess.Popen:
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    return subprocess.Popen([sys.executable, "-m", "pefs.cli", *SWEEP, "--seeds", seeds, "--store", str(store_path),
+                             "--output", str(out)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+
+
+def _rows(st: Path) -> list[dict]:
+    return [json.loads(x) for x in st.read_text().splitlines() if x.strip()] if st.exists() else []
+
+
+def test_two_sweeps_on_one_store_split_the_cells(tmp_path):
+    st = tmp_path / "results.jsonl"
+    a = _start(st, tmp_path / "rec", "0-5")
+    b = _start(st, tmp_path / "rec", "0-5")
+    outs = [p.communicate(timeout=400) for p in (a, b)]
+    assert a.returncode == 0 and b.returncode == 0, outs
+    hashes = [r["hash"] for r in _rows(st)]
+    assert len(hashes) == 6 and len(set(hashes)) == 6  # every cell once: none run twice
+    ran = [int(out.split("this process ran ")[1].split(",")[0]) for out, _ in outs]
+    assert sum(ran) == 6, outs  # between them, each cell ran exactly once
+
+
+def _claimers(st: Path) -> list[int]:
+    pids = []
+    for c in claims.claims_dir(st).glob("*.claim"):
+        try:
+            pids.append(json.loads(c.read_text())["pid"])
+        except (OSError, ValueError, KeyError):  # released or being written this instant
+            pass
+    return pids
+
+
+def test_a_sweep_finishes_the_cells_of_one_killed_beside_it(tmp_path):
+    st = tmp_path / "results.jsonl"
+    a = _start(st, tmp_path / "rec", "0-4")
+    b = _start(st, tmp_path / "rec", "0-4")
+    t0 = time.time()
+    while not _rows(st):
+        assert time.time() - t0 < 300 and a.poll() is None
+        time.sleep(0.1)
+    while a.pid not in _claimers(st):  # kill it while it holds a cell
+        assert time.time() - t0 < 300 and a.poll() is None
+        time.sleep(0.05)
+    a.send_signal(signal.SIGKILL)  # no cleanup at all: its claim stays behind
+    a.wait()
+    out, err = b.communicate(timeout=400)
+    assert b.returncode == 0, err
+    hashes = [r["hash"] for r in _rows(st)]
+    assert len(set(hashes)) == 5 and len(hashes) == 5, out
+    assert not list(claims.claims_dir(st).glob("*.claim"))
+
+
+def _fake(calls: list[str]):
+    def run(cfg):
+        calls.append(cfg.hash())
+        acc = 0.5 + len(calls) / 100
+        return {"config": cfg.to_dict(), "accuracy_mean": acc, "accuracies": [acc], "wall_s": 0.1,
+                "dataset": {"name": "imgs", "classes": 3}, "backbone": {"params": 10},
+                "params": {"trainable": 1, "percent_of_backbone": 10.0, "backbone_params": 10, "head": 1}}
+    return run
+
+
+def test_changed_data_or_checkpoint_under_the_same_path_reruns(tmp_path, image_folder):
+    ckpt = tmp_path / "w.pth"
+    torch.save({"w": torch.zeros(2)}, ckpt)
+    settings = {"models": "resnet18", "strategies": "linear", "shots": "1", "seeds": "0-1",
+                "data": str(image_folder), "checkpoint": str(ckpt)}
+    st, calls = tmp_path / "results.jsonl", []
+    cells = sweep.plan(sweep.spec_from_settings(settings))
+    assert all(c.fingerprints["data"].startswith("folder:18 files:") for c in cells)
+    sweep.run_sweep(cells, st, runner=_fake(calls))
+    assert sweep.run_sweep(sweep.plan(sweep.spec_from_settings(settings)), st, runner=_fake(calls)).skipped == 2
+
+    img = image_folder / "cat" / "0.png"  # same path, other pixels
+    Image.fromarray(np.zeros((20, 20, 3), np.uint8)).save(img)
+    summary = sweep.run_sweep(sweep.plan(sweep.spec_from_settings(settings)), st, runner=_fake(calls))
+    assert summary.ran == 2 and summary.skipped == 0
+
+    torch.save({"w": torch.ones(2)}, ckpt)  # same checkpoint path, other weights
+    summary = sweep.run_sweep(sweep.plan(sweep.spec_from_settings(settings)), st, runner=_fake(calls))
+    assert summary.ran == 2 and len(calls) == 6
+    rows = _rows(st)
+    assert len({r["cell"]["fingerprints"]["checkpoint"] for r in rows}) == 2
+
+    _, problems = build_report(st, tmp_path / "rep", ("md",))
+    assert any("4 stored result(s) left out" in p for p in problems)
+    md = (tmp_path / "rep" / "report.md").read_text()
+    assert ": 2 finished cells" in md  # the two fresh seeds, not six pooled
+    (group,) = aggregate(current_rows(list(store.load(st).rows.values()))[0])
+    assert group.seeds == [0, 1] and group.accuracies == [0.55, 0.56]
+
+
+def test_rows_that_are_json_but_not_rows_are_reported(tmp_path):
+    st = tmp_path / "results.jsonl"
+    st.write_text('[1, 2]\n"text"\n{"hash": 5}\n')
+    contents = store.load(st)
+    assert contents.rows == {} and len(contents.problems) == 3
+
+
+def test_refresh_reads_only_what_others_appended(tmp_path):
+    st = tmp_path / "results.jsonl"
+    _writer(str(st), "a", 3)
+    contents = store.load(st)
+    with open(st, "ab") as f:
+        f.write(b'{"pefs_row":1,"hash":"half')  # another writer, killed mid-line
+    _writer(str(st.with_name("results.1.jsonl")), "s", 2)  # a new shard appears
+    _writer(str(st), "b", 2)  # and a live writer goes on, on a fresh line
+    store.refresh(contents, st)
+    assert set(contents.rows) == {"a0000", "a0001", "a0002", "s0000", "s0001", "b0000", "b0001"}
+    assert contents.offsets[st] == st.stat().st_size and contents.duplicates == 0
+    assert any("torn or corrupt line" in p for p in contents.problems)
