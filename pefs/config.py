@@ -46,6 +46,8 @@ class TuneConfig:
     augment: bool = False
     mask_ratio: float = 0.0
     mask_patch: int = 16
+    #: train on every image of the training split and save a model directory to ``save_adapter`` (pefs.final)
+    final: bool = False
 
     @property
     def view_config(self) -> ViewConfig:
@@ -86,4 +88,6 @@ class TuneConfig:
             d.pop(k)
         for k in RESULT_NEUTRAL_TRAIN:
             d["train"].pop(k)
+        if not d.get("final"):  # hashes of runs from before --final existed stay the same
+            d.pop("final", None)
         return hashlib.sha256(json.dumps(d, sort_keys=True, default=str).encode()).hexdigest()[:16]

@@ -22,6 +22,7 @@ from pefs.engine import NonFiniteLoss, mean_ci95
 from pefs.episodic import check_episodes, run_episodes
 from pefs.errors import PefsError
 from pefs.fewshot import TaskRunner, build_model
+from pefs.final import check_final, describe_model, run_final
 
 __all__ = ["build_model", "finish", "run_kshot_seed", "tune", "write_record"]
 
@@ -48,18 +49,22 @@ def tune(cfg: TuneConfig) -> dict[str, Any]:
     """Run the configured protocol (K-shot over seeds, or episodes); return the result record (also on disk)."""
     cfg.validate()
     check_writable(cfg.output)  # before any compute, not after it
+    check_final(cfg)
     dataset = load_dataset(cfg.data)
     check_splits_disjoint(dataset)
     if cfg.img_size is None and dataset.suggested_img_size:
         cfg.img_size = dataset.suggested_img_size
     if cfg.protocol == "episodic":
         check_episodes(cfg, dataset)  # sampling errors before any weight loads
-    else:
+    elif not cfg.final:
         kshot_split(dataset, cfg.shots, seed=cfg.seeds[0])
     t_start = time.perf_counter()
     runner = TaskRunner(cfg, cfg.ways if cfg.protocol == "episodic" else len(dataset.classes))
+    describe_model(runner.model, cfg, dataset)
     try:
-        if cfg.protocol == "episodic":
+        if cfg.final:
+            body = run_final(cfg, dataset, runner, t_start)
+        elif cfg.protocol == "episodic":
             body = run_episodes(cfg, dataset, runner, t_start)
         else:
             body = run_kshot(cfg, dataset, runner, t_start)
@@ -87,7 +92,7 @@ def finish(cfg: TuneConfig, dataset: Dataset, body: dict[str, Any], runner: Task
     """Assemble the record (mean and 95% CI over seeds/episodes) and write it as JSON."""
     runs = body.pop("runs")
     model = runner.model if runner is not None else None
-    accs = [r["accuracy"] for r in runs]
+    accs = [r["accuracy"] for r in runs if r.get("accuracy") is not None]
     mean, ci = mean_ci95(accs) if accs and body.get("status", "ok") == "ok" else (None, None)
     params = model.param_report() if model is not None else None
     record = {
