@@ -215,8 +215,9 @@ def format_confusion(summary: PredictSummary) -> str:
     return "\n".join(lines)
 
 
-def report_failures(summary: PredictSummary, stream_out: IO[str] = sys.stderr) -> None:
-    """List every image that could not be decoded, by path, with the reason."""
+def report_failures(summary: PredictSummary, stream_out: IO[str] | None = None) -> None:
+    """List every image that could not be decoded, by path, with the reason (on stderr by default)."""
+    stream_out = stream_out or sys.stderr
     if summary.failed:
         print(f"{len(summary.failed)} image(s) could not be decoded (the others were predicted):", file=stream_out)
         for _, reason in summary.failed:

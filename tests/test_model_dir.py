@@ -48,7 +48,7 @@ def test_partial_adapter_file_is_refused(tmp_path):
     kept = dict(list(sorted(tensors.items()))[: len(tensors) // 3])
     save_file(kept, str(path))
     config = json.loads((tmp_path / "m" / "pefs_config.json").read_text())
-    config.get("tensors", {}).pop("sha256", None)  # as if another tool wrote the partial file: the strict key check must catch it
+    config.get("tensors", {}).pop("sha256", None)  # as if another tool wrote it: the key check must catch it
     (tmp_path / "m" / "pefs_config.json").write_text(json.dumps(config))
     with pytest.raises(PefsError, match=r"missing .* expected tensors; refusing a partial load"):
         PefsModel.load(tmp_path / "m", backbone=copy.deepcopy(original))
