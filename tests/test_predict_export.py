@@ -110,6 +110,14 @@ def test_unmergeable_strategy_says_why_and_still_exports_to_onnx(tmp_path):
     assert path.is_file() and worst < 1e-3
 
 
+def test_merged_export_refuses_tensors_timm_does_not_have(tmp_path):
+    from pefs.export import export_merged
+
+    model = wrap("efficientnet_lite0.offline", "ssf", num_classes=3)
+    with pytest.raises(PefsError, match=r"does not have the tensors of timm's tf_efficientnet_lite0: \d+ extra"):
+        export_merged(model, tmp_path / "m.safetensors")
+
+
 def _tamper(d, what):
     config = json.loads((d / "pefs_config.json").read_text())
     if what == "older":
