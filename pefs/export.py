@@ -51,6 +51,7 @@ def merged_state(model: PefsModel) -> tuple[str, dict[str, torch.Tensor]]:
                         "that has no equivalent backbone weights (prompts, adapters, extra tokens); export it with "
                         "--format onnx instead")
     name = timm_name(model)
+    model.cpu()  # exports are written and checked on the CPU, wherever the model was tuned
     if not model.merged:
         model.merge()
     state = {k: v.detach().contiguous().cpu().clone() for k, v in model.net.state_dict().items()}
@@ -99,7 +100,7 @@ def export_onnx(model: PefsModel, out: str | Path) -> tuple[Path, float]:
     import onnxruntime
 
     out = _writable(out)
-    net = model.net.eval()
+    net = model.cpu().net.eval()
     x = sample_input(model)
     try:
         with warnings.catch_warnings(), torch.no_grad():

@@ -82,7 +82,15 @@ def _as_image_set(images: Any) -> ImageSet:
     items = list(images)
     names = [str(x) if not isinstance(x, Image.Image) else f"image[{i}]" for i, x in enumerate(items)]
     return ImageSet([], np.zeros(len(items), dtype=int), names,
-                    lambda i: items[i] if isinstance(items[i], Image.Image) else Image.open(items[i]))
+                    lambda i: items[i] if isinstance(items[i], Image.Image) else open_image(items[i]))
+
+
+def open_image(path: str | Path) -> Image.Image:
+    """Open (lazily) for :meth:`ImageSet.image`, which decodes; an oversized image becomes an OSError it reports."""
+    try:
+        return Image.open(path)
+    except Image.DecompressionBombError as e:
+        raise OSError(str(e)) from e
 
 
 def predict_images(model: PefsModel, images: Any, batch_size: int = 16) -> Predictions:
@@ -180,7 +188,7 @@ def run_predict(model: PefsModel, paths: list[Path], out: IO[str], fmt: str = "c
     if top_k < 1:
         raise PefsError(f"--top-k must be >= 1, got {top_k}")
     images = ImageSet(names, labels if labels is not None else np.zeros(len(paths), dtype=int),
-                      [str(p) for p in paths], lambda i: Image.open(paths[i]))
+                      [str(p) for p in paths], lambda i: open_image(paths[i]))
     summary = PredictSummary(class_names=names)
     confusion = np.zeros((len(names), len(names)), dtype=int)
     writer = csv.writer(out) if fmt == "csv" else None
