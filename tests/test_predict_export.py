@@ -200,3 +200,18 @@ def test_final_refuses_what_cannot_give_one_model(tmp_path, capsys, extra, messa
     code = main(["tune", "--final", str(tmp_path / "m"), "--output", str(tmp_path / "runs"), "-q", *extra])
     err = capsys.readouterr().err
     assert code == 2 and message in err and not (tmp_path / "m" / "pefs_config.json").exists()
+
+
+def test_final_without_a_test_split_reports_training_accuracy_as_such(image_folder, tmp_path, capsys):
+    """A folder with no test split: every image trains; the record has no test accuracy, only a labelled
+    training accuracy, which predict --labels on the same folder reproduces."""
+    code = main(["tune", "--final", str(tmp_path / "m"), "--data", str(image_folder), "--strategy", "linear",
+                 "--img-size", "32", "--epochs", "2", "--output", str(tmp_path / "runs"), "-q"])
+    out = capsys.readouterr().out
+    assert code == 0 and "no test split: accuracy on the training images" in out
+    record = json.loads(next((tmp_path / "runs").glob("*.json")).read_text())
+    assert record["accuracy_mean"] is None and record["trained_on"] == 18
+    assert main(["predict", str(tmp_path / "m"), str(image_folder), "--labels", "--out", str(tmp_path / "p.csv"),
+                 "-q"]) == 0
+    rows = _rows(tmp_path / "p.csv")
+    assert sum(r["class_1"] == r["label"] for r in rows) / 18 == pytest.approx(record["runs"][0]["train_accuracy"])
