@@ -96,10 +96,11 @@ def open_image(path: str | Path) -> Image.Image:
 def predict_images(model: PefsModel, images: Any, batch_size: int = 16) -> Predictions:
     """Probabilities for PIL images, image paths or an ImageSet; an undecodable image is a PefsError naming it."""
     probs = []
-    for _, p, failed in stream(model, _as_image_set(images), batch_size):
-        if failed:
-            raise PefsError(failed[0][1])
-        probs.append(p)
+    with contextlib.closing(stream(model, _as_image_set(images), batch_size)) as batches:  # unmerges on error
+        for _, p, failed in batches:
+            if failed:
+                raise PefsError(failed[0][1])
+            probs.append(p)
     return Predictions(class_names_of(model), torch.cat(probs) if probs else torch.empty(0, model.num_classes))
 
 
@@ -127,8 +128,9 @@ def stream(model: PefsModel, images: ImageSet, batch_size: int = 16,
                     ok.append(i)
                 except PefsError as e:
                     failed.append((images.names[i], str(e)))
-            logits = engine.outputs(model, torch.stack(xs), cfg, 0, "logits") if xs else torch.empty(0, 1)
-            yield ok, logits.float().softmax(-1) if xs else torch.empty(0, model.num_classes), failed
+            probs = (engine.outputs(model, torch.stack(xs), cfg, 0, "logits").float().softmax(-1) if xs
+                     else torch.empty(0, model.num_classes))
+            yield ok, probs, failed
             bar.update(len(ok) + len(failed))
 
 
@@ -195,23 +197,28 @@ def run_predict(model: PefsModel, paths: list[Path], out: IO[str], fmt: str = "c
     if writer is not None:
         writer.writerow(["path"] + [f"{w}_{j}" for j in range(1, k + 1) for w in ("class", "prob")]
                         + (["label"] if labels is not None else []))
-    for idx, probs, failed in stream(model, images, batch_size, progress):
-        summary.failed += failed
-        summary.predicted += len(idx)
-        for i, top in zip(idx, Predictions(names, probs).top(k)):
-            if labels is not None:
-                confusion[labels[i], names.index(top[0][0])] += 1
-            if writer is not None:
-                writer.writerow([images.names[i]] + [v for c, p in top for v in (c, f"{p:.6f}")]
-                                + ([names[labels[i]]] if labels is not None else []))
-            else:
-                row = {"path": images.names[i], "top": [{"class": c, "prob": round(p, 6)} for c, p in top]}
-                out.write(json.dumps(row | ({"label": names[labels[i]]} if labels is not None else {})) + "\n")
-        out.flush()
+    with contextlib.closing(stream(model, images, batch_size, progress)) as batches:  # unmerges on error
+        for idx, probs, failed in batches:
+            summary.failed += failed
+            summary.predicted += len(idx)
+            for i, top in zip(idx, Predictions(names, probs).top(k)):
+                truth = names[labels[i]] if labels is not None else None
+                if truth is not None:
+                    confusion[labels[i], names.index(top[0][0])] += 1
+                _write_row(out, writer, images.names[i], top, truth)
+            out.flush()
     if labels is not None and summary.predicted:
         summary.confusion = confusion.tolist()
         summary.accuracy = float(np.trace(confusion) / confusion.sum())
     return summary
+
+
+def _write_row(out: IO[str], writer: Any, path: str, top: list[tuple[str, float]], truth: str | None) -> None:
+    if writer is not None:
+        writer.writerow([path] + [v for c, p in top for v in (c, f"{p:.6f}")] + ([truth] if truth is not None else []))
+    else:
+        row = {"path": path, "top": [{"class": c, "prob": round(p, 6)} for c, p in top]}
+        out.write(json.dumps(row | ({"label": truth} if truth is not None else {})) + "\n")
 
 
 def format_confusion(summary: PredictSummary) -> str:
