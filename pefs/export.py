@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from pefs.errors import PefsError
+from pefs.io import usual_mode
 
 if TYPE_CHECKING:
     from pefs.model import PefsModel
@@ -79,6 +80,7 @@ def export_merged(model: PefsModel, out: str | Path) -> Path:
             "model_kwargs": json.dumps((model.load_info or {}).get("model_kwargs") or {})}
     out = _writable(out)
     save_file(state, str(out), metadata=meta)
+    usual_mode(out)
     kwargs = json.loads(meta["model_kwargs"])
     plain = timm.create_model(name, pretrained=False, num_classes=model.num_classes, **kwargs).eval()
     plain.load_state_dict(_read(out), strict=True)

@@ -95,6 +95,7 @@ def save_model(model: PefsModel, directory: str | Path) -> Path:
             (d / stale).unlink(missing_ok=True)
         tmp = d / f".{name}.tmp"
         save_file(tensors, str(tmp))
+        usual_mode(tmp)
         config["tensors"]["sha256"] = _sha256(tmp)
         tmp.replace(d / name)
         tmp = d / f".{CONFIG_FILE}.tmp"
@@ -191,6 +192,13 @@ def load_model(directory: str | Path, backbone: str | nn.Module | Backbone | Non
     model.preprocessing = cfg.get("preprocessing") or model.preprocessing
     model.tune_config = cfg.get("tune_config")
     return model
+
+
+def usual_mode(path: str | Path) -> None:
+    """Give a file the permissions the user's umask gives new files (safetensors creates them 0600)."""
+    mask = os.umask(0)
+    os.umask(mask)
+    os.chmod(path, 0o666 & ~mask)
 
 
 def rebuildable(name: str) -> bool:
