@@ -103,8 +103,15 @@ def config_from_args(a: argparse.Namespace):
     from pefs.config import TrainConfig, TuneConfig
 
     train = TrainConfig(**_config_values(a, TrainConfig), progress=not getattr(a, "quiet", False))
-    return TuneConfig(**_config_values(a, TuneConfig), train=train, output=a.output,
-                      save_adapter=getattr(a, "save_adapter", None))
+    return TuneConfig(**_config_values(a, TuneConfig), train=train, output=a.output, save_adapter=_model_dir(a),
+                      final=bool(getattr(a, "final", None)))
+
+
+def _model_dir(a: argparse.Namespace) -> str | None:
+    final, adapter = getattr(a, "final", None), getattr(a, "save_adapter", None)
+    if final and adapter and final != adapter:
+        raise PefsError(f"--final {final} saves the model directory there; drop --save-adapter {adapter}")
+    return final or adapter
 
 
 def cmd_tune(a: argparse.Namespace) -> int:
@@ -115,8 +122,18 @@ def cmd_tune(a: argparse.Namespace) -> int:
     p = rec["params"]
     unit = "episodes" if rec["protocol"] == "episodic" else "seeds"
     what = f"{cfg.ways}-way {cfg.shots}-shot" if cfg.ways else f"{cfg.shots}-shot"
+    if rec.get("final"):
+        what = f"all {rec['trained_on']} training images"
     print(f"{rec['model']} | {rec['strategy']} | head {rec['head']} | {what} on {rec['dataset']['name']} "
           f"({rec['dataset'].get('source') or 'data'}, {rec['dataset']['classes']} classes)")
+    if rec.get("final"):
+        run = rec["runs"][0]
+        print(f"accuracy on the {rec['test_images']} test images: {100 * run['accuracy']:.2f}%" if rec["test_images"]
+              else f"no test split: accuracy on the training images {100 * run['train_accuracy']:.2f}% (not a "
+              "measure of accuracy on new images)")
+        print(f"model directory: {rec['model_dir']} (next: pefs predict {rec['model_dir']} IMAGES...)")
+        print(f"result record: {rec['path']}")
+        return 0
     n = len(rec["accuracies"])
     if rec["accuracy_ci95"] is None:
         print(f"accuracy: {100 * rec['accuracy_mean']:.2f}% (one {unit[:-1]}: no confidence interval; "
@@ -238,8 +255,50 @@ def cmd_report(a: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_predict(a: argparse.Namespace) -> int:
+    from pefs.predict import predict_command
+
+    return predict_command(a.model_dir, a.images, a.out, a.format, a.top_k, a.batch_size, a.labels,
+                           a.allow_different_base, not a.quiet)
+
+
+def cmd_export(a: argparse.Namespace) -> int:
+    from pefs.export import export_command
+
+    return export_command(a.model_dir, a.format, a.out, a.allow_different_base)
+
+
 COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
-    "tune": cmd_tune, "models": cmd_models, "strategies": cmd_strategies, "sweep": cmd_sweep, "report": cmd_report}
+    "tune": cmd_tune, "models": cmd_models, "strategies": cmd_strategies, "sweep": cmd_sweep, "report": cmd_report,
+    "predict": cmd_predict, "export": cmd_export}
+
+
+def _add_use_parsers(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("predict", help="classify images with a saved model directory (pefs tune --final DIR)",
+                       description="Top-k class names and probabilities per image, as CSV or JSON Lines, batch by "
+                       "batch. Images that cannot be decoded are listed by path and the rest still run; the exit "
+                       "status is 1 if any failed.")
+    p.add_argument("model_dir", metavar="MODEL_DIR", help="a model directory (pefs tune --final DIR)")
+    p.add_argument("images", metavar="IMAGES", nargs="*", help="image files, folders, or .txt files of paths")
+    p.add_argument("--out", "-O", default="predictions.csv", help="output file, or - for stdout "
+                   "(default predictions.csv)")
+    p.add_argument("--format", choices=["csv", "jsonl"], help="default: from --out's suffix, else csv")
+    p.add_argument("--top-k", type=int, default=1, help="class names and probabilities per image (default 1)")
+    p.add_argument("--batch-size", type=int, default=16, help="images per batch (default 16)")
+    p.add_argument("--labels", action="store_true", help="each image's folder names its true class "
+                   "(<root>/<class>/<image>): also print accuracy and a confusion matrix")
+    p.add_argument("--allow-different-base", action="store_true", help="load even if the backbone's weights "
+                   "differ from those the model was trained on (the results will differ)")
+    p.add_argument("--quiet", "-q", action="store_true", help="no progress bar")
+    e = sub.add_parser("export", help="write a saved model for tools that do not know pefs",
+                       description="merged: one safetensors state dict that timm.create_model(name, "
+                       "num_classes=N) loads strictly, head included (mergeable strategies); onnx: an ONNX "
+                       "graph checked against PyTorch with onnxruntime.")
+    e.add_argument("model_dir", metavar="MODEL_DIR", help="a model directory (pefs tune --final DIR)")
+    e.add_argument("--format", choices=["merged", "onnx"], default="merged", help="default merged")
+    e.add_argument("--out", help="output file (default MODEL_DIR/model.safetensors or MODEL_DIR/model.onnx)")
+    e.add_argument("--allow-different-base", action="store_true", help="load even if the backbone's weights "
+                   "differ from those the model was trained on")
 
 
 def _add_sweep_parsers(sub: argparse._SubParsersAction) -> None:
@@ -283,7 +342,9 @@ def build_parser() -> argparse.ArgumentParser:
                        "held-out images, print accuracy ± 95% CI and write a JSON result record.", epilog=EPILOG)
     add_tune_args(t)
     t.add_argument("--output", default="runs", help="folder for the JSON result record (default runs/)")
-    t.add_argument("--save-adapter", metavar="DIR", help="save the strategy's tensors (safetensors) per seed here")
+    t.add_argument("--save-adapter", metavar="DIR", help="save a model directory per seed here (DIR/seedN)")
+    t.add_argument("--final", metavar="DIR", help="train on every training image (no K-shot sampling) and save "
+                   "the model directory in DIR for pefs predict / pefs export")
     t.add_argument("--quiet", "-q", action="store_true", help="no progress bars")
     m = sub.add_parser("models", help="list offline and timm model names", description="List model names; "
                        "offline ones load with no network.")
@@ -295,6 +356,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_parser("strategies", help="list tuning strategies and their options",
                    description="List tuning strategies, the backbone kinds they support, and their options.")
     _add_sweep_parsers(sub)
+    _add_use_parsers(sub)
     for register in EXTRA_PARSERS:
         register(sub)
     return p

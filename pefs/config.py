@@ -145,6 +145,8 @@ class TuneConfig:
     output: str = setting("runs", "folder for the JSON result record", neutral=True, cli=False)
     save_adapter: str | None = setting(None, "save each seed's tuned model directory here", neutral=True,
                                        cli=False)
+    final: bool = setting(False, "train on every image of the training split and save a model directory to "
+                          "save_adapter (pefs tune --final DIR)", since=3, cli=False)
 
     @property
     def view_config(self) -> ViewConfig:

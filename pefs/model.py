@@ -8,28 +8,32 @@ and merges into the backbone where the strategies allow.
 from __future__ import annotations
 
 import contextlib
-import json
 import typing
 from collections import defaultdict
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
 
 from pefs import backbones
+from pefs import io as pefs_io
 from pefs.backbones import Backbone
 from pefs.errors import PefsError
 from pefs.strategies import Strategy, build
 
-FORMAT_VERSION = 1
+if TYPE_CHECKING:
+    from pefs.predict import Predictions
+
+FORMAT_VERSION = pefs_io.FORMAT_VERSION
 
 
 class PefsModel(nn.Module):
     """A backbone tuned by one or more strategies. ``forward`` gives logits; ``features`` pooled features."""
 
     def __init__(self, bb: Backbone, strategies: list[Strategy], spec: str, num_classes: int,
-                 backbone_params: int, load_info: dict[str, Any]) -> None:
+                 backbone_params: int, load_info: dict[str, Any],
+                 base_params: list[tuple[str, torch.Tensor]] | None = None) -> None:
         super().__init__()
         self.net = bb.model
         self.backbone = bb
@@ -39,6 +43,12 @@ class PefsModel(nn.Module):
         self.backbone_params = backbone_params
         self.load_info = load_info
         self.merged = False
+        #: class names in label order, the eval preprocessing and the tune config: saved in the model directory
+        self.class_names: list[str] | None = None
+        self.preprocessing: dict[str, Any] = pefs_io.preprocessing(bb.data_config)
+        self.tune_config: dict[str, Any] | None = None
+        self._base_params = base_params or []
+        self._base_fingerprint: str | None = None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.net(x)
@@ -81,6 +91,19 @@ class PefsModel(nn.Module):
             "breakdown": dict(sorted(breakdown.items())),
         }
 
+    @property
+    def base_fingerprint(self) -> str:
+        """Hash of the frozen backbone weights the strategies were applied to (head and trained tensors left out)."""
+        if self._base_fingerprint is None:
+            self._base_fingerprint = pefs_io.fingerprint(self._base_params)
+        return self._base_fingerprint
+
+    def predict(self, images: Any, batch_size: int = 16) -> Predictions:
+        """Class names and probabilities for ``images`` (PIL images, paths, or an ImageSet), batch by batch."""
+        from pefs.predict import predict_images
+
+        return predict_images(self, images, batch_size=batch_size)
+
     def merge(self) -> PefsModel:
         """Fold every strategy into the backbone weights (in place); refuses strategies that cannot merge."""
         bad = [s.name for s in self.strategies if not s.mergeable]
@@ -88,6 +111,7 @@ class PefsModel(nn.Module):
             raise PefsError(f"cannot merge {', '.join(bad)}: these strategies add computation that has no "
                             "equivalent backbone weights; mergeable ones: "
                             + ", ".join(sorted(n for n, c in _all_strategies().items() if c.mergeable)))
+        _ = self.base_fingerprint  # of the weights before folding: a merged save still names its base
         for s in sorted(self.strategies, key=lambda s: s.merge_order):
             s.merge(self.backbone)
         self.merged = True
@@ -105,61 +129,20 @@ class PefsModel(nn.Module):
             yield
 
     def save(self, directory: str | Path) -> Path:
-        """Write ``adapter.safetensors`` (trainable tensors only) and ``pefs_config.json``."""
-        from safetensors.torch import save_file
-
-        d = Path(directory)
-        try:
-            d.mkdir(parents=True, exist_ok=True)
-            save_file({k: v.contiguous().cpu() for k, v in self.trainable_state().items()},
-                      str(d / "adapter.safetensors"))
-            config = {"format": FORMAT_VERSION, "spec": self.spec, "num_classes": self.num_classes,
-                      "options": {f"{s.name}.{k}" if len(self.strategies) > 1 else k: v
-                                  for s in self.strategies for k, v in _options(s).items()},
-                      "backbone": {"name": self.backbone.name, "params": self.backbone_params},
-                      "load": self.load_info}
-            (d / "pefs_config.json").write_text(json.dumps(config, indent=2))
-        except OSError as e:
-            raise PefsError(f"cannot save to {str(d)!r}: {e.strerror or e}") from e
-        return d
+        """Write a model directory (:mod:`pefs.io`): tensors, config, class names, preprocessing, base fingerprint."""
+        return pefs_io.save_model(self, directory)
 
     @classmethod
-    def load(cls, directory: str | Path, backbone: str | nn.Module | Backbone | None = None) -> PefsModel:
-        """Rebuild a saved model: the same backbone (or ``backbone``), strategies, then the saved tensors."""
-        from safetensors.torch import load_file
-
-        d = Path(directory)
-        if not (d / "pefs_config.json").is_file():
-            raise PefsError(f"{str(d)!r} holds no saved pefs model (pefs_config.json missing)")
-        cfg = json.loads((d / "pefs_config.json").read_text())
-        source = backbone if backbone is not None else cfg["backbone"]["name"]
-        load_kwargs = dict(cfg["load"]) if backbone is None else {}
-        model = wrap(source, cfg["spec"], num_classes=cfg["num_classes"], **load_kwargs, **cfg["options"])
-        if model.backbone_params != cfg["backbone"]["params"] or (
-                backbone is None and model.backbone.name != cfg["backbone"]["name"]):
-            raise PefsError(f"adapter in {str(d)!r} was trained on {cfg['backbone']['name']} "
-                            f"({cfg['backbone']['params']:,} params); it cannot load onto {model.backbone.name} "
-                            f"({model.backbone_params:,} params)")
-        tensors = load_file(str(d / "adapter.safetensors"))
-        own = model.net.state_dict()
-        bad = [k for k, v in tensors.items() if k not in own or own[k].shape != v.shape]
-        if bad:
-            raise PefsError(f"adapter in {str(d)!r} does not fit {model.backbone.name}: {len(bad)} of "
-                            f"{len(tensors)} tensors mismatched (e.g. {', '.join(bad[:3])})")
-        model.net.load_state_dict(tensors, strict=False)
-        return model
+    def load(cls, directory: str | Path, backbone: str | nn.Module | Backbone | None = None,
+             allow_different_base: bool = False) -> PefsModel:
+        """Rebuild a saved model exactly (same backbone and weights, every tensor present) or refuse with why."""
+        return pefs_io.load_model(directory, backbone, allow_different_base=allow_different_base)
 
 
 def _all_strategies() -> dict:
     from pefs.strategies import STRATEGIES
 
     return STRATEGIES
-
-
-def _options(s: Strategy) -> dict[str, Any]:
-    import dataclasses
-
-    return {k: (list(v) if isinstance(v, tuple) else v) for k, v in dataclasses.asdict(s.config).items()}
 
 
 def _group(name: str, blocks: list[str]) -> str:
@@ -183,6 +166,8 @@ def wrap(model: str | nn.Module | Backbone, strategy: str = "linear", num_classe
     bb = backbones.load(model, pretrained=pretrained, checkpoint=checkpoint, **(model_kwargs or {}))
     bb.reset_head(num_classes)
     backbone_params = bb.num_params()
+    head_ids = {id(p) for p in bb.head.parameters()}
+    base = [(n, p) for n, p in bb.model.named_parameters() if id(p) not in head_ids]  # before any strategy
     for p in bb.model.parameters():
         p.requires_grad_(False)
     claimed: dict[int, str] = {}  # id(param) -> strategy that made it trainable
@@ -207,4 +192,5 @@ def wrap(model: str | nn.Module | Backbone, strategy: str = "linear", num_classe
         p.requires_grad_(True)
     load_info = {"pretrained": pretrained, "checkpoint": str(checkpoint) if checkpoint else None,
                  "model_kwargs": model_kwargs or {}}
-    return PefsModel(bb, strategies, strategy, num_classes, backbone_params, load_info)
+    base = [(n, p) for n, p in base if not p.requires_grad]  # what training never changes
+    return PefsModel(bb, strategies, strategy, num_classes, backbone_params, load_info, base)

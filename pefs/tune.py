@@ -24,6 +24,7 @@ from pefs.engine import NonFiniteLoss
 from pefs.episodic import check_episodes, run_episodes
 from pefs.errors import PefsError
 from pefs.fewshot import TaskRunner, build_model
+from pefs.final import check_final, describe_model, run_final
 from pefs.fingerprint import run_fingerprints
 from pefs.stats import mean_ci95
 
@@ -68,18 +69,22 @@ def tune(cfg: TuneConfig) -> dict[str, Any]:
     check_writable(cfg.output)  # before any compute, not after it
     if cfg.checkpoint:
         check_checkpoint_path(cfg.checkpoint)
+    check_final(cfg)
     dataset = load_dataset(cfg.data)
     check_classes(len(dataset.classes), dataset.name)
     check_splits_disjoint(dataset)
     requested, cfg = cfg, resolve(cfg, dataset)
     if cfg.protocol == "episodic":
         check_episodes(cfg, dataset)  # sampling errors before any weight loads
-    else:
+    elif not cfg.final:
         kshot_split(dataset, cfg.shots, seed=cfg.seeds[0])
     t_start = time.perf_counter()
     runner = TaskRunner(cfg, cfg.ways if cfg.protocol == "episodic" else len(dataset.classes))
+    describe_model(runner.model, cfg, dataset)
     try:
-        if cfg.protocol == "episodic":
+        if cfg.final:
+            body = run_final(cfg, dataset, runner, t_start)
+        elif cfg.protocol == "episodic":
             body = run_episodes(cfg, dataset, runner, t_start)
         else:
             body = run_kshot(cfg, dataset, runner, t_start)
@@ -109,7 +114,7 @@ def finish(cfg: TuneConfig, dataset: Dataset, body: dict[str, Any], runner: Task
     config the run used, ``requested`` the caller's (default: the same)."""
     runs = body.pop("runs")
     model = runner.model if runner is not None else None
-    accs = [r["accuracy"] for r in runs]
+    accs = [r["accuracy"] for r in runs if r.get("accuracy") is not None]
     mean, ci = mean_ci95(accs) if accs and body.get("status", "ok") == "ok" else (None, None)
     ci = ci if len(accs) > 1 else None  # one seed (episode) has no interval; 0.0 would claim no uncertainty
     params = model.param_report() if model is not None else None

@@ -169,7 +169,8 @@ def check_roundtrip(model: PefsModel, original: Backbone, x: torch.Tensor, direc
     from safetensors.torch import load_file
 
     model.save(directory)
-    assert set(load_file(str(directory / "adapter.safetensors"))) == trainable_names(model)
+    buffers = set(model.net.state_dict()) - set(dict(model.net.named_parameters()))  # BN statistics are saved too
+    assert set(load_file(str(directory / "adapter.safetensors"))) == trainable_names(model) | buffers
     loaded = PefsModel.load(directory, backbone=copy.deepcopy(original)).eval()
     with torch.no_grad():
         assert torch.equal(loaded(x), model(x)), f"{model.spec}: reloaded predictions differ"
