@@ -16,12 +16,10 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import torch
-from torch import nn
 
 from pefs.errors import PefsError
 
 if TYPE_CHECKING:
-    from pefs.backbones import Backbone
     from pefs.model import PefsModel
 
 FORMAT_VERSION = 2
@@ -147,51 +145,6 @@ def read_tensors(directory: str | Path, cfg: dict[str, Any]) -> dict[str, torch.
         return load_file(str(path))
     except (SafetensorError, OSError, ValueError) as e:
         raise PefsError(f"{str(path)!r} is damaged: {e}") from e
-
-
-def load_model(directory: str | Path, backbone: str | nn.Module | Backbone | None = None,
-               allow_different_base: bool = False) -> PefsModel:
-    """Rebuild a saved model exactly, or refuse with the reason (see the module docstring for the checks)."""
-    from pefs.model import wrap
-
-    d = Path(directory)
-    cfg = read_config(d)
-    saved_bb = cfg["backbone"]
-    if backbone is None and not saved_bb.get("rebuildable", True):
-        raise PefsError(f"{str(d)!r} was trained on your own module {saved_bb['name']!r}, which pefs cannot rebuild "
-                        f"by name; pass it: PefsModel.load({str(d)!r}, backbone=<the same module, same weights>)")
-    source = backbone if backbone is not None else saved_bb["name"]
-    load_kwargs = dict(cfg["load"]) if backbone is None else {}
-    model = wrap(source, cfg["spec"], num_classes=cfg["num_classes"], **load_kwargs, **cfg["options"])
-    if model.backbone_params != saved_bb["params"] or (backbone is None and model.backbone.name != saved_bb["name"]):
-        raise PefsError(f"adapter in {str(d)!r} was trained on {saved_bb['name']} ({saved_bb['params']:,} params); "
-                        f"it cannot load onto {model.backbone.name} ({model.backbone_params:,} params)")
-    if model.base_fingerprint != saved_bb["fingerprint"] and not allow_different_base:
-        why = (" (it was trained on random weights, --no-pretrained, which cannot be rebuilt: pass the same "
-               "backbone object)" if saved_bb.get("source") == "random" else "")
-        raise PefsError(f"adapter in {str(d)!r} was trained on different weights of {saved_bb['name']}{why}: base "
-                        f"fingerprint {saved_bb['fingerprint'][:12]} saved, {model.base_fingerprint[:12]} here; "
-                        "it would not give the saved model. Pass allow_different_base=True "
-                        "(--allow-different-base) to load it anyway")
-    if cfg["merged"]:
-        model.merge()  # the merged structure (tuner layers folded away), then the saved merged tensors
-    tensors = read_tensors(d, cfg)
-    expected = {k: v.shape for k, v in saved_state(model).items()}
-    missing = sorted(set(expected) - set(tensors))
-    extra = sorted(set(tensors) - set(expected))
-    wrong = sorted(k for k in set(expected) & set(tensors) if tuple(tensors[k].shape) != tuple(expected[k]))
-    if missing or extra or wrong:
-        parts = [f"{len(missing)} missing (e.g. {', '.join(missing[:3])})" if missing else "",
-                 f"{len(extra)} unexpected (e.g. {', '.join(extra[:3])})" if extra else "",
-                 f"{len(wrong)} of the wrong shape (e.g. {', '.join(wrong[:3])})" if wrong else ""]
-        raise PefsError(f"{cfg['tensors']['file']} in {str(d)!r} does not match {cfg['spec']} on "
-                        f"{model.backbone.name}: " + "; ".join(p for p in parts if p)
-                        + f" of {len(expected)} expected tensors; refusing a partial load")
-    model.net.load_state_dict(tensors, strict=cfg["merged"])
-    model.class_names = cfg.get("class_names")
-    model.preprocessing = cfg.get("preprocessing") or model.preprocessing
-    model.tune_config = cfg.get("tune_config")
-    return model
 
 
 def usual_mode(path: str | Path) -> None:

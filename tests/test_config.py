@@ -31,13 +31,23 @@ def test_reading_results_imports_no_torch():
     assert out.strip() == "[]"
 
 
+def _type_checking_blocks(tree: ast.AST) -> set[int]:
+    """ids of the import nodes under ``if TYPE_CHECKING:`` (annotations only, never run)."""
+    return {id(n) for node in ast.walk(tree) if isinstance(node, ast.If) and "TYPE_CHECKING" in ast.unparse(node.test)
+            for stmt in node.body for n in ast.walk(stmt)}
+
+
 def _imports() -> dict[str, list[tuple[str, str]]]:
-    """Module -> [(imported pefs module, imported name)] for every import in pefs/, at any depth."""
+    """Module -> [(imported pefs module, imported name)] for every import in pefs/ that runs, at any depth."""
     mods = {".".join(p.relative_to(PACKAGE.parent).with_suffix("").parts).removesuffix(".__init__"): p
             for p in PACKAGE.rglob("*.py")}
     out: dict[str, list[tuple[str, str]]] = {m: [] for m in mods}
     for m, p in mods.items():
-        for node in ast.walk(ast.parse(p.read_text())):
+        tree = ast.parse(p.read_text())
+        typing_only = _type_checking_blocks(tree)
+        for node in ast.walk(tree):
+            if id(node) in typing_only:
+                continue
             if isinstance(node, ast.ImportFrom) and (node.module or "").startswith("pefs"):
                 for a in node.names:
                     full = f"{node.module}.{a.name}"
