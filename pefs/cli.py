@@ -36,8 +36,8 @@ def add_tune_args(p: argparse.ArgumentParser) -> None:
     from pefs.backbones import DEFAULT_MODEL
 
     g = p.add_argument_group("model and strategy")
-    g.add_argument("--model", default=DEFAULT_MODEL, help=f"timm model name or offline model (default {DEFAULT_MODEL}; "
-                   "`pefs models` lists them)")
+    g.add_argument("--model", default=DEFAULT_MODEL, help=f"timm model name, offline model, or hf:<repo id or local "
+                   f"directory> for a transformers model (default {DEFAULT_MODEL}; `pefs models` lists them)")
     g.add_argument("--strategy", default="linear", help="tuning strategy, or several joined by '+' "
                    "(e.g. lora, lora+norm; `pefs strategies` lists them). Default linear")
     g.add_argument("--opt", "-o", action="append", type=_keyval, default=[], metavar="KEY=VALUE",
@@ -123,13 +123,17 @@ def cmd_tune(a: argparse.Namespace) -> int:
 
 
 def cmd_models(a: argparse.Namespace) -> int:
-    from pefs.backbones import OFFLINE_MODELS, list_models, load
+    from pefs.backbones import FAMILIES, OFFLINE_MODELS, list_models, load
 
     if a.describe:
         import json
 
         print(json.dumps(load(a.describe, pretrained=False).describe(), indent=2))
         return 0
+    print("families:")
+    for family, how in FAMILIES.items():
+        print(f"  {family:13s} {how}")
+    print()
     for name, spec in OFFLINE_MODELS.items():
         print(f"{name:34s} offline  {spec.summary}")
     if not a.offline:

@@ -337,3 +337,35 @@ def test_pefs_model_save_and_load_through_hf_directory(tmp_path):
     with torch.no_grad():
         torch.testing.assert_close(again(images()), y)
     assert copy.deepcopy(again).backbone.family == "hf-vit"
+
+
+# -- the command line -----------------------------------------------------------------------------------------
+
+def test_cli_tunes_a_transformers_model_from_a_local_directory(tmp_path, capsys):
+    import json
+
+    from pefs.cli import main
+
+    build("vit").save_pretrained(tmp_path / "tiny-vit")
+    assert main(["tune", "--model", f"hf:{tmp_path / 'tiny-vit'}", "--strategy", "lora", "--shots", "1",
+                 "--epochs", "1", "-q", "--output", str(tmp_path / "runs")]) == 0
+    record = json.loads(next((tmp_path / "runs").glob("*.json")).read_text())
+    assert record["params"]["trainable"] - record["params"]["head"] == LAYERS * 2 * 2 * D * 8
+
+
+def test_cli_lists_families_and_refuses_an_unreachable_hub_id_in_one_line(capsys):
+    from pefs.cli import main
+
+    assert main(["models", "--offline"]) == 0
+    out = capsys.readouterr().out
+    assert "transformers" in out and "hf:<repo id or local directory>" in out and "timm" in out
+    assert main(["tune", "--model", "hf:google/vit-base-patch16-224-in21k", "-q"]) == 2
+    err = capsys.readouterr().err
+    assert "huggingface-cli download" in err and "Traceback" not in err
+
+
+def test_img_size_runs_an_encoder_at_another_resolution():
+    bb = load(build("vit"), img_size=48)
+    assert bb.input_size == (3, 48, 48)
+    with torch.no_grad():
+        assert bb.model(torch.zeros(1, 3, 48, 48)).shape == (1, 3)

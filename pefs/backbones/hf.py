@@ -10,6 +10,7 @@ and the frozen-prefix cache can enter any block. :func:`describe_hf` fills the s
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from typing import Any
 
@@ -57,6 +58,7 @@ class HFSpec:
     post_norm: str | None = None  #: norm on the pooled class token (CLIP's post_layernorm)
     num_prefix: int = 1
     image_size: tuple[int, int] | None = None  #: the only size the position embeddings accept
+    interpolate: bool = False  #: resize the position embeddings to the input (asked for with img_size=)
 
 
 class HFVisionModel(nn.Module):
@@ -90,7 +92,9 @@ class HFVisionModel(nn.Module):
                             f"{size[0]}x{size[1]} (pefs' data pipeline does so from the model's data config)")
         p = next(self.hf.parameters())
         x = x.to(p.dtype) if x.is_floating_point() and x.dtype != p.dtype and not torch.is_autocast_enabled() else x
-        return self._module(self.spec.pre_norm)(self.base().embeddings(x))
+        emb = self.base().embeddings
+        h = emb(x, interpolate_pos_encoding=True) if self.spec.interpolate else emb(x)
+        return self._module(self.spec.pre_norm)(h)
 
     def run_blocks(self, h: torch.Tensor) -> torch.Tensor:
         """Tokens through every block: the model's own ModuleList, or whatever a strategy put in its place."""
@@ -273,12 +277,16 @@ def data_config_for(model: nn.Module, processor: dict[str, Any] | None = None) -
 
 
 def describe_hf(model: nn.Module, name: str | None = None, pretrained: str = "user",
-                processor: dict[str, Any] | None = None) -> Backbone:
-    """Describe a ``transformers`` vision model (wrapped in :class:`HFVisionModel`) as a Backbone."""
+                processor: dict[str, Any] | None = None, img_size: int | None = None) -> Backbone:
+    """Describe a ``transformers`` vision model (wrapped in :class:`HFVisionModel`) as a Backbone.
+    ``img_size`` runs an encoder at another resolution, interpolating its position embeddings (as
+    ``interpolate_pos_encoding=True`` does in transformers)."""
     if isinstance(model, HFVisionModel):
         net, spec = model, model.spec
     else:
         spec = spec_for(model)
+        if img_size is not None and not spec.cnn and spec.image_size not in (None, (img_size, img_size)):
+            spec = dataclasses.replace(spec, image_size=None, interpolate=True)
         net = HFVisionModel(model, spec)
     hf = net.hf
     cls = type(hf).__name__
@@ -302,8 +310,11 @@ def describe_hf(model: nn.Module, name: str | None = None, pretrained: str = "us
                  "outer_layers": outer}
         net.layout = extra["tokens"]
     family = "hf-" + spec.model_type.replace("_vision_model", "").replace("_with_registers", "")
+    data_config = data_config_for(hf, processor)
+    if img_size is not None:
+        data_config["input_size"] = (3, int(img_size), int(img_size))
     return Backbone(model=net, name=name or cls, family=family, kind="cnn" if spec.cnn else "transformer",
-                    width=spec.width, head_name=net.head_name, data_config=data_config_for(hf, processor),
+                    width=spec.width, head_name=net.head_name, data_config=data_config,
                     pretrained=pretrained, block_names=blocks, **extra)
 
 
@@ -320,13 +331,16 @@ def _read_processor(directory: str) -> dict[str, Any] | None:
         raise PefsError(f"cannot read the image-processor config {str(p)!r}: {e}") from e
 
 
-def load_hf(ref: str, pretrained: bool = True, revision: str | None = None) -> Backbone:
+def load_hf(ref: str, pretrained: bool = True, revision: str | None = None, img_size: int | None = None,
+            **unknown: Any) -> Backbone:
     """``hf:<repo id or local directory>``: the model through ``from_pretrained`` (``architectures`` in its
     config picks the class; a full CLIP checkpoint gives its vision tower). Local directories load offline."""
     from pathlib import Path
 
     import transformers
 
+    if unknown:
+        raise PefsError(f"option {next(iter(unknown))}= does not apply to hf: models; valid: revision=, img_size=")
     local = Path(ref).is_dir()
     kwargs: dict[str, Any] = {"local_files_only": True} if local else {}
     if revision:
@@ -368,6 +382,6 @@ def load_hf(ref: str, pretrained: bool = True, revision: str | None = None) -> B
         except OSError:
             processor = None
     bb = describe_hf(model, name=f"hf:{ref}", pretrained=("hub" if not local else "local") if pretrained else "random",
-                     processor=processor)
+                     processor=processor, img_size=img_size)
     bb.revision = revision or getattr(config, "_commit_hash", None)
     return bb
