@@ -78,6 +78,7 @@ class Lora(Strategy):
         self.target_names = default_targets(bb, c.targets)
         cfg = peft.LoraConfig(r=c.r, lora_alpha=c.alpha, lora_dropout=c.dropout, target_modules=self.target_names)
         peft.inject_adapter_in_model(cfg, bb.model)
+        self.peft_config = cfg  # what pefs.peft_format writes out for peft to load
         for n, p in bb.model.named_parameters():
             p.requires_grad_("lora_" in n)
 

@@ -198,6 +198,7 @@ class PeftMethodStrategy(Strategy):
                 p.requires_grad_(False)
         set_trainable(own)
         self.target_names = names
+        self.peft_config = cfg  # what pefs.peft_format writes out for peft to load
 
     def frozen_base(self, bb: Backbone) -> set[str]:
         return {n for n, _ in bb.model.named_parameters() if n.endswith(".base_layer.weight")}
