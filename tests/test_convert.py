@@ -54,3 +54,26 @@ def test_layouts_without_a_counterpart_are_refused():
         timm_vit_to_transformers(reg)
     with pytest.raises(PefsError, match="converts a transformers ViT"):
         transformers_vit_to_timm(build("clip"))
+
+
+def test_a_converted_model_gets_timms_preprocessing(tmp_path):
+    import json
+
+    import timm
+
+    vit = timm.create_model("vit_tiny_patch16_224", img_size=IMG, num_classes=0)
+    timm_dc = load(vit).data_config
+    d = tmp_path / "converted"
+    timm_vit_to_transformers(vit).save_pretrained(d)
+    from pefs.backbones.convert import processor_config
+
+    (d / "preprocessor_config.json").write_text(json.dumps(processor_config(timm_dc)))
+    hf_dc = load(f"hf:{d}").data_config
+    for key in ("input_size", "mean", "std", "interpolation"):
+        assert tuple(hf_dc[key]) == tuple(timm_dc[key]) if key != "interpolation" else hf_dc[key] == timm_dc[key]
+    from PIL import Image
+
+    from pefs.data import eval_transform
+
+    img = Image.fromarray((torch.rand(50, 40, 3) * 255).byte().numpy())
+    assert torch.equal(eval_transform(hf_dc)(img), eval_transform(timm_dc)(img))  # the same resize + crop

@@ -72,6 +72,18 @@ def _copy(src: dict[str, torch.Tensor], dst: dict[str, torch.Tensor], pairs: lis
                     dst[ts][i * d:(i + 1) * d].copy_(src[hs])
 
 
+def processor_config(data_config: dict) -> dict:
+    """A ``preprocessor_config.json`` (ViTImageProcessor) doing what a timm data config does: resize the short
+    side to size / crop_pct, centre-crop, normalise. Save it next to a converted model."""
+    _, h, w = data_config["input_size"]
+    crop_pct = float(data_config.get("crop_pct") or 1.0)
+    return {"image_processor_type": "ViTImageProcessor", "do_resize": True, "do_center_crop": crop_pct < 1.0,
+            "size": {"shortest_edge": int(h / crop_pct)} if crop_pct < 1.0 else {"height": h, "width": w},
+            "crop_size": {"height": h, "width": w}, "do_normalize": True, "do_rescale": True,
+            "image_mean": list(data_config["mean"]), "image_std": list(data_config["std"]),
+            "resample": 3 if data_config.get("interpolation") == "bicubic" else 2}
+
+
 def timm_vit_to_transformers(model: nn.Module) -> nn.Module:
     """A ``transformers`` ViTForImageClassification with the timm VisionTransformer's weights (exactly)."""
     import transformers

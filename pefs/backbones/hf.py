@@ -264,16 +264,27 @@ def data_config_for(model: nn.Module, processor: dict[str, Any] | None = None) -
             dc["mean"] = tuple(float(v) for v in processor["image_mean"])
         if processor.get("image_std"):
             dc["std"] = tuple(float(v) for v in processor["image_std"])
-        crop = processor.get("crop_size") if processor.get("do_center_crop") else None
-        side = crop or processor.get("size")
-        if isinstance(side, dict):
-            side = (side.get("height"), side.get("width")) if "height" in side else (side.get("shortest_edge"),) * 2
-        elif isinstance(side, int):
-            side = (side, side)
-        if side and all(side) and mt not in FIXED_SIZE:
+        crop = _side(processor.get("crop_size")) if processor.get("do_center_crop") else None
+        resize = _side(processor.get("size"))
+        side = crop or resize
+        if side and mt not in FIXED_SIZE:
             dc["input_size"] = (3, int(side[0]), int(side[1]))
+        # resize then centre-crop = timm's crop_pct; resize alone = the whole image
+        dc["crop_pct"] = crop[0] / resize[0] if crop and resize and crop[0] < resize[0] else 1.0
         dc["interpolation"] = {2: "bilinear", 3: "bicubic"}.get(processor.get("resample"), dc["interpolation"])
     return dc
+
+
+def _side(size: Any) -> tuple[int, int] | None:
+    """(height, width) of an image-processor size field (an int, or height/width or shortest_edge)."""
+    if isinstance(size, int):
+        return (size, size)
+    if isinstance(size, dict):
+        if size.get("height") and size.get("width"):
+            return (int(size["height"]), int(size["width"]))
+        if size.get("shortest_edge"):
+            return (int(size["shortest_edge"]),) * 2
+    return None
 
 
 def describe_hf(model: nn.Module, name: str | None = None, pretrained: str = "user",
