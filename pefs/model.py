@@ -116,7 +116,8 @@ class PefsModel(nn.Module):
             config = {"format": FORMAT_VERSION, "spec": self.spec, "num_classes": self.num_classes,
                       "options": {f"{s.name}.{k}" if len(self.strategies) > 1 else k: v
                                   for s in self.strategies for k, v in _options(s).items()},
-                      "backbone": {"name": self.backbone.name, "params": self.backbone_params},
+                      "backbone": {"name": self.backbone.name, "params": self.backbone_params,
+                                   "revision": self.backbone.revision},
                       "load": self.load_info}
             (d / "pefs_config.json").write_text(json.dumps(config, indent=2))
         except OSError as e:
@@ -140,6 +141,10 @@ class PefsModel(nn.Module):
             raise PefsError(f"adapter in {str(d)!r} was trained on {cfg['backbone']['name']} "
                             f"({cfg['backbone']['params']:,} params); it cannot load onto {model.backbone.name} "
                             f"({model.backbone_params:,} params)")
+        saved_rev, rev = cfg["backbone"].get("revision"), model.backbone.revision
+        if saved_rev and rev and saved_rev != rev:
+            raise PefsError(f"adapter in {str(d)!r} was trained on {cfg['backbone']['name']} at revision {saved_rev}; "
+                            f"the backbone given is at revision {rev}: load that revision (revision=) instead")
         tensors = load_file(str(d / "adapter.safetensors"))
         own = model.net.state_dict()
         bad = [k for k, v in tensors.items() if k not in own or own[k].shape != v.shape]

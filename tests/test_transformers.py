@@ -369,3 +369,17 @@ def test_img_size_runs_an_encoder_at_another_resolution():
     assert bb.input_size == (3, 48, 48)
     with torch.no_grad():
         assert bb.model(torch.zeros(1, 3, 48, 48)).shape == (1, 3)
+
+
+def test_a_saved_adapter_names_its_base_revision_and_refuses_another(tmp_path):
+    bb = hf_backbone("vit")
+    bb.revision = "1111111"
+    model = wrap(bb, "lora", num_classes=3)
+    model.save(tmp_path / "adapter")
+    other = hf_backbone("vit")
+    other.revision = "2222222"
+    with pytest.raises(PefsError, match="revision 1111111.*revision 2222222"):
+        PefsModel.load(tmp_path / "adapter", backbone=other)
+    same = hf_backbone("vit")
+    same.revision = "1111111"
+    PefsModel.load(tmp_path / "adapter", backbone=same)
