@@ -383,3 +383,20 @@ def test_a_saved_adapter_names_its_base_revision_and_refuses_another(tmp_path):
     same = hf_backbone("vit")
     same.revision = "1111111"
     PefsModel.load(tmp_path / "adapter", backbone=same)
+
+
+def test_a_missing_local_directory_is_named_as_such():
+    with pytest.raises(PefsError, match="looks like a local path, but no such directory"):
+        load("hf:./no/such/dir")
+
+
+def test_patch_match_head_on_a_transformers_encoder(tmp_path):
+    import json
+
+    from pefs.cli import main
+
+    build("dinov2-reg").save_pretrained(tmp_path / "tiny")
+    assert main(["tune", "--model", f"hf:{tmp_path / 'tiny'}", "--head", "patch-match", "--shots", "1",
+                 "-q", "--output", str(tmp_path / "runs")]) == 0
+    record = json.loads(next((tmp_path / "runs").glob("*.json")).read_text())
+    assert record["head"] == "patch-match" and 0 <= record["accuracy_mean"] <= 1

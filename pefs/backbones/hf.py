@@ -353,6 +353,9 @@ def load_hf(ref: str, pretrained: bool = True, revision: str | None = None, img_
     if unknown:
         raise PefsError(f"option {next(iter(unknown))}= does not apply to hf: models; valid: revision=, img_size=")
     local = Path(ref).is_dir()
+    if not local and (ref.startswith(("/", ".", "~")) or ref.count("/") > 1 or Path(ref).exists()):
+        raise PefsError(f"hf:{ref} looks like a local path, but no such directory exists; give a directory written "
+                        "by save_pretrained (with config.json), or a hub repo id such as google/vit-base-patch16-224")
     kwargs: dict[str, Any] = {"local_files_only": True} if local else {}
     if revision:
         kwargs["revision"] = revision
