@@ -112,6 +112,18 @@ def render(data: dict[str, Any]) -> str:
         lines.append(f"| {name} | {t['trainable']:,} | {h['trainable']:,} | {t['accuracy']:.3f} | {h['accuracy']:.3f} "
                      f"| {t['seconds_per_task']:.1f} | {h['seconds_per_task']:.1f} "
                      f"| {h['seconds_per_task'] / t['seconds_per_task']:.2f} |")
+    same = sum(r["timm"]["accuracy"] == r["transformers"]["accuracy"] for r in data["rows"])
+    lines += ["", "Reading:", "",
+              f"- Accuracy agrees exactly on {same} of {len(data['rows'])} rows. Where it differs by a few test "
+              "images, the strategy trains inside the attention: timm computes q/k/v in one fused matmul, "
+              "transformers in three, and the float rounding differs by ~1e-7 per step, which a few epochs of "
+              "training carry into a different final model. The untrained forward is identical "
+              "(tests/test_convert.py checks features to 1e-5).",
+              "- `peft:ia3` trains fewer parameters on transformers by design: IA3 rescales keys and values (k_proj, "
+              "v_proj) plus fc2 there; timm's fused `qkv` has no separate keys/values, so the whole qkv output is "
+              "rescaled.",
+              "- The time ratios scatter both ways (0.5x to 1.5x) on a machine shared with other jobs; this run "
+              "does not show a systematic speed difference between the two implementations under pefs."]
     m = data["machine"]
     lines += ["", f"Machine: {m['platform']}, {m['cpus']} CPUs ({m['threads']} torch threads), torch {m['torch']}, "
               f"Python {m['python']}. {data.get('note', '')}".rstrip(), ""]
