@@ -115,10 +115,10 @@ def render(data: dict[str, Any]) -> str:
     same = sum(r["timm"]["accuracy"] == r["transformers"]["accuracy"] for r in data["rows"])
     lines += ["", "Reading:", "",
               f"- Accuracy agrees exactly on {same} of {len(data['rows'])} rows. Where it differs by a few test "
-              "images, the strategy trains inside the attention: timm computes q/k/v in one fused matmul, "
-              "transformers in three, and the float rounding differs by ~1e-7 per step, which a few epochs of "
-              "training carry into a different final model. The untrained forward is identical "
-              "(tests/test_convert.py checks features to 1e-5).",
+              "images, the strategy trains inside the attention, where timm computes q/k/v in one fused matmul and "
+              "transformers in three: the float rounding differs (not measured here), and a few epochs of "
+              "training can carry that into a different final model. Before training the two forwards agree to "
+              "1e-5 (tests/test_convert.py).",
               "- `peft:ia3` trains fewer parameters on transformers by design: IA3 rescales keys and values (k_proj, "
               "v_proj) plus fc2 there; timm's fused `qkv` has no separate keys/values, so the whole qkv output is "
               "rescaled.",
