@@ -76,7 +76,7 @@ def load(model: str | nn.Module, pretrained: bool = True, checkpoint: str | Path
     if not isinstance(model, str):
         raise PefsError(f"model must be a model name or an nn.Module, got {type(model).__name__}")
     if model.startswith("hf:"):
-        from pefs.backbones.hf import load_hf
+        from pefs.backbones.hf_hub import load_hf
 
         if checkpoint is not None:
             raise PefsError("--checkpoint does not apply to hf: models; point hf: at the local directory instead")

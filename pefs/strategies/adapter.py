@@ -155,8 +155,10 @@ class Adapted(Wrapped):
         self.mode = mode
         self.scale = scale
 
-    def forward(self, x: torch.Tensor, *args: Any, **kwargs: Any) -> torch.Tensor:
-        out = self.base_layer(x, *args, **kwargs)
+    def forward(self, *args: Any, **kwargs: Any) -> torch.Tensor:
+        out = self.base_layer(*args, **kwargs)
+        # the layer's input: positional (timm), or a keyword such as hidden_states= (transformers' CLIP)
+        x = args[0] if args else next(v for v in kwargs.values() if isinstance(v, torch.Tensor))
         y = first_tensor(out)  # attention layers of transformers models return (output, weights)
         y = y + self.scale * self.adapter(x if self.mode == "parallel" else y)
         return y if isinstance(out, torch.Tensor) else (y, *out[1:])
