@@ -153,3 +153,16 @@ def test_patch_match_head_on_a_transformers_encoder(tmp_path, image_folder):
                  "--data", str(image_folder), "-q", "--output", str(tmp_path / "runs")]) == 0
     record = json.loads(next((tmp_path / "runs").glob("*.json")).read_text())
     assert record["head"] == "patch-match" and 0 <= record["accuracy_mean"] <= 1
+
+
+def test_a_custom_module_returning_a_model_output_is_refused_with_a_reason():
+    class Holder(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.inner = build("vit-base")
+
+        def forward(self, x):
+            return self.inner(x)
+
+    with pytest.raises(PefsError, match="returns a BaseModelOutput.*not a tensor"):
+        load(Holder(), input_size=(3, IMG, IMG))

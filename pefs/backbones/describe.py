@@ -258,6 +258,11 @@ def describe_module(module: nn.Module, name: str = "custom", head_name: str | No
             was_training = module.training
             out = module.eval()(torch.zeros(2, *input_size))
             module.train(was_training)
+        if not isinstance(out, torch.Tensor):
+            raise PefsError(
+                f"{type(module).__name__} returns a {type(out).__name__}, not a tensor; a custom backbone must return "
+                "(batch, features). A transformers model (ModelOutput) can be passed itself: pefs describes "
+                "ViT, DeiT, DINOv2, CLIP vision, ConvNeXt and ResNet")
         if out.ndim != 2:
             raise PefsError(
                 f"{type(module).__name__} returns shape {tuple(out.shape)} for a {tuple(input_size)} image; "

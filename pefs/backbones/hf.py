@@ -91,7 +91,7 @@ class HFVisionModel(nn.Module):
                             f"embeddings are fixed), got {x.shape[-2]}x{x.shape[-1]}; resize the images to "
                             f"{size[0]}x{size[1]} (pefs' data pipeline does so from the model's data config)")
         p = next(self.hf.parameters())
-        x = x.to(p.dtype) if x.is_floating_point() and x.dtype != p.dtype and not torch.is_autocast_enabled() else x
+        x = x.to(p.dtype) if x.is_floating_point() and x.dtype != p.dtype else x  # as the model's own forward does
         emb = self.base().embeddings
         h = emb(x, interpolate_pos_encoding=True) if self.spec.interpolate else emb(x)
         return self._module(self.spec.pre_norm)(h)

@@ -152,7 +152,7 @@ def find_stem(bb: Backbone) -> str:
             hk.remove()
         bb.model.train(was_training)
     if not found:
-        raise PefsError(f"vpt mode='pixel' adds its prompt to the input of the first layer, but no top-level layer "
+        raise PefsError(f"vpt mode='pixel' adds its prompt to the input of the first layer, but no layer "
                         f"of {bb.name} receives the image unchanged; use strategy 'adapter' or 'lora' instead")
     return found[0]
 
