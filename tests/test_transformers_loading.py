@@ -166,3 +166,18 @@ def test_a_custom_module_returning_a_model_output_is_refused_with_a_reason():
 
     with pytest.raises(PefsError, match="returns a BaseModelOutput.*not a tensor"):
         load(Holder(), input_size=(3, IMG, IMG))
+
+
+def test_a_full_clip_checkpoint_gives_its_vision_tower(tmp_path):
+    import transformers as T
+
+    vision = dict(image_size=IMG, patch_size=PATCH, hidden_size=D, num_hidden_layers=LAYERS, num_attention_heads=HEADS,
+                  intermediate_size=2 * D)
+    text = dict(hidden_size=D, num_hidden_layers=1, num_attention_heads=HEADS, intermediate_size=2 * D)
+    torch.manual_seed(0)
+    clip = T.CLIPModel(T.CLIPConfig(vision_config=vision, text_config=text)).eval()
+    clip.save_pretrained(tmp_path / "clip")
+    bb = load(f"hf:{tmp_path / 'clip'}")
+    assert bb.family == "hf-clip" and bb.data_config["mean"][0] == pytest.approx(0.4815, abs=1e-3)
+    with torch.no_grad():
+        torch.testing.assert_close(bb.features(images()), clip.vision_model(pixel_values=images()).pooler_output)
