@@ -181,3 +181,18 @@ def test_a_full_clip_checkpoint_gives_its_vision_tower(tmp_path):
     assert bb.family == "hf-clip" and bb.data_config["mean"][0] == pytest.approx(0.4815, abs=1e-3)
     with torch.no_grad():
         torch.testing.assert_close(bb.features(images()), clip.vision_model(pixel_values=images()).pooler_output)
+
+
+def test_a_checkpoint_file_loads_into_a_transformers_instance(tmp_path):
+    from safetensors.torch import save_file
+
+    trained = build("vit")
+    with torch.no_grad():
+        for p in trained.parameters():
+            p.add_(0.01)
+    save_file({k: v.contiguous() for k, v in trained.state_dict().items()}, str(tmp_path / "w.safetensors"))
+    bb = load(build("vit"), checkpoint=tmp_path / "w.safetensors")
+    with torch.no_grad():
+        torch.testing.assert_close(bb.model(images()), trained(images()).logits)
+    with pytest.raises(PefsError, match="input_size= does not apply to a transformers model"):
+        load(build("vit"), input_size=(3, 32, 32))

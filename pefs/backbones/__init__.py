@@ -51,11 +51,12 @@ def _is_timm_name(name: str) -> bool:
 
 def load(model: str | nn.Module, pretrained: bool = True, checkpoint: str | Path | None = None,
          **kwargs: Any) -> Backbone:
-    """Load a backbone by timm name / offline name, or wrap a user's module.
+    """Load a backbone by timm name / offline name / ``hf:<repo or dir>``, or describe a user's module.
 
     ``pretrained`` downloads weights through timm's hub path (ignored with ``checkpoint``);
-    ``kwargs`` go to ``timm.create_model`` (e.g. ``img_size=``) or, for a module, to
-    :func:`describe_module` (``head_name=``, ``input_size=``).
+    ``kwargs`` go to ``timm.create_model`` (e.g. ``img_size=``), to ``hf:`` loading (``revision=``,
+    ``img_size=``), or, for a module, to :func:`describe_module` (``head_name=``, ``input_size=``); a timm or
+    transformers instance keeps its family.
     """
     if isinstance(model, Backbone):
         return model
@@ -64,13 +65,19 @@ def load(model: str | nn.Module, pretrained: bool = True, checkpoint: str | Path
 
         name = kwargs.pop("name", type(model).__name__)
         if isinstance(model, HFVisionModel) or is_hf_model(model):
+            bad = sorted(set(kwargs) - {"img_size", "processor"})
+            if bad:
+                raise PefsError(f"option {bad[0]}= does not apply to a transformers model; valid: img_size=, "
+                                "processor= (an image-processor config dict)")
             bb = describe_hf(model, name=name, **kwargs)
         elif is_timm_model(model) and not kwargs:
             bb = describe_timm(model, name, "user")
         else:
             bb = describe_module(model, name=name, **kwargs)
-        if checkpoint is not None:
-            load_checkpoint(bb.model, checkpoint, bb.head_name)
+        if checkpoint is not None:  # a transformers model's checkpoint names its tensors without pefs' "hf." prefix
+            inner = bb.model.hf if isinstance(bb.model, HFVisionModel) else bb.model
+            prefix = "hf." if inner is not bb.model else ""
+            load_checkpoint(inner, checkpoint, bb.head_name.removeprefix(prefix))
             bb.pretrained = f"checkpoint:{checkpoint}"
         return bb
     if not isinstance(model, str):
