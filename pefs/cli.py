@@ -155,13 +155,17 @@ def cmd_tune(a: argparse.Namespace) -> int:
 
 
 def cmd_models(a: argparse.Namespace) -> int:
-    from pefs.backbones import OFFLINE_MODELS, list_models, load
+    from pefs.backbones import FAMILIES, OFFLINE_MODELS, list_models, load
 
     if a.describe:
         import json
 
         print(json.dumps(load(a.describe, pretrained=False).describe(), indent=2))
         return 0
+    print("families:")
+    for family, how in FAMILIES.items():
+        print(f"  {family:13s} {how}")
+    print()
     for name, spec in OFFLINE_MODELS.items():
         print(f"{name:34s} offline  {spec.summary}")
     if not a.offline:
@@ -295,7 +299,9 @@ def _add_use_parsers(sub: argparse._SubParsersAction) -> None:
                        "num_classes=N) loads strictly, head included (mergeable strategies); onnx: an ONNX "
                        "graph checked against PyTorch with onnxruntime.")
     e.add_argument("model_dir", metavar="MODEL_DIR", help="a model directory (pefs tune --final DIR)")
-    e.add_argument("--format", choices=["merged", "onnx"], default="merged", help="default merged")
+    e.add_argument("--format", choices=["merged", "onnx", "peft"], default="merged",
+                   help="merged | onnx | peft (an adapter directory peft.PeftModel.from_pretrained loads; lora and "
+                   "peft:<method> on transformers *ForImageClassification models). Default merged")
     e.add_argument("--out", help="output file (default MODEL_DIR/model.safetensors or MODEL_DIR/model.onnx)")
     e.add_argument("--allow-different-base", action="store_true", help="load even if the backbone's weights "
                    "differ from those the model was trained on")

@@ -118,7 +118,8 @@ class ViewConfig:
 class TuneConfig:
     """One run: a model, a strategy, a dataset and a protocol (K-shot transfer, or episodes when ``ways``)."""
 
-    model: str = setting(DEFAULT_MODEL, "timm model name or offline model (`pefs models` lists them)")
+    model: str = setting(DEFAULT_MODEL, "timm model name, offline model, or hf:<repo id or local directory> for a "
+                         "transformers model (`pefs models` lists them)")
     strategy: str = setting("linear", "tuning strategy, or several joined by '+' (e.g. lora, lora+norm; "
                             "`pefs strategies` lists them)")
     shots: int = setting(5, "K: training images per class")

@@ -211,13 +211,12 @@ def _optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
 
 def checkpointing_target(model: nn.Module) -> nn.Module:
     """The module whose ``set_grad_checkpointing`` turns checkpointing on for ``model``, or a PefsError."""
-    net = model.net
-    if not callable(getattr(net, "set_grad_checkpointing", None)):
-        raise PefsError(f"grad_checkpointing needs a timm model with set_grad_checkpointing(); "
-                        f"{model.backbone.name} ({type(net).__name__}) has none: train without it")
-    blocks = getattr(net, "blocks", None)
-    # strategies that rerun a ViT's blocks themselves (vpt tokens, self-prompt) checkpoint each block there
-    return blocks if getattr(blocks, "runs_own_checkpointing", False) else net
+    target = model.backbone.checkpointing_target()  # the family decides: timm, transformers, a strategy's blocks
+    if target is None:
+        raise PefsError(f"grad_checkpointing needs a timm model with set_grad_checkpointing() or a transformers "
+                        f"model with gradient_checkpointing_enable(); {model.backbone.name} "
+                        f"({type(model.net).__name__}) has none: train without it")
+    return target
 
 
 @contextlib.contextmanager

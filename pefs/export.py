@@ -21,7 +21,7 @@ from pefs.io import usual_mode
 if TYPE_CHECKING:
     from pefs.model import PefsModel
 
-FORMATS = ("merged", "onnx")
+FORMATS = ("merged", "onnx", "peft")
 #: ONNX logits must match PyTorch's within atol + rtol * |logit|
 ONNX_ATOL, ONNX_RTOL = 1e-4, 1e-3
 
@@ -149,6 +149,12 @@ def export_command(model_dir: str, fmt: str = "merged", out: str | None = None,
         print(f"merged checkpoint: {path} (checked: timm alone gives the same logits)\nload it without pefs:\n"
               f"  m = timm.create_model({name!r}, pretrained=False, num_classes={model.num_classes})\n"
               f"  m.load_state_dict(safetensors.torch.load_file({str(path)!r}))")
+    elif fmt == "peft":
+        from pefs.peft_format import save_peft_adapter
+
+        path = save_peft_adapter(model, out or Path(model_dir) / "peft_adapter")
+        print(f"peft adapter: {path}\nload it without pefs:\n  model = peft.PeftModel.from_pretrained(<the base "
+              f"{model.backbone.name.removeprefix('hf:')} model>, {str(path)!r})")
     else:
         path, worst = export_onnx(model, out or Path(model_dir) / "model.onnx")
         print(f"ONNX: {path} (checked with onnxruntime: logits within {worst:.2g} of PyTorch)\n"

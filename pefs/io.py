@@ -82,7 +82,8 @@ def save_model(model: PefsModel, directory: str | Path) -> Path:
         "options": {f"{s.name}.{k}" if len(model.strategies) > 1 else k: v
                     for s in model.strategies for k, v in strategy_options(s).items()},
         "backbone": {"name": bb.name, "params": model.backbone_params, "fingerprint": model.base_fingerprint,
-                     "source": bb.pretrained, "family": bb.family, "rebuildable": rebuildable(bb.name)},
+                     "source": bb.pretrained, "family": bb.family, "rebuildable": rebuildable(bb.name),
+                     "revision": bb.revision},
         "load": model.load_info, "class_names": model.class_names,
         "preprocessing": model.preprocessing, "tune_config": model.tune_config,
         "tensors": {"file": name, "count": len(tensors)},
@@ -160,7 +161,7 @@ def rebuildable(name: str) -> bool:
 
     from pefs.backbones import OFFLINE_MODELS
 
-    return name in OFFLINE_MODELS or timm.is_model(name.split(".", 1)[0])
+    return name in OFFLINE_MODELS or name.startswith("hf:") or timm.is_model(name.split(".", 1)[0])
 
 
 def strategy_options(s: Any) -> dict[str, Any]:

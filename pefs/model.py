@@ -158,6 +158,10 @@ class PefsModel(nn.Module):
                             f"base fingerprint {saved_bb['fingerprint'][:12]} saved, {model.base_fingerprint[:12]} "
                             "here; it would not give the saved model. Pass allow_different_base=True "
                             "(--allow-different-base) to load it anyway")
+        saved_rev, rev = saved_bb.get("revision"), model.backbone.revision
+        if saved_rev and rev and saved_rev != rev:
+            raise PefsError(f"adapter in {str(d)!r} was trained on {saved_bb['name']} at revision {saved_rev}; "
+                            f"the backbone given is at revision {rev}: load that revision (revision=) instead")
         if cfg["merged"]:
             model.merge()  # the merged structure (tuner layers folded away), then the saved merged tensors
         tensors = pefs_io.read_tensors(d, cfg)

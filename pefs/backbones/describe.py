@@ -13,6 +13,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from pefs.backbones.layout import BlockRoles, TokenLayout
 from pefs.errors import PefsError
 
 IMAGENET_DATA_CONFIG: dict[str, Any] = {
@@ -41,9 +42,13 @@ class HeadedModule(nn.Module):
 class Backbone:
     """A model plus what pefs needs to know about it.
 
-    ``family`` is one of vit, convnext, resnet, efficientnet, cnn, custom; ``kind`` is transformer
-    or cnn (what strategies dispatch on). ``blocks`` are the model's residual blocks in forward
-    order; ``head_name`` the dotted name of the classifier module.
+    ``family`` is one of vit, convnext, resnet, efficientnet, cnn, custom (timm and user modules) or
+    hf-vit, hf-dinov2, hf-clip, hf-convnext, hf-resnet, ... (``transformers``); ``kind`` is transformer or
+    cnn (what strategies dispatch on). ``blocks`` are the model's residual blocks in forward order;
+    ``head_name`` the dotted name of the classifier module. ``roles`` (where q/k/v, the MLP and the norms
+    sit inside each block) and ``tokens`` (the block container and the class/register/patch token layout)
+    are set for transformer encoders pefs can reach into; ``outer_layers`` are the patch-embedding
+    projection and final norm(s) outside the blocks.
     """
 
     model: nn.Module
@@ -55,6 +60,34 @@ class Backbone:
     data_config: dict[str, Any]
     pretrained: str = "random"  # "hub", "offline", "checkpoint:<path>" or "random"
     block_names: list[str] = field(default_factory=list)
+    revision: str | None = None  #: the hub revision (commit) of ``hf:`` models, when known
+    roles: BlockRoles | None = None
+    tokens: TokenLayout | None = None
+    outer_layers: tuple[str, ...] = ()
+
+    @property
+    def lora_targets(self) -> tuple[str, ...]:
+        """Default LoRA targets relative to each block (empty: no convention for this backbone)."""
+        return self.roles.lora_default() if self.roles else ()
+
+    @property
+    def token_width(self) -> int:
+        """Width of the tokens inside the blocks (``width`` is the pooled feature's, which may differ)."""
+        if self.roles is not None and self.block_names:
+            return int(self.blocks[0].get_submodule(self.roles.out).out_features)
+        return self.width
+
+    def block_container(self) -> nn.Module | None:
+        """The module holding a token encoder's blocks (what prompt strategies replace), or None."""
+        return self.model.get_submodule(self.tokens.container) if self.tokens else None
+
+    def checkpointing_target(self) -> nn.Module | None:
+        """The module whose ``set_grad_checkpointing(bool)`` switches gradient checkpointing for this model:
+        a strategy that reruns the blocks itself (vpt tokens, self-prompt), else the model's own switch."""
+        container = self.block_container()
+        if getattr(container, "runs_own_checkpointing", False):
+            return container
+        return self.model if callable(getattr(self.model, "set_grad_checkpointing", None)) else None
 
     @property
     def blocks(self) -> list[nn.Module]:
@@ -108,6 +141,9 @@ class Backbone:
                 ["..."] if len(self.block_names) > 4 else []) + self.block_names[-1:] * (len(self.block_names) > 3),
             "head": self.head_name, "params": self.num_params(), "pretrained": self.pretrained,
             "input_size": list(self.input_size),
+            "lora_targets": list(self.lora_targets),
+            "prefix_tokens": self.tokens.num_prefix if self.tokens else None,
+            "registers": self.tokens.num_registers if self.tokens else None,
         }
 
 
@@ -167,8 +203,41 @@ def describe_timm(model: nn.Module, name: str, pretrained: str) -> Backbone:
     return Backbone(
         model=model, name=name, family=family, kind=_kind(model, family), width=int(model.num_features),
         head_name=head_name, data_config=data_config, pretrained=pretrained,
-        block_names=blocks,
+        block_names=blocks, **(_timm_vit_layout(model, blocks) if family == "vit" else {}),
     )
+
+
+def _timm_vit_layout(model: nn.Module, blocks: list[str]) -> dict[str, Any]:
+    """roles / tokens / outer_layers of a timm VisionTransformer whose blocks are all timm ``Block``s."""
+    first = model.get_submodule(blocks[0]) if blocks else None
+    attn = getattr(first, "attn", None)
+    out: dict[str, Any] = {"outer_layers": tuple(n for n in ("patch_embed.proj", "norm", "fc_norm")
+                                                 if isinstance(_get(model, n), nn.Module))}
+    needed = ("qkv", "proj", "num_heads", "head_dim")
+    if (attn is None or not all(hasattr(attn, a) for a in needed) or not hasattr(first, "norm1")
+            or any(type(model.get_submodule(b)) is not type(first) for b in blocks)):
+        return out
+    mlp = getattr(first, "mlp", None)
+    has = lambda m, a: isinstance(getattr(m, a, None), nn.Module)  # noqa: E731
+    out["roles"] = BlockRoles(
+        attn="attn", mlp="mlp", norm1="norm1", norm2="norm2", out="attn.proj", qkv="attn.qkv",
+        num_heads=int(attn.num_heads), head_dim=int(attn.head_dim),
+        fc1="mlp.fc1" if has(mlp, "fc1") else None, fc2="mlp.fc2" if has(mlp, "fc2") else None,
+        ls1="ls1" if has(first, "ls1") else None, q_norm="attn.q_norm" if has(attn, "q_norm") else None,
+        k_norm="attn.k_norm" if has(attn, "k_norm") else None, attn_norm="attn.norm" if has(attn, "norm") else None,
+        gate="attn.gate" if has(attn, "gate") else None)
+    if type(getattr(model, "blocks", None)) is nn.Sequential and hasattr(model, "num_prefix_tokens"):
+        patch = tuple(getattr(getattr(model, "patch_embed", None), "patch_size", (16, 16)))
+        out["tokens"] = TokenLayout("blocks", int(model.num_prefix_tokens), int(getattr(model, "num_reg_tokens", 0)),
+                                    patch)  # type: ignore[arg-type]
+    return out
+
+
+def is_timm_model(module: nn.Module) -> bool:
+    """True for a model built by ``timm.create_model`` (headed or headless: it keeps its timm family)."""
+    return (isinstance(getattr(module, "pretrained_cfg", None), dict)
+            and callable(getattr(module, "reset_classifier", None))
+            and callable(getattr(module, "forward_features", None)) and hasattr(module, "num_features"))
 
 
 def describe_module(module: nn.Module, name: str = "custom", head_name: str | None = None,
@@ -189,6 +258,11 @@ def describe_module(module: nn.Module, name: str = "custom", head_name: str | No
             was_training = module.training
             out = module.eval()(torch.zeros(2, *input_size))
             module.train(was_training)
+        if not isinstance(out, torch.Tensor):
+            raise PefsError(
+                f"{type(module).__name__} returns a {type(out).__name__}, not a tensor; a custom backbone must return "
+                "(batch, features). A transformers model (ModelOutput) can be passed itself: pefs describes "
+                "ViT, DeiT, DINOv2, CLIP vision, ConvNeXt and ResNet")
         if out.ndim != 2:
             raise PefsError(
                 f"{type(module).__name__} returns shape {tuple(out.shape)} for a {tuple(input_size)} image; "

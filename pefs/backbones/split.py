@@ -6,8 +6,9 @@ A backbone is a list of stages: ``stem``, one stage per block (``Backbone.block_
 0 is the image, :attr:`Stages.tokens` the feature map / token sequence, :attr:`Stages.pooled` the pooled
 features and :attr:`Stages.logits` the output. ``run(h, a, b)`` maps level ``a`` to level ``b``.
 
-Families with a known layout (timm ViT, EfficientNet/MobileNet, ResNet, ConvNeXt) get one stage per block;
-any other model gets only ``[features, head]``, enough to cache pooled features for a linear probe.
+Families with a known layout (timm ViT, EfficientNet/MobileNet, ResNet, ConvNeXt; ``transformers`` encoders,
+whose wrapper exposes ``forward_stem`` / ``forward_neck``) get one stage per block; any other model gets only
+``[features, head]``, enough to cache pooled features for a linear probe.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ import torch
 from torch import nn
 
 from pefs.backbones.describe import Backbone
+from pefs.backbones.layout import enter_block
 from pefs.errors import PefsError
 
 Stage = Callable[[torch.Tensor], torch.Tensor]
@@ -74,6 +76,8 @@ def _seq(*mods: nn.Module) -> Stage:
 
 def _stem_and_neck(bb: Backbone) -> tuple[Stage, Stage]:
     m = bb.model
+    if _staged(bb):
+        return m.forward_stem, m.forward_neck
     if bb.family == "vit":
         return (lambda x: m.norm_pre(m.patch_drop(m._pos_embed(m.patch_embed(x))))), m.norm
     if bb.family == "efficientnet":
@@ -90,14 +94,23 @@ def _block_stages(bb: Backbone) -> list[Stage]:
         parts = name.split(".")
         if bb.family == "convnext" and parts[-1] == "0":
             out.append(_seq(bb.model.stages[int(parts[1])].downsample, block))
+        elif _staged(bb):
+            out.append(lambda h, b=block: enter_block(b, h, bb.tokens))
         else:
             out.append(block)
     return out
 
 
+def _staged(bb: Backbone) -> bool:
+    """A model that runs stem -> its token encoder's blocks -> neck itself and says so (``transformers`` encoders)."""
+    return bb.tokens is not None and callable(getattr(bb.model, "forward_stem", None)) and callable(
+        getattr(bb.model, "forward_neck", None))
+
+
 def supports_blocks(bb: Backbone) -> bool:
     """True when pefs knows how to run this backbone block by block."""
-    return type(bb.model).__name__ in SPLIT_CLASSES.get(bb.family, ()) and bool(bb.block_names)
+    known = type(bb.model).__name__ in SPLIT_CLASSES.get(bb.family, ()) or _staged(bb)
+    return known and bool(bb.block_names)
 
 
 def stages(bb: Backbone) -> Stages:
@@ -115,6 +128,8 @@ def stages(bb: Backbone) -> Stages:
 def patch_tokens(bb: Backbone, t: torch.Tensor) -> torch.Tensor:
     """Per-position features (B, P, D) from the unpooled output: ViT patch tokens (class/register tokens
     dropped) or, for CNNs, one token per feature-map position."""
+    if bb.tokens is not None:
+        return t[:, bb.tokens.num_prefix:]
     if bb.family == "vit":
         return t[:, getattr(bb.model, "num_prefix_tokens", 1):]
     if t.ndim == 4:

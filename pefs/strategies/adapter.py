@@ -22,6 +22,7 @@ import torch
 from torch import nn
 
 from pefs.backbones import Backbone
+from pefs.backbones.layout import first_tensor
 from pefs.errors import PefsError
 from pefs.strategies.base import Strategy, StrategyConfig, set_trainable
 from pefs.strategies.registry import register
@@ -68,6 +69,13 @@ def select_blocks(bb: Backbone, indices: tuple[int, ...], strategy: str, option:
         raise PefsError(f"option {option}={','.join(map(str, indices))} of strategy {strategy!r} names block "
                         f"{bad[0]}, but {bb.name} has {n} blocks; valid indices: 0..{n - 1} (or -{n}..-1)")
     return sorted({i % n for i in indices})
+
+
+def _sub(module: nn.Module, name: str) -> nn.Module | None:
+    try:
+        return module.get_submodule(name)
+    except AttributeError:
+        return None
 
 
 def reference_device_dtype(model: nn.Module) -> tuple[torch.device, torch.dtype]:
@@ -148,9 +156,13 @@ class Adapted(Wrapped):
         self.mode = mode
         self.scale = scale
 
-    def forward(self, x: torch.Tensor, *args: Any, **kwargs: Any) -> torch.Tensor:
-        y = self.base_layer(x, *args, **kwargs)
-        return y + self.scale * self.adapter(x if self.mode == "parallel" else y)
+    def forward(self, *args: Any, **kwargs: Any) -> torch.Tensor:
+        out = self.base_layer(*args, **kwargs)
+        # the layer's input: positional (timm), or a keyword such as hidden_states= (transformers' CLIP)
+        x = args[0] if args else next(v for v in kwargs.values() if isinstance(v, torch.Tensor))
+        y = first_tensor(out)  # attention layers of transformers models return (output, weights)
+        y = y + self.scale * self.adapter(x if self.mode == "parallel" else y)
+        return y if isinstance(out, torch.Tensor) else (y, *out[1:])
 
 
 @dataclass
@@ -189,16 +201,17 @@ class Adapter(Strategy):
         device, dtype = reference_device_dtype(bb.model)
         new: list[nn.Module] = []
         if bb.kind == "transformer":
+            mlp, attn = (bb.roles.mlp, bb.roles.attn) if bb.roles else ("mlp", "attn")
             for b in names:
                 block = bb.model.get_submodule(b)
-                subs = ["mlp"] + (["attn"] if c.attn else [])
-                missing = [s for s in subs if not isinstance(getattr(block, s, None), nn.Module)]
+                subs = [mlp] + ([attn] if c.attn else [])
+                missing = [s for s in subs if not isinstance(_sub(block, s), nn.Module)]
                 if missing:
                     raise PefsError(f"strategy 'adapter' expects ViT blocks with {' and '.join(subs)} sub-layers; "
                                     f"block {b} of {bb.name} ({type(block).__name__}) has no {missing[0]!r}")
                 for s in subs:
-                    adapter = TokenAdapter(bb.width, c.bottleneck).to(device=device, dtype=dtype)
-                    replace_module(bb.model, f"{b}.{s}", Adapted(getattr(block, s), adapter, c.mode, c.scale))
+                    adapter = TokenAdapter(bb.token_width, c.bottleneck).to(device=device, dtype=dtype)
+                    replace_module(bb.model, f"{b}.{s}", Adapted(block.get_submodule(s), adapter, c.mode, c.scale))
                     new.append(adapter)
         else:
             if c.attn:

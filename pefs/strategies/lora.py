@@ -1,7 +1,9 @@
 """``lora``: low-rank updates W + (alpha/r)·B·A through the ``peft`` library.
 
-Default targets: the attention ``qkv`` projections on ViTs (as in the LoRA-for-ViT literature;
-add ``proj``, ``fc1``, ``fc2`` through ``targets``); on CNNs every non-grouped Conv2d and Linear inside
+Default targets: what the backbone description names as LoRA's convention for the family, the fused ``qkv``
+projections on timm ViTs (as in the LoRA-for-ViT literature) or ``query``/``value`` on ``transformers``
+encoders (peft's image-classification recipe); add others (``proj``, ``fc1``, ``fc2``) through ``targets``.
+On CNNs every non-grouped Conv2d and Linear inside
 the blocks (pointwise and full convs, MLP linears), never a depthwise conv, which peft refuses unless
 the rank divides its groups.
 """
@@ -46,6 +48,12 @@ def default_targets(bb: Backbone, suffixes: tuple[str, ...] = (), what: str = "L
             raise PefsError(f"{what} targets {', '.join(suffixes)} match no Linear/Conv2d in the blocks of {bb.name}; "
                             f"module names there: {', '.join(names[:20])}")
         return chosen
+    if bb.lora_targets:
+        wanted = {f"{b}.{t}" for b in bb.block_names for t in bb.lora_targets}
+        # a layer inside another strategy's wrapper sits under ``.base_layer``; it keeps its role
+        chosen = [n for n in adaptable if n.replace(".base_layer", "") in wanted]
+        if chosen:
+            return chosen
     if bb.kind == "transformer":
         chosen = [n for n in adaptable if n.endswith(".qkv")]
         if chosen:
@@ -59,7 +67,7 @@ def default_targets(bb: Backbone, suffixes: tuple[str, ...] = (), what: str = "L
 @register
 class Lora(Strategy):
     name = "lora"
-    summary = "low-rank updates (peft) on qkv (ViT) or pointwise convs / MLP linears (CNN)"
+    summary = "low-rank updates (peft) on qkv (timm ViT), query+value (transformers) or pointwise convs (CNN)"
     config_class = LoraConfig
     mergeable = True
 
@@ -70,6 +78,7 @@ class Lora(Strategy):
         self.target_names = default_targets(bb, c.targets)
         cfg = peft.LoraConfig(r=c.r, lora_alpha=c.alpha, lora_dropout=c.dropout, target_modules=self.target_names)
         peft.inject_adapter_in_model(cfg, bb.model)
+        self.peft_config = cfg  # what pefs.peft_format writes out for peft to load
         for n, p in bb.model.named_parameters():
             p.requires_grad_("lora_" in n)
 

@@ -149,7 +149,14 @@ class PeftMethodStrategy(Strategy):
         """(target module names, IA3 feed-forward names among them) for this backbone."""
         c: PeftMethodConfig = self.config  # type: ignore[assignment]
         ia3 = self.method == "ia3"
-        suffixes = c.targets or (("qkv", "fc2") if ia3 and bb.kind == "transformer" else ())
+        roles = bb.roles if ia3 and bb.kind == "transformer" else None
+        suffixes: tuple[str, ...] = c.targets
+        if not suffixes and roles is not None and roles.fc2:
+            # IA3 rescales keys, values and the feed-forward input: fused qkv (or k and v), and the MLP's fc2
+            suffixes = (roles.qkv,) if roles.qkv else (roles.k, roles.v)  # type: ignore[assignment]
+            suffixes += (roles.fc2,)
+        elif not suffixes and ia3 and bb.kind == "transformer":
+            suffixes = ("qkv", "fc2")
         names = default_targets(bb, suffixes, what=self.name)
         modules = dict(bb.model.named_modules())
         fit = [n for n in names if _fits(modules[n], self.spec.convs)]
@@ -160,7 +167,8 @@ class PeftMethodStrategy(Strategy):
             raise PefsError(f"{self.name} adapts {kinds} through peft, not {bad} ({modules[bad]}) of {bb.name}; "
                             f"choose other targets=, or a method that adapts any Conv2d: {conv}")
         names = fit
-        ff = [n for n in names if n.rsplit(".", 1)[-1] == "fc2"] if ia3 and bb.kind == "transformer" else []
+        fc2 = roles.fc2 if roles is not None and roles.fc2 else "fc2"
+        ff = [n for n in names if n.endswith("." + fc2)] if ia3 and bb.kind == "transformer" else []
         if ia3 and "feedforward_modules" in self.fields:  # suffixes -> the full names peft checks against targets
             given = self.fields["feedforward_modules"]
             given = [given] if isinstance(given, str) else list(given)
@@ -190,6 +198,7 @@ class PeftMethodStrategy(Strategy):
                 p.requires_grad_(False)
         set_trainable(own)
         self.target_names = names
+        self.peft_config = cfg  # what pefs.peft_format writes out for peft to load
 
     def frozen_base(self, bb: Backbone) -> set[str]:
         return {n for n, _ in bb.model.named_parameters() if n.endswith(".base_layer.weight")}

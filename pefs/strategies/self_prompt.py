@@ -3,7 +3,8 @@
 A small generator -- M learned queries cross-attending (one head, width ``dim``) over the image's own features
 at the output of block ``source`` -- produces M instance-conditioned prompts for the later ``targets`` blocks.
 
-* Transformers (timm ViT): the prompts are projected to the model width D. Each target block gets a parallel
+* Transformers (timm and ``transformers`` ViTs, any encoder whose description names its blocks' q/k/v, output
+  projection and norms): the prompts are projected to the model width D. Each target block gets a parallel
   attention branch from its own (normalised) tokens to the prompts, through the block's frozen q/k/v and output
   projections, added to the block's output times a per-head gate that starts at zero (LLaMA-Adapter's
   zero-init gating).
@@ -25,6 +26,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from pefs.backbones import Backbone
+from pefs.backbones.layout import BlockRoles, TokenLayout, attend_to
 from pefs.errors import PefsError
 from pefs.strategies.adapter import Wrapped, probe_shapes, reference_device_dtype, replace_module, select_blocks
 from pefs.strategies.base import Strategy, StrategyConfig, set_trainable
@@ -48,34 +50,14 @@ class PromptGenerator(nn.Module):
         return self.out(F.scaled_dot_product_attention(q, k, v))
 
 
-def gated_prompt_attention(block: nn.Module, x: torch.Tensor, prompts: torch.Tensor,
-                           gate: torch.Tensor) -> torch.Tensor:
-    """The block's own attention from its tokens ``x`` to ``prompts``, gated per head (zero gate = no change);
-    the output projection's bias is left out so the branch is exactly zero while the gate is."""
-    attn, h = block.attn, block.norm1
-    heads, hd = attn.num_heads, attn.head_dim
-    width = heads * hd
-    w, bias = attn.qkv.weight, attn.qkv.bias  # (LoRA-wrapped projections expose the base weight too)
-    q = F.linear(h(x), w[:width], None if bias is None else bias[:width])  # q for the tokens, k/v for the prompts
-    kv = F.linear(h(prompts), w[width:], None if bias is None else bias[width:])
-    b, n, m = x.shape[0], x.shape[1], prompts.shape[1]
-    q = attn.q_norm(q.reshape(b, n, heads, hd).transpose(1, 2))
-    k, v = kv.reshape(b, m, 2, heads, hd).permute(2, 0, 3, 1, 4).unbind(0)
-    out = F.scaled_dot_product_attention(q, attn.k_norm(k), v).transpose(1, 2).reshape(b, n, width)
-    out = getattr(attn, "norm", nn.Identity())(out)
-    out = (out.reshape(b, n, heads, hd) * gate.to(x.dtype).view(1, 1, heads, 1)).reshape(b, n, width)
-    if getattr(attn, "gate", None) is not None:  # timm's optional sigmoid output gate
-        out = out * attn.gate(h(x)).sigmoid()
-    out = F.linear(out, attn.proj.weight)
-    return block.ls1(out) if hasattr(block, "ls1") else out
-
-
 class SelfPromptedBlocks(TimmBlocks):
     """ViT blocks whose ``targets`` read prompts generated from the output of block ``source``."""
 
-    def __init__(self, blocks: nn.Sequential, generator: PromptGenerator, source: int, targets: list[int],
-                 heads: int) -> None:
-        super().__init__(blocks)
+    def __init__(self, blocks: nn.Module, generator: PromptGenerator, source: int, targets: list[int],
+                 roles: BlockRoles, layout: TokenLayout | None = None) -> None:
+        super().__init__(blocks, layout)
+        heads = roles.num_heads
+        self.roles = roles
         self.generator = generator
         self.gates = nn.Parameter(torch.zeros(len(targets), heads))
         self.source = source
@@ -86,7 +68,7 @@ class SelfPromptedBlocks(TimmBlocks):
         for i, block in enumerate(self.block_list()):
             y = self.run_block(block, x)
             if i in self.targets:
-                y = y + gated_prompt_attention(block, x, prompts, self.gates[self.targets[i]])
+                y = y + attend_to(block, self.roles, x, prompts, self.gates[self.targets[i]])
             x = y
             if i == self.source:
                 prompts = self.generator(x)
@@ -178,16 +160,14 @@ class SelfPrompt(Strategy):
         device, dtype = reference_device_dtype(bb.model)
         if bb.kind == "transformer":
             blocks = vit_blocks(bb, "self-prompt on a transformer", "strategy 'adapter' or 'lora'")
-            needed = ("qkv", "proj", "num_heads", "head_dim", "q_norm", "k_norm")
-            for t in targets:
-                attn = getattr(blocks[t], "attn", None)
-                if not hasattr(blocks[t], "norm1") or not all(hasattr(attn, a) for a in needed):
-                    raise PefsError(f"self-prompt reuses timm ViT block attention (norm1, attn.qkv, attn.proj); "
-                                    f"block {t} of {bb.name} is a {type(blocks[t]).__name__}: use strategy "
-                                    "'adapter' or 'lora'")
-            generator = PromptGenerator(bb.width, c.dim, c.prompts, bb.width)
-            new = SelfPromptedBlocks(blocks, generator, source, targets, attn.num_heads).to(device=device, dtype=dtype)
-            bb.model.blocks = new
+            if bb.roles is None:
+                raise PefsError(f"self-prompt reuses each block's attention (its norm, q/k/v and output projection); "
+                                f"pefs does not know where those are in the blocks of {bb.name} "
+                                f"({type(bb.blocks[0]).__name__}): use strategy 'adapter' or 'lora'")
+            generator = PromptGenerator(bb.token_width, c.dim, c.prompts, bb.token_width)
+            new = SelfPromptedBlocks(blocks, generator, source, targets, bb.roles, bb.tokens).to(device=device,
+                                                                                                   dtype=dtype)
+            replace_module(bb.model, bb.tokens.container, new)  # type: ignore[union-attr]
             set_trainable(list(new.generator.parameters()) + [new.gates])
             return
         names = [bb.block_names[i] for i in (source, *targets)]

@@ -2,7 +2,8 @@
 follows chosen layers; scale starts at 1 and shift at 0, so the model is unchanged at init.
 
 ViTs: after ``qkv``, ``proj``, ``fc1``, ``fc2``, ``norm1`` and ``norm2`` in every block, the patch embedding and
-the final norm, as in the paper's code (0.21M parameters on ViT-B/16). CNNs (and other
+the final norm, as in the paper's code (0.21M parameters on ViT-B/16); the backbone description says where
+those are (separate q/k/v on ``transformers`` models, the same count). CNNs (and other
 models): after every Conv and Linear inside the blocks (channel dim 1 on feature maps, the last dim on
 tokens or channels-last maps). Because the scale/shift is linear and per output channel, ``merge`` folds it
 into the preceding layer's weight and bias, leaving the original architecture.
@@ -111,6 +112,14 @@ def ssf_targets(bb: Backbone, suffixes: tuple[str, ...] = ()) -> dict[str, nn.Mo
             raise PefsError(f"ssf targets {', '.join(suffixes)} match no Linear, Conv or norm layer in {bb.name}; "
                             f"layer names in its blocks: {', '.join(names[:20]) or 'none'}")
         return chosen
+    if bb.roles is not None:
+        wanted = {f"{b}.{r}" for b in bb.block_names for r in bb.roles.ssf_default()}
+        # a layer inside another strategy's wrapper sits under ``.base_layer``; it keeps its role
+        chosen = {n: m for n, m in in_blocks.items() if n.replace(".base_layer", "") in wanted
+                  and not isinstance(target_info(m), str)}
+        if chosen:
+            outer = {n: cands[n] for n in bb.outer_layers if n in cands and not isinstance(target_info(cands[n]), str)}
+            return {**outer, **chosen}
     if bb.kind == "transformer":
         chosen = {n: m for n, m in in_blocks.items() if n.rsplit(".", 1)[-1] in VIT_TARGETS
                   and not isinstance(target_info(m), str)}

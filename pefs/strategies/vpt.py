@@ -3,8 +3,8 @@
 ``mode=shallow`` (Jia et al. 2022): M prompt tokens inserted after the class/prefix tokens before block 0 and
 carried through every block. ``mode=deep``: fresh M tokens per block, each replacing the previous block's
 prompt outputs. Prompt tokens are removed after the last block, so the final norm and the pooling (class
-token, or the mean over patch tokens after timm's ``num_prefix_tokens``) see exactly the original layout.
-Token prompts need a timm ViT and change attention from the start (not identity at init).
+token, or the mean over the patch tokens) see exactly the original layout. Token prompts need a backbone whose
+description has a token layout (timm and ``transformers`` ViTs) and change attention from the start.
 
 ``mode=pixel`` (Bahng et al. 2022) works on any backbone, CNNs included: a learned frame ``pad`` pixels wide
 added to the image border in front of the stem. It is learned at the backbone's input size and resized to
@@ -22,6 +22,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from pefs.backbones import Backbone
+from pefs.backbones.layout import TokenLayout, enter_block
 from pefs.errors import PefsError
 from pefs.strategies.adapter import Wrapped, reference_device_dtype, replace_module
 from pefs.strategies.base import Strategy, StrategyConfig, set_trainable
@@ -32,10 +33,12 @@ DEFAULT_PAD_FRACTION = 30 / 224
 
 
 class TimmBlocks(nn.Module):
-    """Holds a ViT's blocks under their own names ("0", "1", ...) so their parameter names do not change."""
+    """Holds a ViT's blocks (timm's Sequential or a transformers ModuleList) under their own names ("0", "1",
+    ...), so their parameter names do not change, and runs them itself."""
 
-    def __init__(self, blocks: nn.Sequential) -> None:
+    def __init__(self, blocks: nn.Module, layout: TokenLayout | None = None) -> None:
         super().__init__()
+        self.layout = layout  # how each block is entered
         for name, block in blocks.named_children():
             self.add_module(name, block)
         self.num_blocks = len(blocks)
@@ -53,30 +56,33 @@ class TimmBlocks(nn.Module):
     def run_block(self, block: nn.Module, x: torch.Tensor) -> torch.Tensor:
         """``block(x)``; under gradient checkpointing only ``x`` is kept and the block reruns in backward."""
         if self.use_checkpoint and torch.is_grad_enabled():
-            return torch.utils.checkpoint.checkpoint(block, x, use_reentrant=False)
-        return block(x)
+            return torch.utils.checkpoint.checkpoint(enter_block, block, x, self.layout, use_reentrant=False)
+        return enter_block(block, x, self.layout)
 
 
-def vit_blocks(bb: Backbone, strategy: str, alternative: str) -> nn.Sequential:
-    """The ``blocks`` Sequential of a timm VisionTransformer, or a PefsError saying what to use instead."""
-    blocks = getattr(bb.model, "blocks", None)
+def vit_blocks(bb: Backbone, strategy: str, alternative: str) -> nn.Module:
+    """The container of a ViT's blocks (from the backbone's token layout), or a PefsError saying what to use
+    instead."""
     if bb.kind != "transformer":
         raise PefsError(f"{strategy} needs a transformer backbone; {bb.name} is a {bb.kind} backbone: use "
                         f"{alternative} instead")
+    blocks = bb.block_container()
     if isinstance(blocks, TimmBlocks):
         raise PefsError(f"{strategy} cannot be combined with another strategy that also reruns the ViT's blocks "
                         "(vpt token modes, self-prompt); use one of them")
-    if type(blocks) is not nn.Sequential or not hasattr(bb.model, "num_prefix_tokens"):
-        raise PefsError(f"{strategy} needs a timm VisionTransformer whose blocks run as one nn.Sequential; "
-                        f"{bb.name} ({type(bb.model).__name__}) does not have that: use {alternative}")
+    if blocks is None or not isinstance(blocks, (nn.Sequential, nn.ModuleList)):
+        raise PefsError(f"{strategy} needs a ViT whose token layout pefs knows (timm VisionTransformer, or a "
+                        f"transformers ViT/DeiT/DINOv2/CLIP encoder); {bb.name} ({type(bb.model).__name__}) has "
+                        f"none: use {alternative}")
     return blocks
 
 
 class PromptedBlocks(TimmBlocks):
     """ViT blocks with M prompt tokens after the prefix tokens: shallow (one set) or deep (one set per block)."""
 
-    def __init__(self, blocks: nn.Sequential, prompts: torch.Tensor, num_prefix_tokens: int) -> None:
-        super().__init__(blocks)
+    def __init__(self, blocks: nn.Module, prompts: torch.Tensor, num_prefix_tokens: int,
+                 layout: TokenLayout | None = None) -> None:
+        super().__init__(blocks, layout)
         self.prompts = nn.Parameter(prompts)  # (1 or num_blocks, M, D)
         self.num_prefix_tokens = num_prefix_tokens
 
@@ -124,7 +130,7 @@ class _Abort(Exception):
 
 @torch.no_grad()
 def find_stem(bb: Backbone) -> str:
-    """Name of the first direct child of the model that is called with the image itself."""
+    """Name of the first layer of the model (outermost first) that is called with the image itself."""
     device, dtype = reference_device_dtype(bb.model)
     x = torch.zeros(1, *bb.input_size, device=device, dtype=dtype)
     found: list[str] = []
@@ -134,7 +140,7 @@ def find_stem(bb: Backbone) -> str:
             found.append(name)
             raise _Abort
 
-    hooks = [m.register_forward_pre_hook(lambda _, a, n=n: hook(n, a)) for n, m in bb.model.named_children()]
+    hooks = [m.register_forward_pre_hook(lambda _, a, n=n: hook(n, a)) for n, m in bb.model.named_modules() if n]
     was_training = bb.model.training
     bb.model.eval()
     try:
@@ -146,7 +152,7 @@ def find_stem(bb: Backbone) -> str:
             hk.remove()
         bb.model.train(was_training)
     if not found:
-        raise PefsError(f"vpt mode='pixel' adds its prompt to the input of the first layer, but no top-level layer "
+        raise PefsError(f"vpt mode='pixel' adds its prompt to the input of the first layer, but no layer "
                         f"of {bb.name} receives the image unchanged; use strategy 'adapter' or 'lora' instead")
     return found[0]
 
@@ -201,10 +207,10 @@ class Vpt(Strategy):
             set_trainable([new.pad_top, new.pad_bottom, new.pad_left, new.pad_right])
             return
         blocks = vit_blocks(bb, f"vpt mode={c.mode!r}", "mode=pixel")
-        patch = getattr(getattr(bb.model, "patch_embed", None), "patch_size", (16, 16))
-        bound = math.sqrt(6.0 / (3 * patch[0] * patch[1] + bb.width))  # VPT: xavier-uniform over a patch
+        patch = bb.tokens.patch_size  # type: ignore[union-attr]
+        bound = math.sqrt(6.0 / (3 * patch[0] * patch[1] + bb.token_width))  # VPT: xavier-uniform over a patch
         sets = len(blocks) if c.mode == "deep" else 1
-        prompts = torch.empty(sets, c.tokens, bb.width, device=device, dtype=dtype).uniform_(-bound, bound)
-        new_blocks = PromptedBlocks(blocks, prompts, int(bb.model.num_prefix_tokens))
-        bb.model.blocks = new_blocks
+        prompts = torch.empty(sets, c.tokens, bb.token_width, device=device, dtype=dtype).uniform_(-bound, bound)
+        new_blocks = PromptedBlocks(blocks, prompts, bb.tokens.num_prefix, bb.tokens)  # type: ignore[union-attr]
+        replace_module(bb.model, bb.tokens.container, new_blocks)  # type: ignore[union-attr]
         set_trainable([new_blocks.prompts])
