@@ -128,8 +128,7 @@ def frozen_level(model: nn.Module, cfg: TrainConfig, reads: str = "pooled") -> i
         return 0
     if model.frozen_prefix:
         return cap
-    untouched = [len(bb.block_names) if s.frozen_prefix else getattr(s, "frozen_blocks", lambda _: None)(bb)
-                 for s in model.strategies]
+    untouched = [s.frozen_blocks(bb) for s in model.strategies]
     if any(u is None for u in untouched) or not st.n_blocks or min(untouched) == 0:
         return 0
     first = min(untouched)
@@ -211,7 +210,9 @@ def _optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
 
 def checkpointing_target(model: nn.Module) -> nn.Module:
     """The module whose ``set_grad_checkpointing`` turns checkpointing on for ``model``, or a PefsError."""
-    target = model.backbone.checkpointing_target()  # the family decides: timm, transformers, a strategy's blocks
+    # a strategy that reruns the blocks itself switches it there; else the family's own switch (timm, transformers)
+    own = [t for s in model.strategies if (t := s.checkpointing_target(model.backbone)) is not None]
+    target = own[0] if own else model.backbone.checkpointing_target()
     if target is None:
         raise PefsError(f"grad_checkpointing needs a timm model with set_grad_checkpointing() or a transformers "
                         f"model with gradient_checkpointing_enable(); {model.backbone.name} "

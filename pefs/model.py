@@ -220,14 +220,17 @@ def wrap(model: str | nn.Module | Backbone, strategy: str = "linear", num_classe
         s.check(bb)
         before = {id(p) for p in bb.model.parameters() if p.requires_grad}
         s.apply(bb)
-        for p in bb.model.parameters():
-            if p.requires_grad and id(p) not in before:
-                claimed.setdefault(id(p), s.name)
+        now = {id(p): n for n, p in bb.model.named_parameters() if p.requires_grad}
+        lost = [p for p in before if p not in now]
+        if lost:  # the contract: apply marks its own parameters, never freezes another strategy's
+            raise PefsError(f"strategy {s.name!r} froze {len(lost)} parameters an earlier strategy of {strategy!r} "
+                            "trains; this is a bug in that strategy's apply(), please report it")
+        for p in now:
+            if p not in before:
+                claimed.setdefault(p, s.name)
         for n in s.frozen_base(bb):
             frozen[n] = s.name
     params = dict(bb.model.named_parameters())
-    for p in params.values():  # a later strategy (peft) may have frozen an earlier one's parameters
-        p.requires_grad_(id(p) in claimed)
     for n, owner in frozen.items():
         if n in params and params[n].requires_grad and claimed.get(id(params[n])) != owner:
             raise PefsError(f"strategies conflict: {claimed[id(params[n])]!r} trains {n}, which {owner!r} needs "

@@ -82,11 +82,8 @@ class Backbone:
         return self.model.get_submodule(self.tokens.container) if self.tokens else None
 
     def checkpointing_target(self) -> nn.Module | None:
-        """The module whose ``set_grad_checkpointing(bool)`` switches gradient checkpointing for this model:
-        a strategy that reruns the blocks itself (vpt tokens, self-prompt), else the model's own switch."""
-        container = self.block_container()
-        if getattr(container, "runs_own_checkpointing", False):
-            return container
+        """The module whose ``set_grad_checkpointing(bool)`` switches gradient checkpointing for this model: the
+        model's own switch (timm's; transformers models are wrapped to offer the same), or None."""
         return self.model if callable(getattr(self.model, "set_grad_checkpointing", None)) else None
 
     @property

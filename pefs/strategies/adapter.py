@@ -9,8 +9,7 @@ block's output) or ``y + scale * A(y)`` on the block output (sequential); the hi
 zero, so the wrapped model starts equal to the backbone. Not mergeable: the GELU between the projections
 has no equivalent in the backbone's weights.
 
-The wrapping helpers here (:class:`Wrapped`, :func:`replace_module`, :func:`select_blocks`,
-:func:`probe_shapes`) are shared with the prompt strategies.
+The wrapping helpers it uses live in :mod:`pefs.strategies.common`, shared with the other strategies.
 """
 
 from __future__ import annotations
@@ -25,94 +24,18 @@ from pefs.backbones import Backbone
 from pefs.backbones.layout import first_tensor
 from pefs.errors import PefsError
 from pefs.strategies.base import Strategy, StrategyConfig, set_trainable
+from pefs.strategies.common import (
+    Wrapped,
+    probe_shapes,
+    reference_device_dtype,
+    replace_module,
+    select_blocks,
+    submodule_or_none,
+)
 from pefs.strategies.registry import register
 
 #: on CNNs the adapter's hidden width is at most a quarter of the block's output channels
 CNN_REDUCTION = 4
-#: side of the dummy image used to learn a CNN's block shapes (small = cheap; falls back to the model's size)
-PROBE_SIDE = 64
-
-
-class Wrapped(nn.Module):
-    """A backbone layer wrapped peft-style as ``base_layer``; attributes the wrapper lacks are read from it."""
-
-    def __init__(self, base_layer: nn.Module) -> None:
-        super().__init__()
-        self.base_layer = base_layer
-
-    def __getattr__(self, name: str) -> Any:
-        try:
-            return super().__getattr__(name)
-        except AttributeError:
-            base = self.__dict__.get("_modules", {}).get("base_layer")
-            if base is None or name == "base_layer":
-                raise
-            return getattr(base, name)
-
-
-def replace_module(model: nn.Module, name: str, new: nn.Module) -> None:
-    """Put ``new`` where the dotted ``name`` was inside ``model``."""
-    parent_name, _, attr = name.rpartition(".")
-    parent = model.get_submodule(parent_name) if parent_name else model
-    setattr(parent, attr, new)
-
-
-def select_blocks(bb: Backbone, indices: tuple[int, ...], strategy: str, option: str = "blocks") -> list[int]:
-    """Resolve block indices (negative counts from the end; empty = all) to sorted positions."""
-    n = len(bb.block_names)
-    if n == 0:
-        raise PefsError(f"strategy {strategy!r} needs the blocks of {bb.name}, and pefs found none")
-    if not indices:
-        return list(range(n))
-    bad = [i for i in indices if not -n <= i < n]
-    if bad:
-        raise PefsError(f"option {option}={','.join(map(str, indices))} of strategy {strategy!r} names block "
-                        f"{bad[0]}, but {bb.name} has {n} blocks; valid indices: 0..{n - 1} (or -{n}..-1)")
-    return sorted({i % n for i in indices})
-
-
-def _sub(module: nn.Module, name: str) -> nn.Module | None:
-    try:
-        return module.get_submodule(name)
-    except AttributeError:
-        return None
-
-
-def reference_device_dtype(model: nn.Module) -> tuple[torch.device, torch.dtype]:
-    """Device and dtype of ``model``'s first parameter (CPU float32 without any): where new modules go."""
-    p = next(model.parameters(), None)
-    return (p.device, p.dtype) if p is not None else (torch.device("cpu"), torch.float32)
-
-
-@torch.no_grad()
-def probe_shapes(bb: Backbone, names: list[str]) -> dict[str, tuple[torch.Size, torch.Size]]:
-    """Input and output shapes of the named modules on one dummy image (small first, then full size)."""
-    modules = dict(bb.model.named_modules())
-    shapes: dict[str, tuple[torch.Size, torch.Size]] = {}
-
-    def record(name: str, module: nn.Module, args: tuple, out: Any) -> None:
-        if name not in shapes and args and isinstance(args[0], torch.Tensor) and isinstance(out, torch.Tensor):
-            shapes[name] = (args[0].shape, out.shape)
-
-    c, h, w = bb.input_size
-    device, dtype = reference_device_dtype(bb.model)
-    hooks = [modules[n].register_forward_hook(lambda m, a, o, n=n: record(n, m, a, o)) for n in names]
-    was_training = bb.model.training
-    bb.model.eval()
-    try:
-        for side in ((min(h, PROBE_SIDE), min(w, PROBE_SIDE)), (h, w)):
-            try:
-                bb.model(torch.zeros(1, c, *side, device=device, dtype=dtype))
-                break
-            except RuntimeError:
-                shapes.clear()
-        else:
-            raise PefsError(f"could not run {bb.name} on a dummy {c}x{h}x{w} image to learn its block shapes")
-    finally:
-        for hk in hooks:
-            hk.remove()
-        bb.model.train(was_training)
-    return shapes
 
 
 class TokenAdapter(nn.Module):
@@ -205,7 +128,7 @@ class Adapter(Strategy):
             for b in names:
                 block = bb.model.get_submodule(b)
                 subs = [mlp] + ([attn] if c.attn else [])
-                missing = [s for s in subs if not isinstance(_sub(block, s), nn.Module)]
+                missing = [s for s in subs if not isinstance(submodule_or_none(block, s), nn.Module)]
                 if missing:
                     raise PefsError(f"strategy 'adapter' expects ViT blocks with {' and '.join(subs)} sub-layers; "
                                     f"block {b} of {bb.name} ({type(block).__name__}) has no {missing[0]!r}")

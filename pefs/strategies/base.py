@@ -1,8 +1,14 @@
-"""The strategy contract: a typed config and an ``apply`` that decides what trains.
+"""The strategy contract, all of it on :class:`Strategy`: a typed config, an ``apply`` that decides what trains,
+and what the engine and the model need to know about the result.
 
 A strategy mutates a freshly loaded :class:`~pefs.backbones.Backbone` in place: it may insert modules
-(adapters, prompts, LoRA layers) and it marks its own parameters ``requires_grad``. Everything else
-stays frozen; the classifier head always trains (``pefs.model.wrap`` sees to both).
+(adapters, prompts, LoRA layers) and it marks *its own* parameters ``requires_grad``, never anyone else's
+(``pefs.model.wrap`` checks that and trains the head). It declares which leading blocks it leaves untouched
+(``frozen_blocks``: the engine caches their output), whether it reruns the blocks itself
+(``checkpointing_target``: where gradient checkpointing is switched on), whether it trains the backbone's own
+weights (``trains_backbone_weights``: then merging is trivially nothing), how it merges, and which base
+weights it relies on staying frozen (``frozen_base``). What strategies share lives in
+:mod:`pefs.strategies.common`.
 """
 
 from __future__ import annotations
@@ -94,6 +100,9 @@ class Strategy:
     #: merge order, lowest first: a strategy that folds into the layer it follows (ssf) merges before one
     #: that rewrites that layer's weights (peft merges W + dW in place)
     merge_order: ClassVar[int] = 0
+    #: True when what trains is weights the backbone already has (biases, norms, blocks; the head): the tuned
+    #: model keeps the backbone's own architecture, so there is nothing to merge
+    trains_backbone_weights: ClassVar[bool] = False
 
     def __init__(self, config: StrategyConfig | None = None) -> None:
         self.config = config or self.config_class()
@@ -112,9 +121,23 @@ class Strategy:
         """Names of parameters this strategy relies on staying frozen (e.g. LoRA's base weights)."""
         return set()
 
+    def frozen_blocks(self, bb: Backbone) -> int | None:
+        """How many leading blocks of ``bb`` this strategy leaves exactly as loaded (the engine may compute
+        their output once and cache it); None when it changes blocks throughout or cannot say. A strategy that
+        trains only the head leaves them all."""
+        return len(bb.block_names) if self.frozen_prefix else None
+
+    def checkpointing_target(self, bb: Backbone) -> nn.Module | None:
+        """The module whose ``set_grad_checkpointing(bool)`` switches gradient checkpointing when this strategy
+        reruns the blocks itself (VPT tokens, self-prompt); None: the backbone's own switch serves."""
+        return None
+
     def merge(self, bb: Backbone) -> None:
-        """Fold the strategy's weights into the backbone so inference costs nothing extra."""
-        raise PefsError(f"strategy {self.name!r} cannot be merged into the backbone weights")
+        """Fold the strategy's weights into the backbone so inference costs nothing extra (nothing to do when
+        it trains the backbone's own weights); refuses a strategy that adds computation with no weight
+        equivalent."""
+        if not self.trains_backbone_weights:
+            raise PefsError(f"strategy {self.name!r} cannot be merged into the backbone weights")
 
     def merged_view(self, bb: Backbone) -> contextlib.AbstractContextManager[None]:
         """Fold the strategy into the weights for the duration of a ``with`` block (fast inference), then undo

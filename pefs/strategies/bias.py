@@ -32,6 +32,7 @@ class Bias(Strategy):
     summary = "BitFit: every bias term (Linear, Conv, norm) trains"
     config_class = BiasConfig
     mergeable = True
+    trains_backbone_weights = True
 
     def apply(self, bb: Backbone) -> None:
         found = bias_parameters(bb)
@@ -39,6 +40,3 @@ class Bias(Strategy):
             raise PefsError(f"strategy 'bias' found no bias parameters in {bb.name} outside its head; it trains "
                             "the '.bias' of Linear, Conv and norm layers (try 'norm' or 'lora' instead)")
         set_trainable(found.values())
-
-    def merge(self, bb: Backbone) -> None:
-        """The biases are the backbone's own weights: nothing to merge."""

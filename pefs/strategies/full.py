@@ -20,9 +20,7 @@ class Full(Strategy):
     summary = "every parameter trains (baseline)"
     config_class = FullConfig
     mergeable = True
+    trains_backbone_weights = True
 
     def apply(self, bb: Backbone) -> None:
         set_trainable(bb.model.parameters())
-
-    def merge(self, bb: Backbone) -> None:
-        """The weights are the backbone's own: nothing to merge."""

@@ -10,14 +10,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from torch import nn
-
 from pefs.backbones import Backbone
 from pefs.errors import PefsError
 from pefs.strategies.base import Strategy, StrategyConfig, set_trainable
+from pefs.strategies.common import norm_types
 from pefs.strategies.registry import register
-
-NORMS = (nn.LayerNorm, nn.modules.batchnorm._BatchNorm, nn.GroupNorm)
 
 
 @dataclass
@@ -37,7 +34,7 @@ def final_norms(bb: Backbone) -> list[str]:
     after = names[names.index(last) + 1:]
     modules = dict(bb.model.named_modules())
     return [n for n in after if not n.startswith(last + ".") and not (n + ".").startswith(bb.head_name + ".")
-            and isinstance(modules[n], NORMS) and any(True for _ in modules[n].parameters())]
+            and isinstance(modules[n], norm_types()) and any(True for _ in modules[n].parameters())]
 
 
 @register
@@ -46,6 +43,7 @@ class LastK(Strategy):
     summary = "the last k blocks + final norm train (partial fine-tuning); the frozen prefix is cached"
     config_class = LastKConfig
     mergeable = True
+    trains_backbone_weights = True
 
     def check(self, bb: Backbone) -> None:
         super().check(bb)
@@ -64,6 +62,3 @@ class LastK(Strategy):
             set_trainable(block.parameters())
         for name in final_norms(bb):
             set_trainable(bb.model.get_submodule(name).parameters())
-
-    def merge(self, bb: Backbone) -> None:
-        """The tuned blocks are the backbone's own weights: nothing to merge."""

@@ -16,32 +16,8 @@ from torch import nn
 from pefs.backbones import Backbone
 from pefs.errors import PefsError
 from pefs.strategies.base import Strategy, StrategyConfig, set_trainable
+from pefs.strategies.common import NORM_TYPES, norm_types
 from pefs.strategies.registry import register
-
-
-def _rms_types() -> tuple[type, ...]:
-    import timm.layers as tl
-
-    timm_rms = tuple(getattr(tl, n) for n in ("RmsNorm", "RmsNorm2d", "SimpleNorm", "SimpleNorm2d") if hasattr(tl, n))
-    return ((nn.RMSNorm,) if hasattr(nn, "RMSNorm") else ()) + timm_rms
-
-
-#: norm kind -> module types (subclasses count: timm's LayerNorm2d, BatchNormAct2d, GroupNorm1, ...)
-NORM_TYPES: dict[str, tuple[type, ...] | None] = {
-    "layer": (nn.LayerNorm,),
-    "batch": (nn.modules.batchnorm._BatchNorm,),
-    "group": (nn.GroupNorm,),
-    "instance": (nn.modules.instancenorm._InstanceNorm,),
-    "rms": None,  # resolved lazily (needs timm)
-}
-
-
-def norm_types(kinds: tuple[str, ...] = ()) -> tuple[type, ...]:
-    """The module types of the given norm kinds (all kinds when empty)."""
-    out: tuple[type, ...] = ()
-    for k in kinds or tuple(NORM_TYPES):
-        out += NORM_TYPES[k] if NORM_TYPES[k] is not None else _rms_types()
-    return out
 
 
 @dataclass
@@ -75,6 +51,7 @@ class Norm(Strategy):
     summary = "affine scale/shift of LayerNorm / BatchNorm / GroupNorm layers train"
     config_class = NormConfig
     mergeable = True
+    trains_backbone_weights = True
 
     def apply(self, bb: Backbone) -> None:
         c: NormConfig = self.config  # type: ignore[assignment]
@@ -84,6 +61,3 @@ class Norm(Strategy):
             raise PefsError(f"strategy 'norm' found no norm layer with affine parameters ({kinds}) in {bb.name}; "
                             "try 'bias' or 'ssf', which also train per-channel shifts/scales")
         set_trainable(found.values())
-
-    def merge(self, bb: Backbone) -> None:
-        """The norm affines are the backbone's own weights: nothing to merge."""

@@ -18,8 +18,9 @@ from torch import nn
 
 from pefs.backbones import Backbone
 from pefs.errors import PefsError, unknown
-from pefs.strategies.base import Strategy, StrategyConfig, cast_option, set_trainable, tuner_layers_merged
-from pefs.strategies.lora import default_targets
+from pefs.strategies.base import StrategyConfig, cast_option
+from pefs.strategies.common import default_targets
+from pefs.strategies.peft_tuner import PeftTuner
 from pefs.strategies.registry import register
 
 
@@ -81,13 +82,6 @@ def _peft_config_class(method: str) -> type:
     return PEFT_TYPE_TO_CONFIG_MAPPING[PeftType(METHODS[method].peft_type)]
 
 
-def _prefix(method: str) -> str:
-    from peft.mapping import PEFT_TYPE_TO_TUNER_MAPPING
-    from peft.utils import PeftType
-
-    return PEFT_TYPE_TO_TUNER_MAPPING[PeftType(METHODS[method].peft_type)].prefix
-
-
 def _fits(m: nn.Module, convs: str) -> bool:
     """Whether a method adapting ``convs`` convolutions handles layer ``m`` exactly."""
     if isinstance(m, nn.Conv2d):
@@ -96,11 +90,10 @@ def _fits(m: nn.Module, convs: str) -> bool:
 
 
 @register
-class PeftMethodStrategy(Strategy):
+class PeftMethodStrategy(PeftTuner):
     name = "peft"
     summary = "another peft tuner, as peft:<method>: " + ", ".join(METHODS)
     config_class = PeftMethodConfig
-    mergeable = True
 
     def __init__(self, config: StrategyConfig | None = None, method: str | None = None) -> None:
         super().__init__(config)
@@ -112,6 +105,7 @@ class PeftMethodStrategy(Strategy):
         self.method = method
         self.name = f"peft:{method}"
         self.spec = METHODS[method]
+        self.peft_type = self.spec.peft_type
         self.identity_at_init = self.spec.identity
         self.fields = self._fields()
 
@@ -175,48 +169,17 @@ class PeftMethodStrategy(Strategy):
             ff = [n for n in names if any(n == s or n.endswith("." + s) for s in given)]
         return names, ff
 
-    def apply(self, bb: Backbone) -> None:
-        import peft
-
+    def peft_config_for(self, bb: Backbone) -> tuple[Any, list[str]]:
         names, ff = self._targets(bb)
         kwargs = dict(self.fields, target_modules=names)
         if self.method == "ia3":
             kwargs["feedforward_modules"] = ff
-        before = {id(p) for p in bb.model.parameters()}
         try:
-            cfg = _peft_config_class(self.method)(**kwargs)
-            peft.inject_adapter_in_model(cfg, bb.model)
-        except (ValueError, TypeError, NotImplementedError, RuntimeError, KeyError) as e:
-            msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-            kinds = {"all": "Linear and Conv2d", "1x1": "Linear and 1x1 Conv2d", "none": "Linear"}[self.spec.convs]
-            raise PefsError(f"peft refused {self.name} on {bb.name} ({len(names)} layers, e.g. {names[0]}): {msg}; "
-                            f"{self.name} adapts {kinds} layers, pick others with targets=") from None
-        prefix = _prefix(self.method)
-        own = [p for n, p in bb.model.named_parameters() if id(p) not in before and prefix in n and p.requires_grad]
-        for p in bb.model.parameters():
-            if id(p) not in before:
-                p.requires_grad_(False)
-        set_trainable(own)
-        self.target_names = names
-        self.peft_config = cfg  # what pefs.peft_format writes out for peft to load
+            return _peft_config_class(self.method)(**kwargs), names
+        except (ValueError, TypeError) as e:
+            raise PefsError(self.describe_refusal(bb, names, str(e).strip().splitlines()[0])) from None
 
-    def frozen_base(self, bb: Backbone) -> set[str]:
-        return {n for n, _ in bb.model.named_parameters() if n.endswith(".base_layer.weight")}
-
-    def merged_view(self, bb: Backbone):
-        from peft.tuners.tuners_utils import BaseTunerLayer
-
-        prefix = _prefix(self.method)
-        return tuner_layers_merged([m for m in bb.model.modules() if isinstance(m, BaseTunerLayer)
-                                    and m.adapter_layer_names[0].startswith(prefix)])
-
-    def merge(self, bb: Backbone) -> None:
-        from peft.tuners.tuners_utils import BaseTunerLayer
-
-        prefix = _prefix(self.method)
-        for name, module in list(bb.model.named_modules()):
-            if isinstance(module, BaseTunerLayer) and module.adapter_layer_names[0].startswith(prefix):
-                module.merge()
-                parent_name, _, attr = name.rpartition(".")
-                parent = bb.model.get_submodule(parent_name) if parent_name else bb.model
-                setattr(parent, attr, module.base_layer)
+    def describe_refusal(self, bb: Backbone, names: list[str], message: str) -> str:
+        kinds = {"all": "Linear and Conv2d", "1x1": "Linear and 1x1 Conv2d", "none": "Linear"}[self.spec.convs]
+        return (f"peft refused {self.name} on {bb.name} ({len(names)} layers, e.g. {names[0]}): {message}; "
+                f"{self.name} adapts {kinds} layers, pick others with targets=")

@@ -28,10 +28,17 @@ from torch import nn
 from pefs.backbones import Backbone
 from pefs.backbones.layout import BlockRoles, TokenLayout, attend_to
 from pefs.errors import PefsError
-from pefs.strategies.adapter import Wrapped, probe_shapes, reference_device_dtype, replace_module, select_blocks
 from pefs.strategies.base import Strategy, StrategyConfig, set_trainable
+from pefs.strategies.common import (
+    RerunBlocks,
+    Wrapped,
+    probe_shapes,
+    reference_device_dtype,
+    replace_module,
+    select_blocks,
+    vit_blocks,
+)
 from pefs.strategies.registry import register
-from pefs.strategies.vpt import TimmBlocks, vit_blocks
 
 
 class PromptGenerator(nn.Module):
@@ -50,7 +57,7 @@ class PromptGenerator(nn.Module):
         return self.out(F.scaled_dot_product_attention(q, k, v))
 
 
-class SelfPromptedBlocks(TimmBlocks):
+class SelfPromptedBlocks(RerunBlocks):
     """ViT blocks whose ``targets`` read prompts generated from the output of block ``source``."""
 
     def __init__(self, blocks: nn.Module, generator: PromptGenerator, source: int, targets: list[int],
@@ -186,3 +193,8 @@ class SelfPrompt(Strategy):
             replace_module(bb.model, name, target)
             trainable += [target.mix, *target.film.parameters()]
         set_trainable(trainable)
+
+    def checkpointing_target(self, bb: Backbone) -> nn.Module | None:
+        """Self-prompting reruns the ViT's blocks inside their own container, which checkpoints block by block."""
+        container = bb.block_container()
+        return container if isinstance(container, RerunBlocks) else None

@@ -19,13 +19,13 @@ from torch import nn
 from pefs.backbones import Backbone
 from pefs.errors import PefsError
 from pefs.strategies.base import Strategy, StrategyConfig, set_trainable
+from pefs.strategies.common import match_targets, norm_types
 from pefs.strategies.registry import register
 
 #: default targets on transformer blocks (module-name suffixes), as in the paper
 VIT_TARGETS = ("qkv", "proj", "fc1", "fc2", "norm1", "norm2")
 #: and outside the blocks: patch embedding, final norm (timm ViTs use ``norm`` or ``fc_norm``)
 VIT_OUTER = ("patch_embed.proj", "norm", "fc_norm")
-_NORMS = (nn.LayerNorm, nn.modules.batchnorm._BatchNorm, nn.GroupNorm)
 
 
 class SSF(nn.Module):
@@ -57,7 +57,7 @@ def target_info(m: nn.Module) -> tuple[int, int] | str:
         return m.out_features, -1
     if isinstance(m, nn.modules.conv._ConvNd) and not m.transposed:
         return m.out_channels, 1
-    if isinstance(m, _NORMS):
+    if isinstance(m, norm_types(("layer", "batch", "group"))):  # the norms whose affine a scale folds into
         if getattr(m, "weight", None) is None:
             return "it has no affine weight to merge the scale into"
         act = [getattr(m, a) for a in ("act", "drop") if isinstance(getattr(m, a, None), nn.Module)]
@@ -101,7 +101,7 @@ def ssf_targets(bb: Backbone, suffixes: tuple[str, ...] = ()) -> dict[str, nn.Mo
     cands = _candidates(bb)
     in_blocks = {n: m for n, m in cands.items() if any(n == b or n.startswith(b + ".") for b in bb.block_names)}
     if suffixes:
-        matched = {n: m for n, m in cands.items() if any(n == s or n.endswith("." + s) for s in suffixes)}
+        matched = {n: cands[n] for n in match_targets(cands, suffixes)}
         for n, m in matched.items():
             info = target_info(m)
             if isinstance(info, str) and any(True for _ in m.parameters(recurse=False)):

@@ -22,62 +22,17 @@ import torch.nn.functional as F
 from torch import nn
 
 from pefs.backbones import Backbone
-from pefs.backbones.layout import TokenLayout, enter_block
+from pefs.backbones.layout import TokenLayout
 from pefs.errors import PefsError
-from pefs.strategies.adapter import Wrapped, reference_device_dtype, replace_module
 from pefs.strategies.base import Strategy, StrategyConfig, set_trainable
+from pefs.strategies.common import RerunBlocks, Wrapped, reference_device_dtype, replace_module, vit_blocks
 from pefs.strategies.registry import register
 
 #: Bahng et al. pad 30 pixels on 224-pixel images; the default keeps that fraction at other sizes
 DEFAULT_PAD_FRACTION = 30 / 224
 
 
-class TimmBlocks(nn.Module):
-    """Holds a ViT's blocks (timm's Sequential or a transformers ModuleList) under their own names ("0", "1",
-    ...), so their parameter names do not change, and runs them itself."""
-
-    def __init__(self, blocks: nn.Module, layout: TokenLayout | None = None) -> None:
-        super().__init__()
-        self.layout = layout  # how each block is entered
-        for name, block in blocks.named_children():
-            self.add_module(name, block)
-        self.num_blocks = len(blocks)
-
-    def block_list(self) -> list[nn.Module]:
-        return [self._modules[str(i)] for i in range(self.num_blocks)]
-
-    #: timm's own checkpointing (``checkpoint_seq``) needs a Sequential: pefs' engine turns it on here instead
-    runs_own_checkpointing = True
-    use_checkpoint = False
-
-    def set_grad_checkpointing(self, enable: bool = True) -> None:
-        self.use_checkpoint = enable
-
-    def run_block(self, block: nn.Module, x: torch.Tensor) -> torch.Tensor:
-        """``block(x)``; under gradient checkpointing only ``x`` is kept and the block reruns in backward."""
-        if self.use_checkpoint and torch.is_grad_enabled():
-            return torch.utils.checkpoint.checkpoint(enter_block, block, x, self.layout, use_reentrant=False)
-        return enter_block(block, x, self.layout)
-
-
-def vit_blocks(bb: Backbone, strategy: str, alternative: str) -> nn.Module:
-    """The container of a ViT's blocks (from the backbone's token layout), or a PefsError saying what to use
-    instead."""
-    if bb.kind != "transformer":
-        raise PefsError(f"{strategy} needs a transformer backbone; {bb.name} is a {bb.kind} backbone: use "
-                        f"{alternative} instead")
-    blocks = bb.block_container()
-    if isinstance(blocks, TimmBlocks):
-        raise PefsError(f"{strategy} cannot be combined with another strategy that also reruns the ViT's blocks "
-                        "(vpt token modes, self-prompt); use one of them")
-    if blocks is None or not isinstance(blocks, (nn.Sequential, nn.ModuleList)):
-        raise PefsError(f"{strategy} needs a ViT whose token layout pefs knows (timm VisionTransformer, or a "
-                        f"transformers ViT/DeiT/DINOv2/CLIP encoder); {bb.name} ({type(bb.model).__name__}) has "
-                        f"none: use {alternative}")
-    return blocks
-
-
-class PromptedBlocks(TimmBlocks):
+class PromptedBlocks(RerunBlocks):
     """ViT blocks with M prompt tokens after the prefix tokens: shallow (one set) or deep (one set per block)."""
 
     def __init__(self, blocks: nn.Module, prompts: torch.Tensor, num_prefix_tokens: int,
@@ -214,3 +169,8 @@ class Vpt(Strategy):
         new_blocks = PromptedBlocks(blocks, prompts, bb.tokens.num_prefix, bb.tokens)  # type: ignore[union-attr]
         replace_module(bb.model, bb.tokens.container, new_blocks)  # type: ignore[union-attr]
         set_trainable([new_blocks.prompts])
+
+    def checkpointing_target(self, bb: Backbone) -> nn.Module | None:
+        """Token prompts rerun the ViT's blocks inside their own container, which checkpoints block by block."""
+        container = bb.block_container()
+        return container if isinstance(container, RerunBlocks) else None
