@@ -182,3 +182,16 @@ def test_refresh_reads_only_what_others_appended(tmp_path):
     assert set(contents.rows) == {"a0000", "a0001", "a0002", "s0000", "s0001", "b0000", "b0001"}
     assert contents.offsets[st] == st.stat().st_size and contents.duplicates == 0
     assert any("torn or corrupt line" in p for p in contents.problems)
+
+
+def test_a_claim_left_empty_by_a_kill_is_stale_after_seconds(tmp_path):
+    st = tmp_path / "s.jsonl"
+    path = claims.claims_dir(st) / "cell.claim"
+    path.parent.mkdir(parents=True)
+    path.write_text("")  # killed between O_EXCL create and write
+    assert claims.try_claim(st, "cell") is None  # it may be being written this instant
+    old = time.time() - claims.UNWRITTEN_S - 1
+    os.utime(path, (old, old))
+    claim = claims.try_claim(st, "cell")
+    assert claim is not None
+    claim.release()
