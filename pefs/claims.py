@@ -20,6 +20,8 @@ from pefs.errors import PefsError
 
 HEARTBEAT_S = 30.0
 STALE_S = 600.0
+#: a claim file still empty or unreadable after this long was left by a process killed while writing it
+UNWRITTEN_S = 5.0
 
 
 def claims_dir(store: str | Path) -> Path:
@@ -47,8 +49,9 @@ def holder(path: Path) -> dict | None:
         info = json.loads(path.read_text())
     except FileNotFoundError:
         return None
-    except (OSError, ValueError):  # being written this very instant, or garbage: held until it is old
-        info = {"host": "?", "pid": -1}
+    except (OSError, ValueError):  # being written this very instant (a few microseconds), or left empty by a
+        # process killed between creating and writing it: stale once it is a few seconds old
+        return {"host": "?", "pid": -1} if age < UNWRITTEN_S else None
     if age > STALE_S:
         return None
     if info.get("host") == socket.gethostname() and not _alive(int(info.get("pid", -1))):

@@ -18,6 +18,8 @@ def _seeds(text: str) -> tuple[int, ...]:
     try:
         if "-" in text.strip("-") and "," not in text:
             a, b = text.split("-")
+            if int(b) < int(a):
+                raise argparse.ArgumentTypeError(f"seed range {text!r} is empty; give LOW-HIGH with LOW <= HIGH")
             values = tuple(range(int(a), int(b) + 1))
         else:
             values = tuple(int(s) for s in text.split(",") if s.strip())

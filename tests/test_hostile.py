@@ -188,3 +188,9 @@ def test_claims_beside_a_store_in_an_unwritable_place_fail_clearly(tmp_path):
     (tmp_path / ".s.jsonl.claims").write_text("a file where the claims folder goes")
     with pytest.raises(PefsError, match="claims folder"):
         claims.try_claim(Path(tmp_path / "s.jsonl"), "abc")
+
+
+def test_a_descending_seed_range_is_named(capsys):
+    with pytest.raises(SystemExit) as e:
+        main(["tune", "--seeds", "3-1"])
+    assert e.value.code == 2 and "seed range '3-1' is empty" in capsys.readouterr().err
