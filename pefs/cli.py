@@ -78,6 +78,12 @@ def add_tune_args(p: argparse.ArgumentParser) -> None:
                    help="recompute block activations in backward: less memory, more time (timm models)")
     g.add_argument("--no-cache", dest="cache_features", action="store_false",
                    help="run the frozen trunk every step even when only the head trains")
+    g.add_argument("--workers", dest="num_workers", type=int, default=0,
+                   help="DataLoader processes decoding images beside the forward pass (default 0: in this process)")
+    g.add_argument("--cache-mb", type=float, default=512,
+                   help="budget of the run's decoded-image / activation cache in MiB (default 512)")
+    g.add_argument("--feature-cache", metavar="DIR", help="on-disk store of frozen features shared by runs "
+                   "(default $PEFS_FEATURE_CACHE, else none); delete DIR to clear it")
 
 
 def config_from_args(a: argparse.Namespace):
@@ -88,11 +94,13 @@ def config_from_args(a: argparse.Namespace):
                         weight_decay=a.weight_decay, mixed_precision=a.mixed_precision,
                         inference_precision=a.inference_precision, merge_for_eval=a.merge_for_eval,
                         grad_checkpointing=a.grad_checkpointing,
-                        cache_features=a.cache_features, progress=not getattr(a, "quiet", False))
+                        cache_features=a.cache_features, progress=not getattr(a, "quiet", False),
+                        num_workers=a.num_workers, cache_mb=a.cache_mb)
     return TuneConfig(model=a.model, strategy=a.strategy, shots=a.shots, seeds=a.seeds, data=a.data, ways=a.ways,
                       queries=a.queries, episodes=a.episodes, pretrained=a.pretrained, checkpoint=a.checkpoint,
                       img_size=a.img_size, options=dict(a.opt), train=train, output=a.output,
-                      save_adapter=getattr(a, "save_adapter", None), **_head_and_views(a))
+                      save_adapter=getattr(a, "save_adapter", None), feature_cache=a.feature_cache,
+                      **_head_and_views(a))
 
 
 def _head_and_views(a: argparse.Namespace) -> dict:

@@ -15,9 +15,10 @@ from pefs.errors import PefsError, unknown
 from pefs.heads import DEFAULT_HEAD, HEADS
 
 #: fields that do not change a run's numbers, so they stay out of its hash (a sweep resumes across them)
-RESULT_NEUTRAL = ("output", "save_adapter")
+RESULT_NEUTRAL = ("output", "save_adapter", "feature_cache")
 #: (gradient checkpointing recomputes the same activations: tests/test_speed_options.py checks equal losses)
-RESULT_NEUTRAL_TRAIN = ("progress", "eval_batch_size", "grad_checkpointing")
+#: (workers, cache budget and the feature store change where inputs come from, not their values)
+RESULT_NEUTRAL_TRAIN = ("progress", "eval_batch_size", "grad_checkpointing", "num_workers", "cache_mb")
 
 
 @dataclass
@@ -46,6 +47,8 @@ class TuneConfig:
     augment: bool = False
     mask_ratio: float = 0.0
     mask_patch: int = 16
+    #: directory of the on-disk feature store (pefs.features); None: $PEFS_FEATURE_CACHE, else no store
+    feature_cache: str | None = None
 
     @property
     def view_config(self) -> ViewConfig:

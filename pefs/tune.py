@@ -22,6 +22,7 @@ from pefs.engine import NonFiniteLoss, mean_ci95
 from pefs.episodic import check_episodes, run_episodes
 from pefs.errors import PefsError
 from pefs.fewshot import TaskRunner, build_model
+from pefs.memory import RunMemory
 
 __all__ = ["build_model", "finish", "run_kshot_seed", "tune", "write_record"]
 
@@ -48,6 +49,7 @@ def tune(cfg: TuneConfig) -> dict[str, Any]:
     """Run the configured protocol (K-shot over seeds, or episodes); return the result record (also on disk)."""
     cfg.validate()
     check_writable(cfg.output)  # before any compute, not after it
+    memory = RunMemory()  # this run's peak, not the process's running maximum
     dataset = load_dataset(cfg.data)
     check_splits_disjoint(dataset)
     if cfg.img_size is None and dataset.suggested_img_size:
@@ -64,10 +66,10 @@ def tune(cfg: TuneConfig) -> dict[str, Any]:
         else:
             body = run_kshot(cfg, dataset, runner, t_start)
     except NonFiniteLoss as e:
-        e.record = finish(cfg, dataset, e.partial, runner)  # type: ignore[attr-defined]
+        e.record = finish(cfg, dataset, {**e.partial, **memory.figures()}, runner)  # type: ignore[attr-defined]
         e.args = (f"{e}; the record says so: {e.record['path']}",)
         raise
-    return finish(cfg, dataset, body, runner)
+    return finish(cfg, dataset, {**body, **memory.figures(), **runner.cache_figures()}, runner)
 
 
 def run_kshot(cfg: TuneConfig, dataset: Dataset, runner: TaskRunner, t_start: float) -> dict[str, Any]:
