@@ -154,12 +154,12 @@ class TaskRunner:
         n, b = len(images), self.cfg.train.eval_batch_size
         missing = [p for p, name in enumerate(images.names) if self._memo(name) is None]
         missing = self._from_store(images, missing)
-        produced = self._produce(images, missing, t)
+        produced, todo = self._produce(images, missing, t), set(missing)
         rest = engine.no_grad_pass(self.model, self.cfg.train, self.level, stop)
         out = []
         for lo in tqdm(range(0, n, b), desc=desc, disable=not self.cfg.train.progress, leave=False):
-            xb = [self._memo(images.names[p]) for p in range(lo, min(n, lo + b))]
-            xb = torch.stack([x if x is not None else next(produced) for x in xb])
+            xb = torch.stack([next(produced) if p in todo else self._memo(images.names[p])
+                              for p in range(lo, min(n, lo + b))])
             if self.level == 0:
                 xb = self.decoder.finish(xb)
                 if stop != 0:

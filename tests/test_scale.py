@@ -9,7 +9,7 @@ from PIL import Image
 
 from pefs.backbones.describe import IMAGENET_DATA_CONFIG
 from pefs.config import TuneConfig
-from pefs.data import Dataset, from_arrays, load_dataset
+from pefs.data import Dataset, from_arrays, load_dataset, loading
 from pefs.data.loading import ByteCache, Decoder, decoded_batches
 from pefs.engine import TrainConfig
 from pefs.errors import PefsError
@@ -73,7 +73,8 @@ def test_run_over_the_cache_budget_equals_an_unbounded_run(split_folder, tmp_pat
         assert bounded["runs"][1]["trunk_images"] == unbounded["runs"][1]["trunk_images"] < 24
 
 
-def test_workers_decode_the_same_inputs_and_name_a_bad_file(split_folder, tmp_path):
+def test_workers_decode_the_same_inputs_and_name_a_bad_file(split_folder, tmp_path, monkeypatch):
+    monkeypatch.setattr(loading, "MIN_PARALLEL", 0)  # worker processes even for this small set
     ds = load_dataset(str(split_folder))
     outs = []
     for workers in (0, 2):
@@ -82,6 +83,13 @@ def test_workers_decode_the_same_inputs_and_name_a_bad_file(split_folder, tmp_pa
         outs.append(runner.stream(ds.test, "logits", t))
         assert t["decoded"] == t["trunk_images"] == len(ds.test)
     assert torch.equal(outs[0], outs[1])
+    seen = []
+    real = loading.DataLoader
+    monkeypatch.setattr(loading, "DataLoader", lambda *a, **kw: seen.append(kw["num_workers"]) or real(*a, **kw))
+    list(decoded_batches(ds.test, range(4), runner.decoder, 4, num_workers=2))
+    monkeypatch.setattr(loading, "MIN_PARALLEL", 5)
+    list(decoded_batches(ds.test, range(4), runner.decoder, 4, num_workers=2))
+    assert seen == [2, 0]  # a set under MIN_PARALLEL images decodes in this process
     bad = split_folder / "test" / "c1" / "test3.png"
     bad.write_bytes(b"not a png")
     ds = load_dataset(str(split_folder))

@@ -21,6 +21,9 @@ from torch.utils.data import Dataset as TorchDataset
 from pefs.data.sources import ImageSet
 from pefs.errors import PefsError
 
+#: sets smaller than this decode in the calling process even when workers are asked for
+MIN_PARALLEL = 256
+
 
 class Decoder:
     """An eval transform split into a per-image uint8 part and a per-batch float part (see the module doc)."""
@@ -87,9 +90,12 @@ def _collate(items: list) -> torch.Tensor | _Failed:
 def decoded_batches(images: ImageSet, indices: Sequence[int], decoder: Decoder, batch_size: int,
                     num_workers: int = 0) -> Iterator[torch.Tensor]:
     """Batches of ``images[indices]`` in order, decoded by ``num_workers`` processes (0: this one) ahead of use;
-    uint8 when ``decoder.uint8``. An undecodable image raises the PefsError that names it."""
+    uint8 when ``decoder.uint8``. An undecodable image raises the PefsError that names it. Fewer than
+    ``MIN_PARALLEL`` images (a support set, an episode) decode in this process."""
     if not len(indices):
         return
+    if len(indices) < MIN_PARALLEL:
+        num_workers = 0  # starting worker processes (~0.3 s) costs more than they save on a few images
     loader = DataLoader(DecodedImages(images, indices, decoder), batch_size=batch_size, shuffle=False,
                         num_workers=num_workers, collate_fn=_collate,
                         prefetch_factor=4 if num_workers else None, persistent_workers=False)

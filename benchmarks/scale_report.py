@@ -1,0 +1,72 @@
+"""Render benchmarks/scale.md from the raw results benchmarks/scale.py wrote (scale.json)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+NAMES = {"forward": "forward-only limit", "linear": "linear probe", "prototype": "prototype head",
+         "lora": "LoRA (r=8)"}
+
+
+def _row(rows: list[dict], method: str, n: int) -> dict | None:
+    return next((r for r in rows if r["method"] == method and r["n_test"] == n), None)
+
+
+def render(data: dict[str, Any]) -> str:
+    """The Markdown report: one table of wall time and peak memory per method and test-split size."""
+    rows = data["rows"]
+    sizes = sorted({r["n_test"] for r in rows})
+    methods = [m for m in NAMES if any(r["method"] == m for r in rows)]
+    r0 = rows[0]
+    out = ["# Memory and time against the size of the test split", "",
+           f"Model {data['model']} (ImageNet weights), {r0['img_size']} px, batch {r0['batch']}, "
+           f"{r0['workers']} DataLoader worker(s), {r0['threads']} torch thread(s), inference precision "
+           f"{r0.get('precision')}; K-shot runs: 1 shot x 10 classes, one seed. Data: the full Fashion-MNIST "
+           "(Debian `dataset-fashion-mnist`): test splits drawn from its 10,000 test images, then its training "
+           "images. Each cell ran in a fresh process.", "",
+           f"Measured {data['measured_at']} on a {data['nproc']}-core machine. {data.get('note', '')}", "",
+           "Reproduce: `" + data["command"] + "`", "",
+           "## Wall time (s) and images per second", "",
+           "| method | " + " | ".join(f"{n:,} test images" for n in sizes) + " |",
+           "|---|" + "---:|" * len(sizes)]
+    for m in methods:
+        cells = []
+        for n in sizes:
+            r = _row(rows, m, n)
+            cells.append(f"{r['wall_s']:.1f} s ({n / r['wall_s']:.0f} img/s)" if r else "-")
+        out.append(f"| {NAMES[m]} | " + " | ".join(cells) + " |")
+    out += ["", "## Ratio to the forward-only limit (wall time of the run / wall time of the limit)", "",
+            "| method | " + " | ".join(f"{n:,}" for n in sizes) + " |", "|---|" + "---:|" * len(sizes)]
+    for m in methods:
+        if m == "forward":
+            continue
+        cells = []
+        for n in sizes:
+            r, f = _row(rows, m, n), _row(rows, "forward", n)
+            cells.append(f"{r['wall_s'] / f['wall_s']:.2f}x" if r and f else "-")
+        out.append(f"| {NAMES[m]} | " + " | ".join(cells) + " |")
+    out += ["", "## Peak memory (MB): the run's peak RSS, and its growth over the process before the run", "",
+            "| method | " + " | ".join(f"{n:,}" for n in sizes) + " | largest / smallest |",
+            "|---|" + "---:|" * (len(sizes) + 1)]
+    for m in methods:
+        cells, peaks = [], []
+        for n in sizes:
+            r = _row(rows, m, n)
+            if r:
+                peaks.append(r["process_peak_rss_mb"])
+            cells.append(f"{r['process_peak_rss_mb']:.0f} (+{r['peak_growth_mb']:.0f})" if r else "-")
+        ratio = f"{peaks[-1] / peaks[0]:.2f}x" if len(peaks) > 1 else "-"
+        out.append(f"| {NAMES[m]} | " + " | ".join(cells) + f" | {ratio} |")
+    out += ["", "## Per run", "", "| method | test images | accuracy | decode s | features s | train s | eval s "
+            "| trunk passes | cache MB |", "|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    for r in rows:
+        if r["method"] == "forward":
+            continue
+        t = r["time_s"]
+        out.append(f"| {NAMES[r['method']]} | {r['n_test']:,} | {100 * r['accuracy_mean']:.2f}% | "
+                   f"{t['decode_s']:.1f} | {t['extract_s']:.1f} | {t['train_s']:.1f} | {t['eval_s']:.1f} | "
+                   f"{r['trunk_images']:,} | {r['cache']['cache_mb']:.0f} |")
+    out += ["", "Decode time is the time the run waited for decoded batches (the worker decodes beside the "
+            "forward pass). The features time of a frozen-prefix run is its one trunk pass over the support and "
+            "test images; LoRA runs the whole network on the test split inside evaluation (merged weights).", ""]
+    return "\n".join(out)
