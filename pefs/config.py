@@ -74,6 +74,8 @@ class TuneConfig:
                 raise PefsError(f"{name} must be a whole number >= 1, got {getattr(self, name)!r}")
         if self.head not in HEADS:
             raise unknown("head", self.head, list(HEADS))
+        if self.feature_cache is not None and not isinstance(self.feature_cache, str):
+            raise PefsError(f"feature_cache must be a directory path, got {self.feature_cache!r}")
         self.view_config.validate()
         self.train.validate()
 

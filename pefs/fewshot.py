@@ -78,6 +78,7 @@ class TaskRunner:
         #: image name -> uint8 image (level 0) or activation at ``self.level``, within --cache-mb
         self._cache = ByteCache(cfg.train.cache_mb * 2**20)
         self.store = self._open_store()
+        self._pending: dict[int, str] = {}  # position -> store key of the images the store did not have
 
     def _open_store(self) -> FeatureStore | None:
         root = cache_dir(getattr(self.cfg, "feature_cache", None))

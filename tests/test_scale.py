@@ -97,6 +97,21 @@ def test_workers_decode_the_same_inputs_and_name_a_bad_file(split_folder, tmp_pa
         list(decoded_batches(ds.test, range(len(ds.test)), runner.decoder, 4, num_workers=2))
 
 
+def test_a_set_naming_one_image_twice_streams_in_order(split_folder, tmp_path):
+    from pefs.data import ImageSet
+
+    ds = load_dataset(str(split_folder))
+    runner = TaskRunner(config(split_folder, tmp_path, strategy="lora"), 3)  # nothing cached yet
+    idx = [0, 1, 0, 2, 1]
+    twice = ImageSet(ds.test.classes, ds.test.labels[idx], [ds.test.names[i] for i in idx],
+                     lambda j: ds.test.loader(idx[j]))
+    t = dict.fromkeys(("decode_s", "extract_s", "decoded", "trunk_images"), 0.0)
+    got = runner.stream(twice, "logits", t)
+    assert t["decoded"] == 5
+    once = runner.stream(ds.test.subset([0, 1, 2]), "logits", dict(t))
+    assert torch.allclose(got, once[idx], atol=1e-5)
+
+
 def test_byte_cache_keeps_the_first_entries_within_budget():
     cache = ByteCache(3 * 100)
     for i in range(5):
