@@ -101,7 +101,8 @@ def measure(args) -> list[dict]:
             cmd = [sys.executable, __file__, "--one", method, str(n), "--img-size", str(args.img_size),
                    "--batch", str(args.batch), "--workers", str(args.workers), "--shots", str(args.shots)]
             t0 = time.perf_counter()
-            res = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "PYTHONPATH": str(HERE.parent)})
+            env = {**os.environ, "PYTHONPATH": str(HERE.parent)}
+            res = subprocess.run(cmd, capture_output=True, text=True, env=env)
             if res.returncode:
                 raise SystemExit(f"{' '.join(cmd)} failed:\n{res.stderr[-3000:]}")
             row = json.loads(res.stdout.strip().splitlines()[-1])
