@@ -25,6 +25,7 @@ sys.path.insert(0, str(HERE))
 
 METHODS = {"linear": ("linear", "linear"), "prototype": ("linear", "prototype"), "lora": ("lora", "linear")}
 MODEL = "efficientnet_lite0.offline"
+NAMES_ORDER = ("forward", *METHODS)
 
 
 def rss_mb(field: str = "VmRSS") -> float:
@@ -124,6 +125,7 @@ def main() -> None:
     p.add_argument("--out", default=str(HERE / "scale.json"))
     p.add_argument("--one", nargs=2, metavar=("METHOD", "N"))
     p.add_argument("--render", action="store_true", help="only re-render scale.md from --out")
+    p.add_argument("--update", action="store_true", help="merge the measured rows into --out instead of replacing")
     p.add_argument("--note", default="", help="what else ran on the machine while measuring")
     a = p.parse_args()
     if a.one:
@@ -133,6 +135,11 @@ def main() -> None:
 
     if not a.render:
         rows = measure(a)
+        if a.update and Path(a.out).exists():  # replace the measured (method, size) rows, keep the others
+            done = {(r["method"], r["n_test"]) for r in rows}
+            old = json.loads(Path(a.out).read_text())["rows"]
+            rows = [r for r in old if (r["method"], r["n_test"]) not in done] + rows
+            rows.sort(key=lambda r: (r["n_test"], list(NAMES_ORDER).index(r["method"])))
         data = {"command": "PYTHONPATH=. OMP_NUM_THREADS=1 python benchmarks/scale.py " + " ".join(sys.argv[1:]),
                 "measured_at": time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime()), "model": MODEL,
                 "nproc": os.cpu_count(), "note": a.note, "rows": rows}

@@ -14,7 +14,7 @@ import contextlib
 import dataclasses
 import hashlib
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import torch
@@ -102,9 +102,9 @@ class TaskRunner:
 
     def _keep(self, name: str, x: torch.Tensor) -> None:
         if self.level == self.pooled_level:
-            self._features[name] = x.clone()
+            self._features[name] = _compact(x)
         else:
-            self._cache.put(name, x)
+            self._cache.put(name, _compact(x) if x.is_floating_point() else x)
 
     def _from_store(self, images: ImageSet, missing: list[int]) -> list[int]:
         """Fill the run's features from the on-disk store; the positions still missing."""
@@ -114,7 +114,7 @@ class TaskRunner:
         found = self.store.get(list(keys.values()))
         for p, k in keys.items():
             if k in found:
-                self._features[images.names[p]] = found[k]
+                self._features[images.names[p]] = _compact(found[k])
         self._pending = {p: k for p, k in keys.items() if k not in found}
         return [p for p in missing if keys[p] not in found]
 
@@ -148,26 +148,31 @@ class TaskRunner:
         if self.store is not None and new_keys:
             self.store.put(new_keys, torch.cat(new_feats))
 
-    def stream(self, images: ImageSet, stop: str | int, t: dict[str, float], desc: str = "evaluate") -> torch.Tensor:
-        """Outputs at ``stop`` for every image of ``images``, in order, computed batch by batch: cached inputs at
-        ``self.level`` where the run has them, the rest decoded and run through the frozen prefix as they are
-        needed. Memory holds one batch of images, not the set; batches are the same as without any cache."""
+    def stream(self, images: ImageSet, stop: str | int, t: dict[str, float], desc: str = "evaluate",
+               each: Callable[[torch.Tensor], torch.Tensor] | None = None) -> torch.Tensor:
+        """Outputs at ``stop`` for every image of ``images`` (or ``each`` of each batch of them, e.g. its scores),
+        in order, computed batch by batch: cached inputs at ``self.level`` where the run has them, the rest
+        decoded and run through the frozen prefix as they are needed. Memory holds one batch of images and the
+        results, not the set; batches are the same as without any cache."""
         n, b = len(images), self.cfg.train.eval_batch_size
         missing = [p for p, name in enumerate(images.names) if self._memo(name) is None]
         missing = self._from_store(images, missing)
         produced, todo = self._produce(images, missing, t), set(missing)
         rest = engine.no_grad_pass(self.model, self.cfg.train, self.level, stop)
-        out = []
+        out = torch.empty(0)
         for lo in tqdm(range(0, n, b), desc=desc, disable=not self.cfg.train.progress, leave=False):
-            xb = torch.stack([next(produced) if p in todo else self._memo(images.names[p])
+            xb = torch.stack([next(produced) if p in todo else _widen(self._memo(images.names[p]))
                               for p in range(lo, min(n, lo + b))])
             if self.level == 0:
                 xb = self.decoder.finish(xb)
                 if stop != 0:
                     t["trunk_images"] += len(xb)
-            out.append(rest(xb))
+            r = rest(xb) if each is None else each(rest(xb))
+            if lo == 0:
+                out = torch.empty((n, *r.shape[1:]), dtype=r.dtype)
+            out[lo:lo + len(r)] = r
         next(produced, None)  # finishes the producer: writes the store shard
-        return torch.cat(out) if out else torch.empty(0)
+        return out
 
     def inputs(self, images: ImageSet, t: dict[str, float]) -> torch.Tensor:
         """Clean inputs at ``self.level`` for ``images`` (a support set: small), each decoded and run through
@@ -224,9 +229,13 @@ class TaskRunner:
         before = t["decode_s"] + t["extract_s"]
         with model.merged_view() if cfg.merge_for_eval else contextlib.nullcontext():
             sup = self.read(xs, "support") if self.head.reads != "logits" else xs[:0]
-            # the query streams: decoded batch by batch, only what the head reads is kept
-            q = self._head_view(self.stream(query, self.head.reads, t))
-            scores = self.head.classify(sup, ys, q, n)
+            # the query streams: decoded batch by batch and scored batch by batch (heads score each query on its
+            # own), so only the scores are kept; a head that reads all queries at once sets ``transductive``
+            if getattr(self.head, "transductive", False):
+                scores = self.head.classify(sup, ys, self._head_view(self.stream(query, self.head.reads, t)), n)
+            else:
+                scores = self.stream(query, self.head.reads, t,
+                                     each=lambda q: self.head.classify(sup, ys, self._head_view(q), n))
         t["eval_s"] += time.perf_counter() - t0 - (t["decode_s"] + t["extract_s"] - before)
         pred = scores.argmax(-1)
         t["decoded"] = int(t["decoded"])  # images decoded for this task (the rest came from the run's cache)
@@ -235,3 +244,13 @@ class TaskRunner:
                 "steps": stats.steps, "final_loss": stats.final_loss, "cached": stats.cached, "level": self.level,
                 "head_lr": cfg.head_lr * self.head.head_lr_factor if self.trains else None,
                 "start_state": start_state}
+
+
+def _compact(x: torch.Tensor) -> torch.Tensor:
+    """``x`` to keep: as bf16 when that holds its values exactly (the output of a bf16 pass), else a float copy."""
+    h = x.to(torch.bfloat16)
+    return h if torch.equal(h.float(), x) else x.clone()
+
+
+def _widen(x: torch.Tensor) -> torch.Tensor:
+    return x.float() if x.dtype == torch.bfloat16 else x
