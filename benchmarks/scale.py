@@ -5,9 +5,10 @@
 
 Each (method, test-split size) runs in a fresh process, so its peak RSS is its own. Methods: ``linear``
 (linear probe: strategy linear, head linear), ``prototype`` (strategy linear, head prototype), ``lora``
-(strategy lora, head linear) and ``forward`` (the limit: a plain DataLoader that decodes the same images with
-the same transform in the same number of workers, and the trunk to the pooled features, same batch size,
-precision and layout; nothing kept). Data: the full Fashion-MNIST (Debian ``dataset-fashion-mnist``).
+(strategy lora, head linear; ``lora-cache64``: the same with ``--cache-mb 64``) and ``forward`` (the limit: a
+plain DataLoader that decodes the same images with the same transform in the same number of workers, and the
+trunk to the pooled features, same batch size, precision and layout; nothing kept). Data: the full
+Fashion-MNIST (Debian ``dataset-fashion-mnist``).
 """
 
 from __future__ import annotations
@@ -23,7 +24,9 @@ from pathlib import Path
 HERE = Path(__file__).parent
 sys.path.insert(0, str(HERE))
 
-METHODS = {"linear": ("linear", "linear"), "prototype": ("linear", "prototype"), "lora": ("lora", "linear")}
+#: method -> (strategy, head, --cache-mb)
+METHODS = {"linear": ("linear", "linear", 512), "prototype": ("linear", "prototype", 512),
+           "lora": ("lora", "linear", 512), "lora-cache64": ("lora", "linear", 64)}
 MODEL = "efficientnet_lite0.offline"
 NAMES_ORDER = ("forward", *METHODS)
 
@@ -80,10 +83,11 @@ def one(method: str, n_test: int, img_size: int, batch: int, workers: int, shots
     if method == "forward":
         out.update(forward_only(ds, img_size, batch, workers))
     else:
-        strategy, head = METHODS[method]
+        strategy, head, cache_mb = METHODS[method]
         cfg = TuneConfig(model=MODEL, strategy=strategy, head=head, shots=shots, seeds=(0,), data=ds,  # type: ignore
                          img_size=img_size, output="/tmp/pefs-scale-runs",
-                         train=TrainConfig(progress=False, eval_batch_size=batch, num_workers=workers))
+                         train=TrainConfig(progress=False, eval_batch_size=batch, num_workers=workers,
+                                           cache_mb=cache_mb))
         rec = tune(cfg)
         r = rec["runs"][0]
         out.update({k: rec[k] for k in ("wall_s", "peak_memory_mb", "peak_memory_growth_mb", "accuracy_mean",

@@ -50,6 +50,10 @@ def fingerprint(model: torch.nn.Module) -> str:
     return h.hexdigest()
 
 
+#: images per shard of the on-disk feature store
+STORE_SHARD = 4096
+
+
 class TaskRunner:
     """Loads the model once and runs task after task from the same start, with run-wide caches."""
 
@@ -81,7 +85,7 @@ class TaskRunner:
         self._pending: dict[int, str] = {}  # position -> store key of the images the store did not have
 
     def _open_store(self) -> FeatureStore | None:
-        root = cache_dir(getattr(self.cfg, "feature_cache", None))
+        root = cache_dir(self.cfg.feature_cache)
         if root is None or self.level != self.pooled_level or self.level == 0:
             return None
         precision = engine.inference_precision(self.cfg.train, engine.accelerator().device)
@@ -144,6 +148,9 @@ class TaskRunner:
             if self.store is not None:
                 new_keys += [self._pending[p] for p in pos]
                 new_feats.append(xb)
+                if len(new_keys) >= STORE_SHARD:  # bounded memory; what is written survives a kill
+                    self.store.put(new_keys, torch.cat(new_feats))
+                    new_keys, new_feats = [], []
             yield from xb
         if self.store is not None and new_keys:
             self.store.put(new_keys, torch.cat(new_feats))

@@ -44,9 +44,15 @@ def trunk_passes(rec) -> int:
     return sum(r["trunk_images"] for r in rec["runs"])
 
 
-def test_second_run_starts_from_the_store(data, tmp_path):
-    first = tune(config(data, tmp_path))
+def test_second_run_starts_from_the_store(data, tmp_path, monkeypatch):
+    from pefs import fewshot
+
+    monkeypatch.setattr(fewshot, "STORE_SHARD", 4)  # shards of 4 images: the 15 test images make 4 shards
+    cfg = config(data, tmp_path)
+    cfg.train.eval_batch_size = 4
+    first = tune(cfg)
     assert first["feature_store"]["written"] == trunk_passes(first) >= 15 + 6  # the test split + 2 shots x 3
+    assert len(list((tmp_path / "store").glob("*/*.npz"))) >= 4 + 3
     second = tune(config(data, tmp_path, strategy="linear", head="linear"))  # another frozen-prefix cell
     assert trunk_passes(second) == 0 and second["feature_store"]["hits"] == first["feature_store"]["written"]
     again = tune(config(data, tmp_path))
