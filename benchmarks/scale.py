@@ -129,7 +129,9 @@ def main() -> None:
     p.add_argument("--out", default=str(HERE / "scale.json"))
     p.add_argument("--one", nargs=2, metavar=("METHOD", "N"))
     p.add_argument("--render", action="store_true", help="only re-render scale.md from --out")
-    p.add_argument("--update", action="store_true", help="merge the measured rows into --out instead of replacing")
+    p.add_argument("--update", action="store_true", help="replace the measured (method, size) rows of --out")
+    p.add_argument("--repeat", action="store_true", help="add the measured rows to --out as repetitions (the "
+                   "report shows the fastest repetition of each: the least disturbed by other load)")
     p.add_argument("--note", default="", help="what else ran on the machine while measuring")
     a = p.parse_args()
     if a.one:
@@ -139,8 +141,8 @@ def main() -> None:
 
     if not a.render:
         rows = measure(a)
-        if a.update and Path(a.out).exists():  # replace the measured (method, size) rows, keep the others
-            done = {(r["method"], r["n_test"]) for r in rows}
+        if (a.update or a.repeat) and Path(a.out).exists():  # merge with the rows already measured
+            done = {(r["method"], r["n_test"]) for r in rows} if a.update else set()
             old = json.loads(Path(a.out).read_text())["rows"]
             rows = [r for r in old if (r["method"], r["n_test"]) not in done] + rows
             rows.sort(key=lambda r: (r["n_test"], list(NAMES_ORDER).index(r["method"])))

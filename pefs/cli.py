@@ -78,9 +78,9 @@ def add_tune_args(p: argparse.ArgumentParser) -> None:
                    help="recompute block activations in backward: less memory, more time (timm models)")
     g.add_argument("--no-cache", dest="cache_features", action="store_false",
                    help="run the frozen trunk every step even when only the head trains")
-    g.add_argument("--workers", dest="num_workers", type=int, default=0,
+    g.add_argument("--workers", dest="num_workers", type=int, default=0, metavar="N",
                    help="DataLoader processes decoding images beside the forward pass (default 0: in this process)")
-    g.add_argument("--cache-mb", type=float, default=512,
+    g.add_argument("--cache-mb", type=float, default=512, metavar="MIB",
                    help="budget of the run's decoded-image / activation cache in MiB (default 512)")
     g.add_argument("--feature-cache", metavar="DIR", help="on-disk store of frozen features shared by runs "
                    "(default $PEFS_FEATURE_CACHE, else none); delete DIR to clear it")
