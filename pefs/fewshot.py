@@ -101,6 +101,11 @@ class TaskRunner:
                           "cache_mb": self._cache.used / 2**20, "refused": self._cache.refused,
                           "uint8": self.decoder.uint8}, "feature_store": store}
 
+    def clear_caches(self) -> None:
+        """Forget the run's kept features and decoded images (the next task starts cold; the store stays)."""
+        self._features.clear()
+        self._cache = ByteCache(self.cfg.train.cache_mb * 2**20)
+
     def _memo(self, name: str) -> torch.Tensor | None:
         return self._features.get(name) if self.level == self.pooled_level else self._cache.get(name)
 
