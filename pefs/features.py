@@ -14,6 +14,7 @@ ignore and :func:`clear` removes. The directory: ``--feature-cache DIR`` or ``$P
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import os
 import shutil
@@ -126,8 +127,6 @@ class FeatureStore:
         if feats.shape[0] != len(keys):
             raise ValueError(f"{len(keys)} keys for {feats.shape[0]} features")
         shard = self.dir / SHARD.format(uuid.uuid4().hex)
-        import io
-
         buf = io.BytesIO()
         np.savez(buf, keys=np.array(list(keys), dtype="U32"), features=feats)
         try:
