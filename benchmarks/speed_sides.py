@@ -311,7 +311,7 @@ class SideWorker:
             support, query, seed, _ = self.tasks["episode"][0]
             runner = getattr(self.side, "runners", {}).get("episode")
             if runner is not None:
-                runner._memo.clear()  # cold, as a first episode: decode and frozen prefix counted too
+                runner.clear_caches()  # cold, as a first episode: decode and frozen prefix counted too
             with LiveTensors() as live:
                 self.side.task("episode", support, query, seed)
             out["tensor_peak_mb"] = live.peak_mb

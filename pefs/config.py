@@ -72,6 +72,10 @@ class TrainConfig:
     eval_batch_size: int = setting(16, "evaluation batch size (16 beats 64 on a CPU for channels-last CNNs)",
                                    neutral=True)
     progress: bool = setting(True, "progress bars", neutral=True, cli=False)
+    num_workers: int = setting(0, "DataLoader processes decoding images beside the forward pass (0: in this "
+                               "process)", flags=("--workers",), metavar="N", neutral=True)
+    cache_mb: float = setting(512, "budget of the run's decoded-image / activation cache in MiB (pooled features "
+                              "are kept outside it)", metavar="MIB", neutral=True)
 
     def validate(self) -> None:
         for name in ("epochs", "batch_size", "eval_batch_size"):
@@ -85,6 +89,10 @@ class TrainConfig:
         if not (isinstance(self.weight_decay, (int, float)) and math.isfinite(self.weight_decay)
                 and self.weight_decay >= 0):
             raise PefsError(f"weight_decay must be >= 0 and finite, got {self.weight_decay!r}")
+        if isinstance(self.num_workers, bool) or not isinstance(self.num_workers, int) or self.num_workers < 0:
+            raise PefsError(f"num_workers must be a whole number >= 0, got {self.num_workers!r}")
+        if not isinstance(self.cache_mb, (int, float)) or not self.cache_mb >= 0 or not math.isfinite(self.cache_mb):
+            raise PefsError(f"cache_mb must be a number of MiB >= 0, got {self.cache_mb!r}")
         check_choice(self, "bn_stats")
         check_choice(self, "mixed_precision")
         check_choice(self, "inference_precision")
@@ -148,6 +156,9 @@ class TuneConfig:
                                        cli=False)
     final: bool = setting(False, "train on every image of the training split and save a model directory to "
                           "save_adapter (pefs tune --final DIR)", since=3, cli=False)
+    feature_cache: str | None = setting(None, "on-disk store of frozen features shared by runs (default "
+                                        "$PEFS_FEATURE_CACHE, else none); delete DIR to clear it", metavar="DIR",
+                                        neutral=True)
 
     @property
     def view_config(self) -> ViewConfig:
@@ -174,6 +185,8 @@ class TuneConfig:
             raise PefsError(f"episodes draw their own tasks from one seed; give one seed, got {list(self.seeds)}")
         if self.head not in HEAD_NAMES:
             raise unknown("head", self.head, list(HEAD_NAMES))
+        if self.feature_cache is not None and not isinstance(self.feature_cache, str):
+            raise PefsError(f"feature_cache must be a directory path, got {self.feature_cache!r}")
         self.view_config.validate()
         self.train.validate()
 

@@ -14,6 +14,7 @@ import contextlib
 import functools
 import math
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -171,33 +172,40 @@ def level_of(model: nn.Module, name: str | int) -> int:
     return int(level)
 
 
-@torch.no_grad()
-def outputs(model: nn.Module, x: torch.Tensor, cfg: TrainConfig, start: int = 0, stop: str | int = "logits",
-            desc: str = "forward") -> torch.Tensor:
-    """Run ``x`` (activations at level ``start``; 0 = images) to ``stop`` ("logits", "pooled", "tokens" or a
-    level) in eval mode, batch by batch; the result is a float32 CPU tensor."""
+def no_grad_pass(model: nn.Module, cfg: TrainConfig, start: int,
+                 stop: str | int) -> Callable[[torch.Tensor], torch.Tensor]:
+    """Prepare ``model`` once (eval mode, device, layout) for no-grad passes from level ``start`` to ``stop``;
+    returns a function that runs one batch and gives a float32 CPU tensor (streaming callers call it per batch)."""
     st = stages(model.backbone)
     stop = level_of(model, stop)
     if start == stop:
-        return x.float()
+        return lambda xb: xb.float()
     acc = accelerator()
     cl = _channels_last(model)
     if cl:
         model.to(memory_format=torch.channels_last)
     model.eval()
     model.to(acc.device)
-    out = []
     precision = inference_precision(cfg, acc.device)
-    for (xb,) in tqdm(_loader(x, batch_size=cfg.eval_batch_size, shuffle=False),
-                      desc=desc, disable=not cfg.progress, leave=False):
+
+    @torch.no_grad()
+    def run(xb: torch.Tensor) -> torch.Tensor:
         with autocast(acc.device, precision):
-            out.append(_forward(model, st, _layout(xb.to(acc.device), cl), start, stop).float().cpu())
+            return _forward(model, st, _layout(xb.to(acc.device), cl), start, stop).float().cpu()
+
+    return run
+
+
+def outputs(model: nn.Module, x: torch.Tensor, cfg: TrainConfig, start: int = 0, stop: str | int = "logits",
+            desc: str = "forward") -> torch.Tensor:
+    """Run ``x`` (activations at level ``start``; 0 = images) to ``stop`` ("logits", "pooled", "tokens" or a
+    level) in eval mode, batch by batch; the result is a float32 CPU tensor."""
+    if level_of(model, stop) == start:
+        return x.float()
+    run = no_grad_pass(model, cfg, start, stop)
+    b = cfg.eval_batch_size
+    out = [run(x[i:i + b]) for i in tqdm(range(0, len(x), b), desc=desc, disable=not cfg.progress, leave=False)]
     return torch.cat(out) if out else torch.empty(0)
-
-
-def extract_features(model: nn.Module, x: torch.Tensor, cfg: TrainConfig, desc: str = "features") -> torch.Tensor:
-    """Run the trunk once over images ``x``: pooled features (N, width), on the CPU."""
-    return outputs(model, x, cfg, 0, "pooled", desc=desc)
 
 
 def _optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:

@@ -26,6 +26,7 @@ from pefs.errors import PefsError
 from pefs.fewshot import TaskRunner, build_model
 from pefs.final import check_final, describe_model, run_final
 from pefs.fingerprint import run_fingerprints
+from pefs.memory import RunMemory
 from pefs.stats import mean_ci95
 
 __all__ = ["build_model", "finish", "resolve", "run_kshot_seed", "tune", "write_record"]
@@ -70,6 +71,7 @@ def tune(cfg: TuneConfig) -> dict[str, Any]:
     if cfg.checkpoint:
         check_checkpoint_path(cfg.checkpoint)
     check_final(cfg)
+    memory = RunMemory()  # this run's peak, not the process's running maximum
     dataset = load_dataset(cfg.data)
     check_classes(len(dataset.classes), dataset.name)
     check_splits_disjoint(dataset)
@@ -89,10 +91,10 @@ def tune(cfg: TuneConfig) -> dict[str, Any]:
         else:
             body = run_kshot(cfg, dataset, runner, t_start)
     except NonFiniteLoss as e:
-        e.record = finish(cfg, dataset, e.partial, runner, requested)  # type: ignore[attr-defined]
+        e.record = finish(cfg, dataset, {**e.partial, **memory.figures()}, runner, requested)  # type: ignore[attr-defined]
         e.args = (f"{e}; the record says so: {e.record['path']}",)
         raise
-    return finish(cfg, dataset, body, runner, requested)
+    return finish(cfg, dataset, {**body, **memory.figures(), **runner.cache_figures()}, runner, requested)
 
 
 def run_kshot(cfg: TuneConfig, dataset: Dataset, runner: TaskRunner, t_start: float) -> dict[str, Any]:

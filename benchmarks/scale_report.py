@@ -1,0 +1,94 @@
+"""Render benchmarks/scale.md from the raw results benchmarks/scale.py wrote (scale.json)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+NAMES = {"forward": "forward-only limit", "linear": "linear probe", "prototype": "prototype head",
+         "lora": "LoRA (r=8)", "lora-cache64": "LoRA, --cache-mb 64"}
+
+
+def _row(rows: list[dict], method: str, n: int) -> dict | None:
+    """The fastest repetition of ``method`` at ``n`` test images (the one least slowed by other load)."""
+    reps = [r for r in rows if r["method"] == method and r["n_test"] == n]
+    return min(reps, key=lambda r: r["wall_s"]) if reps else None
+
+
+def _reps(rows: list[dict], method: str, n: int) -> str:
+    k = sum(r["method"] == method and r["n_test"] == n for r in rows)
+    return f", best of {k}" if k > 1 else ""
+
+
+def render(data: dict[str, Any]) -> str:
+    """The Markdown report: one table of wall time and peak memory per method and test-split size."""
+    rows = data["rows"]
+    sizes = sorted({r["n_test"] for r in rows})
+    methods = [m for m in NAMES if any(r["method"] == m for r in rows)]
+    r0 = rows[0]
+    out = ["# Memory and time against the size of the test split", "",
+           f"Model {data['model']} (ImageNet weights), {r0['img_size']} px, batch {r0['batch']}, "
+           f"{r0['workers']} DataLoader worker(s), {r0['threads']} torch thread(s), inference precision "
+           f"{r0.get('precision')}; K-shot runs: 1 shot x 10 classes, one seed. Data: the full Fashion-MNIST "
+           "(Debian `dataset-fashion-mnist`): test splits drawn from its 10,000 test images, then its training "
+           "images. Each cell ran in a fresh process.", "",
+           f"Measured {data['measured_at']} on a {data['nproc']}-core machine. {data.get('note', '')}", "",
+           "Reproduce (every row): `PYTHONPATH=. OMP_NUM_THREADS=1 python benchmarks/scale.py --methods "
+           "forward,linear,prototype,lora,lora-cache64`; `--render` re-renders this file from `scale.json`.", "",
+           "## Wall time (s) and images per second", "",
+           "| method | " + " | ".join(f"{n:,} test images" for n in sizes) + " |",
+           "|---|" + "---:|" * len(sizes)]
+    for m in methods:
+        cells = []
+        for n in sizes:
+            r = _row(rows, m, n)
+            cells.append(f"{r['wall_s']:.1f} s ({n / r['wall_s']:.0f} img/s{_reps(rows, m, n)})" if r else "-")
+        out.append(f"| {NAMES[m]} | " + " | ".join(cells) + " |")
+    out += ["", "## Ratio to the forward-only limit (wall time of the run / wall time of the limit)", "",
+            "| method | " + " | ".join(f"{n:,}" for n in sizes) + " |", "|---|" + "---:|" * len(sizes)]
+    for m in methods:
+        if m == "forward":
+            continue
+        cells = []
+        for n in sizes:
+            r, f = _row(rows, m, n), _row(rows, "forward", n)
+            cells.append(f"{r['wall_s'] / f['wall_s']:.2f}x" if r and f else "-")
+        out.append(f"| {NAMES[m]} | " + " | ".join(cells) + " |")
+    out += ["", "## Peak memory (MB): the run's peak RSS, and its growth over the process before the run", "",
+            "| method | " + " | ".join(f"{n:,}" for n in sizes) + " | largest / smallest |",
+            "|---|" + "---:|" * (len(sizes) + 1)]
+    for m in methods:
+        cells, peaks = [], []
+        for n in sizes:
+            r = _row(rows, m, n)
+            if r:
+                peaks.append(r["process_peak_rss_mb"])
+            cells.append(f"{r['process_peak_rss_mb']:.0f} (+{r['peak_growth_mb']:.0f})" if r else "-")
+        ratio = f"{peaks[-1] / peaks[0]:.2f}x" if len(peaks) > 1 else "-"
+        out.append(f"| {NAMES[m]} | " + " | ".join(cells) + f" | {ratio} |")
+    out += ["", "## Per run (every repetition)", "",
+            "| method | test images | wall s | accuracy | decode s | features s | train s | eval s | trunk passes "
+            "| cache MB | peak MB |", "|---|" + "---:|" * 10]
+    for r in sorted(rows, key=lambda r: (list(NAMES).index(r["method"]), r["n_test"])):
+        if r["method"] == "forward":
+            continue
+        t = r["time_s"]
+        out.append(f"| {NAMES[r['method']]} | {r['n_test']:,} | {r['wall_s']:.1f} | {100 * r['accuracy_mean']:.2f}% | "
+                   f"{t['decode_s']:.1f} | {t['extract_s']:.1f} | {t['train_s']:.1f} | {t['eval_s']:.1f} | "
+                   f"{r['trunk_images']:,} | {r['cache']['cache_mb']:.0f} | {r['process_peak_rss_mb']:.0f} |")
+    out += ["", "## Reading the figures", "",
+            "* Frozen-prefix runs (linear probe, prototype head) keep the pooled features of every test image "
+            "(1,280 values, stored as bf16 when the pass ran in bf16: 2.5 KB) and nothing else per image: the "
+            "decoded split is never held. Their peak grows by those features only.",
+            "* LoRA reruns the trunk, so it keeps no features; it keeps the decoded test images as uint8 "
+            f"({3 * r0['img_size'] ** 2 / 1024:.0f} KB each at {r0['img_size']} px) for the next seed, up to "
+            "`--cache-mb` (default 512 MiB), then re-decodes the rest with the same results; with `--cache-mb 64` "
+            "the cache stops at 64 MiB. Its peak otherwise is training (backward through the whole network).",
+            "* Time of a frozen-prefix run = a constant (model build, support, head training: the 500-image "
+            "column) + one trunk pass over the test split; the limit is that pass alone in a plain loop.",
+            "* Item 5 of issue 11 (GPU): no GPU machine was available to this task, so nothing was measured on "
+            "one.", "",
+            "Commands run: " + "; ".join(f"`{c}`" for c in data.get("commands_run", [data["command"]])), ""]
+    out += ["", "Decode time is the time the run waited for decoded batches (the worker decodes beside the "
+            "forward pass). The features time of a frozen-prefix run is its one trunk pass over the support and "
+            "test images; LoRA runs the whole network on the test split inside evaluation (merged weights).", ""]
+    return "\n".join(out)

@@ -1,0 +1,152 @@
+"""The on-disk feature store: a second run reads it, any change of image, weights, transform or precision is
+a miss, and an interrupted write leaves no entry."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from pefs import features
+from pefs.config import TuneConfig
+from pefs.engine import TrainConfig
+from pefs.errors import PefsError
+from pefs.features import FeatureStore, trunk_fingerprint
+from pefs.tune import tune
+
+TINY = "vit_tiny_patch16_224"
+
+
+@pytest.fixture
+def data(tmp_path):
+    """3 classes with train (4 each) and test (5 each) splits of 12x12 RGB images."""
+    rng = np.random.default_rng(2)
+    for split, n in (("train", 4), ("test", 5)):
+        for c in range(3):
+            d = tmp_path / "data" / split / f"c{c}"
+            d.mkdir(parents=True)
+            for i in range(n):
+                arr = rng.integers(0, 90, (12, 12, 3), dtype=np.uint8)
+                arr[..., c] += 140
+                Image.fromarray(arr).save(d / f"{i}.png")
+    return tmp_path / "data"
+
+
+def config(data, tmp_path, **kw) -> TuneConfig:
+    train = TrainConfig(progress=False, inference_precision=kw.pop("precision", "no"))
+    return TuneConfig(**{"model": TINY, "pretrained": False, "img_size": 32, "data": str(data), "shots": 2,
+                         "seeds": (0, 1, 2), "head": "prototype", "output": str(tmp_path / "runs"),
+                         "feature_cache": str(tmp_path / "store"), "train": train, **kw})
+
+
+def trunk_passes(rec) -> int:
+    return sum(r["trunk_images"] for r in rec["runs"])
+
+
+def test_second_run_starts_from_the_store(data, tmp_path, monkeypatch):
+    from pefs import fewshot
+
+    monkeypatch.setattr(fewshot, "STORE_SHARD", 4)  # shards of 4 images: the 15 test images make 4 shards
+    cfg = config(data, tmp_path)
+    cfg.train.eval_batch_size = 4
+    first = tune(cfg)
+    assert first["feature_store"]["written"] == trunk_passes(first) >= 15 + 6  # the test split + 2 shots x 3
+    assert len(list((tmp_path / "store").glob("*/*.npz"))) >= 4 + 3
+    second = tune(config(data, tmp_path, strategy="linear", head="linear"))  # another frozen-prefix cell
+    assert trunk_passes(second) == 0 and second["feature_store"]["hits"] == first["feature_store"]["written"]
+    again = tune(config(data, tmp_path))
+    assert again["accuracies"] == first["accuracies"] and trunk_passes(again) == 0
+    without = tune(config(data, tmp_path, feature_cache=None))
+    assert without["accuracies"] == first["accuracies"] and without["feature_store"] is None
+    assert trunk_passes(without) == trunk_passes(first)
+
+
+def test_a_changed_image_file_is_a_miss(data, tmp_path):
+    first = tune(config(data, tmp_path))
+    img = data / "test" / "c1" / "2.png"
+    arr = np.asarray(Image.open(img)).copy()
+    arr[0, 0] = 255 - arr[0, 0]
+    Image.fromarray(arr).save(img)  # same name, new content
+    second = tune(config(data, tmp_path))
+    assert trunk_passes(second) == 1 and second["feature_store"]["hits"] == first["feature_store"]["written"] - 1
+
+
+@pytest.mark.parametrize("change", [{"img_size": 48}, {"precision": "bf16"}, {"pretrained": True,
+                                                                              "model": "efficientnet_lite0.offline"}])
+def test_a_changed_transform_precision_or_model_is_a_miss(data, tmp_path, change):
+    first = tune(config(data, tmp_path))
+    other = tune(config(data, tmp_path, **change))
+    assert other["feature_store"]["hits"] == 0 and trunk_passes(other) == trunk_passes(first)
+    assert other["feature_store"]["dir"] != first["feature_store"]["dir"]
+
+
+def test_a_changed_checkpoint_is_a_miss(data, tmp_path):
+    from timm import create_model
+
+    ckpt = tmp_path / "weights.pth"
+    net = create_model(TINY, pretrained=False, img_size=32)
+    torch.save(net.state_dict(), ckpt)
+    first = tune(config(data, tmp_path, checkpoint=str(ckpt)))
+    assert tune(config(data, tmp_path, checkpoint=str(ckpt)))["feature_store"]["hits"] > 0
+    sd = net.state_dict()
+    sd["blocks.0.mlp.fc1.weight"] += 0.01  # the same file name, other weights
+    torch.save(sd, ckpt)
+    changed = tune(config(data, tmp_path, checkpoint=str(ckpt)))
+    assert changed["feature_store"]["hits"] == 0 and trunk_passes(changed) == trunk_passes(first)
+
+
+def test_fingerprint_ignores_the_head_but_not_the_trunk():
+    from timm import create_model
+
+    a, b = create_model(TINY, pretrained=False, num_classes=3), create_model(TINY, pretrained=False, num_classes=3)
+    b.load_state_dict(a.state_dict())
+    with torch.no_grad():
+        b.head.weight.add_(1.0)
+        assert trunk_fingerprint(a) == trunk_fingerprint(b)
+        b.blocks[0].norm1.weight.add_(1e-3)
+    assert trunk_fingerprint(a) != trunk_fingerprint(b)
+
+
+def test_an_interrupted_write_leaves_no_entry(tmp_path, monkeypatch):
+    store = FeatureStore(tmp_path / "fc", {"trunk": "x"})
+    real = features.os.replace
+
+    def killed(src, dst):  # the process dies after writing the temporary file, before the rename
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(features.os, "replace", killed)
+    with pytest.raises(KeyboardInterrupt):
+        store.put(["k1", "k2"], torch.ones(2, 4))
+    monkeypatch.setattr(features.os, "replace", real)
+    assert [p.name for p in store.dir.iterdir()] == ["facts.json"]
+    fresh = FeatureStore(tmp_path / "fc", {"trunk": "x"})
+    assert fresh.get(["k1", "k2"]) == {}
+    (fresh.dir / ".dead.npz.123.tmp").write_bytes(b"PK\x03\x04 half a zip")  # a SIGKILL mid-write
+    (fresh.dir / "truncated.npz").write_bytes(b"PK\x03\x04 not a whole zip")  # a corrupt shard
+    with pytest.warns(UserWarning, match="ignoring unreadable feature-cache shard"):
+        assert FeatureStore(tmp_path / "fc", {"trunk": "x"}).get(["k1"]) == {}
+    (fresh.dir / "truncated.npz").unlink()
+    fresh.put(["k1"], torch.full((1, 4), 2.0))
+    assert torch.equal(FeatureStore(tmp_path / "fc", {"trunk": "x"}).get(["k1"])["k1"], torch.full((4,), 2.0))
+    assert features.clear(tmp_path / "fc") == 1 and not any((tmp_path / "fc").iterdir())
+
+
+def test_cache_dir_from_flag_or_environment(tmp_path, monkeypatch):
+    monkeypatch.delenv(features.ENV, raising=False)
+    assert features.cache_dir(None) is None
+    monkeypatch.setenv(features.ENV, str(tmp_path / "env"))
+    assert features.cache_dir(None) == tmp_path / "env" and features.cache_dir(str(tmp_path)) == tmp_path
+    (tmp_path / "file").write_text("")
+    with pytest.raises(PefsError, match="feature cache .* is not writable"):
+        FeatureStore(tmp_path / "file", {})
+
+
+def test_cli_flags_reach_the_config(tmp_path):
+    from pefs.cli import build_parser, config_from_args
+
+    a = build_parser().parse_args(["tune", "--feature-cache", str(tmp_path), "--workers", "2", "--cache-mb", "64"])
+    cfg = config_from_args(a)
+    assert cfg.feature_cache == str(tmp_path) and cfg.train.num_workers == 2 and cfg.train.cache_mb == 64
+    base = config_from_args(build_parser().parse_args(["tune"]))
+    assert cfg.hash() == base.hash()  # where inputs come from does not change a result
