@@ -264,7 +264,7 @@ class PefsSide:
 
     def task(self, protocol: str, support, query, seed: int, epochs: int | None = None) -> dict[str, Any]:
         t0 = time.perf_counter()
-        r = self.runners[protocol].run(support, query, seed)
+        r = self.runners[protocol].run(support, query, seed).to_dict()
         total = time.perf_counter() - t0
         return {"total_s": total, "decode_s": r["decode_s"], "extract_s": r["extract_s"], "train_s": r["train_s"],
                 "eval_s": r["eval_s"], "accuracy": r["accuracy"], "final_loss": r["final_loss"],

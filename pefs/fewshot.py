@@ -28,6 +28,7 @@ from pefs.data.loading import ByteCache, Decoder, decoded_batches
 from pefs.data.views import extra_views
 from pefs.features import FeatureStore, cache_dir, image_key, trunk_fingerprint
 from pefs.model import PefsModel, wrap
+from pefs.records import TaskResult
 
 
 def build_model(cfg: TuneConfig, num_classes: int) -> PefsModel:
@@ -217,7 +218,7 @@ class TaskRunner:
     def _head_view(self, out: torch.Tensor) -> torch.Tensor:
         return patch_tokens(self.model.backbone, out) if self.head.reads == "tokens" else out
 
-    def run(self, support: ImageSet, query: ImageSet, seed: int) -> dict[str, Any]:
+    def run(self, support: ImageSet, query: ImageSet, seed: int) -> TaskResult:
         """Tune on ``support`` from the frozen start, score ``query``; the task's accuracy, timings and steps."""
         t = dict.fromkeys(("decode_s", "extract_s", "train_s", "eval_s", "decoded", "trunk_images"), 0.0)
         cfg, model, n = self.cfg.train, self.model, self.n_classes
@@ -252,10 +253,10 @@ class TaskRunner:
         pred = scores.argmax(-1)
         t["decoded"] = int(t["decoded"])  # images decoded for this task (the rest came from the run's cache)
         t["trunk_images"] = int(t["trunk_images"])  # images run through the trunk from pixels, without grad
-        return {"seed": seed, "accuracy": engine.accuracy(pred, yq), "support": len(ys), "query": len(yq), **t,
-                "steps": stats.steps, "final_loss": stats.final_loss, "cached": stats.cached, "level": self.level,
-                "head_lr": cfg.head_lr * self.head.head_lr_factor if self.trains else None,
-                "start_state": start_state}
+        return TaskResult(seed=seed, accuracy=engine.accuracy(pred, yq), support=len(ys), query=len(yq), **t,
+                          steps=stats.steps, final_loss=stats.final_loss, cached=stats.cached, level=self.level,
+                          head_lr=cfg.head_lr * self.head.head_lr_factor if self.trains else None,
+                          start_state=start_state)
 
 
 def _compact(x: torch.Tensor) -> torch.Tensor:

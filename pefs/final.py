@@ -9,7 +9,7 @@ the training accuracy only (labelled as such).
 
 from __future__ import annotations
 
-import time
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from pefs import io as pefs_io
@@ -21,6 +21,8 @@ if TYPE_CHECKING:
     from pefs.data import Dataset
     from pefs.fewshot import TaskRunner
     from pefs.model import PefsModel
+    from pefs.protocols import Task
+    from pefs.records import ProtocolRun, TaskResult
 
 
 def check_final(cfg: TuneConfig) -> None:
@@ -48,14 +50,18 @@ def describe_model(model: PefsModel, cfg: TuneConfig, dataset: Dataset) -> None:
     model.tune_config = cfg.to_dict()
 
 
-def run_final(cfg: TuneConfig, dataset: Dataset, runner: TaskRunner, t_start: float) -> dict[str, Any]:
-    """Train on the whole training split, score the data's own test split (else report training accuracy), save."""
-    seed = cfg.seeds[0]
-    held_out = dataset.test is not None and len(dataset.test) > 0
-    run = runner.run(dataset.train, dataset.test if held_out else dataset.train, seed)
-    if not held_out:
-        run["train_accuracy"], run["accuracy"] = run["accuracy"], None
-    run["model_dir"] = str(runner.model.save(cfg.save_adapter))
-    return {"runs": [run], "wall_s": time.perf_counter() - t_start, "status": "ok", "final": True,
-            "model_dir": run["model_dir"], "trained_on": len(dataset.train),
-            "test_images": len(dataset.test) if held_out else 0}
+def save_final(cfg: TuneConfig, runner: TaskRunner) -> Callable[[Task, TaskResult], None]:
+    """After the final task: without a held-out split its accuracy is the training accuracy (recorded as such,
+    never as accuracy); then the model directory is saved."""
+    def after(task: Task, result: TaskResult) -> None:
+        if not task.info["held_out"]:
+            result.info["train_accuracy"], result.accuracy = result.accuracy, None
+        result.info["model_dir"] = str(runner.model.save(cfg.save_adapter))
+    return after
+
+
+def final_summary(dataset: Dataset, run: ProtocolRun) -> dict[str, Any]:
+    """The record's extra fields for a final fit: where the model went, what it trained on and was scored on."""
+    info = run.runs[0].info if run.runs else {}
+    return {"final": True, "model_dir": info.get("model_dir"), "trained_on": len(dataset.train),
+            "test_images": len(dataset.test) if info.get("held_out") else 0}

@@ -1,4 +1,4 @@
-"""``tune``: K-shot transfer seed by seed (or episodes, :mod:`pefs.episodic`) and the result record (``pefs tune``).
+"""``tune``: one protocol run (:mod:`pefs.protocols`: K-shot seeds, episodes, the final fit) and its record.
 
 The record holds per-seed (per-episode) accuracies, their mean and 95% CI, trainable parameters, wall time
 split into decode / frozen-prefix features / training / evaluation, and peak memory.
@@ -19,17 +19,18 @@ from pefs import engine
 from pefs.backbones.checkpoint import check_checkpoint_path
 from pefs.checks import check_classes
 from pefs.config import SCHEMA_VERSION, TuneConfig, resolved, run_key
-from pefs.data import Dataset, kshot_split, load_dataset
+from pefs.data import Dataset, load_dataset
 from pefs.engine import NonFiniteLoss
-from pefs.episodic import check_episodes, run_episodes
 from pefs.errors import PefsError
 from pefs.fewshot import TaskRunner, build_model
-from pefs.final import check_final, describe_model, run_final
+from pefs.final import check_final, describe_model, final_summary, save_final
 from pefs.fingerprint import run_fingerprints
 from pefs.memory import RunMemory
+from pefs.protocols import Task, check_sampling, run_protocol
+from pefs.records import ProtocolRun, TaskResult
 from pefs.stats import mean_ci95
 
-__all__ = ["build_model", "finish", "resolve", "run_kshot_seed", "tune", "write_record"]
+__all__ = ["RunDiverged", "build_model", "finish", "resolve", "tune", "write_record"]
 
 
 def check_splits_disjoint(dataset: Dataset) -> None:
@@ -39,15 +40,6 @@ def check_splits_disjoint(dataset: Dataset) -> None:
         if shared:
             raise PefsError(f"the train and test splits of {dataset.name!r} share {len(shared)} image names "
                             f"(e.g. {sorted(shared)[0]!r}); give them distinct names (from_arrays(prefix=...))")
-
-
-def run_kshot_seed(cfg: TuneConfig, dataset: Dataset, seed: int, runner: TaskRunner) -> dict[str, Any]:
-    """One seed of K-shot transfer: sample K per class, tune from the runner's start, score the whole test split."""
-    split = kshot_split(dataset, cfg.shots, seed=seed)
-    run = runner.run(split.support, split.query, seed)
-    if cfg.save_adapter:
-        runner.model.save(Path(cfg.save_adapter) / f"seed{seed}")
-    return run
 
 
 def resolve(cfg: TuneConfig, dataset: Dataset | None) -> TuneConfig:
@@ -62,10 +54,19 @@ def resolve(cfg: TuneConfig, dataset: Dataset | None) -> TuneConfig:
     return resolved(cfg, **values, train={"inference_precision": precision})
 
 
+class RunDiverged(NonFiniteLoss):
+    """``tune`` stopped because a task's training diverged; ``record`` is the record written for the run (status
+    "diverged", the tasks that finished, the error)."""
+
+    def __init__(self, cause: NonFiniteLoss, record: dict[str, Any]) -> None:
+        PefsError.__init__(self, f"{cause}; the record says so: {record['path']}")
+        self.step, self.epoch, self.value, self.record = cause.step, cause.epoch, cause.value, record
+
+
 def tune(cfg: TuneConfig) -> dict[str, Any]:
-    """Run the configured protocol (K-shot over seeds, or episodes); return the result record (also on disk).
-    The record holds the caller's ``config`` and the ``resolved`` one it ran with; ``config_hash`` is the
-    resolved one's."""
+    """Run the configured protocol (K-shot over seeds, episodes, or the final fit); return the result record
+    (also on disk). The record holds the caller's ``config`` and the ``resolved`` one it ran with; its
+    ``config_hash`` and ``key`` are the resolved one's. A diverged task raises :class:`RunDiverged`."""
     cfg.validate()
     check_writable(cfg.output)  # before any compute, not after it
     if cfg.checkpoint:
@@ -76,48 +77,31 @@ def tune(cfg: TuneConfig) -> dict[str, Any]:
     check_classes(len(dataset.classes), dataset.name)
     check_splits_disjoint(dataset)
     requested, cfg = cfg, resolve(cfg, dataset)
-    if cfg.protocol == "episodic":
-        check_episodes(cfg, dataset)  # sampling errors before any weight loads
-    elif not cfg.final:
-        kshot_split(dataset, cfg.shots, seed=cfg.seeds[0])
-    t_start = time.perf_counter()
+    check_sampling(cfg, dataset)  # sampling errors before any weight loads
     runner = TaskRunner(cfg, cfg.ways if cfg.protocol == "episodic" else len(dataset.classes))
     describe_model(runner.model, cfg, dataset)
-    try:
-        if cfg.final:
-            body = run_final(cfg, dataset, runner, t_start)
-        elif cfg.protocol == "episodic":
-            body = run_episodes(cfg, dataset, runner, t_start)
-        else:
-            body = run_kshot(cfg, dataset, runner, t_start)
-    except NonFiniteLoss as e:
-        e.record = finish(cfg, dataset, {**e.partial, **memory.figures()}, runner, requested)  # type: ignore[attr-defined]
-        e.args = (f"{e}; the record says so: {e.record['path']}",)
-        raise
-    return finish(cfg, dataset, {**body, **memory.figures(), **runner.cache_figures()}, runner, requested)
+    if cfg.final:
+        after = save_final(cfg, runner)
+    elif cfg.save_adapter and cfg.protocol == "kshot":
+        def after(task: Task, result: TaskResult) -> None:
+            runner.model.save(Path(cfg.save_adapter) / f"seed{task.seed}")
+    else:
+        after = None
+    run, diverged = run_protocol(cfg, dataset, runner, after)
+    extra = {**memory.figures(), **runner.cache_figures(), **(final_summary(dataset, run) if cfg.final else {})}
+    record = finish(cfg, dataset, run, runner, requested, extra)
+    if diverged is not None:
+        raise RunDiverged(diverged, record)
+    return record
 
 
-def run_kshot(cfg: TuneConfig, dataset: Dataset, runner: TaskRunner, t_start: float) -> dict[str, Any]:
-    """Every seed of K-shot transfer; a diverged seed raises NonFiniteLoss carrying the finished seeds."""
-    runs: list[dict[str, Any]] = []
-    for seed in cfg.seeds:
-        try:
-            runs.append(run_kshot_seed(cfg, dataset, seed, runner))
-        except NonFiniteLoss as e:
-            e.partial = {"runs": runs, "wall_s": time.perf_counter() - t_start,  # type: ignore[attr-defined]
-                         "status": "diverged", "error": str(e), "failed_seed": seed}
-            raise
-    return {"runs": runs, "wall_s": time.perf_counter() - t_start, "status": "ok"}
-
-
-def finish(cfg: TuneConfig, dataset: Dataset, body: dict[str, Any], runner: TaskRunner | None,
-           requested: TuneConfig | None = None) -> dict[str, Any]:
+def finish(cfg: TuneConfig, dataset: Dataset, run: ProtocolRun, runner: TaskRunner | None,
+           requested: TuneConfig | None = None, extra: dict[str, Any] | None = None) -> dict[str, Any]:
     """Assemble the record (mean and 95% CI over seeds/episodes) and write it as JSON. ``cfg`` is the resolved
     config the run used, ``requested`` the caller's (default: the same)."""
-    runs = body.pop("runs")
     model = runner.model if runner is not None else None
-    accs = [r["accuracy"] for r in runs if r.get("accuracy") is not None]
-    mean, ci = mean_ci95(accs) if accs and body.get("status", "ok") == "ok" else (None, None)
+    accs = run.accuracies
+    mean, ci = mean_ci95(accs) if accs and run.status == "ok" else (None, None)
     ci = ci if len(accs) > 1 else None  # one seed (episode) has no interval; 0.0 would claim no uncertainty
     params = model.param_report() if model is not None else None
     prints = run_fingerprints(cfg.data, cfg.checkpoint)
@@ -132,10 +116,11 @@ def finish(cfg: TuneConfig, dataset: Dataset, body: dict[str, Any], runner: Task
         "dataset": {"name": dataset.name, "classes": len(dataset.classes), "licence": dataset.licence,
                     "source": dataset.source},
         "backbone": model.backbone.describe() if model is not None else None,
-        "accuracy_mean": mean, "accuracy_ci95": ci, "accuracies": accs, "runs": runs, "params": params,
-        "time_s": {k: sum(r.get(k, 0.0) for r in runs) for k in ("decode_s", "extract_s", "train_s", "eval_s")},
-        "seconds_per_task": body["wall_s"] / len(runs) if runs else None, "cached": runner is not None
-        and runner.level > 0, "frozen_level": runner.level if runner is not None else None,
+        "accuracy_mean": mean, "accuracy_ci95": ci, "accuracies": accs, "runs": [r.to_dict() for r in run.runs],
+        "params": params, "time_s": run.seconds(), "wall_s": run.wall_s,
+        "seconds_per_task": run.wall_s / len(run.runs) if run.runs else None,
+        "status": run.status, "error": run.error, "failed_task": run.failed_task,
+        "cached": runner is not None and runner.level > 0, "frozen_level": runner.level if runner is not None else None,
         "peak_memory_mb": engine.peak_memory_mb(), "machine": {"python": platform.python_version(),
                                                               "torch": torch.__version__,
                                                               "cuda": torch.cuda.is_available(),
@@ -144,7 +129,7 @@ def finish(cfg: TuneConfig, dataset: Dataset, body: dict[str, Any], runner: Task
                                                               "inference_precision": cfg.train.inference_precision},
         "fingerprints": prints, "key": run_key(cfg, prints),
         "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S"),
-        **body,
+        **(extra or {}),
     }
     record["path"] = str(write_record(record, cfg.output))
     return record

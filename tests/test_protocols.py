@@ -23,9 +23,9 @@ from pefs.data import (
     mask_patches,
 )
 from pefs.engine import TrainConfig, mean_ci95
-from pefs.episodic import run_episodes
 from pefs.errors import PefsError
 from pefs.fewshot import TaskRunner, fingerprint
+from pefs.protocols import run_protocol
 from pefs.tune import tune
 
 TINY = "vit_tiny_patch16_224"
@@ -96,10 +96,11 @@ def test_episodes_start_from_identical_weights(folder, tmp_path, monkeypatch):
         return real_fit(model, *a, **kw)
 
     monkeypatch.setattr(engine, "fit", spy)
-    body = run_episodes(cfg, ds, runner)
-    assert len(seen) == 3 and all(r["steps"] == 2 for r in body["runs"])
+    body, diverged = run_protocol(cfg, ds, runner)
+    assert diverged is None and len(seen) == 3 and all(r.steps == 2 for r in body.runs)
     assert all(torch.equal(seen[0][n], seen[i][n]) for i in (1, 2) for n in seen[0])
-    assert {r["start_state"] for r in body["runs"]} == {runner.start_fingerprint}
+    assert {r.start_state for r in body.runs} == {runner.start_fingerprint}
+    assert [r.info["episode"] for r in body.runs] == [0, 1, 2]
     assert fingerprint(runner.model) != runner.start_fingerprint  # the last episode did train
 
 

@@ -111,7 +111,7 @@ def test_fewshot_evaluation_merges_peft_tuners(monkeypatch):
         real = type(runner.model).merged_view
         monkeypatch.setattr(type(runner.model), "merged_view",
                             lambda self, _c=calls, _r=real: (_c.append(1), _r(self))[1])
-        seen.append((runner.run(support, query, seed=0)["accuracy"], len(calls)))
+        seen.append((runner.run(support, query, seed=0).accuracy, len(calls)))
         monkeypatch.undo()
     (acc_merged, n_merged), (acc_plain, n_plain) = seen
     assert (n_merged, n_plain) == (1, 0)

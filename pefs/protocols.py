@@ -1,0 +1,99 @@
+"""The protocols as task iterators feeding one loop.
+
+A :class:`Task` is a support set to tune on, a query set to score, and the seed that makes it repeatable.
+K-shot transfer draws one task per seed (K per class from the train split, the whole test split as queries);
+episodes draw E N-way K-shot tasks with Q queries per class; ``--final`` is one task on every training
+image. :func:`run_protocol` runs any of them through a :class:`~pefs.fewshot.TaskRunner` (the model loaded
+once, restored to the same start before each task, run-wide caches) and stops at the first task whose
+training diverges, keeping what finished.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+from tqdm.auto import tqdm
+
+from pefs.config import TuneConfig
+from pefs.data import Dataset, ImageSet, episodes, kshot_split
+from pefs.engine import NonFiniteLoss
+from pefs.fewshot import TaskRunner
+from pefs.records import ProtocolRun, TaskResult
+
+
+@dataclass
+class Task:
+    """One few-shot task: tune on ``support``, score ``query``; ``info`` says which task it is in a record."""
+
+    seed: int
+    support: ImageSet
+    query: ImageSet
+    info: dict[str, Any] = field(default_factory=dict)
+
+    def label(self) -> str:
+        return f"episode {self.info['episode']}" if "episode" in self.info else f"seed {self.seed}"
+
+
+def kshot_tasks(cfg: TuneConfig, dataset: Dataset) -> Iterator[Task]:
+    """One task per seed: K images per class of the train split; the queries are the whole test split."""
+    for seed in cfg.seeds:
+        split = kshot_split(dataset, cfg.shots, seed=seed)
+        yield Task(seed, split.support, split.query)
+
+
+def episode_tasks(cfg: TuneConfig, dataset: Dataset) -> Iterator[Task]:
+    """``cfg.episodes`` N-way K-shot tasks drawn from the train split with ``cfg.queries`` queries per class."""
+    seed = cfg.seeds[0]
+    for i, ep in enumerate(episodes(dataset.train, cfg.ways, cfg.shots, cfg.queries, cfg.episodes, seed=seed)):
+        yield Task(seed + i, ep.support, ep.query, {"episode": i, "classes": ep.classes})
+
+
+def final_tasks(cfg: TuneConfig, dataset: Dataset) -> Iterator[Task]:
+    """One task on every training image; its queries are the data's own test split, else the training images
+    themselves (``info["held_out"]`` says which)."""
+    held_out = dataset.test is not None and len(dataset.test) > 0
+    yield Task(cfg.seeds[0], dataset.train, dataset.test if held_out else dataset.train, {"held_out": held_out})
+
+
+def tasks(cfg: TuneConfig, dataset: Dataset) -> Iterator[Task]:
+    """The tasks of ``cfg``'s protocol, lazily (each is sampled when the loop reaches it)."""
+    if cfg.final:
+        return final_tasks(cfg, dataset)
+    return episode_tasks(cfg, dataset) if cfg.protocol == "episodic" else kshot_tasks(cfg, dataset)
+
+
+def task_count(cfg: TuneConfig) -> int:
+    return 1 if cfg.final else cfg.episodes if cfg.protocol == "episodic" else len(cfg.seeds)
+
+
+def check_sampling(cfg: TuneConfig, dataset: Dataset) -> None:
+    """Draw the first task, so sampling errors (more shots or ways than the data has) come before any weights
+    load."""
+    next(tasks(cfg, dataset))
+
+
+def run_protocol(cfg: TuneConfig, dataset: Dataset, runner: TaskRunner,
+                 after: Callable[[Task, TaskResult], None] | None = None) -> tuple[ProtocolRun, NonFiniteLoss | None]:
+    """Every task of the protocol, in order, each from the runner's start; ``after(task, result)`` runs after
+    each (e.g. saving the tuned model). A diverged task ends the run: the finished tasks and the error come
+    back with status "diverged"."""
+    t0 = time.perf_counter()
+    out = ProtocolRun()
+    n = task_count(cfg)
+    for task in tqdm(tasks(cfg, dataset), total=n, desc="tasks", disable=not cfg.train.progress or n == 1):
+        try:
+            result = runner.run(task.support, task.query, task.seed)
+        except NonFiniteLoss as e:
+            out.status, out.error = "diverged", f"{task.label()}: {e}"
+            out.failed_task = {"episode": task.info["episode"]} if "episode" in task.info else {"seed": task.seed}
+            out.wall_s = time.perf_counter() - t0
+            return out, e
+        result.info.update(task.info)
+        if after is not None:
+            after(task, result)
+        out.runs.append(result)
+    out.wall_s = time.perf_counter() - t0
+    return out, None
