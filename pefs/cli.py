@@ -389,7 +389,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     try:
         if getattr(args, "max_image_pixels", None) is not None:
-            from pefs.data.decode import set_max_image_pixels
+            from pefs.data.decoding import set_max_image_pixels
 
             set_max_image_pixels(args.max_image_pixels)
         return COMMANDS[args.command](args)

@@ -13,7 +13,7 @@ from PIL import Image
 
 from pefs.config import TuneConfig
 from pefs.data import from_arrays, load_dataset
-from pefs.data.decode import ENV_MAX_PIXELS, decode_image, set_max_image_pixels
+from pefs.data.decoding import ENV_MAX_PIXELS, decode_image, set_max_image_pixels
 from pefs.engine import TrainConfig
 from pefs.errors import PefsError
 from pefs.tune import tune

@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from pefs.data.decode import decode_image
+from pefs.data.decoding import decode_image
 from pefs.data.layout import IMAGE_FOLDER, SAVED_MARKERS, TABLE, data_layout, missing_local_path
 from pefs.errors import PefsError
 
@@ -26,7 +26,7 @@ ASSETS = Path(__file__).parent / "assets"
 @dataclass
 class ImageSet:
     """Labelled images with lazy decoding. ``names[i]`` identifies image ``i`` (path or split/index).
-    ``loader(i)`` returns what :func:`pefs.data.decode.decode_image` takes: a path, bytes, a PIL image or an array."""
+    ``loader(i)`` returns what :func:`pefs.data.decoding.decode_image` takes: a path, bytes, a PIL image or an array."""
 
     classes: list[str]
     labels: np.ndarray
@@ -37,7 +37,7 @@ class ImageSet:
         return len(self.labels)
 
     def image(self, i: int) -> Image.Image:
-        """Decode image ``i`` as 8-bit RGB (:mod:`pefs.data.decode`); a failure is a PefsError naming it."""
+        """Decode image ``i`` as 8-bit RGB (:mod:`pefs.data.decoding`); a failure is a PefsError naming it."""
         name = self.names[int(i)]
         try:
             source = self.loader(int(i))
@@ -74,7 +74,7 @@ class Dataset:
 
 def from_arrays(images: np.ndarray, labels: Sequence[int], classes: Sequence[str] | None = None,
                 prefix: str = "array") -> ImageSet:
-    """Images as an (N, H, W) or (N, H, W, C) array (uint8, or any depth :mod:`pefs.data.decode` scales)."""
+    """Images as an (N, H, W) or (N, H, W, C) array (uint8, or any depth :mod:`pefs.data.decoding` scales)."""
     images, labels = np.asarray(images), np.asarray(labels, dtype=int)
     if images.ndim not in (3, 4) or len(images) != len(labels):
         raise PefsError(f"arrays must be (N, H, W[, C]) images with N labels; got images {images.shape}, "
