@@ -226,9 +226,13 @@ def result_fields(cfg: Any) -> dict[str, Any]:
         meta, value = f.metadata, getattr(cfg, f.name)
         if meta.get("neutral"):
             continue
-        if dataclasses.is_dataclass(value):
+        if dataclasses.is_dataclass(value) and any("neutral" in g.metadata for g in dataclasses.fields(value)):
+            # a nested config (its fields are settings)
             out[f.name] = result_fields(value)
             continue
+        if not isinstance(value, (str, int, float, bool, list, tuple, dict, type(None))):
+            # an object given in Python (a Dataset for ``data``): its name; its content is in the run's key
+            value = f"<{type(value).__name__} {getattr(value, 'name', '')}>"
         default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
         if meta.get("since", 1) > 1 and value == default:
             continue

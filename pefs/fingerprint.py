@@ -67,12 +67,19 @@ def tree_digest(root: str | Path) -> str:
     return f"{len(entries)} files:{h.hexdigest()[:16]}"
 
 
-def data_fingerprint(data: str | None) -> str:
+def data_fingerprint(data: Any) -> str:
     """The fingerprint of a ``--data`` spec (see the module docstring)."""
     from pefs.data.sources import ASSETS, DEFAULT_DATASET
 
     if data is None or data == DEFAULT_DATASET:
         return "embedded:" + file_digest(ASSETS / "fashion_mnist_small.npz")
+    if not isinstance(data, (str, os.PathLike)):  # a Dataset built in Python: its image names and labels
+        h = hashlib.sha256()
+        for part in (data.train, data.test):
+            if part is not None:
+                h.update("\0".join(part.names).encode("utf-8", "surrogateescape"))
+                h.update(bytes(str(list(part.labels)), "ascii"))
+        return f"in-memory:{data.name}:{h.hexdigest()[:16]} (names and labels; pixels not read)"
     path = Path(data)
     if path.is_dir():
         return "folder:" + tree_digest(path)
