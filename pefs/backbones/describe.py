@@ -273,7 +273,6 @@ def describe_module(module: nn.Module, name: str = "custom", head_name: str | No
         model, width = module, _get(module, head_name).in_features
         family, blocks = _find_blocks(module)
         blocks = [b for b in blocks if b != head_name]
-    family = "custom" if family == "custom" else family
     return Backbone(model=model, name=name, family=family, kind=_kind(model, family), width=int(width),
                     head_name=head_name, data_config=config, pretrained="user", block_names=blocks)
 
