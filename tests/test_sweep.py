@@ -231,13 +231,34 @@ def test_bad_recipe_fails_before_any_cell(tmp_path, monkeypatch, capsys, text, m
     assert "Traceback" not in err and calls == []
 
 
-def test_flags_override_the_recipe(tmp_path):
+def test_flags_override_the_recipe(tmp_path, monkeypatch, capsys):
+    """Through ``pefs sweep --recipe``: a flag replaces the recipe's key (shots), keys without a flag keep the
+    recipe's value (epochs), and ``-o`` options merge with the recipe's (r from the recipe, alpha from the flag);
+    checked on the config each cell's tune is actually called with."""
     recipe = tmp_path / "r.yaml"
     recipe.write_text("models: [efficientnet_lite0.offline]\nshots: [1, 2]\nepochs: 4\noptions: {r: 2}\n"
                       "strategies: [lora]\n")
-    settings = {**load_recipe(recipe), "shots": "8", "options": {"r": 2, "alpha": 4}}
-    cells = sweep.plan(sweep.spec_from_settings(settings))
-    assert [(c.config.shots, c.config.train.epochs, c.config.options) for c in cells] == [(8, 4, {"r": 2, "alpha": 4})]
+    ran, fake = [], fake_runner([])
+
+    def tune(cfg):
+        ran.append(cfg)
+        return fake(cfg)
+
+    monkeypatch.setattr(pefs.tune, "tune", tune)
+    assert main(["sweep", "--recipe", str(recipe), "--shots", "8", "-o", "alpha=4", "-q",
+                 "--store", str(tmp_path / "s.jsonl")]) == 0
+    assert [(c.shots, c.train.epochs) for c in ran] == [(8, 4)]
+    assert ran[0].options["r"] == 2 and int(ran[0].options["alpha"]) == 4  # the flag's value arrives as text
+    assert "1 cells; this process ran 1" in capsys.readouterr().out
+
+
+@pytest.mark.xfail(strict=True, reason="option values from -o stay text ('4') while a recipe's are typed (4), so "
+                   "the same run gets two config hashes and a sweep started by flags does not resume from a recipe")
+def test_an_option_from_a_flag_or_a_recipe_is_one_cell():
+    from pefs.config import TuneConfig
+
+    assert TuneConfig(strategy="lora", options={"alpha": "4"}).hash() == \
+        TuneConfig(strategy="lora", options={"alpha": 4}).hash()
 
 
 @pytest.mark.parametrize("recipe", sorted(RECIPES.glob("*.yaml")), ids=lambda p: p.name)
