@@ -118,7 +118,7 @@ def test_mixed_precision_switches_within_one_process():
         m = tiny("vit", "last-k", k=1)
         seen = []
         m.net.blocks[11].mlp.fc1.register_forward_hook(
-            lambda mod, i, out: seen.append(out.dtype) if torch.is_grad_enabled() else None)
+            lambda mod, i, out, _s=seen: _s.append(out.dtype) if torch.is_grad_enabled() else None)
         stats = engine.fit(m, *batch(), cfg(mixed_precision=precision, epochs=1, cache_features=False), seed=0)
         assert stats.steps == 3 and all(torch.isfinite(torch.tensor(stats.losses)))
         assert seen == [dtypes[precision]] * 3, precision
