@@ -109,10 +109,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--no-compile", action="store_true", help="skip the torch.compile probe")
     p.add_argument("--compile-timeout", type=float, default=240.0, help="seconds before a compile probe is abandoned")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--json", type=Path, help="write every measurement here")
+    p.add_argument("--json", type=Path, help="write every measurement here (default: beside --markdown, .json)")
     p.add_argument("--markdown", type=Path, help="write the report here (also printed)")
-    p.add_argument("--from-json", type=Path, metavar="PATH", help="measure nothing: render the report of an earlier "
-                                                                  "run's --json output")
+    p.add_argument("--render", "--from-json", dest="from_json", type=Path, metavar="JSON",
+                   help="measure nothing: render the report of an earlier run's --json output")
     return p.parse_args(argv)
 
 
@@ -353,6 +353,8 @@ def main(argv: list[str] | None = None) -> int:
         if args.markdown:
             args.markdown.write_text(md)
         return 0
+    if args.markdown and not args.json:
+        args.json = args.markdown.with_suffix(".json")
     s = settings(args)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
