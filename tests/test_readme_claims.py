@@ -340,3 +340,12 @@ def test_embedded_data_is_the_documented_fashion_mnist_subset():
     ds = load_dataset(None)
     assert len(ds.classes) == 10
     assert ds.train.counts().tolist() == [60] * 10 and ds.test.counts().tolist() == [40] * 10
+
+
+def test_ways_switch_to_episodes_with_15_queries_per_class(tmp_path, folder, capsys):
+    """README: ``pefs tune --ways N --shots K --episodes E`` runs E N-way K-shot episodes, 15 queries per class by
+    default, mean ± CI over the episodes."""
+    record = tune(tmp_path, folder, "--ways", "3", "--shots", "1", "--episodes", "2", "--strategy", "linear")
+    assert record["protocol"] == "episodic" and len(record["accuracies"]) == 2
+    assert all(r["query"] == 3 * 15 and r["support"] == 3 for r in record["runs"])
+    assert "95% CI over 2 episodes" in capsys.readouterr().out
