@@ -2,6 +2,8 @@
 
     .venv/bin/python benchmarks/episodic.py                      # the table in benchmarks/episodic.md
     .venv/bin/python benchmarks/episodic.py --episodes 5 --out -  # a quick look, printed
+    .venv/bin/python benchmarks/episodic.py --out benchmarks/episodic.run.md   # data: benchmarks/episodic.run.json
+    .venv/bin/python benchmarks/episodic.py --render benchmarks/episodic.run.json   # the table from the data
 
 Every row is one ``pefs.tune.tune`` run (what ``pefs tune --ways 5 --shots K --episodes E`` runs); the
 script only chooses the settings, times nothing itself and copies mean, CI and seconds per episode from the
@@ -12,6 +14,7 @@ OpenMP threads that spin-wait for each other made small batches 10-20x slower (s
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import platform
 import sys
@@ -69,16 +72,20 @@ def run(row: Row, shots: int, args: argparse.Namespace) -> dict[str, Any]:
     return {"rec": rec, "epochs": row.epochs[shots], "process_s": time.perf_counter() - t0}
 
 
-def table(results: list[tuple[Row, int, dict[str, Any]]], args: argparse.Namespace) -> str:
+def render(data: dict[str, Any]) -> str:
+    """The Markdown table of a run, from its JSON data alone (``--json`` writes it, ``--render`` reads it)."""
+    ways = data["settings"]["ways"]
     lines = ["| setting | strategy | head | features | epochs | trainable params | accuracy % (± 95% CI) "
              "| s / episode | run wall s |", "|---|---|---|---|---:|---:|---|---:|---:|"]
-    for row, shots, r in results:
-        rec = r["rec"]
+    for r in data["rows"]:
+        rec = r["record"]
         feats = "cached" if rec["cached"] else "uncached"
-        lines.append(f"| {args.ways}-way {shots}-shot | {row.label} | {row.head} | {feats} | {r['epochs'] or '-'} "
+        lines.append(f"| {ways}-way {r['shots']}-shot | {r['label']} | {r['head']} | {feats} | {r['epochs'] or '-'} "
                      f"| {rec['params']['trainable']:,} | {100 * rec['accuracy_mean']:.2f} ± "
                      f"{100 * rec['accuracy_ci95']:.2f} | {rec['seconds_per_task']:.3f} | {rec['wall_s']:.1f} |")
-    return "\n".join(lines)
+    m = data["machine"]
+    return "\n".join(lines) + (f"\n\nPython {m['python']}, torch {m['torch']}, {m['threads']} threads, "
+                               f"{m['cpus']} CPUs; load average {data['load']} at the start.\n")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -93,27 +100,49 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--only", help="comma-separated row labels to run (default all)")
     p.add_argument("--records", default="runs/benchmarks", help="folder for the JSON result records")
     p.add_argument("--out", default="-", help="write the table here ('-' prints it)")
+    p.add_argument("--json", help="write the raw data here: settings, machine, load, every row's full result "
+                                  "record (default: beside --out, .json)")
+    p.add_argument("--render", metavar="JSON", help="measure nothing: the table of an earlier run's --json data")
     args = p.parse_args(argv)
+    if args.render:
+        with open(args.render) as f:
+            return _write(render(json.load(f)), args.out)
+    if args.out != "-" and not args.json:
+        args.json = os.path.splitext(args.out)[0] + ".json"
     e1, e5 = (int(v) for v in args.fast_epochs.split(","))
     shots = [int(s) for s in args.shots.split(",")]
-    results = []
+    import shlex
+
+    command = " ".join(shlex.quote(x) for x in [".venv/bin/python", "benchmarks/episodic.py",
+                                                  *(sys.argv[1:] if argv is None else argv)])
+    load = "/".join(f"{x:.2f}" for x in os.getloadavg())
+    data: dict[str, Any] = {"command": command, "settings": vars(args), "load": load, "rows": []}
     for row in rows({1: e1, 5: e5}):
         if args.only and row.label.split(" ")[0] not in args.only.split(","):
             continue
         for k in shots:
             r = run(row, k, args)
-            results.append((row, k, r))
+            data["rows"].append({"label": row.label, "strategy": row.strategy, "head": row.head, "shots": k,
+                                 "epochs": r["epochs"], "process_s": r["process_s"], "record": r["rec"]})
             print(f"{row.label} {'cached' if r['rec']['cached'] else 'uncached'} {k}-shot: "
                   f"{100 * r['rec']['accuracy_mean']:.2f} ± {100 * r['rec']['accuracy_ci95']:.2f} "
                   f"({r['rec']['seconds_per_task']:.3f} s/episode)", file=sys.stderr, flush=True)
     import torch
 
-    md = table(results, args) + (f"\n\nPython {platform.python_version()}, torch {torch.__version__}, "
-                                 f"{torch.get_num_threads()} threads, {os.cpu_count()} CPUs.\n")
-    if args.out == "-":
+    data["machine"] = {"python": platform.python_version(), "torch": torch.__version__,
+                       "threads": torch.get_num_threads(), "cpus": os.cpu_count(), "platform": platform.platform()}
+    data["load_end"] = "/".join(f"{x:.2f}" for x in os.getloadavg())
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(data, f, indent=1, default=str)
+    return _write(render(data), args.out)
+
+
+def _write(md: str, out: str) -> int:
+    if out == "-":
         print(md)
     else:
-        with open(args.out, "w") as f:
+        with open(out, "w") as f:
             f.write(md)
     return 0
 

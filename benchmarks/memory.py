@@ -11,6 +11,8 @@ weights use random ones: memory and time do not depend on the weights' values.
 
     .venv/bin/python benchmarks/memory.py                      # ViT-S/16, ViT-B/16, EfficientNet-Lite0
     .venv/bin/python benchmarks/memory.py --tiny               # a tiny ViT, 1 step (what the test runs)
+    .venv/bin/python benchmarks/memory.py --markdown benchmarks/memory.run.md   # data: benchmarks/memory.run.json
+    .venv/bin/python benchmarks/memory.py --render benchmarks/memory.run.json   # the report again from the data
 """
 
 from __future__ import annotations
@@ -40,8 +42,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--img-size", type=int, help="input side in pixels (default 224; --tiny: 32)")
     p.add_argument("--steps", type=int, default=1, help="training steps per fit (default 1: gradients and AdamW "
                                                          "state exist from the first step on)")
-    p.add_argument("--json", type=Path, help="write every measurement here")
+    p.add_argument("--json", type=Path, help="write every measurement here (default: beside --markdown, .json)")
     p.add_argument("--markdown", type=Path, help="write the report here (also printed)")
+    p.add_argument("--render", type=Path, metavar="JSON", help="measure nothing: render the report of an earlier "
+                                                              "run's JSON (the committed data of memory.md)")
     return p.parse_args(argv)
 
 
@@ -123,8 +127,28 @@ def render(r: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def machine() -> dict[str, Any]:
+    """Where the numbers come from: platform, CPU, library versions."""
+    import platform
+
+    import torch
+
+    cpu = next((ln.split(":", 1)[1].strip() for ln in open("/proc/cpuinfo") if ln.startswith("model name")), "?") \
+        if os.path.exists("/proc/cpuinfo") else platform.processor()
+    return {"python": platform.python_version(), "platform": platform.platform(), "cpu": cpu,
+            "cores": os.cpu_count(), "torch": torch.__version__, "cuda": torch.cuda.is_available()}
+
+
 def main(argv: list[str] | None = None) -> int:
     a = parse_args(argv)
+    if a.render:
+        md = render(json.loads(a.render.read_text()))
+        print(md, end="")
+        if a.markdown:
+            a.markdown.write_text(md)
+        return 0
+    if a.markdown and not a.json:
+        a.json = a.markdown.with_suffix(".json")
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     models = (a.models or ("vit_tiny_patch16_224" if a.tiny else ",".join(MODELS))).split(",")
     specs = (a.strategies or ("full,linear,lora,lora@ckpt" if a.tiny else ",".join(STRATEGIES))).split(",")
@@ -147,7 +171,8 @@ def main(argv: list[str] | None = None) -> int:
     memory = ("torch.cuda.max_memory_allocated growth over the fit" if torch.cuda.is_available() else
               "the most live tensor memory during a fit (benchmarks/live_memory.py; weights that existed before "
               "are not counted), the CPU analogue of torch.cuda.max_memory_allocated")
-    r = {"command": command, "settings": s, "results": results, "memory": memory, "load": load}
+    r = {"command": command, "settings": s, "results": results, "memory": memory, "load": load,
+         "load_end": "/".join(f"{x:.2f}" for x in os.getloadavg()), "machine": machine()}
     md = render(r)
     print(md)
     if a.markdown:

@@ -53,13 +53,10 @@ def render(r: dict[str, Any]) -> str:
             why = row["error"].strip().splitlines()[-1][:80]
             lines.append(f"| {row['name']} | failed: {why} |" + " |" * (len(COLUMNS) - 2))
             continue
-        agree = []
-        for p in ("episode", "kshot"):
-            if f"agree_{p}" in row:
-                d = abs(row[f"ref_{p}_acc"] - row[f"pefs_{p}_acc"])
-                agree.append(("yes" if row[f"agree_{p}"] else "**NO**") + f" (Δ{d:.3f})")
+        agree = [agree_cell(row, p) for p in ("episode", "kshot") if f"agree_{p}" in row]
+        label = row["name"] + (f" (pefs: {row['pefs_options']})" if row.get("pefs_options") else "")
         cells = [
-            row["name"], str(row["epochs"] or "– (no training)"), _trainable(row),
+            label, str(row["epochs"] or "– (no training)"), _trainable(row),
             _f(row.get("ref_episode_s")), _f(row.get("pefs_episode_s")), _f(row.get("speedup_episode"), "{:.1f}×"),
             _f(row.get("pefs_vs_limit_episode"), "{:.2f}×"), _f(row.get("pefs_vs_limit_bf16_episode"), "{:.2f}×"),
             _f(row.get("ref_kshot_s")), _f(row.get("pefs_kshot_s")),
@@ -77,7 +74,11 @@ def render(r: dict[str, Any]) -> str:
         "(decoding included on both sides; model construction is per run, not per task, and shown below). "
         "speed-up = ref ÷ pefs per episode. img/s = task images (support + query) per second. ÷ fwd limit = pefs "
         "per episode ÷ one inference-mode fp32 forward over the same images (channels-last on a CPU CNN). "
-        "agree: |Δaccuracy| within 1.96·√(2p(1−p)/n) over the n query predictions of each protocol.",
+        "agree: both sides compute the same function, so their predictions must be identical query by query; "
+        "a differing prediction is allowed only where, on either side, the two classes' scores tie to within "
+        "floating-point noise (0.1% of the largest |score|). Shown per protocol: differing predictions of all "
+        "queries (of which ties), and the largest score difference relative to the largest |score|. pefs runs "
+        "the option named after the strategy (its defaults otherwise).",
     ]
     lines += _breakdown(r)
     lines += _stream(r)
@@ -86,6 +87,14 @@ def render(r: dict[str, Any]) -> str:
     if r["skipped"]:
         lines += ["", "Skipped: " + "; ".join(r["skipped"]) + "."]
     return "\n".join(lines) + "\n"
+
+
+def agree_cell(row: dict[str, Any], p: str) -> str:
+    """'yes'/'**NO**' with the mismatch count: identical predictions except floating-point ties."""
+    if f"mismatch_{p}" not in row:  # a result from before the strict check (accuracy band only)
+        return ("yes" if row[f"agree_{p}"] else "**NO**") + " (accuracy band)"
+    return (f"{'yes' if row[f'agree_{p}'] else '**NO**'} ({row[f'mismatch_{p}']}/{row[f'queries_{p}']} differ, "
+            f"{row[f'mismatch_tie_{p}']} ties; max Δscore {row[f'score_diff_{p}']:.1e})")
 
 
 def _trainable(row: dict[str, Any]) -> str:
@@ -142,8 +151,10 @@ def targets(r: dict[str, Any]) -> list[dict[str, Any]]:
                 out.append({"target": f"frozen prefix ≥ {TARGET_SPEEDUP:.0f}× faster per episode over a {n}-episode "
                                       "protocol", "strategy": row["name"], "value": f"{row['speedup_stream']:.1f}×",
                             "met": row["speedup_stream"] >= TARGET_SPEEDUP})
-            # against the forward pass in the precision pefs' no-grad passes ran in (bf16 where native)
-            lim = "bf16_" if r["info"].get("pefs_inference_precision") == "bf16" and \
+            # against the forward pass in the precision pefs' no-grad passes ran in: fp32 where the row says so
+            # (strict-agreement rows), else its default (bf16 where native)
+            fp32 = "fp32" in (row.get("pefs_options") or "")
+            lim = "bf16_" if not fp32 and r["info"].get("pefs_inference_precision") == "bf16" and \
                 row.get("pefs_vs_limit_bf16_episode") is not None else ""
             if row.get(f"pefs_vs_limit_{lim}episode") is not None:
                 other = "" if not lim else f"; {row['pefs_vs_limit_episode']:.2f}× the fp32 limit"
@@ -179,12 +190,11 @@ def _stream(r: dict[str, Any]) -> list[str]:
              "images pefs decoded and ran through the trunk | ref acc | pefs acc | agree |",
              "|---|---|---|---|---|---|---|---|---|---|"]
     for row in rows:
-        d = abs(row["ref_stream_acc"] - row["pefs_stream_acc"])
         limits = " / ".join(_f(row.get(k), "{:.2f}×") for k in ("pefs_vs_limit_stream", "pefs_vs_limit_bf16_stream"))
         cells = [row["name"], str(row["epochs"] or "–"), f"{row['ref_stream_s']:.2f}", f"{row['pefs_stream_s']:.2f}",
                  f"{row['speedup_stream']:.1f}×", limits, f"{row['pefs_stream_decoded']} of {row['stream_images']}",
                  f"{row['ref_stream_acc']:.3f}", f"{row['pefs_stream_acc']:.3f}",
-                 f"{'yes' if row['agree_stream'] else '**NO**'} (Δ{d:.3f})"]
+                 agree_cell(row, "stream")]
         lines.append("| " + " | ".join(cells) + " |")
     lines += ["", "Each side runs the episodes in one process from one model, as `pefs tune --ways` does. The "
                   "reference runs the network over every image of every episode. pefs decodes each image and runs "

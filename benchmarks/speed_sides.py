@@ -175,16 +175,17 @@ class RefSide:
             protos = torch.zeros(int(ys.max()) + 1, fs.shape[1]).index_add_(0, ys, fs)
             protos /= torch.bincount(ys).float()[:, None]
             t2 = time.perf_counter()
-            pred = (F.normalize(fq, dim=-1) @ F.normalize(protos, dim=-1).T).argmax(-1)
+            scores = F.normalize(fq, dim=-1) @ F.normalize(protos, dim=-1).T
         else:
             torch.manual_seed(seed)
             _classifier(model).reset_parameters()
             loss = self._fit(model, xs, ys, seed, epochs or self.s["epochs"])
             t2 = time.perf_counter()
-            pred = self._predict(model, xq)
+            scores = self._predict(model, xq, features=True)
+        pred = scores.argmax(-1)
         t3 = time.perf_counter()
         return {"total_s": t3 - t0, "decode_s": t1 - t0, "train_s": t2 - t1, "eval_s": t3 - t2,
-                "accuracy": float((pred == yq).float().mean()), "final_loss": loss}
+                "accuracy": float((pred == yq).float().mean()), "final_loss": loss, "scores": scores.tolist()}
 
     def _fit(self, model, x, y, seed: int, epochs: int) -> float:
         import torch
@@ -220,6 +221,8 @@ class RefSide:
         return float(loss)
 
     def _predict(self, model, x, features: bool = False):
+        """Predicted classes of ``x``, or with ``features`` the model's raw outputs (logits, or pooled features
+        once the classifier is removed)."""
         import torch
 
         dev, bs = self.dev, self.s["eval_batch_size"]
@@ -227,6 +230,10 @@ class RefSide:
             out = [model(x[i:i + bs].to(dev)).float().cpu() for i in range(0, len(x), bs)]
         out_t = torch.cat(out)
         return out_t if features else out_t.argmax(-1)
+
+
+#: protocols whose every timed task is cold on both sides (nothing cached from an earlier task)
+COLD = ("episode", "kshot")
 
 
 class PefsSide:
@@ -239,6 +246,9 @@ class PefsSide:
         ebs = {"eval_batch_size": s["pefs_eval_batch_size"]} if s["pefs_eval_batch_size"] else {}
         self.train = TrainConfig(epochs=s["epochs"], batch_size=s["batch_size"], progress=False, **ebs, **overrides)
         self.runners: dict[str, Any] = {}
+        self.made: dict[str, tuple[int, int | None]] = {}  # protocol -> (classes, epochs) of its runner
+        self.scores: list[Any] = []
+        self.used: set[str] = set()  # protocols whose current runner has run a task (so it is no longer cold)
 
     def config(self, epochs: int | None = None):
         import dataclasses
@@ -256,19 +266,38 @@ class PefsSide:
 
         engine.seed_everything(self.s["seed"])
         runner = TaskRunner(self.config(epochs), classes)
-        self.runners[protocol] = runner
-        return {"trainable": runner.model.param_report()["trainable"], "level": runner.level}
+        classify = runner.head.classify
+
+        def keep_scores(*args, **kwargs):  # the query scores pefs predicts from, for the strict agreement check
+            out = classify(*args, **kwargs)
+            self.scores.append(out)
+            return out
+
+        runner.head.classify = keep_scores
+        self.runners[protocol], self.made[protocol] = runner, (classes, epochs)
+        self.used.discard(protocol)
+        # a prototype head on a frozen trunk trains nothing, although the wrapped model has a (unused) linear head
+        return {"trainable": runner.model.param_report()["trainable"] if runner.trains else 0, "level": runner.level}
 
     def drop(self, protocol: str) -> None:
         self.runners.pop(protocol, None)
 
     def task(self, protocol: str, support, query, seed: int, epochs: int | None = None) -> dict[str, Any]:
+        """One task; a cold protocol (``episode``, ``kshot``) gets a fresh runner first (untimed, as the
+        reference's model is built once), so no image decoded or cached by an earlier task is reused. Only the
+        ``stream`` protocol (a protocol run) keeps its runner and its run-wide cache from task to task."""
+        if protocol in COLD and protocol in self.used:
+            self.setup(protocol, *self.made[protocol])
+        runner = self.runners[protocol]
+        self.used.add(protocol)
+        self.scores.clear()
         t0 = time.perf_counter()
-        r = self.runners[protocol].run(support, query, seed).to_dict()
+        r = runner.run(support, query, seed).to_dict()
         total = time.perf_counter() - t0
         return {"total_s": total, "decode_s": r["decode_s"], "extract_s": r["extract_s"], "train_s": r["train_s"],
                 "eval_s": r["eval_s"], "accuracy": r["accuracy"], "final_loss": r["final_loss"],
-                "cached": r["cached"], "level": r.get("level"), "steps": r["steps"], "decoded": r["decoded"]}
+                "cached": r["cached"], "level": r.get("level"), "steps": r["steps"], "decoded": r["decoded"],
+                "scores": self.scores[-1].float().tolist()}
 
 
 class SideWorker:
@@ -309,10 +338,7 @@ class SideWorker:
             from live_memory import LiveTensors
 
             support, query, seed, _ = self.tasks["episode"][0]
-            runner = getattr(self.side, "runners", {}).get("episode")
-            if runner is not None:
-                runner.clear_caches()  # cold, as a first episode: decode and frozen prefix counted too
-            with LiveTensors() as live:
+            with LiveTensors() as live:  # cold, as every timed episode: pefs' side takes a fresh runner
                 self.side.task("episode", support, query, seed)
             out["tensor_peak_mb"] = live.peak_mb
         # what pefs' per-task bookkeeping costs in this process (after the peak memory is read)

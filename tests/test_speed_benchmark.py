@@ -1,4 +1,5 @@
-"""benchmarks/speed.py on its tiny setting: it runs end to end and reports every column (no timing assertions)."""
+"""benchmarks/speed.py on its tiny setting: it runs end to end, reports every column, both sides predict the same
+query by query, and every timed cold task is cold on both sides (no timing assertions)."""
 
 from __future__ import annotations
 
@@ -49,16 +50,21 @@ def test_tiny_run_reports_every_column(tmp_path):
     names = [r["name"] for r in result["rows"]]
     expected = [n for n in mod.TINY if n in names or not any(n in s for s in result["skipped"])]
     assert names == expected and {"linear", "lora", "full"} <= set(names)
-    assert [r[0] for r in rows] == names
+    assert [r[0].split(" (pefs: ")[0] for r in rows] == names
     bf16_limit = mod.COLUMNS.index("pefs ÷ bf16 fwd limit")
     native = bool(result["rows"][0].get("limit_bf16_episode_s"))  # measured only where bf16 is native
     for row in rows:
         assert len(row) == len(mod.COLUMNS)
         filled = [c for i, c in enumerate(row) if i >= 3 and (native or i != bf16_limit)]
         assert all(cell and cell != "–" for cell in filled), row  # every measurement is filled in
-        assert "NO" not in row[-1], f"reference and pefs disagree on accuracy: {row}"
+        assert "NO" not in row[-1], f"reference and pefs disagree: {row}"
+        assert row[0].endswith(("(pefs: head linear, fp32 no-grad)", "(pefs: head prototype, fp32 no-grad)")), row
     for r in result["rows"]:
         assert "error" not in r
+        for p in ("episode", "kshot"):  # strict: identical predictions but for floating-point ties
+            assert r[f"queries_{p}"] > 0 and r[f"agree_{p}"] and r[f"mismatch_{p}"] == r[f"mismatch_tie_{p}"], r
+        for t in r["tasks"]["b"]["episode"] + r["tasks"]["b"]["kshot"]:
+            assert t["decoded"] == t["images"]  # cold: pefs decoded every image of every timed task itself
         for side in ("ref", "pefs"):
             assert r[f"{side}_episode_s"] > 0 and r[f"{side}_kshot_s"] > 0 and r[f"{side}_peak_mb"] is not None
             assert 0.0 <= r[f"{side}_episode_acc"] <= 1.0
@@ -67,6 +73,8 @@ def test_tiny_run_reports_every_column(tmp_path):
     for section in ("### Where the time goes", "### Protocol run: 2 episodes", "### Targets", "### Hardware probes",
                     "### GPU"):
         assert section in md
+    proto = next(r for r in result["rows"] if r["name"] == "prototype")
+    assert proto["trainable"] == proto["trainable_ref"] == 0  # a prototype head on a frozen trunk trains nothing
     stream = next(r for r in result["rows"] if r["name"] == "linear")
     assert len(stream["tasks"]["a"]["stream"]) == len(stream["tasks"]["b"]["stream"]) == 2
     # pefs decodes an image once per run: the two episodes overlap in a 5-way pool, so fewer than 2 x 100
@@ -74,4 +82,21 @@ def test_tiny_run_reports_every_column(tmp_path):
     assert "load average" in md and "--tiny" in md
     assert result["load_start"] and result["load_end"]
     if not result["info"]["cuda"]:
-        assert "Skipped: torch.cuda.is_available() is False" in md
+        assert "Skipped: torch.cuda.is_available() is False" in md and "ran on the GPU" not in md
+
+
+def test_agreement_is_judged_on_predictions_and_a_real_disagreement_fails():
+    """Strict agreement: identical predictions pass; a differing prediction passes only where the two classes'
+    scores tie to floating-point noise on one side; one clear disagreement among many agreeing queries fails (an
+    accuracy band would let it through)."""
+    agreement = _speed_module().agreement
+    same = [{"scores": [[2.0, 0.5, -1.0]] * 99 + [[0.1, 3.0, 0.0]]}]
+    assert agreement(same, same, "episode")["agree_episode"]
+    tie = [{"scores": [[2.0, 0.5, -1.0]] * 99 + [[1.0, 1.0 + 1e-6, 0.0]]}]
+    flipped = [{"scores": [[2.0, 0.5, -1.0]] * 99 + [[1.0 + 1e-6, 1.0, 0.0]]}]
+    r = agreement(tie, flipped, "episode")
+    assert r["agree_episode"]
+    assert (r["mismatch_episode"], r["mismatch_tie_episode"], r["queries_episode"]) == (1, 1, 100)
+    wrong = [{"scores": [[2.0, 0.5, -1.0]] * 99 + [[3.0, 0.1, 0.0]]}]
+    r = agreement(same, wrong, "episode")
+    assert not r["agree_episode"] and (r["mismatch_episode"], r["mismatch_tie_episode"]) == (1, 0)

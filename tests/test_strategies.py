@@ -82,6 +82,15 @@ def expect_ssf(model: PefsModel, original: Backbone) -> set[str]:
     return under(model, layers, ".ssf.")
 
 
+#: the norm after the last block, per family, written down by hand (ResNet has none)
+FINAL_NORM = {"vit": ["norm"], "convnext": ["head.norm"], "resnet": [], "efficientnet": ["bn2"]}
+
+
+def expect_last_k(model: PefsModel, original: Backbone) -> set[str]:
+    """``last-k`` (k=2 by default): every parameter of the last 2 blocks and of the final norm."""
+    return under(model, [*original.block_names[-2:], *FINAL_NORM[original.family]], "")
+
+
 def expect_peft(marker: str, vit: tuple[str, ...] = ("qkv",), kernel1: bool = False):
     return lambda model, original: under(model, adapted_layers(original, vit, kernel1), marker)
 
@@ -93,6 +102,7 @@ BATTERY = [
     ("bias", expect_bias, FAMILIES),
     ("norm", expect_norm, FAMILIES),
     ("ssf", expect_ssf, FAMILIES),
+    ("last-k", expect_last_k, FAMILIES),
     ("peft:loha", expect_peft("hada_"), FAMILIES),
     ("peft:ia3", expect_peft("ia3_l", vit=("qkv", "fc2")), FAMILIES),
     ("peft:lokr", expect_peft("lokr_"), ("vit", "resnet")),

@@ -37,14 +37,12 @@ def lines(path: Path) -> list[dict]:
     return [json.loads(x) for x in path.read_text().splitlines()]
 
 
-def counting_tune(monkeypatch, fail_on: int | None = None) -> list[str]:
-    """Wrap the real tune: record each call; raise KeyboardInterrupt (a kill) on call number ``fail_on``."""
+def counting_tune(monkeypatch) -> list[str]:
+    """Wrap the real tune: record the hash of each call."""
     calls, real = [], pefs.tune.tune
 
     def tune(cfg):
         calls.append(cfg.hash())
-        if len(calls) == fail_on:
-            raise KeyboardInterrupt
         return real(cfg)
 
     monkeypatch.setattr(pefs.tune, "tune", tune)
@@ -105,19 +103,28 @@ def test_grid_2x2x2_end_to_end_then_torn_line_is_reported(tmp_path, image_folder
 
 
 def test_kill_after_first_cell_then_resume(tmp_path, image_folder, monkeypatch):
+    """A real SIGKILL (no handler runs) of a ``pefs sweep`` process held inside its second cell: the first cell's
+    line survives whole, and the rerun runs the other three only."""
+    import os
+    import signal
+
+    from tests import held_cli
+
     st = tmp_path / "results.jsonl"
     args = ["sweep", "--models", "vit_tiny_patch16_224", "--strategies", "linear,lora", "--shots", "1,2",
             "--data", str(image_folder), "--store", str(st), *TINY]
-    killed = counting_tune(monkeypatch, fail_on=2)
-    assert main(args) == 130  # interrupted while the second cell ran
-    assert len(killed) == 2 and len(lines(st)) == 1
+    proc = held_cli.start(2, *args, env=dict(os.environ, OMP_NUM_THREADS="1"))
+    proc.send_signal(signal.SIGKILL)
+    proc.communicate(timeout=120)
+    assert proc.returncode == -signal.SIGKILL
+    (first,) = lines(st)  # exactly the finished cell, whole
     resumed = counting_tune(monkeypatch)
     assert main(args) == 0
-    assert len(resumed) == 3 and killed[0] not in resumed  # the finished cell is not run again
+    assert len(resumed) == 3 and first["hash"] not in resumed  # the finished cell is not run again
     again = counting_tune(monkeypatch)
     assert main(args) == 0 and again == []
     rows = lines(st)
-    assert len(rows) == 4 and len({r["hash"] for r in rows}) == 4
+    assert len(rows) == 4 and len({r["hash"] for r in rows}) == 4 and rows[0] == first
 
 
 def test_failed_cell_is_recorded_with_its_message_and_retried_on_request(tmp_path):
@@ -239,13 +246,34 @@ def test_bad_recipe_fails_before_any_cell(tmp_path, monkeypatch, capsys, text, m
     assert "Traceback" not in err and calls == []
 
 
-def test_flags_override_the_recipe(tmp_path):
+def test_flags_override_the_recipe(tmp_path, monkeypatch, capsys):
+    """Through ``pefs sweep --recipe``: a flag replaces the recipe's key (shots), keys without a flag keep the
+    recipe's value (epochs), and ``-o`` options merge with the recipe's (r from the recipe, alpha from the flag);
+    checked on the config each cell's tune is actually called with."""
     recipe = tmp_path / "r.yaml"
     recipe.write_text("models: [efficientnet_lite0.offline]\nshots: [1, 2]\nepochs: 4\noptions: {r: 2}\n"
                       "strategies: [lora]\n")
-    settings = {**load_recipe(recipe), "shots": "8", "options": {"r": 2, "alpha": 4}}
-    cells = sweep.plan(sweep.spec_from_settings(settings))
-    assert [(c.config.shots, c.config.train.epochs, c.config.options) for c in cells] == [(8, 4, {"r": 2, "alpha": 4})]
+    ran, fake = [], fake_runner([])
+
+    def tune(cfg):
+        ran.append(cfg)
+        return fake(cfg)
+
+    monkeypatch.setattr(pefs.tune, "tune", tune)
+    assert main(["sweep", "--recipe", str(recipe), "--shots", "8", "-o", "alpha=4", "-q",
+                 "--store", str(tmp_path / "s.jsonl")]) == 0
+    assert [(c.shots, c.train.epochs) for c in ran] == [(8, 4)]
+    assert ran[0].options["r"] == 2 and int(ran[0].options["alpha"]) == 4  # the flag's value arrives as text
+    assert "1 cells; this process ran 1" in capsys.readouterr().out
+
+
+@pytest.mark.xfail(strict=True, reason="option values from -o stay text ('4') while a recipe's are typed (4), so "
+                   "the same run gets two config hashes and a sweep started by flags does not resume from a recipe")
+def test_an_option_from_a_flag_or_a_recipe_is_one_cell():
+    from pefs.config import TuneConfig
+
+    assert TuneConfig(strategy="lora", options={"alpha": "4"}).hash() == \
+        TuneConfig(strategy="lora", options={"alpha": 4}).hash()
 
 
 @pytest.mark.parametrize("recipe", sorted(RECIPES.glob("*.yaml")), ids=lambda p: p.name)

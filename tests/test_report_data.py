@@ -1,0 +1,83 @@
+"""Every committed benchmark report is re-rendered from its committed raw data and must match: a report cannot drift
+from its data. Reports whose raw data is not in the repository yet are listed by name (MISSING_DATA), and that list
+is itself checked, so adding the data (or a report without data) forces this file to be updated."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+BENCH = ROOT / "benchmarks"
+#: sweep reports rendered by ``pefs report`` from a committed store: (summary page, report folder)
+SWEEP_REPORTS = {"scale_vs_shots.md": "scale_vs_shots", "strategies.md": "strategies"}
+#: summary pages whose result tables say they are ``pefs report``'s rows copied unchanged (strategies.md's own
+#: table is written by hand in another layout: only its report folder is re-rendered)
+COPIED = {"scale_vs_shots.md"}
+#: script reports: the page, and the script whose ``--render DATA`` writes its generated part from ``page.json``
+SCRIPT_REPORTS = {"speed.md": "speed.py", "memory.md": "memory.py", "episodic.md": "episodic.py"}
+#: reports whose numbers come from runs whose raw data was never committed (it lived in /tmp); they get their
+#: ``.json`` when rerun on the final code with ``--markdown``/``--out`` beside the page
+MISSING_DATA = {"speed.md", "memory.md", "episodic.md"}
+
+
+def _generated(text: str) -> str:
+    """A report with its generation timestamp blanked (the one line that differs between two renders)."""
+    return re.sub(r"Generated \d{4}-\d\d-\d\d \d\d:\d\d\.", "Generated <time>.", text)
+
+
+def test_every_report_is_accounted_for():
+    pages = {p.name for p in BENCH.glob("*.md")} - {"README.md"}
+    assert pages == set(SWEEP_REPORTS) | set(SCRIPT_REPORTS), "a new report needs its data and a row here"
+    missing = {page for page in SCRIPT_REPORTS if not (BENCH / page).with_suffix(".json").exists()}
+    assert missing == MISSING_DATA, "update MISSING_DATA: data was added (or lost) for " + str(missing ^ MISSING_DATA)
+
+
+@pytest.mark.parametrize("page", sorted(SWEEP_REPORTS))
+def test_sweep_report_rerenders_from_its_store(page, tmp_path, monkeypatch):
+    """``pefs report`` on the committed store gives the committed report.md and results.csv, and every table row
+    of the summary page is one of the report's rows, copied unchanged."""
+    from pefs.report import build_report
+
+    folder = BENCH / SWEEP_REPORTS[page]
+    monkeypatch.chdir(ROOT)  # the report names its store as the command gave it: relative to the repository
+    build_report(f"benchmarks/{SWEEP_REPORTS[page]}/results.jsonl", tmp_path, ("md", "csv"))
+    assert _generated((tmp_path / "report.md").read_text()) == _generated((folder / "report.md").read_text())
+    assert _cells(tmp_path / "results.csv") == _cells(folder / "results.csv")
+    if page in COPIED:
+        rows = {ln for ln in (tmp_path / "report.md").read_text().splitlines() if ln.startswith("| ")}
+        summary = [ln for ln in (BENCH / page).read_text().splitlines() if ln.startswith("| ")]
+        numbers = [ln for ln in summary if re.search(r"\d ± \d", ln)]  # result rows
+        assert numbers and all(ln in rows for ln in numbers), [ln for ln in numbers if ln not in rows][:3]
+
+
+def _cells(path: Path) -> list[list[object]]:
+    """A CSV's cells, numbers rounded to 12 significant digits (the last bit of a float sum may differ)."""
+    import csv
+
+    def value(cell: str) -> object:
+        try:
+            return float(f"{float(cell):.12g}")
+        except ValueError:
+            return cell
+
+    with open(path, newline="") as f:
+        return [[value(c) for c in row] for row in csv.reader(f)]
+
+
+@pytest.mark.parametrize("page", sorted(SCRIPT_REPORTS))
+def test_script_report_rerenders_from_its_data(page, tmp_path):
+    data = (BENCH / page).with_suffix(".json")
+    if not data.exists():
+        assert page in MISSING_DATA
+        pytest.skip(f"benchmarks/{data.name} is not committed yet (MISSING_DATA): rerun the benchmark")
+    out = tmp_path / "rendered.md"
+    flag = "--out" if page == "episodic.md" else "--markdown"
+    r = subprocess.run([sys.executable, str(BENCH / SCRIPT_REPORTS[page]), "--render", str(data), flag, str(out)],
+                       cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert out.read_text() in (BENCH / page).read_text(), f"benchmarks/{page} differs from its data"
