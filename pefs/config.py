@@ -25,7 +25,7 @@ from pefs.errors import PefsError, unknown
 SCHEMA_VERSION = 2
 DEFAULT_MODEL = "efficientnet_lite0.offline"
 #: classifier heads (``pefs.heads.HEADS`` implements exactly these; a test checks they agree)
-HEAD_NAMES = ("linear", "linear-proto", "prototype", "patch-match")
+HEAD_NAMES = ("linear", "linear-proto", "prototype", "patch-match", "logistic")
 DEFAULT_HEAD = "linear-proto"
 
 
