@@ -4,7 +4,15 @@ Undecodable images are errors, not skipped: :meth:`ImageSet.image` raises a Pefs
 ``split[index]``), so a corrupt file never silently shrinks a class below K shots.
 """
 
-from pefs.data.sampling import Episode, FewShotSplit, episodes, kshot_split, stratified_split
+from pefs.data.sampling import (
+    Episode,
+    FewShotSplit,
+    episodes,
+    hold_out,
+    kshot_split,
+    stratified_split,
+    validation_index,
+)
 from pefs.data.sources import (
                                DEFAULT_DATASET,
                                Dataset,
@@ -19,5 +27,6 @@ from pefs.data.transforms import augment_transform, decode, eval_transform
 from pefs.data.views import ViewConfig, extra_views, mask_patches
 
 __all__ = ["DEFAULT_DATASET", "Dataset", "Episode", "FewShotSplit", "ImageSet", "augment_transform", "decode",
-           "episodes", "eval_transform", "from_arrays", "kshot_split", "load_dataset", "load_default",
-           "load_folder", "load_hf", "mask_patches", "extra_views", "stratified_split", "ViewConfig"]
+           "episodes", "eval_transform", "from_arrays", "hold_out", "kshot_split", "load_dataset", "load_default",
+           "load_folder", "load_hf", "mask_patches", "extra_views", "stratified_split",
+           "validation_index", "ViewConfig"]
