@@ -136,6 +136,12 @@ class TuneConfig:
         help="strategy option, repeatable: -o r=8 -o targets=qkv,proj (lora.r=8 for one of several)",
         flags=("--opt", "-o"), metavar="KEY=VALUE", default_factory=dict)
     head: str = setting(DEFAULT_HEAD, "classifier: " + " | ".join(HEAD_NAMES))
+    search: dict[str, str] = setting(
+        help="search a setting on validation data, repeatable: --search lr=1e-4,1e-3 --search strategy=linear,lora "
+        "(a strategy option given as a list, -o r=4,8, is searched too); the best on validation is retrained on the "
+        "K shots and scored once on test", flags=("--search",), metavar="KEY=V1,V2", default_factory=dict, since=3)
+    val_per_class: int = setting(5, "validation images per class for --search, from the train split outside the "
+                                 "K shots", since=3)
     views: int = setting(1, "views per support image, the clean one included")
     augment: bool = setting(False, "extra views are randomly cropped and flipped")
     mask_ratio: float = setting(0.0, "extra views have this fraction of patches masked")
@@ -154,6 +160,8 @@ class TuneConfig:
         return "episodic" if self.ways else "kshot"
 
     def validate(self) -> None:
+        if isinstance(self.val_per_class, bool) or not isinstance(self.val_per_class, int) or self.val_per_class < 1:
+            raise PefsError(f"val_per_class must be a whole number >= 1, got {self.val_per_class!r}")
         for name in ("shots", "queries", "episodes"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
@@ -235,6 +243,6 @@ def resolved(cfg: TuneConfig, **values: Any) -> TuneConfig:
     """A copy of ``cfg`` with run-time values filled in (``img_size=128``, ``train={"inference_precision":
     "bf16"}``); the caller's config is never changed."""
     train = values.pop("train", {})
-    copy = dataclasses.replace(cfg, options=dict(cfg.options), seeds=tuple(cfg.seeds),
+    copy = dataclasses.replace(cfg, options=dict(cfg.options), search=dict(cfg.search), seeds=tuple(cfg.seeds),
                                train=dataclasses.replace(cfg.train, **train), **values)
     return copy

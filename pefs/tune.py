@@ -22,6 +22,7 @@ from pefs.engine import NonFiniteLoss
 from pefs.episodic import check_episodes, run_episodes
 from pefs.errors import PefsError
 from pefs.fewshot import TaskRunner, build_model
+from pefs.selection import run_kshot_search, search_space
 from pefs.stats import mean_ci95
 
 __all__ = ["build_model", "finish", "resolve", "run_kshot_seed", "tune", "write_record"]
@@ -66,6 +67,10 @@ def tune(cfg: TuneConfig) -> dict[str, Any]:
     dataset = load_dataset(cfg.data)
     check_splits_disjoint(dataset)
     requested, cfg = cfg, resolve(cfg, dataset)
+    space = search_space(cfg)  # a bad search spec fails here, before any weights load
+    if space.axes:
+        body, runner = run_kshot_search(cfg, dataset, space, time.perf_counter())
+        return finish(cfg, dataset, body, runner, requested)
     if cfg.protocol == "episodic":
         check_episodes(cfg, dataset)  # sampling errors before any weight loads
     else:
