@@ -97,12 +97,15 @@ class ViewConfig:
     augment: bool = False
     mask_ratio: float = 0.0
     mask_patch: int = 16
+    mask_mode: str = "random"
 
     def validate(self) -> None:
         if isinstance(self.views, bool) or not isinstance(self.views, int) or self.views < 1:
             raise PefsError(f"views must be a whole number >= 1, got {self.views!r}")
         if not (isinstance(self.mask_ratio, (int, float)) and 0 <= self.mask_ratio < 1):
             raise PefsError(f"mask_ratio must lie in [0, 1), got {self.mask_ratio}")
+        if self.mask_mode not in ("random", "block"):
+            raise PefsError(f"mask_mode must be one of random, block; got {self.mask_mode!r}")
         if isinstance(self.mask_patch, bool) or not isinstance(self.mask_patch, int) or self.mask_patch < 1:
             raise PefsError(f"mask_patch must be a whole number of pixels >= 1, got {self.mask_patch!r}")
         extra = self.augment or self.mask_ratio > 0
@@ -144,8 +147,12 @@ class TuneConfig:
                                  "K shots", since=3)
     views: int = setting(1, "views per support image, the clean one included")
     augment: bool = setting(False, "extra views are randomly cropped and flipped")
-    mask_ratio: float = setting(0.0, "extra views have this fraction of patches masked")
-    mask_patch: int = setting(16, "side of a masked patch in pixels")
+    mask_ratio: float = setting(0.0, "extra views have this fraction of patches masked: a ViT drops the masked "
+                                "patch tokens before its blocks (as the MAE encoder); a CNN sees them painted out")
+    mask_patch: int = setting(16, "side of a masked patch in pixels (pixel masking; a ViT masks its own patches)")
+    mask_mode: Literal["random", "block"] = setting(
+        "random", "which patches a ViT's masked view drops: random, or block-wise rectangles of neighbours",
+        since=3)
     train: TrainConfig = setting(help="training settings", cli=False, default_factory=TrainConfig)
     output: str = setting("runs", "folder for the JSON result record", neutral=True, cli=False)
     save_adapter: str | None = setting(None, "save each seed's tuned model directory here", neutral=True,
@@ -153,7 +160,7 @@ class TuneConfig:
 
     @property
     def view_config(self) -> ViewConfig:
-        return ViewConfig(self.views, self.augment, self.mask_ratio, self.mask_patch)
+        return ViewConfig(self.views, self.augment, self.mask_ratio, self.mask_patch, self.mask_mode)
 
     @property
     def protocol(self) -> str:

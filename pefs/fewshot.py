@@ -17,10 +17,12 @@ from typing import Any
 import torch
 
 from pefs import engine, heads
+from pefs.backbones import token_mask
 from pefs.backbones.split import patch_tokens
 from pefs.config import TuneConfig
 from pefs.data import ImageSet, augment_transform, eval_transform
 from pefs.data.views import extra_views
+from pefs.errors import PefsError
 from pefs.model import PefsModel, wrap
 
 
@@ -64,6 +66,12 @@ class TaskRunner:
         self.start_fingerprint = fingerprint(self.model)
         self.transform = eval_transform(self.model.backbone.data_config, cfg.img_size)
         self.views = cfg.view_config
+        #: a ViT's masked views drop their masked patch tokens (MAE-style) instead of painting pixels
+        self.token_masks = cfg.mask_ratio > 0 and token_mask.supports_token_masks(self.model.backbone)
+        if self.token_masks and self.level != engine.level_of(self.model, "pooled"):
+            raise PefsError(f"masked views of a ViT drop patch tokens, which needs a frozen trunk up to the pooled "
+                            f"features (a linear probe or a prototype/logistic head); {cfg.strategy!r} with head "
+                            f"{cfg.head!r} trains or caches inside the trunk")
         self.augment = augment_transform(self.model.backbone.data_config, cfg.img_size) if cfg.augment else None
         self._memo: dict[str, torch.Tensor] = {}  # image name -> clean input at self.level
 
@@ -91,11 +99,16 @@ class TaskRunner:
             return x, y
         t0 = time.perf_counter()
         clean = torch.stack([self.transform(images.image(i)) for i in range(len(images))])
-        xv, yv = extra_views(images, self.views, clean, self.augment, seed)
+        views = dataclasses.replace(self.views, mask_ratio=0.0) if self.token_masks else self.views
+        xv, yv = extra_views(images, views, clean, self.augment, seed)
         t["decode_s"] += time.perf_counter() - t0
         t["decoded"] += len(images) * (self.views.views if self.views.augment else 1)
         t0 = time.perf_counter()
-        xv = engine.outputs(self.model, xv, self.cfg.train, 0, self.level, desc="support views")
+        if self.token_masks:
+            xv = token_mask.pooled_views(self.model.backbone, xv, self.views.mask_ratio, self.views.mask_mode, seed,
+                                         self.cfg.train.eval_batch_size)
+        else:
+            xv = engine.outputs(self.model, xv, self.cfg.train, 0, self.level, desc="support views")
         t["extract_s"] += time.perf_counter() - t0
         return torch.cat([x, xv]), torch.cat([y, yv])
 
