@@ -93,7 +93,7 @@ def render(data: dict) -> str:
                      f"{a['seconds_per_task']:.1f}, {b['seconds_per_task']:.1f} |")
         word = "helped" if md - cd > 0 else "hurt" if md + cd < 0 else "made no difference the CI can resolve"
         verdicts.append(f"at {k} shot{'s' * (k > 1)} they {word} ({md:+.1f} ± {cd:.1f} points)")
-    lines += ["", "In plain words: pixel-masked extra views on this CNN " + "; ".join(verdicts) + ". The mean "
+    lines += ["", "In plain words, pixel-masked extra views on this CNN: " + "; ".join(verdicts) + ". The mean "
               "change is negative at every shot count measured, so masking is not a default here."]
     lines += ["", "## Cost of a masked view on a ViT-S/16 (224 px, random weights, 75% masked)", "",
               "| method | ms per view |", "|---|---|"]

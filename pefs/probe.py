@@ -7,7 +7,9 @@ cross-validation on the training features (fold j holds out the j-th example of 
 held-out cross-entropy (a handful of held-out images moves accuracy in coarse steps with many ties; their
 log-loss is smooth; benchmarks/linear_probe.md compares both criteria); with one
 example per class there is nothing to hold out and :data:`DEFAULT_L2` is used (:attr:`LogisticProbe.chosen_by`
-says which). The chosen strength is then refitted on all training features.
+says which). The chosen strength is then refitted on all training features. The folds do not know which
+rows are extra views of one image (``--views``): a view may be held out while its clean image trains, which
+makes the held-out data easier than new images and can favour a weaker L2.
 """
 
 from __future__ import annotations
