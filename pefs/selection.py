@@ -12,6 +12,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import time
+from pathlib import Path
 from typing import Any
 
 from pefs.config import TuneConfig
@@ -76,6 +77,8 @@ def run_kshot_search(cfg: TuneConfig, dataset: Dataset, space: SearchSpace,
             e.partial = {"runs": runs, "wall_s": time.perf_counter() - t_start,  # type: ignore[attr-defined]
                          "status": "diverged", "error": str(e), "failed_seed": seed}
             raise
+        if cfg.save_adapter:
+            runner.model.save(Path(cfg.save_adapter) / f"seed{seed}")
         runs.append({**run, "chosen": result.chosen, "search_s": search_s, "val_images": len(split.val),
                      "search": result.table})
     assert runner is not None
