@@ -97,7 +97,7 @@ def _config_values(a: argparse.Namespace, cls: type) -> dict:
         value = getattr(a, f.name, None)
         if not f.metadata.get("cli", True) or value is None:
             continue
-        out[f.name] = dict(value) if f.name == "options" else value
+        out[f.name] = dict(value) if f.name in ("options", "search") else value
     return out
 
 

@@ -26,7 +26,7 @@ from pefs.errors import PefsError, unknown
 SCHEMA_VERSION = 2
 DEFAULT_MODEL = "efficientnet_lite0.offline"
 #: classifier heads (``pefs.heads.HEADS`` implements exactly these; a test checks they agree)
-HEAD_NAMES = ("linear", "linear-proto", "prototype", "patch-match")
+HEAD_NAMES = ("linear", "linear-proto", "prototype", "patch-match", "logistic")
 DEFAULT_HEAD = "linear-proto"
 
 
@@ -106,12 +106,15 @@ class ViewConfig:
     augment: bool = False
     mask_ratio: float = 0.0
     mask_patch: int = 16
+    mask_mode: str = "random"
 
     def validate(self) -> None:
         if isinstance(self.views, bool) or not isinstance(self.views, int) or self.views < 1:
             raise PefsError(f"views must be a whole number >= 1, got {self.views!r}")
         if not (isinstance(self.mask_ratio, (int, float)) and 0 <= self.mask_ratio < 1):
             raise PefsError(f"mask_ratio must lie in [0, 1), got {self.mask_ratio}")
+        if self.mask_mode not in ("random", "block"):
+            raise PefsError(f"mask_mode must be one of random, block; got {self.mask_mode!r}")
         if isinstance(self.mask_patch, bool) or not isinstance(self.mask_patch, int) or self.mask_patch < 1:
             raise PefsError(f"mask_patch must be a whole number of pixels >= 1, got {self.mask_patch!r}")
         extra = self.augment or self.mask_ratio > 0
@@ -146,10 +149,20 @@ class TuneConfig:
         help="strategy option, repeatable: -o r=8 -o targets=qkv,proj (lora.r=8 for one of several)",
         flags=("--opt", "-o"), metavar="KEY=VALUE", default_factory=dict)
     head: str = setting(DEFAULT_HEAD, "classifier: " + " | ".join(HEAD_NAMES))
+    search: dict[str, str] = setting(
+        help="search a setting on validation data, repeatable: --search lr=1e-4,1e-3 --search strategy=linear,lora "
+        "(a strategy option given as a list, -o r=4,8, is searched too); the best on validation is retrained on the "
+        "K shots and scored once on test", flags=("--search",), metavar="KEY=V1,V2", default_factory=dict, since=3)
+    val_per_class: int = setting(5, "validation images per class for --search, from the train split outside the "
+                                 "K shots", since=3)
     views: int = setting(1, "views per support image, the clean one included")
     augment: bool = setting(False, "extra views are randomly cropped and flipped")
-    mask_ratio: float = setting(0.0, "extra views have this fraction of patches masked")
-    mask_patch: int = setting(16, "side of a masked patch in pixels")
+    mask_ratio: float = setting(0.0, "extra views have this fraction of patches masked: a ViT drops the masked "
+                                "patch tokens before its blocks (as the MAE encoder); a CNN sees them painted out")
+    mask_patch: int = setting(16, "side of a masked patch in pixels (pixel masking; a ViT masks its own patches)")
+    mask_mode: Literal["random", "block"] = setting(
+        "random", "which patches a ViT's masked view drops: random, or block-wise rectangles of neighbours",
+        since=3)
     train: TrainConfig = setting(help="training settings", cli=False, default_factory=TrainConfig)
     output: str = setting("runs", "folder for the JSON result record", neutral=True, cli=False)
     save_adapter: str | None = setting(None, "save each seed's tuned model directory here", neutral=True,
@@ -162,13 +175,15 @@ class TuneConfig:
 
     @property
     def view_config(self) -> ViewConfig:
-        return ViewConfig(self.views, self.augment, self.mask_ratio, self.mask_patch)
+        return ViewConfig(self.views, self.augment, self.mask_ratio, self.mask_patch, self.mask_mode)
 
     @property
     def protocol(self) -> str:
         return "episodic" if self.ways else "kshot"
 
     def validate(self) -> None:
+        if isinstance(self.val_per_class, bool) or not isinstance(self.val_per_class, int) or self.val_per_class < 1:
+            raise PefsError(f"val_per_class must be a whole number >= 1, got {self.val_per_class!r}")
         for name in ("shots", "queries", "episodes"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
@@ -258,6 +273,6 @@ def resolved(cfg: TuneConfig, **values: Any) -> TuneConfig:
     """A copy of ``cfg`` with run-time values filled in (``img_size=128``, ``train={"inference_precision":
     "bf16"}``); the caller's config is never changed."""
     train = values.pop("train", {})
-    copy = dataclasses.replace(cfg, options=dict(cfg.options), seeds=tuple(cfg.seeds),
+    copy = dataclasses.replace(cfg, options=dict(cfg.options), search=dict(cfg.search), seeds=tuple(cfg.seeds),
                                train=dataclasses.replace(cfg.train, **train), **values)
     return copy

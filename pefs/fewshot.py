@@ -21,11 +21,13 @@ import torch
 from tqdm.auto import tqdm
 
 from pefs import engine, heads
+from pefs.backbones import token_mask
 from pefs.backbones.split import patch_tokens
 from pefs.config import TuneConfig
 from pefs.data import ImageSet, augment_transform, eval_transform
 from pefs.data.loading import ByteCache, Decoder, decoded_batches
 from pefs.data.views import extra_views
+from pefs.errors import PefsError
 from pefs.features import FeatureStore, cache_dir, image_key, trunk_fingerprint
 from pefs.model import PefsModel, wrap
 from pefs.records import TaskResult
@@ -76,6 +78,12 @@ class TaskRunner:
         self.transform = eval_transform(self.model.backbone.data_config, cfg.img_size)
         self.decoder = Decoder(self.transform)
         self.views = cfg.view_config
+        #: a ViT's masked views drop their masked patch tokens (MAE-style) instead of painting pixels
+        self.token_masks = cfg.mask_ratio > 0 and token_mask.supports_token_masks(self.model.backbone)
+        if self.token_masks and self.level != engine.level_of(self.model, "pooled"):
+            raise PefsError(f"masked views of a ViT drop patch tokens, which needs a frozen trunk up to the pooled "
+                            f"features (a linear probe or a prototype/logistic head); {cfg.strategy!r} with head "
+                            f"{cfg.head!r} trains or caches inside the trunk")
         self.augment = augment_transform(self.model.backbone.data_config, cfg.img_size) if cfg.augment else None
         self.pooled_level = engine.level_of(self.model, "pooled")
         #: image name -> pooled features, kept for every image (a few KB each) when the frozen level is "pooled"
@@ -201,11 +209,16 @@ class TaskRunner:
         t0 = time.perf_counter()
         clean = torch.cat([self.decoder.finish(xb) for xb in decoded_batches(
             images, range(len(images)), self.decoder, self.cfg.train.eval_batch_size)])
-        xv, yv = extra_views(images, self.views, clean, self.augment, seed)
+        views = dataclasses.replace(self.views, mask_ratio=0.0) if self.token_masks else self.views
+        xv, yv = extra_views(images, views, clean, self.augment, seed)
         t["decode_s"] += time.perf_counter() - t0
         t["decoded"] += len(images) * (self.views.views if self.views.augment else 1)
         t0 = time.perf_counter()
-        xv = engine.outputs(self.model, xv, self.cfg.train, 0, self.level, desc="support views")
+        if self.token_masks:
+            xv = token_mask.pooled_views(self.model.backbone, xv, self.views.mask_ratio, self.views.mask_mode, seed,
+                                         self.cfg.train.eval_batch_size)
+        else:
+            xv = engine.outputs(self.model, xv, self.cfg.train, 0, self.level, desc="support views")
         t["extract_s"] += time.perf_counter() - t0
         t["trunk_images"] += len(xv) if self.level else 0
         return torch.cat([x, xv]), torch.cat([y, yv])

@@ -12,6 +12,11 @@
   the mean cosine of the matched pairs, so several object parts count, not one pooled vector. On CNNs each
   position of the final feature map is a patch (a 128 px EfficientNet image gives a 4x4 grid).
 
+* ``logistic``: the converged linear probe of the literature (:mod:`pefs.probe`): multinomial logistic
+  regression on the pooled support features, solved by L-BFGS, L2 strength chosen by held-out loss. With a
+  frozen strategy nothing else trains; with a training strategy the model is tuned with a prototype-initialised
+  linear head, then the probe is fitted on the tuned features.
+
 A head never moves tensors between devices: it reads CPU tensors that :mod:`pefs.engine` produced.
 """
 
@@ -26,6 +31,7 @@ from torch.nn import functional as F
 
 from pefs.config import DEFAULT_HEAD, HEAD_NAMES  # noqa: F401  (DEFAULT_HEAD re-exported)
 from pefs.errors import PefsError, unknown
+from pefs.probe import LogisticProbe
 
 #: initial logit scale of a prototype-initialised linear head: logits start as about SCALE x cosine
 PROTO_SCALE = 10.0
@@ -102,7 +108,17 @@ class PatchMatchHead(PrototypeHead):
         return patch_match_scores(support, labels, query, n_classes)
 
 
-HEADS: dict[str, type[Head]] = {h.name: h for h in (LinearHead, LinearProtoHead, PrototypeHead, PatchMatchHead)}
+class LogisticHead(PrototypeHead):
+    name = "logistic"
+    summary = "converged logistic-regression probe (L-BFGS, L2 chosen on held-out support) on pooled features"
+
+    def classify(self, support: torch.Tensor, labels: torch.Tensor, query: torch.Tensor,
+                 n_classes: int) -> torch.Tensor:
+        return LogisticProbe().fit(support, labels, n_classes).logits(query)
+
+
+HEADS: dict[str, type[Head]] = {h.name: h for h in (LinearHead, LinearProtoHead, PrototypeHead, PatchMatchHead,
+                                                    LogisticHead)}
 
 
 def build(name: str) -> Head:

@@ -10,6 +10,7 @@ import json
 import os
 import platform
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +29,7 @@ from pefs.fingerprint import run_fingerprints
 from pefs.memory import RunMemory
 from pefs.protocols import Task, check_sampling, run_protocol
 from pefs.records import ProtocolRun, TaskResult
+from pefs.selection import run_kshot_search, search_space
 from pefs.stats import mean_ci95
 
 __all__ = ["RunDiverged", "build_model", "finish", "resolve", "tune", "write_record"]
@@ -51,7 +53,26 @@ def resolve(cfg: TuneConfig, dataset: Dataset | None) -> TuneConfig:
         values["img_size"] = dataset.suggested_img_size
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")  # what Accelerate will pick
     precision = engine.inference_precision(cfg.train, device)
-    return resolved(cfg, **values, train={"inference_precision": precision})
+    return resolved(cfg, **values, options=typed_options(cfg.strategy, cfg.options),
+                    train={"inference_precision": precision})
+
+
+def typed_options(spec: str, options: dict[str, Any]) -> dict[str, Any]:
+    """Strategy options as their strategies' configs type them (``-o alpha=4`` gives the text "4", a recipe the
+    number 4: one run, so one hash); list values as lists. Searched list values (``-o r=4,8``) stay as given."""
+    from pefs.strategies import build
+
+    try:
+        strategies = build(spec, **options)
+    except PefsError:
+        return dict(options)  # a searched list (r=4,8) is no single value: --search types each setting
+    typed = {}
+    for key, value in options.items():
+        target, _, name = key.rpartition(".")
+        owners = [s for s in strategies if (not target or s.name == target) and hasattr(s.config, name)]
+        value = getattr(owners[0].config, name) if owners else value
+        typed[key] = list(value) if isinstance(value, tuple) else value
+    return typed
 
 
 class RunDiverged(NonFiniteLoss):
@@ -77,22 +98,30 @@ def tune(cfg: TuneConfig) -> dict[str, Any]:
     check_classes(len(dataset.classes), dataset.name)
     check_splits_disjoint(dataset)
     requested, cfg = cfg, resolve(cfg, dataset)
-    check_sampling(cfg, dataset)  # sampling errors before any weight loads
-    runner = TaskRunner(cfg, cfg.ways if cfg.protocol == "episodic" else len(dataset.classes))
-    describe_model(runner.model, cfg, dataset)
-    if cfg.final:
-        after = save_final(cfg, runner)
-    elif cfg.save_adapter and cfg.protocol == "kshot":
-        def after(task: Task, result: TaskResult) -> None:
-            runner.model.save(Path(cfg.save_adapter) / f"seed{task.seed}")
+    space = search_space(cfg)  # a bad search spec fails here, before any weights load
+    if space.axes:
+        run, runner, diverged, found = run_kshot_search(cfg, dataset, space)
+        extra = {**memory.figures(), **found}
     else:
-        after = None
-    run, diverged = run_protocol(cfg, dataset, runner, after)
-    extra = {**memory.figures(), **runner.cache_figures(), **(final_summary(dataset, run) if cfg.final else {})}
+        check_sampling(cfg, dataset)  # sampling errors before any weight loads
+        runner = TaskRunner(cfg, cfg.ways if cfg.protocol == "episodic" else len(dataset.classes))
+        describe_model(runner.model, cfg, dataset)
+        run, diverged = run_protocol(cfg, dataset, runner, _after_each_task(cfg, runner))
+        extra = {**memory.figures(), **runner.cache_figures(), **(final_summary(dataset, run) if cfg.final else {})}
     record = finish(cfg, dataset, run, runner, requested, extra)
     if diverged is not None:
         raise RunDiverged(diverged, record)
     return record
+
+
+def _after_each_task(cfg: TuneConfig, runner: TaskRunner) -> Callable[[Task, TaskResult], None] | None:
+    """What follows each task: the final fit saves its model directory; K-shot seeds save theirs with
+    ``--save-adapter``."""
+    if cfg.final:
+        return save_final(cfg, runner)
+    if cfg.save_adapter and cfg.protocol == "kshot":
+        return lambda task, result: runner.model.save(Path(cfg.save_adapter) / f"seed{task.seed}")
+    return None
 
 
 def finish(cfg: TuneConfig, dataset: Dataset, run: ProtocolRun, runner: TaskRunner | None,

@@ -81,7 +81,8 @@ def test_prototypes_need_every_class():
 
 
 def test_unknown_head():
-    with pytest.raises(PefsError, match="unknown head 'knn'; valid choices: linear, linear-proto, patch-match"):
+    with pytest.raises(PefsError, match="unknown head 'knn'; valid choices: linear, linear-proto, logistic, "
+                                        "patch-match"):
         heads.build("knn")
 
 

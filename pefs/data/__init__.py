@@ -6,7 +6,15 @@ through :func:`pefs.data.decoding.decode_image` (bit depth, alpha, palette, CMYK
 """
 
 from pefs.data.decoding import decode_image
-from pefs.data.sampling import Episode, FewShotSplit, episodes, kshot_split, stratified_split
+from pefs.data.sampling import (
+    Episode,
+    FewShotSplit,
+    episodes,
+    hold_out,
+    kshot_split,
+    stratified_split,
+    validation_index,
+)
 from pefs.data.sources import (
                                DEFAULT_DATASET,
                                Dataset,
@@ -22,5 +30,6 @@ from pefs.data.views import ViewConfig, extra_views, mask_patches
 
 __all__ = ["DEFAULT_DATASET", "Dataset", "Episode", "FewShotSplit", "ImageSet", "augment_transform", "decode",
            "decode_image",
-           "episodes", "eval_transform", "from_arrays", "kshot_split", "load_dataset", "load_default",
-           "load_folder", "load_hf", "mask_patches", "extra_views", "stratified_split", "ViewConfig"]
+           "episodes", "eval_transform", "from_arrays", "hold_out", "kshot_split", "load_dataset", "load_default",
+           "load_folder", "load_hf", "mask_patches", "extra_views", "stratified_split",
+           "validation_index", "ViewConfig"]

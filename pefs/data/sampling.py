@@ -20,6 +20,9 @@ class FewShotSplit:
     query: ImageSet
     support_index: np.ndarray
     query_index: np.ndarray
+    #: ``val_per_class`` images per class from the train split, outside the support (None when not asked for)
+    val: ImageSet | None = None
+    val_index: np.ndarray | None = None
 
 
 def _check_shots(shots: int, counts: np.ndarray, classes: list[str], need_extra: int = 0, what: str = "shots") -> None:
@@ -38,11 +41,14 @@ def _check_shots(shots: int, counts: np.ndarray, classes: list[str], need_extra:
                         f"than class {cls!r} has ({n}); valid {what}: 1..{max(limit, 0)}")
 
 
-def kshot_split(dataset: Dataset, shots: int, seed: int = 0, test_fraction: float = 0.3) -> FewShotSplit:
+def kshot_split(dataset: Dataset, shots: int, seed: int = 0, test_fraction: float = 0.3,
+                val_per_class: int = 0) -> FewShotSplit:
     """K training images per class from the train split; the query set is the whole test split.
 
     A dataset without a test split is first split per class, seeded, ``test_fraction`` held out,
-    so no image can land in both sets.
+    so no image can land in both sets. ``val_per_class`` > 0 also draws that many validation images per class
+    from the train split outside the K shots (for choosing hyper-parameters, never the test split); the K shots
+    are the same whatever ``val_per_class`` is.
     """
     rng = np.random.default_rng(seed)
     train, test = dataset.train, dataset.test
@@ -52,7 +58,48 @@ def kshot_split(dataset: Dataset, shots: int, seed: int = 0, test_fraction: floa
     _check_shots(shots, train.counts(), train.classes)
     support = np.concatenate([rng.choice(np.flatnonzero(train.labels == c), shots, replace=False)
                               for c in range(len(train.classes))])
-    return FewShotSplit(train.subset(support), test, support, np.arange(len(test)))
+    split = FewShotSplit(train.subset(support), test, support, np.arange(len(test)))
+    if val_per_class:
+        split.val_index = validation_index(train, support, shots, val_per_class, seed)
+        split.val = train.subset(split.val_index)
+    return split
+
+
+def validation_index(train: ImageSet, support: np.ndarray, shots: int, per_class: int, seed: int) -> np.ndarray:
+    """``per_class`` images of every class of ``train`` outside ``support`` (its K-shot indices), seeded."""
+    if isinstance(per_class, bool) or not isinstance(per_class, (int, np.integer)) or per_class < 0:
+        raise PefsError(f"val_per_class must be a whole number >= 0, got {per_class!r}")
+    counts = train.counts()
+    short = [(train.classes[c], int(n)) for c, n in enumerate(counts) if n < shots + per_class]
+    if short:
+        cls, n = min(short, key=lambda t: t[1])
+        most = max(int(counts.min()) - shots, 0)
+        raise PefsError(f"shots={shots} + val_per_class={per_class} needs {shots + per_class} train images per "
+                        f"class, but class {cls!r} has {n}; valid val_per_class: 0..{most}")
+    rng = np.random.default_rng([seed, 0x5A1])  # its own stream: the K shots never depend on the validation draw
+    outside = np.setdiff1d(np.arange(len(train)), support)
+    return np.concatenate([rng.choice(outside[train.labels[outside] == c], per_class, replace=False)
+                           for c in range(len(train.classes))])
+
+
+def hold_out(images: ImageSet, per_class: int, seed: int) -> tuple[ImageSet, ImageSet]:
+    """Split a support set (an episode's) into what trains and ``per_class`` held-out images per class, seeded.
+    Every class must keep at least one image: with 1 shot nothing can be held out, and that is an error that
+    says so (use fixed settings there)."""
+    if isinstance(per_class, bool) or not isinstance(per_class, (int, np.integer)) or per_class < 1:
+        raise PefsError(f"images held out per class must be a whole number >= 1, got {per_class!r}")
+    counts = images.counts()
+    present = counts[counts > 0]
+    if not len(present) or int(present.min()) <= per_class:
+        k = int(present.min()) if len(present) else 0
+        raise PefsError(f"holding out {per_class} per class from a {k}-shot support leaves nothing to train on; "
+                        f"valid: 1..{max(k - 1, 0)} (a 1-shot support leaves nothing to validate on: use fixed "
+                        "settings there)")
+    rng = np.random.default_rng([seed, 0x401D])
+    held = np.concatenate([rng.choice(np.flatnonzero(images.labels == c), per_class, replace=False)
+                           for c in np.flatnonzero(counts)])
+    kept = np.setdiff1d(np.arange(len(images)), held)
+    return images.subset(kept), images.subset(np.sort(held))
 
 
 def stratified_split(labels: np.ndarray, test_fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:

@@ -1,0 +1,171 @@
+"""Linear probe benchmark: pefs' converged logistic probe against scikit-learn's default LogisticRegression.
+
+    OMP_NUM_THREADS=1 .venv/bin/python benchmarks/linear_probe.py             # writes linear_probe.json/.md
+    OMP_NUM_THREADS=1 .venv/bin/python benchmarks/linear_probe.py --render    # only re-renders the .md
+
+Same frozen features (ImageNet EfficientNet-Lite0, offline weights, on the embedded Fashion-MNIST subset at
+the dataset's suggested 128 px), same K-shot supports (``pefs.data.kshot_split``), scored on the whole test
+split (400 images). Rows: sklearn ``LogisticRegression()`` with every default; ``--head logistic`` (L2 by
+held-out loss, and by held-out accuracy); pefs' trained ``linear-proto`` head (the default head before this
+probe existed: prototype init, AdamW, 30 epochs); the prototype head.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import time
+import warnings
+from pathlib import Path
+
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+HERE = Path(__file__).parent
+METHODS = ("sklearn LogisticRegression() default", "pefs logistic (L2 by held-out loss)",
+           "pefs logistic (L2 by held-out accuracy)", "pefs linear-proto (AdamW, 30 epochs)", "pefs prototype")
+
+
+def features(size: int):
+    """Pooled features of the train and test splits, and the dataset."""
+    import torch
+
+    import pefs
+    from pefs import engine
+    from pefs.config import TrainConfig
+    from pefs.data import eval_transform, load_dataset
+
+    ds = load_dataset(None)
+    model = pefs.wrap("efficientnet_lite0.offline", "linear", num_classes=len(ds.classes))
+    tf = eval_transform(model.backbone.data_config, size)
+    cfg = TrainConfig(progress=False, inference_precision="no", eval_batch_size=32)
+    out = {}
+    for split in ("train", "test"):
+        s = getattr(ds, split)
+        out[split] = (engine.extract_features(model, torch.stack([tf(s.image(i)) for i in range(len(s))]), cfg),
+                      torch.as_tensor(s.labels))
+    return ds, model, out
+
+
+def run(shots_list: list[int], seeds: list[int], size: int) -> dict:
+    import numpy as np
+    import torch
+    from sklearn.linear_model import LogisticRegression
+
+    from pefs import engine, heads
+    from pefs.config import TrainConfig
+    from pefs.data import kshot_split
+    from pefs.probe import LogisticProbe
+
+    ds, model, feats = features(size)
+    (xtr, ytr), (xte, yte) = feats["train"], feats["test"]
+    start = {k: v.clone() for k, v in model.state_dict().items()}
+    pooled = engine.level_of(model, "pooled")
+    rows = []
+    for shots in shots_list:
+        for seed in seeds:
+            idx = kshot_split(ds, shots, seed=seed).support_index
+            xs, ys = xtr[idx], ytr[idx]
+            res: dict[str, tuple[float, float]] = {}
+            t0 = time.perf_counter()
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                sk = LogisticRegression().fit(xs.numpy(), ys.numpy())
+            res[METHODS[0]] = (float(np.mean(sk.predict(xte.numpy()) == yte.numpy())), time.perf_counter() - t0)
+            chosen = {}
+            for m, crit in ((METHODS[1], "loss"), (METHODS[2], "accuracy")):
+                t0 = time.perf_counter()
+                p = LogisticProbe(criterion=crit).fit(xs, ys, 10)
+                res[m] = (float((p.logits(xte).argmax(-1) == yte).float().mean()), time.perf_counter() - t0)
+                chosen[m] = p.l2
+            model.load_state_dict(start)
+            t0 = time.perf_counter()
+            heads.proto_init(model.head, xs, ys, 10)
+            cfg = TrainConfig(progress=False, inference_precision="no", head_lr=1e-3)  # linear-proto: 0.1 x 1e-2
+            engine.fit(model, xs, ys, cfg, seed=seed, start=pooled)
+            pred = engine.predict(model, None, cfg, features=xte)
+            res[METHODS[3]] = (engine.accuracy(pred, yte), time.perf_counter() - t0)
+            t0 = time.perf_counter()
+            pred = heads.PrototypeHead().classify(xs, ys, xte, 10).argmax(-1)
+            res[METHODS[4]] = (engine.accuracy(pred, yte), time.perf_counter() - t0)
+            for m, (a, s) in res.items():
+                rows.append({"shots": shots, "seed": seed, "method": m, "accuracy": a, "seconds": s,
+                             "l2": chosen.get(m)})
+            print(shots, seed, {m[:24]: round(a, 3) for m, (a, _) in res.items()}, flush=True)
+    return {"rows": rows, "img_size": size, "model": "efficientnet_lite0.offline", "dataset": ds.name,
+            "test_images": len(yte), "machine": {"python": platform.python_version(), "torch": torch.__version__,
+                                                 "threads": torch.get_num_threads(), "cpus": os.cpu_count()},
+            "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S")}
+
+
+def render(data: dict) -> str:
+    import numpy as np
+
+    from pefs.stats import mean_ci95
+
+    shots = sorted({r["shots"] for r in data["rows"]})
+    seeds = sorted({r["seed"] for r in data["rows"]})
+    lines = ["# Linear probe: pefs' converged logistic probe vs scikit-learn", "",
+             f"Frozen {data['model']} (ImageNet weights) pooled features of `{data['dataset']}` at "
+             f"{data['img_size']} px; K-shot supports from `kshot_split` (seeds {seeds[0]}-{seeds[-1]}), "
+             f"scored on all {data['test_images']} test images. Accuracy in %, mean ± 95% CI over seeds; "
+             "fit seconds per task (mean) in brackets. Rendered from `linear_probe.json` by `linear_probe.py`.",
+             "", "| method | " + " | ".join(f"{k}-shot" for k in shots) + " |",
+             "|---|" + "---|" * len(shots)]
+    by = {}
+    for r in data["rows"]:
+        by.setdefault((r["method"], r["shots"]), []).append(r)
+    for m in METHODS:
+        cells = []
+        for k in shots:
+            rs = by.get((m, k), [])
+            mean, ci = mean_ci95([100 * r["accuracy"] for r in rs])
+            cells.append(f"{mean:.1f} ± {ci:.1f} ({np.mean([r['seconds'] for r in rs]):.2f} s)")
+        lines.append(f"| {m} | " + " | ".join(cells) + " |")
+    lines += ["", "Paired difference, pefs logistic (held-out loss) minus sklearn default, in points:", "",
+              "| shots | mean ± 95% CI | seeds where pefs ≥ sklearn |", "|---|---|---|"]
+    for k in shots:
+        ours = [r["accuracy"] for r in by[(METHODS[1], k)]]
+        theirs = [r["accuracy"] for r in by[(METHODS[0], k)]]
+        d = [100 * (a - b) for a, b in zip(ours, theirs)]
+        mean, ci = mean_ci95(d)
+        lines.append(f"| {k} | {mean:+.1f} ± {ci:.1f} | {sum(x >= -1e-9 for x in d)}/{len(d)} |")
+    l2 = {}
+    for r in data["rows"]:
+        if r["method"] == METHODS[1]:
+            l2.setdefault(r["shots"], []).append(r["l2"])
+    lines += ["", "L2 strengths chosen (held-out loss): " + "; ".join(
+        f"{k}-shot: {', '.join(f'{v:g}' for v in l2[k])}" for k in shots) + ".", ""]
+    worst = min(mean_ci95([100 * (a["accuracy"] - b["accuracy"]) for a, b in
+                           zip(by[(METHODS[1], k)], by[(METHODS[0], k)])])[0] for k in shots)
+    lines += ["## Reading", "",
+              f"The converged probe and scikit-learn's default agree to within {abs(worst):.1f} points on average at "
+              "every shot count, and every paired CI covers 0: on the same features and supports they are the same "
+              "classifier family solved to (near) convergence, and choosing L2 on held-out support data neither "
+              "gains nor loses measurably here. Selecting by held-out accuracy instead of loss is noisier (it "
+              "loses ground at 5 and 10 shots), which is why `--head logistic` selects by loss. With one shot "
+              "nothing can be held out and the fixed default L2 applies. The probe is slower than sklearn at 2+ "
+              "shots because it fits every grid value once per fold (up to 5 folds x 7 values).", "",
+              "Machine: 2 shared CPU cores; other developers' test suites and benchmarks ran at the same time, so "
+              "the seconds are indicative only (accuracies do not depend on load).", ""]
+    return "\n".join(lines) + "\n"
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--shots", default="1,2,5,10")
+    ap.add_argument("--seeds", type=int, default=10)
+    ap.add_argument("--img-size", type=int, default=128)
+    ap.add_argument("--render", action="store_true", help="re-render the Markdown from the JSON only")
+    args = ap.parse_args()
+    path = HERE / "linear_probe.json"
+    if not args.render:
+        data = run([int(s) for s in args.shots.split(",")], list(range(args.seeds)), args.img_size)
+        path.write_text(json.dumps(data, indent=1) + "\n")
+    (HERE / "linear_probe.md").write_text(render(json.loads(path.read_text())))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,118 @@
+"""The converged logistic-regression probe (``--head logistic``): optimality, L2 selection, and accuracy against
+scikit-learn's default LogisticRegression on real frozen features."""
+
+from __future__ import annotations
+
+import warnings
+
+import numpy as np
+import pytest
+import torch
+from torch.nn import functional as F
+
+from pefs import heads
+from pefs.config import TuneConfig
+from pefs.engine import TrainConfig
+from pefs.errors import PefsError
+from pefs.probe import DEFAULT_L2, LogisticProbe, fit_logistic
+from pefs.tune import tune
+
+
+def blobs(n_per_class: int, classes: int = 3, dim: int = 6, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    g = torch.Generator().manual_seed(seed)
+    centres = 3 * torch.randn(classes, dim, generator=g)
+    y = torch.arange(classes).repeat_interleave(n_per_class)
+    return centres[y] + torch.randn(len(y), dim, generator=g), y
+
+
+def test_fit_reaches_the_optimum_of_the_regularised_objective():
+    x, y = blobs(5)
+    x = x.double()
+    w, b = fit_logistic(x, y, 3, l2=1e-2)
+    w.requires_grad_(True)
+    b.requires_grad_(True)
+    loss = F.cross_entropy(x @ w.T + b, y) + 0.5 * 1e-2 * (w * w).sum()
+    gw, gb = torch.autograd.grad(loss, (w, b))
+    assert gw.abs().max() < 1e-5 and gb.abs().max() < 1e-5  # a stationary point of a strictly convex objective
+
+
+def test_l2_selection_says_how_it_chose():
+    x, y = blobs(4)
+    cv = LogisticProbe().fit(x, y, 3)
+    assert cv.chosen_by == "4-fold cross-validation" and cv.l2 in cv.grid and len(cv.table) == len(cv.grid)
+    xv, yv = blobs(3, seed=1)
+    assert LogisticProbe().fit(x, y, 3, val=(xv, yv)).chosen_by == "validation"
+    one = LogisticProbe().fit(x[::4], y[::4], 3)  # one example per class: nothing to hold out
+    assert one.l2 == DEFAULT_L2 and one.chosen_by.startswith("default") and not one.table
+    # the chosen strength has the lowest held-out loss of the grid
+    assert cv.l2 == min(cv.table, key=lambda r: r[2])[0]
+
+
+def test_heavier_l2_is_chosen_when_training_labels_are_noisy():
+    x, y = blobs(10, dim=40, seed=3)
+    noisy = y.clone()
+    noisy[::3] = (noisy[::3] + 1) % 3  # a third of the labels wrong: fitting them exactly hurts held-out loss
+    xv, yv = blobs(10, dim=40, seed=3)
+    clean = LogisticProbe().fit(x, y, 3, val=(xv, yv)).l2
+    assert LogisticProbe().fit(x, noisy, 3, val=(xv, yv)).l2 > clean
+
+
+@pytest.mark.parametrize("kw, message", [
+    ({"x": torch.zeros(4)}, r"needs \(N, D\) features"),
+    ({"y": torch.tensor([0, 0, 2, 2])}, r"classes \[1\] have no training example"),
+    ({"y": torch.tensor([0, 1, 2, 3])}, r"labels must lie in 0..2, got 0..3"),
+])
+def test_bad_inputs_are_clear_errors(kw, message):
+    args = {"x": torch.randn(4, 3), "y": torch.tensor([0, 1, 2, 0]), **kw}
+    with pytest.raises(PefsError, match=message):
+        LogisticProbe().fit(args["x"], args["y"], 3)
+    with pytest.raises(PefsError, match="not fitted"):
+        LogisticProbe().logits(torch.zeros(1, 3))
+
+
+def test_logistic_head_runs_in_tune_without_training_a_frozen_trunk(image_folder, tmp_path):
+    assert not heads.build("logistic").trains(frozen_prefix=True)
+    cfg = TuneConfig(model="vit_tiny_patch16_224", pretrained=False, img_size=32, data=str(image_folder),
+                     head="logistic", shots=3, output=str(tmp_path), train=TrainConfig(epochs=1, progress=False))
+    rec = tune(cfg)
+    assert rec["runs"][0]["steps"] == 0 and rec["accuracy_mean"] > 0.5  # the classes differ in colour
+
+
+@pytest.fixture(scope="module")
+def fashion_features():
+    """Pooled EfficientNet-Lite0 (ImageNet weights, offline) features of the embedded Fashion-MNIST subset."""
+    import pefs
+    from pefs import engine
+    from pefs.data import eval_transform, load_dataset
+
+    ds = load_dataset(None)
+    model = pefs.wrap("efficientnet_lite0.offline", "linear", num_classes=len(ds.classes))
+    tf = eval_transform(model.backbone.data_config, 64)
+    cfg = TrainConfig(progress=False, inference_precision="no", eval_batch_size=32)
+    out = {}
+    for split in ("train", "test"):
+        s = getattr(ds, split)
+        x = torch.stack([tf(s.image(i)) for i in range(len(s))])
+        out[split] = (engine.extract_features(model, x, cfg), torch.as_tensor(s.labels))
+    return out
+
+
+def test_probe_is_at_least_as_accurate_as_sklearn_default_on_real_features(fashion_features):
+    from sklearn.linear_model import LogisticRegression
+
+    from pefs.data import kshot_split, load_dataset
+
+    ds = load_dataset(None)
+    (xtr, ytr), (xte, yte) = fashion_features["train"], fashion_features["test"]
+    ours, theirs = [], []
+    for shots in (2, 5):
+        for seed in range(3):
+            idx = kshot_split(ds, shots, seed=seed).support_index
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")  # sklearn's default max_iter may stop short: that is its default
+                sk = LogisticRegression().fit(xtr[idx].numpy(), ytr[idx].numpy())
+            theirs.append(float(np.mean(sk.predict(xte.numpy()) == yte.numpy())))
+            ours.append(float((LogisticProbe().fit(xtr[idx], ytr[idx], 10).logits(xte).argmax(-1) == yte)
+                              .float().mean()))
+    assert np.mean(ours) >= np.mean(theirs), (ours, theirs)
+    assert np.mean(ours) > 0.5  # far above the 10% of chance: the features are real
