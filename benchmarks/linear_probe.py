@@ -44,7 +44,7 @@ def features(size: int):
     out = {}
     for split in ("train", "test"):
         s = getattr(ds, split)
-        out[split] = (engine.extract_features(model, torch.stack([tf(s.image(i)) for i in range(len(s))]), cfg),
+        out[split] = (engine.outputs(model, torch.stack([tf(s.image(i)) for i in range(len(s))]), cfg, 0, "pooled"),
                       torch.as_tensor(s.labels))
     return ds, model, out
 

@@ -273,6 +273,6 @@ def resolved(cfg: TuneConfig, **values: Any) -> TuneConfig:
     """A copy of ``cfg`` with run-time values filled in (``img_size=128``, ``train={"inference_precision":
     "bf16"}``); the caller's config is never changed."""
     train = values.pop("train", {})
-    copy = dataclasses.replace(cfg, options=dict(cfg.options), search=dict(cfg.search), seeds=tuple(cfg.seeds),
-                               train=dataclasses.replace(cfg.train, **train), **values)
+    values = {"options": dict(cfg.options), "search": dict(cfg.search), "seeds": tuple(cfg.seeds), **values}
+    copy = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, **train), **values)
     return copy

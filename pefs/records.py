@@ -1,5 +1,4 @@
-"""Typed results: what one task gave (:class:`TaskResult`), what a protocol run gave (:class:`ProtocolRun`),
-and a small :class:`Timer` that splits a task's wall time into decode / features / training / evaluation.
+"""Typed results: what one task gave (:class:`TaskResult`) and what a protocol run gave (:class:`ProtocolRun`).
 
 Plain data, stdlib only: the JSON record is ``dataclasses.asdict`` of these, so a reader of results (report,
 store) never needs torch.
@@ -7,39 +6,12 @@ store) never needs torch.
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
-import time
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
 #: the timed phases of a task, in the order they happen
 PHASES = ("decode_s", "extract_s", "train_s", "eval_s")
-
-
-class Timer:
-    """Seconds per phase (``decode_s``, ``extract_s``, ``train_s``, ``eval_s``) and image counters."""
-
-    def __init__(self) -> None:
-        self.seconds: dict[str, float] = dict.fromkeys(PHASES, 0.0)
-        self.counts: dict[str, int] = {"decoded": 0, "trunk_images": 0}
-
-    @contextlib.contextmanager
-    def phase(self, name: str) -> Iterator[None]:
-        """Add the time spent inside the block to phase ``name``."""
-        t0 = time.perf_counter()
-        try:
-            yield
-        finally:
-            self.seconds[name] += time.perf_counter() - t0
-
-    def add(self, name: str, value: float) -> None:
-        """Add seconds to a phase, or a count to a counter."""
-        if name in self.seconds:
-            self.seconds[name] += value
-        else:
-            self.counts[name] += int(value)
 
 
 @dataclass

@@ -93,7 +93,7 @@ def fashion_features():
     for split in ("train", "test"):
         s = getattr(ds, split)
         x = torch.stack([tf(s.image(i)) for i in range(len(s))])
-        out[split] = (engine.extract_features(model, x, cfg), torch.as_tensor(s.labels))
+        out[split] = (engine.outputs(model, x, cfg, 0, "pooled"), torch.as_tensor(s.labels))
     return out
 
 

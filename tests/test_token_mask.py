@@ -80,7 +80,7 @@ def test_masked_views_of_a_vit_train(image_folder, tmp_path):
     from pefs.data import kshot_split, load_dataset
 
     split = kshot_split(load_dataset(str(image_folder)), 3, seed=0)
-    t = dict.fromkeys(("decode_s", "extract_s", "decoded"), 0.0)
+    t = dict.fromkeys(("decode_s", "extract_s", "decoded", "trunk_images"), 0.0)
     xs, ys = runner.support(split.support, 0, t)
     assert xs.shape == (27, 192) and ys.tolist() == split.support.labels.tolist() * 3
     assert not torch.allclose(xs[9:18], xs[:9], atol=1e-4)  # a masked view is not a copy of the clean one
