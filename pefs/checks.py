@@ -33,6 +33,18 @@ def check_classes(n_classes: int, name: str) -> None:
                         "(with one class every prediction is correct and the accuracy means nothing)")
 
 
+def check_writable_dir(path: str | Path, what: str, flag: str) -> None:
+    """Fail now, naming the folder and the flag that chose it, when files could not be written in ``path``."""
+    d = Path(path)
+    try:
+        d.mkdir(parents=True, exist_ok=True)
+        probe = d / f".pefs-write-test-{os.getpid()}"
+        probe.write_text("")
+        probe.unlink()
+    except OSError as e:
+        raise PefsError(f"{what} {str(d)!r} is not writable: {e.strerror or e}; choose another with {flag}") from e
+
+
 def check_writable_file(path: str | Path, what: str, flag: str) -> None:
     """Fail now, naming the path, when ``path`` (a file to append to) could not be created or written."""
     path = Path(path)

@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
+from pefs import checks
 from pefs.errors import PefsError
 
 if TYPE_CHECKING:
@@ -59,14 +60,7 @@ def saved_state(model: PefsModel) -> dict[str, torch.Tensor]:
 
 def check_writable_dir(path: str | Path, flag: str) -> None:
     """Fail before any compute, naming the folder and the flag, when a model directory cannot be written there."""
-    d = Path(path)
-    try:
-        d.mkdir(parents=True, exist_ok=True)
-        probe = d / f".pefs-write-test-{os.getpid()}"
-        probe.write_text("")
-        probe.unlink()
-    except OSError as e:
-        raise PefsError(f"{flag} folder {str(d)!r} is not writable: {e.strerror or e}; choose another") from e
+    checks.check_writable_dir(path, f"{flag} folder", flag)
 
 
 def save_model(model: PefsModel, directory: str | Path) -> Path:

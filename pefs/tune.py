@@ -16,7 +16,7 @@ from typing import Any
 
 import torch
 
-from pefs import engine
+from pefs import checks, engine
 from pefs.backbones.checkpoint import check_checkpoint_path
 from pefs.checks import check_classes
 from pefs.config import SCHEMA_VERSION, TuneConfig, resolved, run_key
@@ -186,12 +186,4 @@ def write_record(record: dict[str, Any], output: str | Path) -> Path:
 
 def check_writable(output: str | Path) -> None:
     """Fail fast, naming the folder, when result records could not be written there."""
-    out = Path(output)
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-        probe = out / f".pefs-write-test-{os.getpid()}"
-        probe.write_text("")
-        probe.unlink()
-    except OSError as e:
-        raise PefsError(f"output folder {str(out)!r} is not writable: {e.strerror or e}; choose another with "
-                        "--output") from e
+    checks.check_writable_dir(output, "output folder", "--output")
