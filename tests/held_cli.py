@@ -8,6 +8,7 @@ cells 1..N-1 stored.
 
 from __future__ import annotations
 
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -17,8 +18,11 @@ ROOT = Path(__file__).resolve().parents[1]
 
 def start(hold_at: int, *args: str, env: dict[str, str] | None = None) -> subprocess.Popen:
     """Start ``pefs args`` held at its ``hold_at``-th tune call; returns once it is held there."""
+    # SIGINT as a terminal delivers it: a test run started in the background (``pytest &``) inherits SIGINT
+    # ignored, and Python then installs no KeyboardInterrupt handler in the child
     proc = subprocess.Popen([sys.executable, "-m", "tests.held_cli", str(hold_at), *args], cwd=ROOT, env=env,
-                            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     for line in proc.stdout:  # blocks until the child says where it is; EOF means it exited first
         if line.startswith("HELD "):
             return proc
