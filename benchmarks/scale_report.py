@@ -85,6 +85,10 @@ def render(data: dict[str, Any]) -> str:
             "the cache stops at 64 MiB. Its peak otherwise is training (backward through the whole network).",
             "* Time of a frozen-prefix run = a constant (model build, support, head training: the 500-image "
             "column) + one trunk pass over the test split; the limit is that pass alone in a plain loop.",
+            "* The forward-only loop is the usual plain pattern: its worker applies the whole transform and "
+            "sends float32 batches; pefs' workers send uint8 and normalise in the main process, a quarter of "
+            "the bytes, which is why a pefs run can come out at or under the limit when the worker is the "
+            "bottleneck (a loaded machine). `--cache-mb 64` was measured once, under load (memory is its point).",
             "* Item 5 of issue 11 (GPU): no GPU machine was available to this task, so nothing was measured on "
             "one.", "",
             "Commands run: " + "; ".join(f"`{c}`" for c in data.get("commands_run", [data["command"]])), ""]
