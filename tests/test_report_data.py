@@ -23,6 +23,14 @@ SCRIPT_REPORTS = {"speed.md": "speed.py", "memory.md": "memory.py", "episodic.md
 #: reports whose numbers come from runs whose raw data was never committed (it lived in /tmp); they get their
 #: ``.json`` when rerun on the final code with ``--markdown``/``--out`` beside the page
 MISSING_DATA = {"speed.md", "memory.md", "episodic.md"}
+#: reports whose script re-renders the page in place from the JSON beside it: (script, its render flags)
+IN_PLACE_REPORTS = {"scale.md": ("scale.py", "--render"),
+                    "transformers_vit.md": ("transformers_vit.py", "--render-only"),
+                    "linear_probe.md": ("linear_probe.py", "--render"),
+                    "masked_views.md": ("masked_views.py", "--render"),
+                    "sweep_store.md": ("sweep_store.py", "--render")}
+#: reports with committed data whose script has no render-only mode yet (it renders as it measures)
+NO_RENDER_MODE = {"fingerprint.md"}
 
 
 def _generated(text: str) -> str:
@@ -32,7 +40,9 @@ def _generated(text: str) -> str:
 
 def test_every_report_is_accounted_for():
     pages = {p.name for p in BENCH.glob("*.md")} - {"README.md"}
-    assert pages == set(SWEEP_REPORTS) | set(SCRIPT_REPORTS), "a new report needs its data and a row here"
+    assert pages == set(SWEEP_REPORTS) | set(SCRIPT_REPORTS) | set(IN_PLACE_REPORTS) | NO_RENDER_MODE, \
+        "a new report needs its data and a row here"
+    assert all((BENCH / page).with_suffix(".json").exists() for page in (*IN_PLACE_REPORTS, *NO_RENDER_MODE))
     missing = {page for page in SCRIPT_REPORTS if not (BENCH / page).with_suffix(".json").exists()}
     assert missing == MISSING_DATA, "update MISSING_DATA: data was added (or lost) for " + str(missing ^ MISSING_DATA)
 
@@ -81,3 +91,20 @@ def test_script_report_rerenders_from_its_data(page, tmp_path):
                        cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stderr[-2000:]
     assert out.read_text() in (BENCH / page).read_text(), f"benchmarks/{page} differs from its data"
+
+
+@pytest.mark.parametrize("page", sorted(IN_PLACE_REPORTS))
+def test_in_place_report_rerenders_from_its_data(page, tmp_path):
+    """The script's render-only mode, run on a copy of benchmarks/, writes the committed page from the committed
+    JSON (the copy keeps the repository's files untouched)."""
+    import shutil
+
+    copy = tmp_path / "benchmarks"
+    shutil.copytree(BENCH, copy, ignore=shutil.ignore_patterns("*.png", "__pycache__"))
+    (copy / page).unlink()
+    script, flag = IN_PLACE_REPORTS[page]
+    r = subprocess.run([sys.executable, str(copy / script), flag], cwd=tmp_path, capture_output=True, text=True,
+                       timeout=300, env={**__import__("os").environ, "PYTHONPATH": str(ROOT)})
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert _generated((copy / page).read_text()) == _generated((BENCH / page).read_text()), \
+        f"benchmarks/{page} differs from its data"
