@@ -286,6 +286,8 @@ class PefsSide:
         """One task; a cold protocol (``episode``, ``kshot``) gets a fresh runner first (untimed, as the
         reference's model is built once), so no image decoded or cached by an earlier task is reused. Only the
         ``stream`` protocol (a protocol run) keeps its runner and its run-wide cache from task to task."""
+        import torch
+
         if protocol in COLD and protocol in self.used:
             self.setup(protocol, *self.made[protocol])
         runner = self.runners[protocol]
@@ -297,7 +299,8 @@ class PefsSide:
         return {"total_s": total, "decode_s": r["decode_s"], "extract_s": r["extract_s"], "train_s": r["train_s"],
                 "eval_s": r["eval_s"], "accuracy": r["accuracy"], "final_loss": r["final_loss"],
                 "cached": r["cached"], "level": r.get("level"), "steps": r["steps"], "decoded": r["decoded"],
-                "scores": self.scores[-1].float().tolist()}
+                # the query set streams batch by batch: classify runs once per batch, in order
+                "scores": torch.cat(self.scores).float().tolist()}
 
 
 class SideWorker:

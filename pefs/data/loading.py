@@ -96,8 +96,10 @@ def decoded_batches(images: ImageSet, indices: Sequence[int], decoder: Decoder, 
         return
     if len(indices) < MIN_PARALLEL:
         num_workers = 0  # starting worker processes (~0.3 s) costs more than they save on a few images
+    # a private generator: starting the iterator draws a seed from it, never from the global RNG, so how (and
+    # whether) images are loaded cannot change a run's head init or shuffling
     loader = DataLoader(DecodedImages(images, indices, decoder), batch_size=batch_size, shuffle=False,
-                        num_workers=num_workers, collate_fn=_collate,
+                        num_workers=num_workers, collate_fn=_collate, generator=torch.Generator().manual_seed(0),
                         prefetch_factor=4 if num_workers else None, persistent_workers=False)
     for batch in loader:
         if isinstance(batch, _Failed):
