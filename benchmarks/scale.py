@@ -23,6 +23,7 @@ from pathlib import Path
 
 HERE = Path(__file__).parent
 sys.path.insert(0, str(HERE))
+from provenance import args_without_note  # noqa: E402  (a sibling module, found through HERE)
 
 #: method -> (strategy, head, --cache-mb)
 METHODS = {"linear": ("linear", "linear", 512), "prototype": ("linear", "prototype", 512),
@@ -118,17 +119,6 @@ def measure(args) -> list[dict]:
     return rows
 
 
-def _args_without_note(argv: list[str]) -> list[str]:
-    """The command line as run, without the free-text ``--note`` (it is printed beside the command)."""
-    out, skip = [], False
-    for arg in argv:
-        if skip or arg == "--note":
-            skip = not skip
-            continue
-        out.append(arg)
-    return out
-
-
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--sizes", type=lambda s: [int(x) for x in s.split(",")], default=[500, 4000, 20000])
@@ -158,7 +148,7 @@ def main() -> None:
             rows = [r for r in old if (r["method"], r["n_test"]) not in done] + rows
             rows.sort(key=lambda r: (r["n_test"], list(NAMES_ORDER).index(r["method"])))
         data = {"command": " ".join(["PYTHONPATH=. OMP_NUM_THREADS=1 python benchmarks/scale.py",
-                                    *_args_without_note(sys.argv[1:])]),
+                                    *args_without_note(sys.argv[1:])]),
                 "measured_at": time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime()), "model": MODEL,
                 "nproc": os.cpu_count(), "note": a.note, "rows": rows}
         Path(a.out).write_text(json.dumps(data, indent=2) + "\n")

@@ -23,6 +23,7 @@ from pathlib import Path
 
 HERE = Path(__file__).parent
 sys.path.insert(0, str(HERE))
+from provenance import args_without_note  # noqa: E402  (a sibling module, found through HERE)
 
 HEADS = ("linear", "prototype")
 
@@ -99,17 +100,6 @@ def render(d: dict) -> str:
     return "\n".join(lines)
 
 
-def _args_without_note(argv: list[str]) -> list[str]:
-    """The command line as run, without the free-text ``--note`` (it is printed beside the command)."""
-    out, skip = [], False
-    for arg in argv:
-        if skip or arg == "--note":
-            skip = not skip
-            continue
-        out.append(arg)
-    return out
-
-
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--n-test", type=int, default=2000)
@@ -124,7 +114,7 @@ def main() -> None:
     a = p.parse_args()
     if not a.render:
         d = {"command": " ".join(["PYTHONPATH=. OMP_NUM_THREADS=1 python benchmarks/sweep_store.py",
-                                 *_args_without_note(sys.argv[1:])]),
+                                 *args_without_note(sys.argv[1:])]),
              "measured_at": time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime()), "nproc": os.cpu_count(),
              "n_test": a.n_test, "shots": a.shots, "seeds": a.seeds, "img_size": a.img_size, "workers": a.workers,
              "note": a.note, "results": measure(a)}

@@ -47,18 +47,26 @@ TINY_MODELS = {
 }
 
 
+def colour_images(root, counts: dict[str, int], side: int = 20, seed: int = 0, spread: int = 60, lift: int = 150,
+                  classes: tuple[str, ...] = ("cat", "dog", "fox"), name: str = "{i}.png"):
+    """Class folders of small random RGB images, each class lifted in its own colour channel (so classes are easy
+    to tell apart): ``counts`` maps a split ("train", "test"; "" for none) to images per class. Returns ``root``."""
+    rng = np.random.default_rng(seed)
+    for split, n in counts.items():
+        for c, cls in enumerate(classes):
+            d = root / split / cls if split else root / cls
+            d.mkdir(parents=True)
+            for i in range(n):
+                arr = rng.integers(0, spread, (side, side, 3), dtype=np.uint8)
+                arr[..., c] += lift
+                Image.fromarray(arr).save(d / name.format(split=split, i=i))
+    return root
+
+
 @pytest.fixture
 def image_folder(tmp_path):
     """A 3-class image folder with 6 small RGB images per class (distinct colours per class)."""
-    rng = np.random.default_rng(0)
-    for c, name in enumerate(["cat", "dog", "fox"]):
-        d = tmp_path / "imgs" / name
-        d.mkdir(parents=True)
-        for i in range(6):
-            arr = rng.integers(0, 60, (20, 20, 3), dtype=np.uint8)
-            arr[..., c] += 150
-            Image.fromarray(arr).save(d / f"{i}.png")
-    return tmp_path / "imgs"
+    return colour_images(tmp_path / "imgs", {"": 6})
 
 
 def tiny(family: str, strategy: str = "linear", classes: int = 3, **options):

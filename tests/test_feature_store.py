@@ -14,6 +14,7 @@ from pefs.engine import TrainConfig
 from pefs.errors import PefsError
 from pefs.features import FeatureStore, trunk_fingerprint
 from pefs.tune import tune
+from tests.conftest import colour_images
 
 TINY = "vit_tiny_patch16_224"
 
@@ -21,16 +22,8 @@ TINY = "vit_tiny_patch16_224"
 @pytest.fixture
 def data(tmp_path):
     """3 classes with train (4 each) and test (5 each) splits of 12x12 RGB images."""
-    rng = np.random.default_rng(2)
-    for split, n in (("train", 4), ("test", 5)):
-        for c in range(3):
-            d = tmp_path / "data" / split / f"c{c}"
-            d.mkdir(parents=True)
-            for i in range(n):
-                arr = rng.integers(0, 90, (12, 12, 3), dtype=np.uint8)
-                arr[..., c] += 140
-                Image.fromarray(arr).save(d / f"{i}.png")
-    return tmp_path / "data"
+    return colour_images(tmp_path / "data", {"train": 4, "test": 5}, side=12, seed=2, spread=90, lift=140,
+                         classes=("c0", "c1", "c2"))
 
 
 def config(data, tmp_path, **kw) -> TuneConfig:

@@ -17,6 +17,7 @@ from torch import nn
 import pefs.fewshot
 from pefs import engine
 from pefs.cli import main
+from tests.conftest import colour_images
 
 RUN = ["--model", "resnet18", "--no-pretrained", "--img-size", "32", "--epochs", "1", "-q"]
 
@@ -33,15 +34,7 @@ def one_torch_thread():
 @pytest.fixture
 def folder(tmp_path) -> Path:
     """3 classes x 30 images (no test split: pefs holds out 9 per class), distinct colours per class."""
-    rng = np.random.default_rng(0)
-    for c, name in enumerate(["cat", "dog", "fox"]):
-        d = tmp_path / "imgs" / name
-        d.mkdir(parents=True)
-        for i in range(30):
-            arr = rng.integers(0, 60, (20, 20, 3), dtype=np.uint8)
-            arr[..., c] += 150
-            Image.fromarray(arr).save(d / f"{i}.png")
-    return tmp_path / "imgs"
+    return colour_images(tmp_path / "imgs", {"": 30})
 
 
 class LayerSpy:

@@ -5,7 +5,6 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from PIL import Image
 
 from pefs.backbones.describe import IMAGENET_DATA_CONFIG
 from pefs.config import TuneConfig
@@ -15,6 +14,7 @@ from pefs.engine import TrainConfig
 from pefs.errors import PefsError
 from pefs.fewshot import TaskRunner
 from pefs.tune import tune
+from tests.conftest import colour_images
 
 TINY = "vit_tiny_patch16_224"
 
@@ -22,16 +22,8 @@ TINY = "vit_tiny_patch16_224"
 @pytest.fixture
 def split_folder(tmp_path):
     """3 classes with train (5 each) and test (8 each) splits of 14x14 RGB images."""
-    rng = np.random.default_rng(1)
-    for split, n in (("train", 5), ("test", 8)):
-        for c in range(3):
-            d = tmp_path / "data" / split / f"c{c}"
-            d.mkdir(parents=True)
-            for i in range(n):
-                arr = rng.integers(0, 90, (14, 14, 3), dtype=np.uint8)
-                arr[..., c] += 140
-                Image.fromarray(arr).save(d / f"{split}{i}.png")
-    return tmp_path / "data"
+    return colour_images(tmp_path / "data", {"train": 5, "test": 8}, side=14, seed=1, spread=90, lift=140,
+                         classes=("c0", "c1", "c2"), name="{split}{i}.png")
 
 
 def config(data, tmp_path, **kw) -> TuneConfig:
