@@ -1,0 +1,245 @@
+"""Selection study (issue 13): which parameters to tune at 1 and 5 shots, once every strategy's learning rate is
+chosen on validation data instead of fixed.
+
+    .venv/bin/python benchmarks/selection.py            # runs the four sweeps (resuming), writes selection.md
+    .venv/bin/python benchmarks/selection.py --render   # measures nothing: re-renders selection.md
+
+The raw data is the sweep store ``benchmarks/selection/results.jsonl`` (every cell's full record: chosen values, the
+whole search table, timings) plus ``benchmarks/selection.json`` (the commit, commands, machine and load of the run).
+Four recipes fill the store: ``recipes/offline-selection{,-probe,-defaults,-logistic}.yaml``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import time
+from collections import Counter, defaultdict
+from pathlib import Path
+
+HERE = Path(__file__).parent
+ROOT = HERE.parent
+STORE = HERE / "selection" / "results.jsonl"
+DATA = HERE / "selection.json"
+PAGE = HERE / "selection.md"
+SCALE_STORE = HERE / "selection_scale" / "results.jsonl"
+#: the recipes, in the order they run (None: recipes/offline-selection.yaml)
+RECIPES = ("defaults", "logistic", "probe", None, "scale-probe", "scale")
+BASELINE = "linear"  # the paired baseline: the linear probe with its head learning rate selected
+
+
+def t975(df: int) -> float:
+    """The 97.5% quantile of Student's t with ``df`` degrees of freedom (the paired CIs use it: 10 seeds is too few
+    for the normal 1.96)."""
+    from scipy.stats import t
+
+    return float(t.ppf(0.975, df))
+
+
+def label(row: dict) -> str:
+    cell, cfg = row["cell"], row["cell"]["config"]
+    name = cell["strategy"] + "".join(f" {k}={v}" for k, v in sorted((cell.get("options") or {}).items()))
+    return f"{name} (logistic head)" if cfg.get("head") == "logistic" else name
+
+
+def selected(row: dict) -> bool:
+    return bool(row["cell"]["config"].get("search"))
+
+
+def load_cells(store: Path = STORE, by_model: bool = False) -> dict[tuple, dict[int, dict]]:
+    """(strategy label, selected?, shots) -> seed -> the stored row of the newest ok run (``by_model``: the
+    model name first in the key)."""
+    from pefs.aggregate import current_rows
+    from pefs.store import load
+
+    out: dict[tuple[str, bool, int], dict[int, dict]] = defaultdict(dict)
+    rows, _ = current_rows(load(store).ok())
+    for row in rows:
+        key = (label(row), selected(row), int(row["cell"]["shots"]))
+        out[(row["cell"]["model"], *key) if by_model else key][int(row["cell"]["seed"])] = row
+    return out
+
+
+def acc(row: dict) -> float:
+    return 100 * row["record"]["accuracies"][0]
+
+
+def mean_t_ci(values: list[float]) -> tuple[float, float | None]:
+    """Mean and t-based 95% half-width (None for one value)."""
+    if len(values) < 2:
+        return statistics.fmean(values), None
+    return statistics.fmean(values), t975(len(values) - 1) * statistics.stdev(values) / math.sqrt(len(values))
+
+
+def fmt(mean: float, ci: float | None, n: int, sign: bool = False) -> str:
+    m = f"{mean:+.1f}" if sign else f"{mean:.1f}"
+    return f"{m} ± {ci:.1f} (n={n})" if ci is not None else f"{m} (n={n}, no CI)"
+
+
+def chosen(rows: dict[int, dict]) -> str:
+    """The chosen values over seeds, most common first: ``lr=0.01 ×7, lr=0.001 ×3``."""
+    counts = Counter(", ".join(f"{k}={v:g}" if isinstance(v, float) else f"{k}={v}" for k, v in sorted(
+        r["record"]["runs"][0]["chosen"].items())) for r in rows.values())
+    return ", ".join(f"{c} ×{n}" for c, n in counts.most_common())
+
+
+def paired(a: dict[int, dict], b: dict[int, dict]) -> tuple[list[float], list[int]]:
+    """Per-seed differences a − b (points) over the seeds both have."""
+    seeds = sorted(set(a) & set(b))
+    return [acc(a[s]) - acc(b[s]) for s in seeds], seeds
+
+
+def verdict(mean: float, ci: float | None) -> str:
+    if ci is None:
+        return "one seed"
+    if mean - ci > 0:
+        return "better"
+    if mean + ci < 0:
+        return "worse"
+    return "no difference"
+
+
+def render_scale(cells: dict) -> list[str]:
+    """The scale x shots part: LoRA minus the linear probe, both selected, per model and shot count."""
+    models = sorted({k[0] for k in cells})
+    shots = sorted({k[3] for k in cells})
+    lines = ["", "## Scale × shots with selection: LoRA against the linear probe", "",
+             "EfficientNet-Lite0/1/2 (3.4M / 4.1M / 4.8M backbone parameters), the same protocol at 64 px, seeds "
+             "0-4; LoRA's `lr` and the probe's `head_lr` both chosen on validation. Full `pefs report` of this "
+             "store (with the shots × trainable parameters × accuracy 3-D plot): "
+             "[selection_scale/report.md](selection_scale/report.md).", "",
+             "| model | shots | linear probe (%) | LoRA (%) | LoRA − linear (points) | verdict | LoRA chose |",
+             "|---|---|---|---|---|---|---|"]
+    for m in models:
+        for k in shots:
+            lin, lora = cells.get((m, BASELINE, True, k), {}), cells.get((m, "lora", True, k), {})
+            if not lin or not lora:
+                continue
+            d, _ = paired(lora, lin)
+            mean, ci = mean_t_ci(d)
+            lines.append(f"| {m} | {k} | {fmt(*mean_t_ci([acc(r) for r in lin.values()]), len(lin))} | "
+                         f"{fmt(*mean_t_ci([acc(r) for r in lora.values()]), len(lora))} | "
+                         f"{fmt(mean, ci, len(d), sign=True)} | {verdict(mean, ci)} | {chosen(lora)} |")
+    return lines
+
+
+def render(cells: dict, meta: dict, scale: dict | None = None) -> str:
+    shots = sorted({k[2] for k in cells})
+    names = sorted({k[0] for k in cells}, key=lambda n: (n != BASELINE, n))
+    lines = ["# Selection study: which parameters to tune at 1 and 5 shots (issue 13)", "",
+             "EfficientNet-Lite0 (ImageNet weights, `efficientnet_lite0.offline`) on the embedded Fashion-MNIST "
+             "subset at 64 px, K-shot transfer (K images per class of 10 classes, scored on the 400-image test "
+             "split), 10 epochs, AdamW + cosine, batch 16. *Selected*: `--search` picks the learning rate on 5 "
+             "validation images per class drawn from the train split outside the K shots (never the test split), "
+             "retrains the chosen setting on the K shots and scores it once on test; backbone strategies search "
+             "`lr` over 1e-4, 1e-3, 1e-2, the linear probe searches `head_lr` over 1e-3, 1e-2, 1e-1 (it trains "
+             "only the head). *Shipped*: lr 1e-3, head_lr 1e-2, no search. The logistic probe (`--head logistic`) "
+             "chooses its own L2 strength on held-out data.",
+             "", "Intervals: 95% CI of the mean over seeds, t-based (Student's t with n−1 degrees of freedom); a "
+             "paired difference uses the same seed's K shots on both sides.", "",
+             f"Data: `benchmarks/selection/results.jsonl` (every cell's record: chosen values, the whole search "
+             f"table, timings) and `benchmarks/selection.json`. Produced by commit `{meta.get('commit', '?')}` on "
+             f"{meta.get('machine', '?')}; load average {meta.get('load', '?')} at the start (accuracies do not "
+             "depend on load; seconds do).", "",
+             "Reproduce: `.venv/bin/python benchmarks/selection.py` (runs "
+             + ", ".join(f"`pefs sweep --recipe {r} -q`" for r in meta.get("recipes", [])) + ", resuming); "
+             "`--render` re-renders this page from the data.", ""]
+    lines += ["## Accuracy with and without selection", "",
+              "| strategy | shots | trainable | shipped rates (%) | selected (%) | selected − shipped (points) | "
+              "chosen | search s / seed |", "|---|---|---|---|---|---|---|---|"]
+    for name in names:
+        for k in shots:
+            sel, ship = cells.get((name, True, k), {}), cells.get((name, False, k), {})
+            any_row = next(iter({**ship, **sel}.values()), None)
+            if any_row is None:
+                continue
+            trainable = any_row["record"]["params"]["trainable"]
+            a = fmt(*mean_t_ci([acc(r) for r in ship.values()]), len(ship)) if ship else "–"
+            b = fmt(*mean_t_ci([acc(r) for r in sel.values()]), len(sel)) if sel else "–"
+            d, _ = paired(sel, ship)
+            dd = fmt(*mean_t_ci(d), len(d), sign=True) if d else "–"
+            cost = (f"{statistics.fmean(r['record']['runs'][0]['search_s'] for r in sel.values()):.1f}"
+                    if sel else "–")
+            lines.append(f"| {name} | {k} | {trainable:,} | {a} | {b} | {dd} | {chosen(sel) if sel else '–'} | "
+                         f"{cost} |")
+    answer = ["", "## Paired differences against the linear probe (both selected)", "",
+              f"Each strategy's selected accuracy minus the selected `{BASELINE}` probe's on the same seed.", "",
+              "| strategy | " + " | ".join(f"{k}-shot Δ (points) | verdict" for k in shots) + " |",
+              "|---|" + "---|---|" * len(shots)]
+    by_shot: dict[int, dict[str, list[str]]] = {k: defaultdict(list) for k in shots}
+    for name in names:
+        if name == BASELINE:
+            continue
+        row = [name]
+        for k in shots:
+            # the logistic probe has no search of its own (it picks L2 inside): its shipped row is its selected one
+            mine = cells.get((name, True, k)) or (cells.get((name, False, k)) if "logistic" in name else None)
+            base = cells.get((BASELINE, True, k))
+            if not mine or not base:
+                row += ["–", "–"]
+                continue
+            d, _ = paired(mine, base)
+            mean, ci = mean_t_ci(d)
+            v = verdict(mean, ci)
+            by_shot[k][v].append(name)
+            row += [fmt(mean, ci, len(d), sign=True), v]
+        answer.append("| " + " | ".join(row) + " |")
+    lines += answer
+    lines += ["", "## The answer, in plain words", ""]
+    for k in shots:
+        b = by_shot[k]
+        base = cells.get((BASELINE, True, k), {})
+        m, ci = mean_t_ci([acc(r) for r in base.values()]) if base else (float("nan"), None)
+        parts = [f"**{k} shot{'s' if k > 1 else ''}** (linear probe {fmt(m, ci, len(base))}):"]
+        parts.append("better than the linear probe: " + (", ".join(b["better"]) or "none") + ";")
+        parts.append("worse: " + (", ".join(b["worse"]) or "none") + ";")
+        parts.append("no difference at 95%: " + (", ".join(b["no difference"]) or "none") + ".")
+        lines.append("- " + " ".join(parts))
+    lines += ["", "Strategies whose interval covers 0 are not shown to differ from the linear probe by this many "
+              "seeds; \"better\"/\"worse\" means the whole 95% interval of the paired difference lies on that side "
+              "of 0. The study is one small model on one small data set at 64 px: it answers the question for this "
+              "setting, not in general (`pefs tune --search strategy=...` answers it for a user's own data)."]
+    if scale:
+        lines += render_scale(scale)
+    return "\n".join(lines) + "\n"
+
+
+def run_sweeps() -> list[str]:
+    recipes = [f"recipes/offline-selection{'-' + r if r else ''}.yaml" for r in RECIPES]
+    pefs = Path(sys.executable).with_name("pefs")
+    for r in recipes:
+        subprocess.run([str(pefs), "sweep", "--recipe", r, "-q"], cwd=ROOT, check=True)
+    for store in (STORE, SCALE_STORE):  # each store's own pefs report (tables, heatmap, 3-D plot) beside it
+        rel = store.relative_to(ROOT)
+        subprocess.run([str(pefs), "report", "--store", str(rel), "--out", str(rel.parent)], cwd=ROOT, check=True)
+    return recipes
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--render", action="store_true", help="measure nothing: re-render selection.md from the data")
+    args = p.parse_args(argv)
+    if not args.render:
+        commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True,
+                                text=True).stdout.strip()
+        meta = {"commit": commit, "started": time.strftime("%Y-%m-%dT%H:%M:%S"),
+                "load": "/".join(f"{x:.2f}" for x in os.getloadavg()),
+                "machine": f"{os.cpu_count()}-core {platform.machine()}, Python {platform.python_version()}"}
+        meta["recipes"] = run_sweeps()
+        meta["finished"] = time.strftime("%Y-%m-%dT%H:%M:%S")
+        DATA.write_text(json.dumps(meta, indent=2) + "\n")
+    meta = json.loads(DATA.read_text())
+    text = render(load_cells(), meta, load_cells(SCALE_STORE, by_model=True) if SCALE_STORE.exists() else None)
+    PAGE.write_text(text)
+    print(text)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
