@@ -49,6 +49,9 @@ class TrainConfig:
     """How to train: epochs over the support set, batch size, learning rates, precision, caching."""
 
     epochs: int = setting(30, "passes over the support set")
+    steps: int | None = setting(
+        None, "optimizer steps to train, whatever the support size (overrides --epochs, so 1-shot is not "
+        "starved of steps); default: epochs x batches per epoch", metavar="N", since=3)
     batch_size: int = setting(16, "training batch size")
     lr: float = setting(1e-3, "learning rate of the strategy's parameters")
     head_lr: float = setting(1e-2, "learning rate of the classifier head")
@@ -82,6 +85,9 @@ class TrainConfig:
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise PefsError(f"{name} must be >= 1, got {value!r} (a whole number)")
+        if self.steps is not None and (isinstance(self.steps, bool) or not isinstance(self.steps, int)
+                                       or self.steps < 1):
+            raise PefsError(f"steps must be a whole number >= 1 (or unset: epochs decide), got {self.steps!r}")
         for name in ("lr", "head_lr"):
             value = getattr(self, name)
             if not (isinstance(value, (int, float)) and math.isfinite(value) and value > 0):

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import itertools
 import math
 import time
 from collections.abc import Callable
@@ -267,7 +268,7 @@ def fit(model: nn.Module, x: torch.Tensor, y: torch.Tensor, cfg: TrainConfig, se
     # fp16 gradients underflow without loss scaling; bf16 and fp32 need none (the scaler is then a pass-through)
     scaler = torch.amp.GradScaler(acc.device.type, enabled=cfg.mixed_precision == "fp16")
     steps_per_epoch = math.ceil(len(x) / cfg.batch_size)
-    total = cfg.epochs * steps_per_epoch
+    total = cfg.steps or cfg.epochs * steps_per_epoch  # --steps: a fixed count, passes repeat until it is reached
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 0.5 * (1 + math.cos(math.pi * min(s, total) / total)))
     loader = _loader(x, y, batch_size=cfg.batch_size, shuffle=True, seed=seed)
     with grad_checkpointing(model, cfg.grad_checkpointing):
@@ -278,8 +279,8 @@ def fit(model: nn.Module, x: torch.Tensor, y: torch.Tensor, cfg: TrainConfig, se
                     m.eval()
         t0 = time.perf_counter()
         bar = tqdm(total=total, desc="train", disable=not cfg.progress, leave=False)
-        for epoch in range(cfg.epochs):
-            for xb, yb in loader:
+        for epoch in range(math.ceil(total / steps_per_epoch)):
+            for xb, yb in itertools.islice(loader, total - stats.steps):
                 xb, yb = xb.to(acc.device), yb.to(acc.device)
                 with autocast(acc.device, cfg.mixed_precision):
                     loss = nn.functional.cross_entropy(trained(_layout(xb, cl)).float(), yb)

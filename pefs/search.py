@@ -15,6 +15,7 @@ import dataclasses
 import itertools
 import math
 import time
+import types
 import typing
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -96,6 +97,8 @@ def _split(name: str, text: Any) -> tuple[str, ...]:
 
 def _cast_train(name: str, raw: str) -> Any:
     hint = field_types(TrainConfig)[name]
+    if typing.get_origin(hint) in (typing.Union, types.UnionType):  # int | None: a searched value is the int
+        hint = next(a for a in typing.get_args(hint) if a is not type(None))
     try:
         if typing.get_origin(hint) is typing.Literal:
             if raw not in typing.get_args(hint):

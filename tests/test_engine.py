@@ -103,6 +103,32 @@ def test_cosine_schedule_and_head_learning_rate(monkeypatch):
         assert lrs == pytest.approx([1e-2 * factor, 1e-3 * factor])
 
 
+@pytest.mark.parametrize("steps, images", [(7, 12), (2, 12), (5, 3)])
+def test_steps_train_that_many_steps_whatever_the_support_size(monkeypatch, steps, images):
+    """``steps`` fixes the optimizer steps (passes repeat, the last one cut short) and the cosine schedule runs
+    over exactly those steps: 3 images (one batch per pass) still get 5 steps."""
+    seen: list[float] = []
+    real_step = torch.optim.AdamW.step
+
+    def step(self, *args, **kwargs):
+        seen.append(self.param_groups[0]["lr"])
+        return real_step(self, *args, **kwargs)
+
+    monkeypatch.setattr(torch.optim.AdamW, "step", step)
+    x, y = batch()
+    stats = engine.fit(tiny("vit", "last-k", k=1), x[:images], y[:images], cfg(steps=steps), seed=0)
+    assert stats.steps == steps == len(stats.losses) == len(seen)
+    assert seen == pytest.approx([1e-2 * 0.5 * (1 + math.cos(math.pi * s / steps)) for s in range(steps)])
+
+
+def test_steps_unset_is_epochs_exactly():
+    """Without ``steps`` the run is the epochs' run, bit for bit (the steps loop changes nothing there)."""
+    x, y = batch()
+    a = engine.fit(tiny("vit", "lora"), x, y, cfg(), seed=3).losses
+    b = engine.fit(tiny("vit", "lora"), x, y, cfg(steps=9), seed=3).losses  # 3 epochs x 3 batches = 9 steps
+    assert len(a) == 9 and a == b
+
+
 def test_non_finite_loss_names_the_step():
     x, y = batch()
     x[5] = float("nan")  # second batch of 4 after the seeded shuffle holds it, or a later one
@@ -125,6 +151,8 @@ def test_mixed_precision_switches_within_one_process():
 
 
 @pytest.mark.parametrize("kw, message", [({"epochs": 0}, "epochs must be >= 1"), ({"lr": 0}, "lr must be > 0"),
+                                         ({"steps": 0}, r"steps must be a whole number >= 1 .*got 0"),
+                                         ({"steps": 2.5}, r"steps must be a whole number >= 1 .*got 2.5"),
                                          ({"mixed_precision": "fp8"}, "mixed_precision must be one of")])
 def test_bad_train_config(kw, message):
     with pytest.raises(PefsError, match=message):

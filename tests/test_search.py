@@ -14,6 +14,8 @@ def test_grid_is_the_product_in_the_order_given():
     assert space.settings() == [{"lr": 1e-4, "epochs": 5}, {"lr": 1e-4, "epochs": 10},
                                 {"lr": 1e-3, "epochs": 5}, {"lr": 1e-3, "epochs": 10}]
     assert isinstance(space.settings()[0]["epochs"], int)
+    # an optional whole number (steps: int | None) is searched as its int
+    assert parse_search(["steps=10,50"], strategy="lora").settings() == [{"steps": 10}, {"steps": 50}]
 
 
 def test_option_lists_from_o_become_axes_and_fold_for_strategies_without_them():
@@ -61,6 +63,7 @@ def test_budget_skips_the_settings_it_has_no_time_for():
     (["lr=1e-3,"], {}, "linear", r"has an empty value"),
     (["lr"], {}, "linear", r"search items look like KEY=V1,V2 .*got 'lr'"),
     (["epochs=2.5"], {}, "linear", r"search epochs='2.5': not a valid value; epochs takes int"),
+    (["steps=0,10"], {}, "linear", r"steps must be a whole number >= 1 .*got 0"),
     (["bn_stats=thawed"], {}, "linear", r"bn_stats='thawed'.*takes frozen \| update"),
     (["lr=1e-3,1e-3"], {}, "linear", r"search lr lists 0.001 twice"),
     (["lr=1e-3", "lr=1e-2"], {}, "linear", r"search names 'lr' twice"),
