@@ -52,6 +52,11 @@ class Head:
         """Whether the model must be fitted on the support set (a frozen trunk with a prototype head need not)."""
         return True
 
+    def fitted_parameters(self, features: int, n_classes: int) -> tuple[int, str]:
+        """When the model trains nothing (:meth:`trains` False): the parameters this head itself fits on the
+        support features per task, and a line saying how it classifies (the record's parameter note)."""
+        return 0, f"the {self.name} head trains nothing: it classifies by the support features' class means"
+
     def init_linear(self, head: nn.Module, support: torch.Tensor | None, labels: torch.Tensor,
                     n_classes: int) -> None:
         """Initialise the model's linear head before training (from the pooled ``support`` features)."""
@@ -111,6 +116,10 @@ class PatchMatchHead(PrototypeHead):
 class LogisticHead(PrototypeHead):
     name = "logistic"
     summary = "converged logistic-regression probe (L-BFGS, L2 chosen on held-out support) on pooled features"
+
+    def fitted_parameters(self, features: int, n_classes: int) -> tuple[int, str]:
+        return n_classes * (features + 1), ("the logistic head fits a weight and bias per class on the pooled "
+                                            "support features (L-BFGS); the backbone trains nothing")
 
     def classify(self, support: torch.Tensor, labels: torch.Tensor, query: torch.Tensor,
                  n_classes: int) -> torch.Tensor:

@@ -132,12 +132,8 @@ def finish(cfg: TuneConfig, dataset: Dataset, run: ProtocolRun, runner: TaskRunn
     accs = run.accuracies
     mean, ci = mean_ci95(accs) if accs and run.status == "ok" else (None, None)
     ci = ci if len(accs) > 1 else None  # one seed (episode) has no interval; 0.0 would claim no uncertainty
-    params = model.param_report() if model is not None else None
+    params = runner.param_report() if runner is not None else None
     prints = run_fingerprints(cfg.data, cfg.checkpoint)
-    if params is not None and runner is not None and not runner.trains:
-        params = {**params, "trainable": 0, "trainable_without_head": 0, "head": 0, "percent_of_backbone": 0.0,
-                  "breakdown": {}, "note": f"the {cfg.head} head trains nothing: it classifies by the support "
-                                           "features' class means"}
     record = {
         "pefs_record": 2, "config": (requested or cfg).to_dict(), "resolved": cfg.to_dict(),
         "config_hash": cfg.hash(), "schema": SCHEMA_VERSION, "protocol": cfg.protocol,

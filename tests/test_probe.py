@@ -76,6 +76,10 @@ def test_logistic_head_runs_in_tune_without_training_a_frozen_trunk(image_folder
                      head="logistic", shots=3, output=str(tmp_path), train=TrainConfig(epochs=1, progress=False))
     rec = tune(cfg)
     assert rec["runs"][0]["steps"] == 0 and rec["accuracy_mean"] > 0.5  # the classes differ in colour
+    # the backbone trains nothing, but the head fits a weight row and a bias per class: reported, not 0
+    n_classes, width = rec["dataset"]["classes"], 192  # vit_tiny's pooled width
+    assert rec["params"]["trainable"] == rec["params"]["head"] == n_classes * (width + 1)
+    assert rec["params"]["trainable_without_head"] == 0 and "logistic head fits" in rec["params"]["note"]
 
 
 @pytest.fixture(scope="module")
