@@ -30,7 +30,7 @@ DATA = HERE / "selection.json"
 PAGE = HERE / "selection.md"
 SCALE_STORE = HERE / "selection_scale" / "results.jsonl"
 #: the recipes, in the order they run (None: recipes/offline-selection.yaml)
-RECIPES = ("defaults", "logistic", "probe", None, "scale-probe", "scale")
+RECIPES = ("defaults", "logistic", "probe", None, "steps", "scale-probe", "scale")
 BASELINE = "linear"  # the paired baseline: the linear probe with its head learning rate selected
 
 
@@ -48,12 +48,14 @@ def label(row: dict) -> str:
     return f"{name} (logistic head)" if cfg.get("head") == "logistic" else name
 
 
-def selected(row: dict) -> bool:
-    return bool(row["cell"]["config"].get("search"))
+def selected(row: dict) -> str:
+    """What the row's search chose: "rates" (lr / head_lr), "steps", or "" (no search: shipped settings)."""
+    axes = set(row["cell"]["config"].get("search") or {})
+    return "steps" if "steps" in axes else "rates" if axes else ""
 
 
 def load_cells(store: Path = STORE, by_model: bool = False) -> dict[tuple, dict[int, dict]]:
-    """(strategy label, selected?, shots) -> seed -> the stored row of the newest ok run (``by_model``: the
+    """(strategy label, what was selected (:func:`selected`), shots) -> seed -> the stored row of the newest ok run (``by_model``: the
     model name first in the key)."""
     from pefs.aggregate import current_rows
     from pefs.store import load
@@ -105,6 +107,28 @@ def verdict(mean: float, ci: float | None) -> str:
     return "no difference"
 
 
+def render_steps(cells: dict, shots: list[int]) -> list[str]:
+    """The steps part: optimizer steps chosen on validation (10 / 40 / 160) against the shipped 10 epochs."""
+    names = sorted({k[0] for k in cells if k[1] == "steps"}, key=lambda n: (n != BASELINE, n))
+    if not names:
+        return []
+    lines = ["", "## How many optimizer steps", "",
+             "`--search steps=10,40,160` at the shipped learning rates, against the shipped 10 epochs (10 steps at "
+             "1 shot: 10 images in one batch of 16; 40 steps at 5 shots).", "",
+             "| strategy | shots | 10 epochs (%) | steps selected (%) | selected − 10 epochs (points) | chosen |",
+             "|---|---|---|---|---|---|"]
+    for name in names:
+        for k in shots:
+            sel, ship = cells.get((name, "steps", k), {}), cells.get((name, "", k), {})
+            if not sel or not ship:
+                continue
+            d, _ = paired(sel, ship)
+            lines.append(f"| {name} | {k} | {fmt(*mean_t_ci([acc(r) for r in ship.values()]), len(ship))} | "
+                         f"{fmt(*mean_t_ci([acc(r) for r in sel.values()]), len(sel))} | "
+                         f"{fmt(*mean_t_ci(d), len(d), sign=True)} | {chosen(sel)} |")
+    return lines
+
+
 def render_scale(cells: dict) -> list[str]:
     """The scale x shots part: LoRA minus the linear probe, both selected, per model and shot count."""
     models = sorted({k[0] for k in cells})
@@ -118,7 +142,7 @@ def render_scale(cells: dict) -> list[str]:
              "|---|---|---|---|---|---|---|"]
     for m in models:
         for k in shots:
-            lin, lora = cells.get((m, BASELINE, True, k), {}), cells.get((m, "lora", True, k), {})
+            lin, lora = cells.get((m, BASELINE, "rates", k), {}), cells.get((m, "lora", "rates", k), {})
             if not lin or not lora:
                 continue
             d, _ = paired(lora, lin)
@@ -155,7 +179,7 @@ def render(cells: dict, meta: dict, scale: dict | None = None) -> str:
               "chosen | search s / seed |", "|---|---|---|---|---|---|---|---|"]
     for name in names:
         for k in shots:
-            sel, ship = cells.get((name, True, k), {}), cells.get((name, False, k), {})
+            sel, ship = cells.get((name, "rates", k), {}), cells.get((name, "", k), {})
             any_row = next(iter({**ship, **sel}.values()), None)
             if any_row is None:
                 continue
@@ -179,8 +203,8 @@ def render(cells: dict, meta: dict, scale: dict | None = None) -> str:
         row = [name]
         for k in shots:
             # the logistic probe has no search of its own (it picks L2 inside): its shipped row is its selected one
-            mine = cells.get((name, True, k)) or (cells.get((name, False, k)) if "logistic" in name else None)
-            base = cells.get((BASELINE, True, k))
+            mine = cells.get((name, "rates", k)) or (cells.get((name, "", k)) if "logistic" in name else None)
+            base = cells.get((BASELINE, "rates", k))
             if not mine or not base:
                 row += ["–", "–"]
                 continue
@@ -194,7 +218,7 @@ def render(cells: dict, meta: dict, scale: dict | None = None) -> str:
     lines += ["", "## The answer, in plain words", ""]
     for k in shots:
         b = by_shot[k]
-        base = cells.get((BASELINE, True, k), {})
+        base = cells.get((BASELINE, "rates", k), {})
         m, ci = mean_t_ci([acc(r) for r in base.values()]) if base else (float("nan"), None)
         parts = [f"**{k} shot{'s' if k > 1 else ''}** (linear probe {fmt(m, ci, len(base))}):"]
         parts.append("better than the linear probe: " + (", ".join(b["better"]) or "none") + ";")
@@ -205,6 +229,7 @@ def render(cells: dict, meta: dict, scale: dict | None = None) -> str:
               "seeds; \"better\"/\"worse\" means the whole 95% interval of the paired difference lies on that side "
               "of 0. The study is one small model on one small data set at 64 px: it answers the question for this "
               "setting, not in general (`pefs tune --search strategy=...` answers it for a user's own data)."]
+    lines += render_steps(cells, shots)
     if scale:
         lines += render_scale(scale)
     return "\n".join(lines) + "\n"
