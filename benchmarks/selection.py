@@ -55,8 +55,8 @@ def selected(row: dict) -> str:
 
 
 def load_cells(store: Path = STORE, by_model: bool = False) -> dict[tuple, dict[int, dict]]:
-    """(strategy label, what was selected (:func:`selected`), shots) -> seed -> the stored row of the newest ok run (``by_model``: the
-    model name first in the key)."""
+    """(strategy label, what was selected (:func:`selected`), shots) -> seed -> the stored row of the newest ok
+    run (``by_model``: the model name first in the key)."""
     from pefs.aggregate import current_rows
     from pefs.store import load
 
