@@ -29,7 +29,7 @@ from pefs.fingerprint import run_fingerprints
 from pefs.memory import RunMemory
 from pefs.protocols import Task, check_sampling, run_protocol
 from pefs.records import ProtocolRun, TaskResult
-from pefs.selection import run_kshot_search, search_space
+from pefs.selection import Selector, search_space
 from pefs.stats import mean_ci95
 
 __all__ = ["RunDiverged", "build_model", "finish", "resolve", "tune", "write_record"]
@@ -99,29 +99,27 @@ def tune(cfg: TuneConfig) -> dict[str, Any]:
     check_splits_disjoint(dataset)
     requested, cfg = cfg, resolve(cfg, dataset)
     space = search_space(cfg)  # a bad search spec fails here, before any weights load
-    if space.axes:
-        run, runner, diverged, found = run_kshot_search(cfg, dataset, space)
-        extra = {**memory.figures(), **found}
-    else:
-        check_sampling(cfg, dataset)  # sampling errors before any weight loads
-        runner = TaskRunner(cfg, cfg.ways if cfg.protocol == "episodic" else len(dataset.classes))
+    n_classes = cfg.ways if cfg.protocol == "episodic" else len(dataset.classes)
+    selector = Selector(cfg, n_classes, space) if space.axes else None
+    check_sampling(cfg, dataset, selector is not None)  # sampling errors before any weight loads
+    runner = TaskRunner(cfg, n_classes) if selector is None else None
+    if runner is not None:
         describe_model(runner.model, cfg, dataset)
-        run, diverged = run_protocol(cfg, dataset, runner, _after_each_task(cfg, runner))
-        extra = {**memory.figures(), **runner.cache_figures(), **(final_summary(dataset, run) if cfg.final else {})}
+    run, diverged = run_protocol(cfg, dataset, runner, _after_each_task(cfg, runner), selector)
+    runner = selector.runner if selector is not None else runner
+    extra = {**memory.figures(), **(runner.cache_figures() if selector is None else {}),
+             **({"selection": selector.summary} if selector is not None else {}),
+             **(final_summary(dataset, run) if cfg.final else {})}
     record = finish(cfg, dataset, run, runner, requested, extra)
     if diverged is not None:
         raise RunDiverged(diverged, record)
     return record
 
 
-def _after_each_task(cfg: TuneConfig, runner: TaskRunner) -> Callable[[Task, TaskResult], None] | None:
-    """What follows each task: the final fit saves its model directory; K-shot seeds save theirs with
-    ``--save-adapter``."""
-    if cfg.final:
-        return save_final(cfg, runner)
-    if cfg.save_adapter and cfg.protocol == "kshot":
-        return lambda task, result: runner.model.save(Path(cfg.save_adapter) / f"seed{task.seed}")
-    return None
+def _after_each_task(cfg: TuneConfig, runner: TaskRunner | None) -> Callable[[Task, TaskResult], None] | None:
+    """What follows each task: the final fit saves its model directory (K-shot seeds' ``--save-adapter`` is
+    :func:`pefs.protocols.run_protocol`'s)."""
+    return save_final(cfg, runner) if cfg.final and runner is not None else None
 
 
 def finish(cfg: TuneConfig, dataset: Dataset, run: ProtocolRun, runner: TaskRunner | None,
