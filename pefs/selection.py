@@ -13,10 +13,11 @@ from __future__ import annotations
 import dataclasses
 import json
 import time
+from collections.abc import Callable
 from typing import Any
 
 from pefs.config import TuneConfig
-from pefs.data import hold_out
+from pefs.data import ImageSet, hold_out
 from pefs.engine import NonFiniteLoss
 from pefs.errors import PefsError
 from pefs.fewshot import TaskRunner
@@ -35,6 +36,7 @@ class _Runners:
 
     def __init__(self, n_classes: int) -> None:
         self.n_classes, self.by_key = n_classes, {}
+        self.describe: Callable[[TaskRunner], None] | None = None  #: what a new runner's model learns of the run
 
     def get(self, cfg: TuneConfig) -> TaskRunner:
         t = cfg.train
@@ -42,6 +44,8 @@ class _Runners:
                          sort_keys=True, default=str)
         if key not in self.by_key:
             self.by_key[key] = TaskRunner(cfg, self.n_classes)
+            if self.describe is not None:
+                self.describe(self.by_key[key])
         runner = self.by_key[key]
         runner.cfg = cfg  # the training values of this setting (the model part is the same by the key)
         return runner
@@ -71,6 +75,21 @@ class Selector:
         own values where it fixes them), never just the first value of each axis."""
         return {}
 
+    def fixed(self, setting: dict[str, Any]) -> TuneConfig:
+        """The run's config running ``setting``."""
+        return _fixed(self.base, self.space, setting)
+
+    def search(self, support: ImageSet, val: ImageSet, seed: int) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+        """Every setting tuned on ``support`` and scored on ``val``: the chosen setting and the table."""
+        def score(setting: dict[str, Any]) -> float:
+            try:
+                return self.runners.get(self.fixed(setting)).run(support, val, seed).accuracy
+            except NonFiniteLoss:
+                return float("nan")
+
+        result = run_search(self.space, score)
+        return result.chosen, result.table
+
     def __call__(self, task: Task) -> tuple[TaskRunner, dict[str, Any]]:
         support, val = task.support, task.val
         if val is None and self.held_out:
@@ -79,16 +98,9 @@ class Selector:
         if val is None:
             chosen, table, n_val = self.default(), [], 0
         else:
-            def score(setting: dict[str, Any]) -> float:
-                try:
-                    return self.runners.get(_fixed(self.base, self.space, setting)).run(support, val,
-                                                                                        task.seed).accuracy
-                except NonFiniteLoss:
-                    return float("nan")
-
-            result = run_search(self.space, score)
-            chosen, table, n_val = result.chosen, result.table, len(val)
-        self.runner = self.runners.get(_fixed(self.base, self.space, chosen))
+            chosen, table = self.search(support, val, task.seed)
+            n_val = len(val)
+        self.runner = self.runners.get(self.fixed(chosen))
         self.summary["chosen"].append(chosen)
         info = {"chosen": chosen, "search_s": time.perf_counter() - t0, "val_images": n_val, "search": table}
         if val is not None and task.val is None:

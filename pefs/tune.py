@@ -17,6 +17,7 @@ from typing import Any
 import torch
 
 from pefs import checks, engine
+from pefs.auto import AutoSelector
 from pefs.backbones.checkpoint import check_checkpoint_path
 from pefs.checks import check_classes
 from pefs.config import SCHEMA_VERSION, TuneConfig, resolved, run_key
@@ -98,9 +99,10 @@ def tune(cfg: TuneConfig) -> dict[str, Any]:
     check_classes(len(dataset.classes), dataset.name)
     check_splits_disjoint(dataset)
     requested, cfg = cfg, resolve(cfg, dataset)
-    space = search_space(cfg)  # a bad search spec fails here, before any weights load
     n_classes = cfg.ways if cfg.protocol == "episodic" else len(dataset.classes)
-    selector = Selector(cfg, n_classes, space) if space.axes else None
+    selector = selection(cfg, n_classes)  # a bad search spec fails here, before any weights load
+    if selector is not None:
+        selector.runners.describe = lambda r: describe_model(r.model, r.cfg, dataset)
     check_sampling(cfg, dataset, selector is not None)  # sampling errors before any weight loads
     runner = TaskRunner(cfg, n_classes) if selector is None else None
     if runner is not None:
@@ -114,6 +116,14 @@ def tune(cfg: TuneConfig) -> dict[str, Any]:
     if diverged is not None:
         raise RunDiverged(diverged, record)
     return record
+
+
+def selection(cfg: TuneConfig, n_classes: int) -> Selector | None:
+    """What chooses each task's setting on validation data: ``--strategy auto``, ``--search``, or nothing."""
+    if cfg.strategy == "auto":
+        return AutoSelector(cfg, n_classes)
+    space = search_space(cfg)
+    return Selector(cfg, n_classes, space) if space.axes else None
 
 
 def _after_each_task(cfg: TuneConfig, runner: TaskRunner | None) -> Callable[[Task, TaskResult], None] | None:
