@@ -108,9 +108,14 @@ class AutoSelector(Selector):
         if not ran:
             raise PefsError(f"--strategy auto: no setting gave a validation score ({len(table)} tried)")
         best = max(ran, key=lambda r: (r["val_accuracy"], -r["trainable"], -r["seconds"]))
-        others = sorted((r for r in ran if r is not best), key=lambda r: -r["val_accuracy"])
+        others: dict[str, dict[str, Any]] = {}  # each other strategy's best row, best first
+        for r in sorted(ran, key=lambda r: (-r["val_accuracy"], r["trainable"], r["seconds"])):
+            if r["setting"]["strategy"] != best["setting"]["strategy"]:
+                others.setdefault(r["setting"]["strategy"], r)
         skipped = [r["setting"]["strategy"] for r in table if r["status"].startswith("skipped")]
-        why = f"auto chose {_label(best)}" + (f" over {'; '.join(_label(r) for r in others)}" if others else "")
+        rest = list(others.values())
+        why = f"auto chose {_label(best)}" + (f" over {'; '.join(_label(r) for r in rest[:3])}" if rest else "")
+        why += f" and {len(rest) - 3} more strategies (the record lists every setting)" if len(rest) > 3 else ""
         if skipped:
             why += f"; skipped for the budget: {', '.join(dict.fromkeys(skipped))}"
         self.summary["why"].append(why)

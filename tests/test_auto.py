@@ -91,3 +91,21 @@ def test_cli_prints_what_auto_chose(image_folder, tmp_path, capsys):
                  "--val-per-class", "1", "--epochs", "1", "--output", str(tmp_path), "--quiet"])
     out = capsys.readouterr().out
     assert code == 0 and "auto chose " in out and " over " in out and "val " in out and " trainable)" in out
+
+
+def test_a_candidate_that_does_not_apply_is_skipped_with_its_reason(image_folder, tmp_path, monkeypatch):
+    import pefs.selection as selection
+
+    real = selection.TaskRunner
+
+    def runner(cfg, n):
+        if cfg.strategy == "ssf":
+            raise PefsError("ssf found no Linear or Conv layer inside the blocks of this model")
+        return real(cfg, n)
+
+    monkeypatch.setattr(selection, "TaskRunner", runner)
+    rec = tune(auto_cfg(image_folder, tmp_path))
+    sel = rec["selection"]
+    assert sel["not_applicable"] == {"ssf": "ssf found no Linear or Conv layer inside the blocks of this model"}
+    assert "ssf" not in sel["candidates"] and len(sel["candidates"]) == len(CANDIDATES) - 1
+    assert all(r["setting"]["strategy"] != "ssf" for r in rec["runs"][0]["search"])
