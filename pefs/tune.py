@@ -29,7 +29,7 @@ from pefs.final import check_final, describe_model, final_summary, save_final
 from pefs.fingerprint import run_fingerprints
 from pefs.memory import RunMemory
 from pefs.protocols import Task, check_sampling, run_protocol
-from pefs.records import ProtocolRun, TaskResult
+from pefs.records import Accuracy, DatasetInfo, Machine, ProtocolRun, RunRecord, TaskResult
 from pefs.selection import Selector, search_space
 from pefs.stats import mean_ci95
 
@@ -146,30 +146,20 @@ def finish(cfg: TuneConfig, dataset: Dataset, run: ProtocolRun, runner: TaskRunn
         params = {**params, "trainable": 0, "trainable_without_head": 0, "head": 0, "percent_of_backbone": 0.0,
                   "breakdown": {}, "note": f"the {cfg.head} head trains nothing: it classifies by the support "
                                            "features' class means"}
-    record = {
-        "pefs_record": 2, "config": (requested or cfg).to_dict(), "resolved": cfg.to_dict(),
-        "config_hash": cfg.hash(), "schema": SCHEMA_VERSION, "protocol": cfg.protocol,
-        "model": cfg.model, "strategy": cfg.strategy, "head": cfg.head, "shots": cfg.shots, "ways": cfg.ways,
-        "dataset": {"name": dataset.name, "classes": len(dataset.classes), "licence": dataset.licence,
-                    "source": dataset.source},
-        "backbone": model.backbone.describe() if model is not None else None,
-        "accuracy_mean": mean, "accuracy_ci95": ci, "accuracies": accs, "runs": [r.to_dict() for r in run.runs],
-        "params": params, "time_s": run.seconds(), "wall_s": run.wall_s,
-        "seconds_per_task": run.wall_s / len(run.runs) if run.runs else None,
-        "status": run.status, "error": run.error, "failed_task": run.failed_task,
-        "cached": runner is not None and runner.level > 0, "frozen_level": runner.level if runner is not None else None,
-        "peak_memory_mb": engine.peak_memory_mb(), "machine": {"python": platform.python_version(),
-                                                              "torch": torch.__version__,
-                                                              "cuda": torch.cuda.is_available(),
-                                                              "threads": torch.get_num_threads(),
-                                                              # what inference_precision="auto" became here
-                                                              "inference_precision": cfg.train.inference_precision},
-        "fingerprints": prints, "key": run_key(cfg, prints),
-        "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S"),
-        **(extra or {}),
-    }
-    record["path"] = str(write_record(record, cfg.output))
-    return record
+    extra = dict(extra or {})
+    rec = RunRecord(
+        config=(requested or cfg).to_dict(), resolved=cfg.to_dict(), config_hash=cfg.hash(), schema=SCHEMA_VERSION,
+        protocol=cfg.protocol, model=cfg.model, strategy=cfg.strategy, head=cfg.head, shots=cfg.shots, ways=cfg.ways,
+        dataset=DatasetInfo(dataset.name, len(dataset.classes), dataset.licence, dataset.source),
+        backbone=model.backbone.describe() if model is not None else None, accuracy=Accuracy(mean, ci, accs),
+        run=run, params=params, cached=runner is not None and runner.level > 0,
+        frozen_level=runner.level if runner is not None else None, peak_memory_mb=extra.pop("peak_memory_mb", engine.peak_memory_mb()),
+        machine=Machine(platform.python_version(), torch.__version__, torch.cuda.is_available(),
+                        torch.get_num_threads(), cfg.train.inference_precision),  # what "auto" precision became
+        fingerprints=prints, key=run_key(cfg, prints), finished_at=time.strftime("%Y-%m-%dT%H:%M:%S"),
+        extra=extra)
+    rec.path = str(write_record(rec.to_dict(), cfg.output))
+    return rec.to_dict()
 
 
 def write_record(record: dict[str, Any], output: str | Path) -> Path:
