@@ -148,13 +148,14 @@ def finish(cfg: TuneConfig, dataset: Dataset, run: ProtocolRun, runner: TaskRunn
                                            "features' class means"}
     extra = dict(extra or {})
     peak = extra.pop("peak_memory_mb", None)  # the run's own peak (RunMemory), else the process's
+    peak = engine.peak_memory_mb() if peak is None else peak
     rec = RunRecord(
         config=(requested or cfg).to_dict(), resolved=cfg.to_dict(), config_hash=cfg.hash(), schema=SCHEMA_VERSION,
         protocol=cfg.protocol, model=cfg.model, strategy=cfg.strategy, head=cfg.head, shots=cfg.shots, ways=cfg.ways,
         dataset=DatasetInfo(dataset.name, len(dataset.classes), dataset.licence, dataset.source),
         backbone=model.backbone.describe() if model is not None else None, accuracy=Accuracy(mean, ci, accs),
         run=run, params=params, cached=runner is not None and runner.level > 0,
-        frozen_level=runner.level if runner is not None else None, peak_memory_mb=engine.peak_memory_mb() if peak is None else peak,
+        frozen_level=runner.level if runner is not None else None, peak_memory_mb=peak,
         machine=Machine(platform.python_version(), torch.__version__, torch.cuda.is_available(),
                         torch.get_num_threads(), cfg.train.inference_precision),  # what "auto" precision became
         fingerprints=prints, key=run_key(cfg, prints), finished_at=time.strftime("%Y-%m-%dT%H:%M:%S"),
