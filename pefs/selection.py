@@ -64,7 +64,8 @@ class Selector:
         self.base, self.space, self.runners = cfg, space, _Runners(n_classes)
         self.runner: TaskRunner | None = None  #: the runner of the last chosen setting (the record's model)
         episodic = cfg.protocol == "episodic"
-        self.held_out = min(cfg.val_per_class, cfg.shots - 1) if episodic else cfg.val_per_class
+        # an episode holds out at most half its shots per class (5-shot: 2), so the search still trains on the rest
+        self.held_out = min(cfg.val_per_class, cfg.shots // 2) if episodic else cfg.val_per_class
         on = "validation" if not episodic else \
             "held-out support" if self.held_out else f"default ({cfg.shots}-shot: no held-out support)"
         self.summary: dict[str, Any] = {"on": on, "val_per_class": self.held_out,
