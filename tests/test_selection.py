@@ -108,3 +108,14 @@ def test_one_shot_episodes_run_the_default_setting_and_say_so(image_folder, tmp_
         assert "val_names" not in run
     plain = tune(search_cfg(image_folder, tmp_path, ways=2, shots=1, queries=2, episodes=2, seeds=(0,), search={}))
     assert plain["accuracies"] == rec["accuracies"]  # the TrainConfig default lr, not the first searched value
+
+
+def test_search_saves_each_seeds_chosen_model(image_folder, tmp_path):
+    import json
+
+    rec = tune(search_cfg(image_folder, tmp_path, save_adapter=str(tmp_path / "models"),
+                          search={"strategy": "linear,bias"}))
+    for run in rec["runs"]:
+        saved = json.loads((tmp_path / "models" / f"seed{run['seed']}" / "pefs_config.json").read_text())
+        assert saved["spec"] == run["chosen"]["strategy"] == saved["tune_config"]["strategy"]
+        assert saved["class_names"] == ["cat", "dog", "fox"]  # the run's data describes each chosen model
