@@ -59,3 +59,22 @@ def check_writable_file(path: str | Path, what: str, flag: str) -> None:
             probe.unlink()
     except OSError as e:
         raise PefsError(f"{what} {str(path)!r} is not writable: {e.strerror or e}; choose another with {flag}") from e
+
+
+#: ``--budget`` units in seconds
+BUDGET_UNITS = {"s": 1, "m": 60, "h": 3600}
+
+
+def parse_budget(text: str) -> float:
+    """A time budget such as ``90s``, ``10m``, ``1.5h`` in seconds (> 0); anything else a PefsError naming the
+    accepted forms."""
+    value = str(text).strip().lower()
+    unit = value[-1:] if value[-1:] in BUDGET_UNITS else ""
+    try:
+        seconds = float(value[:-1]) * BUDGET_UNITS[unit] if unit else float("nan")
+    except ValueError:
+        seconds = float("nan")
+    if not seconds > 0 or seconds == float("inf"):
+        raise PefsError(f"--budget {text!r} is not a time budget; give a positive number with a unit: 90s, 10m, "
+                        "1h (s, m or h)")
+    return seconds

@@ -117,6 +117,7 @@ def _model_dir(a: argparse.Namespace) -> str | None:
 
 
 def cmd_tune(a: argparse.Namespace) -> int:
+    from pefs.auto import auto_lines
     from pefs.tune import tune
 
     cfg = config_from_args(a)
@@ -152,7 +153,7 @@ def cmd_tune(a: argparse.Namespace) -> int:
     print(f"wall time: {rec['wall_s']:.1f} s (decode {t['decode_s']:.1f}, features {t['extract_s']:.1f}, "
           f"train {t['train_s']:.1f}, eval {t['eval_s']:.1f}; {rec['seconds_per_task']:.2f} s per "
           f"{unit[:-1]}); peak memory {rec['peak_memory_mb']:.0f} MB")
-    print(f"result record: {rec['path']}")
+    print(*auto_lines(rec), f"result record: {rec['path']}", sep="\n")
     return 0
 
 

@@ -19,7 +19,7 @@ import typing
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from pefs.checks import check_seeds
+from pefs.checks import check_seeds, parse_budget
 from pefs.errors import PefsError, unknown
 
 #: bumped when the meaning of a hashed field changes; part of every hash, so old results never pass as new
@@ -161,6 +161,8 @@ class TuneConfig:
         "K shots and scored once on test", flags=("--search",), metavar="KEY=V1,V2", default_factory=dict, since=3)
     val_per_class: int = setting(5, "validation images per class for --search, from the train split outside the "
                                  "K shots", since=3)
+    budget: str | None = setting(None, "time budget of --strategy auto's search on validation data: 90s, 10m, 1h",
+                                 metavar="TIME", since=3)
     views: int = setting(1, "views per support image, the clean one included")
     augment: bool = setting(False, "extra views are randomly cropped and flipped")
     mask_ratio: float = setting(0.0, "extra views have this fraction of patches masked: a ViT drops the masked "
@@ -190,6 +192,8 @@ class TuneConfig:
     def validate(self) -> None:
         if isinstance(self.val_per_class, bool) or not isinstance(self.val_per_class, int) or self.val_per_class < 1:
             raise PefsError(f"val_per_class must be a whole number >= 1, got {self.val_per_class!r}")
+        if self.budget is not None or self.strategy == "auto":
+            check_auto(self)
         for name in ("shots", "queries", "episodes"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
@@ -219,6 +223,21 @@ class TuneConfig:
     def hash(self) -> str:
         """The identity of this config's results: see :func:`config_hash`."""
         return config_hash(self)
+
+
+def check_auto(cfg: TuneConfig) -> None:
+    """``--strategy auto`` takes a ``--budget`` and searches its own grid; ``--budget`` means nothing without it."""
+    if cfg.strategy != "auto":
+        raise PefsError(f"--budget {cfg.budget} limits --strategy auto's search; the strategy is {cfg.strategy!r}: "
+                        "add --strategy auto or drop --budget")
+    if cfg.budget is None:
+        raise PefsError("--strategy auto searches within a time budget: give one, e.g. --budget 10m (90s, 10m, 1h)")
+    parse_budget(cfg.budget)
+    if cfg.search or cfg.options:
+        given = ", ".join([f"--search {k}={v}" for k, v in cfg.search.items()] +
+                          [f"-o {k}={v}" for k, v in cfg.options.items()])
+        raise PefsError(f"--strategy auto searches its own strategies and learning rates; drop {given} (or name "
+                        "a strategy and search it with --search)")
 
 
 def check_choice(cfg: Any, name: str) -> None:

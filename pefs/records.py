@@ -58,3 +58,84 @@ class ProtocolRun:
     def seconds(self) -> dict[str, float]:
         """Each phase's seconds summed over the tasks."""
         return {k: sum(getattr(r, k) for r in self.runs) for k in PHASES}
+
+
+@dataclass
+class DatasetInfo:
+    """Which data a run used: name, class count, licence and where it came from."""
+
+    name: str
+    classes: int
+    licence: str | None = None
+    source: str | None = None
+
+
+@dataclass
+class Machine:
+    """Where a run ran: versions, threads and what ``inference_precision="auto"`` became there."""
+
+    python: str
+    torch: str
+    cuda: bool
+    threads: int
+    inference_precision: str
+
+
+@dataclass
+class Accuracy:
+    """Accuracy over the tasks: each task's, their mean and 95% CI (None when not meaningful)."""
+
+    mean: float | None
+    ci95: float | None
+    each: list[float]
+
+
+@dataclass
+class RunRecord:
+    """One ``tune`` run's result record, assembled from typed parts; :meth:`to_dict` is the JSON record (the
+    same keys, in the same order, as every stored record in ``benchmarks/``)."""
+
+    config: dict[str, Any]  #: the caller's config
+    resolved: dict[str, Any]  #: the config the run used (image size, precision filled in)
+    config_hash: str
+    schema: int
+    protocol: str
+    model: str
+    strategy: str
+    head: str
+    shots: int
+    ways: int | None
+    dataset: DatasetInfo
+    backbone: dict[str, Any] | None
+    accuracy: Accuracy
+    run: ProtocolRun
+    params: dict[str, Any] | None
+    cached: bool
+    frozen_level: int | None
+    peak_memory_mb: float
+    machine: Machine
+    fingerprints: dict[str, Any]
+    key: str
+    finished_at: str
+    extra: dict[str, Any] = field(default_factory=dict)  #: memory and cache figures, selection, final fit
+    path: str | None = None  #: where the record was written
+
+    def to_dict(self) -> dict[str, Any]:
+        """The JSON record."""
+        run = self.run
+        d: dict[str, Any] = {
+            "pefs_record": 2, "config": self.config, "resolved": self.resolved, "config_hash": self.config_hash,
+            "schema": self.schema, "protocol": self.protocol, "model": self.model, "strategy": self.strategy,
+            "head": self.head, "shots": self.shots, "ways": self.ways, "dataset": dataclasses.asdict(self.dataset),
+            "backbone": self.backbone, "accuracy_mean": self.accuracy.mean, "accuracy_ci95": self.accuracy.ci95,
+            "accuracies": self.accuracy.each, "runs": [r.to_dict() for r in run.runs], "params": self.params,
+            "time_s": run.seconds(), "wall_s": run.wall_s,
+            "seconds_per_task": run.wall_s / len(run.runs) if run.runs else None,
+            "status": run.status, "error": run.error, "failed_task": run.failed_task, "cached": self.cached,
+            "frozen_level": self.frozen_level, "peak_memory_mb": self.peak_memory_mb,
+            "machine": dataclasses.asdict(self.machine), "fingerprints": self.fingerprints, "key": self.key,
+            "finished_at": self.finished_at, **self.extra,
+        }
+        if self.path is not None:
+            d["path"] = self.path
+        return d

@@ -1,10 +1,11 @@
-"""Validation-based selection for K-shot transfer (``pefs tune --search lr=1e-4,1e-3 -o r=4,8``).
+"""Validation-based selection (``pefs tune --search lr=1e-4,1e-3 -o r=4,8``), per task of the one protocol loop.
 
-Per seed: draw the K shots and ``val_per_class`` validation images per class from the train split outside
-them (:func:`pefs.data.kshot_split`), tune every setting of the search on the K shots and score it on the
-validation images, pick the best (:func:`pefs.search.run_search`), then tune the chosen setting on the K
-shots once more from the frozen start and score it once on the test split. The test split never takes part
-in the choice. Each seed's run entry carries its chosen setting and the whole search table.
+K-shot: per seed, the K shots and ``val_per_class`` validation images per class from the train split outside
+them (:func:`pefs.data.kshot_split`); episodes: a held-out part of each support (:func:`pefs.data.hold_out`),
+or the default setting when 1 shot leaves nothing to hold out (the record says so). Tune every setting of the
+search on the rest and score it on the validation images, pick the best (:func:`pefs.search.run_search`),
+then tune the chosen setting on the whole support from the same start and score it once on the queries. The
+queries never take part in the choice. Each task's run entry carries its chosen setting and the search table.
 """
 
 from __future__ import annotations
@@ -12,15 +13,15 @@ from __future__ import annotations
 import dataclasses
 import json
 import time
-from pathlib import Path
+from collections.abc import Callable
 from typing import Any
 
 from pefs.config import TuneConfig
-from pefs.data import Dataset, kshot_split
+from pefs.data import ImageSet, hold_out
 from pefs.engine import NonFiniteLoss
 from pefs.errors import PefsError
 from pefs.fewshot import TaskRunner
-from pefs.records import ProtocolRun
+from pefs.protocols import Task
 from pefs.search import SearchSpace, apply, parse_search, run_search
 
 
@@ -35,6 +36,7 @@ class _Runners:
 
     def __init__(self, n_classes: int) -> None:
         self.n_classes, self.by_key = n_classes, {}
+        self.describe: Callable[[TaskRunner], None] | None = None  #: what a new runner's model learns of the run
 
     def get(self, cfg: TuneConfig) -> TaskRunner:
         t = cfg.train
@@ -42,51 +44,69 @@ class _Runners:
                          sort_keys=True, default=str)
         if key not in self.by_key:
             self.by_key[key] = TaskRunner(cfg, self.n_classes)
+            if self.describe is not None:
+                self.describe(self.by_key[key])
         runner = self.by_key[key]
         runner.cfg = cfg  # the training values of this setting (the model part is the same by the key)
         return runner
 
 
-def run_kshot_search(cfg: TuneConfig, dataset: Dataset, space: SearchSpace
-                     ) -> tuple[ProtocolRun, TaskRunner | None, NonFiniteLoss | None, dict[str, Any]]:
-    """Every seed with selection on validation: the protocol run (each seed's result carries its chosen setting
-    and search table), the runner of the last final fit (its model describes the record's parameters), the
-    divergence that stopped the run (or None), and the record's ``selection`` summary."""
-    if cfg.protocol != "kshot":
-        raise PefsError("--search runs on K-shot transfer; episodes (--ways) would need a held-out part of each "
-                        "support, which is not wired yet: drop --ways or --search")
-    t_start = time.perf_counter()
-    base, out = cfg, ProtocolRun()
-    runners = _Runners(len(dataset.classes))
-    runner: TaskRunner | None = None
-    summary = {"selection": {"on": "validation", "val_per_class": cfg.val_per_class,
-                             "axes": {a.name: list(a.values) for a in space.axes}, "chosen": []}}
-    for seed in cfg.seeds:
-        split = kshot_split(dataset, cfg.shots, seed=seed, val_per_class=cfg.val_per_class)
+class Selector:
+    """Validation-based selection as a wrapper around each task of the one protocol loop
+    (:func:`pefs.protocols.run_protocol`'s ``choose``): split a validation part off the task's training side,
+    score every setting on it, hand back the chosen setting's runner (the loop retrains it on the whole
+    support, from the same start, and scores it once on the queries) with what the record says of the choice."""
 
-        def score(setting: dict[str, Any], split=split, seed=seed) -> float:
+    def __init__(self, cfg: TuneConfig, n_classes: int, space: SearchSpace) -> None:
+        if cfg.final:
+            raise PefsError("--final trains on every labelled image, leaving none to validate a --search on; choose "
+                            "the settings with a --search run first, then run --final with them")
+        self.base, self.space, self.runners = cfg, space, _Runners(n_classes)
+        self.runner: TaskRunner | None = None  #: the runner of the last chosen setting (the record's model)
+        episodic = cfg.protocol == "episodic"
+        # an episode holds out at most half its shots per class (5-shot: 2), so the search still trains on the rest
+        self.held_out = min(cfg.val_per_class, cfg.shots // 2) if episodic else cfg.val_per_class
+        on = "validation" if not episodic else \
+            "held-out support" if self.held_out else f"default ({cfg.shots}-shot: no held-out support)"
+        self.summary: dict[str, Any] = {"on": on, "val_per_class": self.held_out,
+                                        "axes": {a.name: list(a.values) for a in space.axes}, "chosen": []}
+
+    def default(self) -> dict[str, Any]:
+        """The setting a task without validation images runs: the TrainConfig and strategy defaults (the run's
+        own values where it fixes them), never just the first value of each axis."""
+        return {}
+
+    def fixed(self, setting: dict[str, Any]) -> TuneConfig:
+        """The run's config running ``setting``."""
+        return _fixed(self.base, self.space, setting)
+
+    def search(self, support: ImageSet, val: ImageSet, seed: int) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+        """Every setting tuned on ``support`` and scored on ``val``: the chosen setting and the table."""
+        def score(setting: dict[str, Any]) -> float:
             try:
-                return runners.get(_fixed(base, space, setting)).run(split.support, split.val, seed).accuracy
+                return self.runners.get(self.fixed(setting)).run(support, val, seed).accuracy
             except NonFiniteLoss:
                 return float("nan")
 
+        result = run_search(self.space, score)
+        return result.chosen, result.table
+
+    def __call__(self, task: Task) -> tuple[TaskRunner, dict[str, Any]]:
+        support, val = task.support, task.val
+        if val is None and self.held_out:
+            support, val = hold_out(task.support, self.held_out, task.seed)
         t0 = time.perf_counter()
-        result = run_search(space, score)
-        search_s = time.perf_counter() - t0
-        runner = runners.get(_fixed(base, space, result.chosen))
-        try:
-            run = runner.run(split.support, split.query, seed)
-        except NonFiniteLoss as e:
-            out.status, out.error, out.failed_task = "diverged", f"seed {seed}: {e}", {"seed": seed}
-            out.wall_s = time.perf_counter() - t_start
-            return out, runner, e, summary
-        if cfg.save_adapter:
-            runner.model.save(Path(cfg.save_adapter) / f"seed{seed}")
-        run.info.update(chosen=result.chosen, search_s=search_s, val_images=len(split.val), search=result.table)
-        out.runs.append(run)
-        summary["selection"]["chosen"].append(result.chosen)
-    out.wall_s = time.perf_counter() - t_start
-    return out, runner, None, summary
+        if val is None:
+            chosen, table, n_val = self.default(), [], 0
+        else:
+            chosen, table = self.search(support, val, task.seed)
+            n_val = len(val)
+        self.runner = self.runners.get(self.fixed(chosen))
+        self.summary["chosen"].append(chosen)
+        info = {"chosen": chosen, "search_s": time.perf_counter() - t0, "val_images": n_val, "search": table}
+        if val is not None and task.val is None:
+            info["val_names"] = list(val.names)  # held out of the episode's support: never among its queries
+        return self.runner, info
 
 
 def _fixed(base: TuneConfig, space: SearchSpace, setting: dict[str, Any]) -> TuneConfig:

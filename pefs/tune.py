@@ -17,6 +17,7 @@ from typing import Any
 import torch
 
 from pefs import checks, engine
+from pefs.auto import AutoSelector
 from pefs.backbones.checkpoint import check_checkpoint_path
 from pefs.checks import check_classes
 from pefs.config import SCHEMA_VERSION, TuneConfig, resolved, run_key
@@ -28,8 +29,8 @@ from pefs.final import check_final, describe_model, final_summary, save_final
 from pefs.fingerprint import run_fingerprints
 from pefs.memory import RunMemory
 from pefs.protocols import Task, check_sampling, run_protocol
-from pefs.records import ProtocolRun, TaskResult
-from pefs.selection import run_kshot_search, search_space
+from pefs.records import Accuracy, DatasetInfo, Machine, ProtocolRun, RunRecord, TaskResult
+from pefs.selection import Selector, search_space
 from pefs.stats import mean_ci95
 
 __all__ = ["RunDiverged", "build_model", "finish", "resolve", "tune", "write_record"]
@@ -98,30 +99,37 @@ def tune(cfg: TuneConfig) -> dict[str, Any]:
     check_classes(len(dataset.classes), dataset.name)
     check_splits_disjoint(dataset)
     requested, cfg = cfg, resolve(cfg, dataset)
-    space = search_space(cfg)  # a bad search spec fails here, before any weights load
-    if space.axes:
-        run, runner, diverged, found = run_kshot_search(cfg, dataset, space)
-        extra = {**memory.figures(), **found}
-    else:
-        check_sampling(cfg, dataset)  # sampling errors before any weight loads
-        runner = TaskRunner(cfg, cfg.ways if cfg.protocol == "episodic" else len(dataset.classes))
+    n_classes = cfg.ways if cfg.protocol == "episodic" else len(dataset.classes)
+    selector = selection(cfg, n_classes)  # a bad search spec fails here, before any weights load
+    if selector is not None:
+        selector.runners.describe = lambda r: describe_model(r.model, r.cfg, dataset)
+    check_sampling(cfg, dataset, selector is not None)  # sampling errors before any weight loads
+    runner = TaskRunner(cfg, n_classes) if selector is None else None
+    if runner is not None:
         describe_model(runner.model, cfg, dataset)
-        run, diverged = run_protocol(cfg, dataset, runner, _after_each_task(cfg, runner))
-        extra = {**memory.figures(), **runner.cache_figures(), **(final_summary(dataset, run) if cfg.final else {})}
+    run, diverged = run_protocol(cfg, dataset, runner, _after_each_task(cfg, runner), selector)
+    runner = selector.runner if selector is not None else runner
+    extra = {**memory.figures(), **(runner.cache_figures() if selector is None else {}),
+             **({"selection": selector.summary} if selector is not None else {}),
+             **(final_summary(dataset, run) if cfg.final else {})}
     record = finish(cfg, dataset, run, runner, requested, extra)
     if diverged is not None:
         raise RunDiverged(diverged, record)
     return record
 
 
-def _after_each_task(cfg: TuneConfig, runner: TaskRunner) -> Callable[[Task, TaskResult], None] | None:
-    """What follows each task: the final fit saves its model directory; K-shot seeds save theirs with
-    ``--save-adapter``."""
-    if cfg.final:
-        return save_final(cfg, runner)
-    if cfg.save_adapter and cfg.protocol == "kshot":
-        return lambda task, result: runner.model.save(Path(cfg.save_adapter) / f"seed{task.seed}")
-    return None
+def selection(cfg: TuneConfig, n_classes: int) -> Selector | None:
+    """What chooses each task's setting on validation data: ``--strategy auto``, ``--search``, or nothing."""
+    if cfg.strategy == "auto":
+        return AutoSelector(cfg, n_classes)
+    space = search_space(cfg)
+    return Selector(cfg, n_classes, space) if space.axes else None
+
+
+def _after_each_task(cfg: TuneConfig, runner: TaskRunner | None) -> Callable[[Task, TaskResult], None] | None:
+    """What follows each task: the final fit saves its model directory (K-shot seeds' ``--save-adapter`` is
+    :func:`pefs.protocols.run_protocol`'s)."""
+    return save_final(cfg, runner) if cfg.final and runner is not None else None
 
 
 def finish(cfg: TuneConfig, dataset: Dataset, run: ProtocolRun, runner: TaskRunner | None,
@@ -134,30 +142,22 @@ def finish(cfg: TuneConfig, dataset: Dataset, run: ProtocolRun, runner: TaskRunn
     ci = ci if len(accs) > 1 else None  # one seed (episode) has no interval; 0.0 would claim no uncertainty
     params = runner.param_report() if runner is not None else None
     prints = run_fingerprints(cfg.data, cfg.checkpoint)
-    record = {
-        "pefs_record": 2, "config": (requested or cfg).to_dict(), "resolved": cfg.to_dict(),
-        "config_hash": cfg.hash(), "schema": SCHEMA_VERSION, "protocol": cfg.protocol,
-        "model": cfg.model, "strategy": cfg.strategy, "head": cfg.head, "shots": cfg.shots, "ways": cfg.ways,
-        "dataset": {"name": dataset.name, "classes": len(dataset.classes), "licence": dataset.licence,
-                    "source": dataset.source},
-        "backbone": model.backbone.describe() if model is not None else None,
-        "accuracy_mean": mean, "accuracy_ci95": ci, "accuracies": accs, "runs": [r.to_dict() for r in run.runs],
-        "params": params, "time_s": run.seconds(), "wall_s": run.wall_s,
-        "seconds_per_task": run.wall_s / len(run.runs) if run.runs else None,
-        "status": run.status, "error": run.error, "failed_task": run.failed_task,
-        "cached": runner is not None and runner.level > 0, "frozen_level": runner.level if runner is not None else None,
-        "peak_memory_mb": engine.peak_memory_mb(), "machine": {"python": platform.python_version(),
-                                                              "torch": torch.__version__,
-                                                              "cuda": torch.cuda.is_available(),
-                                                              "threads": torch.get_num_threads(),
-                                                              # what inference_precision="auto" became here
-                                                              "inference_precision": cfg.train.inference_precision},
-        "fingerprints": prints, "key": run_key(cfg, prints),
-        "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S"),
-        **(extra or {}),
-    }
-    record["path"] = str(write_record(record, cfg.output))
-    return record
+    extra = dict(extra or {})
+    peak = extra.pop("peak_memory_mb", None)  # the run's own peak (RunMemory), else the process's
+    peak = engine.peak_memory_mb() if peak is None else peak
+    rec = RunRecord(
+        config=(requested or cfg).to_dict(), resolved=cfg.to_dict(), config_hash=cfg.hash(), schema=SCHEMA_VERSION,
+        protocol=cfg.protocol, model=cfg.model, strategy=cfg.strategy, head=cfg.head, shots=cfg.shots, ways=cfg.ways,
+        dataset=DatasetInfo(dataset.name, len(dataset.classes), dataset.licence, dataset.source),
+        backbone=model.backbone.describe() if model is not None else None, accuracy=Accuracy(mean, ci, accs),
+        run=run, params=params, cached=runner is not None and runner.level > 0,
+        frozen_level=runner.level if runner is not None else None, peak_memory_mb=peak,
+        machine=Machine(platform.python_version(), torch.__version__, torch.cuda.is_available(),
+                        torch.get_num_threads(), cfg.train.inference_precision),  # what "auto" precision became
+        fingerprints=prints, key=run_key(cfg, prints), finished_at=time.strftime("%Y-%m-%dT%H:%M:%S"),
+        extra=extra)
+    rec.path = str(write_record(rec.to_dict(), cfg.output))
+    return rec.to_dict()
 
 
 def write_record(record: dict[str, Any], output: str | Path) -> Path:

@@ -48,5 +48,74 @@ def test_bad_search_fails_before_any_training(image_folder, tmp_path):
         tune(search_cfg(image_folder, tmp_path, search={"lr": "abc"}))
     with pytest.raises(PefsError, match=r"val_per_class=3 needs 5 train images per class"):
         tune(search_cfg(image_folder, tmp_path, val_per_class=3))
-    with pytest.raises(PefsError, match="--search runs on K-shot transfer"):
-        tune(search_cfg(image_folder, tmp_path, ways=2, seeds=(0,)))
+    with pytest.raises(PefsError, match="--final trains on every labelled image, leaving none to validate"):
+        tune(search_cfg(image_folder, tmp_path, final=True, save_adapter=str(tmp_path / "m"), seeds=(0,)))
+
+
+def episode_cfg(image_folder, tmp_path, **kw) -> TuneConfig:
+    return search_cfg(image_folder, tmp_path, **{"ways": 2, "shots": 2, "queries": 2, "episodes": 2, "seeds": (0,),
+                                                 "search": {"lr": "1e-3,1e-1"}, **kw})
+
+
+def test_episode_search_validates_on_held_out_support_never_on_queries(image_folder, tmp_path):
+    rec = tune(episode_cfg(image_folder, tmp_path))
+    assert rec["protocol"] == "episodic" and rec["status"] == "ok" and len(rec["runs"]) == 2
+    assert rec["selection"]["on"] == "held-out support" and rec["selection"]["val_per_class"] == 1
+    for run in rec["runs"]:
+        assert [r["setting"] for r in run["search"]] == [{"lr": 1e-3}, {"lr": 1e-1}]
+        assert run["val_images"] == 2 and run["support"] == 4 and run["query"] == 4  # retrained on all 2 shots
+        assert run["chosen"] in ({"lr": 1e-3}, {"lr": 1e-1})
+        assert len(run["val_names"]) == 2
+    again = tune(episode_cfg(image_folder, tmp_path))
+    assert [r["chosen"] for r in again["runs"]] == [r["chosen"] for r in rec["runs"]]
+    assert [[r["val_accuracy"] for r in run["search"]] for run in again["runs"]] == \
+        [[r["val_accuracy"] for r in run["search"]] for run in rec["runs"]]
+    assert again["accuracies"] == rec["accuracies"] and [r["val_names"] for r in again["runs"]] == \
+        [r["val_names"] for r in rec["runs"]]
+
+
+def test_held_out_support_is_disjoint_from_the_episode_queries(image_folder, tmp_path):
+    from pefs.data import load_dataset
+    from pefs.protocols import tasks
+    from pefs.search import parse_search
+    from pefs.selection import Selector
+
+    cfg = episode_cfg(image_folder, tmp_path, episodes=3)
+    selector = Selector(cfg, 2, parse_search(["lr=1e-3"], {}, "linear"))
+    picked = []
+    selector.runners.get = lambda c: picked.append(c) or _Scorer()  # score without training
+    for task in tasks(cfg, load_dataset(cfg.data), validate=True):
+        _, info = selector(task)
+        held = set(info["val_names"])
+        assert len(held) == 2 and held <= set(task.support.names) and not held & set(task.query.names)
+
+
+class _Scorer:
+    """A runner stand-in that records the images it was asked to train on and score."""
+
+    def run(self, support, query, seed):
+        from types import SimpleNamespace
+        assert not set(support.names) & set(query.names)  # the held-out images never train the scored setting
+        return SimpleNamespace(accuracy=0.5)
+
+
+def test_one_shot_episodes_run_the_default_setting_and_say_so(image_folder, tmp_path):
+    rec = tune(episode_cfg(image_folder, tmp_path, shots=1, search={"lr": "1e-3,1e-1"}))
+    assert rec["selection"]["on"] == "default (1-shot: no held-out support)"
+    assert rec["selection"]["val_per_class"] == 0
+    for run in rec["runs"]:
+        assert run["chosen"] == {} and run["search"] == [] and run["val_images"] == 0
+        assert "val_names" not in run
+    plain = tune(search_cfg(image_folder, tmp_path, ways=2, shots=1, queries=2, episodes=2, seeds=(0,), search={}))
+    assert plain["accuracies"] == rec["accuracies"]  # the TrainConfig default lr, not the first searched value
+
+
+def test_search_saves_each_seeds_chosen_model(image_folder, tmp_path):
+    import json
+
+    rec = tune(search_cfg(image_folder, tmp_path, save_adapter=str(tmp_path / "models"),
+                          search={"strategy": "linear,bias"}))
+    for run in rec["runs"]:
+        saved = json.loads((tmp_path / "models" / f"seed{run['seed']}" / "pefs_config.json").read_text())
+        assert saved["spec"] == run["chosen"]["strategy"] == saved["tune_config"]["strategy"]
+        assert saved["class_names"] == ["cat", "dog", "fox"]  # the run's data describes each chosen model
