@@ -31,6 +31,11 @@ class Group:
     pretrained: str | None = None
     wall_s: list[float] = field(default_factory=list)
     failed: list[str] = field(default_factory=list)
+    #: seed -> accuracy, for rows of one task each (K-shot seeds): what paired differences pair on
+    by_seed: dict[int, float] = field(default_factory=dict)
+    #: settings chosen on validation (``--search`` / ``--strategy auto``), one per task, and the search seconds
+    chosen: list[dict[str, Any]] = field(default_factory=list)
+    search_s: list[float] = field(default_factory=list)
 
     @property
     def n(self) -> int:
@@ -115,11 +120,45 @@ def aggregate(rows: list[dict[str, Any]]) -> list[Group]:
             g.backbone_params = params.get("backbone_params") or bb.get("params")
         g.pretrained = bb.get("pretrained") or g.pretrained
         if r["status"] == "ok":
-            g.accuracies += [float(a) for a in rec.get("accuracies") or []]
+            accs = [float(a) for a in rec.get("accuracies") or []]
+            g.accuracies += accs
             g.wall_s.append(float(rec.get("wall_s") or 0.0))
+            if len(accs) == 1 and not cell.get("ways"):
+                g.by_seed[int(cell.get("seed", 0))] = accs[0]
+            for run in rec.get("runs") or []:
+                if run.get("chosen") is not None:
+                    g.chosen.append(run["chosen"])
+                    g.search_s.append(float(run.get("search_s") or 0.0))
         else:
             g.failed.append(f"seed {cell.get('seed')}: {r.get('error') or 'failed'}")
     return sorted(groups.values(), key=lambda g: (g.setting, g.strategy, g.model, g.shots))
+
+
+def fmt_chosen(g: Group) -> str:
+    """The settings chosen on validation over a cell's tasks, most common first: ``lr=0.001 (7/10), lr=0.01 (3/10)``."""
+    def one(setting: dict[str, Any]) -> str:
+        return ", ".join(f"{k}={v:g}" if isinstance(v, float) else f"{k}={v}" for k, v in sorted(setting.items()))
+
+    counts: dict[str, int] = defaultdict(int)
+    for c in g.chosen:
+        counts[one(c)] += 1
+    return "; ".join(f"{printable(k) or 'defaults'} ({n}/{len(g.chosen)})"
+                     for k, n in sorted(counts.items(), key=lambda kv: -kv[1]))
+
+
+def paired(groups: list[Group], baseline: str) -> list[tuple[Group, Group, list[float]]]:
+    """(group, its baseline group, per-seed differences in points) for every group of another strategy that
+    shares seeds with the ``baseline`` strategy's group of the same setting, model and shots."""
+    base = {(g.setting, g.model, g.shots): g for g in groups if g.strategy == baseline}
+    out = []
+    for g in groups:
+        b = base.get((g.setting, g.model, g.shots))
+        if g.strategy == baseline or b is None:
+            continue
+        seeds = sorted(set(g.by_seed) & set(b.by_seed))
+        if seeds:
+            out.append((g, b, [100 * (g.by_seed[s] - b.by_seed[s]) for s in seeds]))
+    return out
 
 
 def fmt_cell(g: Group | None, n_expected: int) -> str:

@@ -1,5 +1,6 @@
-"""PNG plots of a report (matplotlib, Agg backend): accuracy vs shots, accuracy vs trainable parameters, and a
-shots × trainable-parameters heatmap of accuracy. One set of files per protocol setting in the store."""
+"""PNG plots of a report (matplotlib, Agg backend): accuracy vs shots, accuracy vs trainable parameters, a
+shots × trainable-parameters heatmap of accuracy and the same as 3-D bars. One set of files per protocol setting
+in the store."""
 
 from __future__ import annotations
 
@@ -176,4 +177,45 @@ def write_plots(groups: list[Group], out: Path) -> list[Path]:
         if any(g.trainable for g in _ok(gs)):
             files.append(accuracy_vs_params(gs, out / f"accuracy_vs_params{suffix}.png", setting))
         files.append(shots_params_heatmap(gs, out / f"shots_params_heatmap{suffix}.png", setting))
+        if len({g.shots for g in _ok(gs)}) > 1:
+            files.append(shots_params_accuracy_3d(gs, out / f"shots_params_accuracy_3d{suffix}.png", setting))
     return files
+
+
+def bars_3d_data(groups: list[Group]) -> tuple[list[int], list[str], list[tuple[int, int, float]]]:
+    """What the 3-D plot draws: the shots, the (strategy · model (trainable params)) rows fewest parameters first,
+    and one (shots index, row index, mean accuracy %) bar per finished cell."""
+    gs = _ok(groups)
+    shots = sorted({g.shots for g in gs})
+    first = {(g.strategy, g.model): g for g in gs}
+    rows = sorted(first, key=lambda r: (first[r].trainable or 0, first[r].backbone_params or 0, r))
+    labels = [f"{s} · {m} ({fmt_count(first[s, m].trainable)})" for s, m in rows]
+    bars = [(shots.index(g.shots), rows.index((g.strategy, g.model)), g.mean_ci()[0]) for g in gs]
+    return shots, labels, sorted(bars)
+
+
+def shots_params_accuracy_3d(groups: list[Group], path: Path, title: str) -> Path:
+    """Shots × trainable parameters × accuracy as 3-D bars: one row of bars per (strategy, model), rows ordered
+    by trainable parameters (fewest in front), colour = strategy."""
+    plt = _pyplot()
+    shots, labels, bars = bars_3d_data(groups)
+    strategies = sorted({label.split(" · ")[0] for label in labels})
+    colours = plt.get_cmap("tab10")
+    fig = plt.figure(figsize=(9.5, 7.5))
+    ax = fig.add_subplot(projection="3d")
+    lo = min(z for _, _, z in bars)
+    floor = max(0.0, 5 * (lo // 5) - 5)  # bars start a little below the lowest accuracy, so differences show
+    for i, j, z in bars:
+        colour = colours(strategies.index(labels[j].split(" · ")[0]) % 10)
+        ax.bar3d(i - 0.3, j - 0.3, floor, 0.6, 0.6, z - floor, color=colour, alpha=0.85, shade=True)
+    ax.set_xticks(range(len(shots)), [str(k) for k in shots])
+    ax.set_yticks(range(len(labels)), labels, fontsize=7)
+    ax.set_zlim(floor, 100 if max(z for _, _, z in bars) > 95 else max(z for _, _, z in bars) + 5)
+    ax.set_xlabel("shots per class (K)")
+    ax.set_zlabel("accuracy (%), mean")
+    ax.set_title(f"Shots × trainable parameters × accuracy{_random_note(_ok(groups))}\n{title}\n"
+                 "(rows: strategy · model (trainable params), fewest in front)", fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path

@@ -15,8 +15,20 @@ from pathlib import Path
 from typing import TextIO
 
 from pefs import store as results
-from pefs.aggregate import Group, aggregate, best, current_rows, fmt_cell, fmt_count, printable, setting_of  # noqa: F401
+from pefs.aggregate import (  # noqa: F401
+    Group,
+    aggregate,
+    best,
+    current_rows,
+    fmt_cell,
+    fmt_chosen,
+    fmt_count,
+    paired,
+    printable,
+    setting_of,
+)
 from pefs.errors import PefsError
+from pefs.stats import mean_ci95_t
 
 FORMATS = ("md", "csv", "png")
 
@@ -42,8 +54,40 @@ def weights_note(groups: list[Group]) -> str:
     return "Backbone weights: " + ", ".join(WEIGHT_SOURCES.get(s.split(":")[0], s) for s in sources) + "."
 
 
-def markdown(groups: list[Group], store: str, counts: dict[str, int]) -> str:
-    """The whole report as Markdown: per setting, one model × shots table per strategy, then the best one."""
+def _chosen_table(gs: list[Group]) -> list[str]:
+    """What validation chose per model and shots (cells run with ``--search`` or ``--strategy auto``)."""
+    if not gs:
+        return []
+    lines = ["Chosen on validation (per task; the test split took no part):", "",
+             "| model | shots | chosen | search s per task |", "|---|---:|---|---:|"]
+    for g in sorted(gs, key=lambda g: (g.model, g.shots)):
+        lines.append(f"| {g.model} | {g.shots} | {fmt_chosen(g)} | {sum(g.search_s) / len(g.search_s):.1f} |")
+    return [*lines, ""]
+
+
+def _paired_table(gs: list[Group], baseline: str) -> list[str]:
+    """Each strategy minus ``baseline`` on the same seeds, mean ± t-based 95% CI, and whether it differs."""
+    pairs = paired(gs, baseline)
+    if not pairs:
+        return []
+    lines = [f"### Paired differences against {baseline}", "",
+             f"Accuracy of the strategy minus `{baseline}`'s on the same seed (same K shots), in points; 95% CI "
+             "t(n−1)·sd/√n over the paired seeds (few seeds: the normal 1.96 would be too narrow).", "",
+             "| strategy | model | shots | Δ points | seeds | differs? |", "|---|---|---:|---:|---:|---|"]
+    for g, _, diffs in sorted(pairs, key=lambda p: (p[0].strategy, p[0].model, p[0].shots)):
+        mean, ci = mean_ci95_t(diffs)
+        if ci is None:
+            cell, verdict = f"{mean:+.1f}", "one seed, no CI"
+        else:
+            cell = f"{mean:+.1f} ± {ci:.1f}"
+            verdict = "better" if mean - ci > 0 else "worse" if mean + ci < 0 else "no (CI covers 0)"
+        lines.append(f"| {g.strategy} | {g.model} | {g.shots} | {cell} | {len(diffs)} | {verdict} |")
+    return [*lines, ""]
+
+
+def markdown(groups: list[Group], store: str, counts: dict[str, int], baseline: str = "linear") -> str:
+    """The whole report as Markdown: per setting, one model × shots table per strategy (and what validation
+    chose, where it chose), the best one, and paired differences against ``baseline``."""
     lines = ["# pefs sweep report", "",
              f"Store `{store}`: {counts['ok']} finished cells, {counts['failed']} failed. "
              f"Generated {time.strftime('%Y-%m-%d %H:%M')}.", ""]
@@ -70,6 +114,7 @@ def markdown(groups: list[Group], store: str, counts: dict[str, int]) -> str:
                 lines.append(f"| {_model_name(m, known)} | {fmt_count(_backbone(gs, m))} | {tp} | "
                              + " | ".join(fmt_cell(g, n_expected) for g in row) + " |")
             lines.append("")
+            lines += _chosen_table([g for g in gs if g.strategy == strategy and g.chosen])
         top = best(gs)
         lines += ["### Best strategy per model and shots", "", "| model | " + " | ".join(f"{k}-shot" for k in shots)
                   + " |", "|---|" + "---|" * len(shots)]
@@ -79,6 +124,7 @@ def markdown(groups: list[Group], store: str, counts: dict[str, int]) -> str:
                 f"{g.strategy}{'*' if close_call(g, gs) else ''}: {fmt_cell(g, n_expected)}" if g else "–"
                 for g in cells) + " |")
         lines += ["", "\\* the 95% CIs of this and another strategy overlap: not a clear win.", ""]
+        lines += _paired_table(gs, baseline)
     failed = [(g, f) for g in groups for f in g.failed]
     if failed:
         lines += ["## Failed cells", "", "| setting | model | strategy | shots | error |", "|---|---|---|---:|---|"]
@@ -101,16 +147,19 @@ CSV_COLUMNS = ("setting", "model", "backbone_params", "pretrained", "strategy", 
 
 
 def write_csv(groups: list[Group], path: Path) -> Path:
-    """One row per group (long format): every number in the Markdown tables, unrounded."""
+    """One row per group (long format): every number in the Markdown tables, unrounded; with the chosen
+    settings and search seconds when some cell ran a search."""
     top = {id(g) for g in best(groups).values()}
+    searched = any(g.chosen for g in groups)
     with atomic_write(path, newline="") as f:
         w = csv.writer(f)
-        w.writerow(CSV_COLUMNS)
+        w.writerow(CSV_COLUMNS + (("chosen", "mean_search_s") if searched else ()))
         for g in groups:
             mean, ci = g.mean_ci()
+            extra = [fmt_chosen(g), sum(g.search_s) / len(g.search_s) if g.search_s else None] if searched else []
             w.writerow([g.setting, g.model, g.backbone_params, g.pretrained, g.strategy, g.shots,
                         " ".join(map(str, g.seeds)), len(g.failed), mean, ci, g.trainable, g.percent,
-                        sum(g.wall_s) / len(g.wall_s) if g.wall_s else None, id(g) in top])
+                        sum(g.wall_s) / len(g.wall_s) if g.wall_s else None, id(g) in top, *extra])
     return path
 
 
@@ -141,9 +190,10 @@ def parse_formats(text: str | list[str] | tuple[str, ...]) -> tuple[str, ...]:
     return tuple(items)
 
 
-def build_report(store: str | Path, out: str | Path, formats: tuple[str, ...] = FORMATS) -> tuple[list[Path],
-                                                                                                   list[str]]:
-    """Read ``store`` (all shards), write the requested formats under ``out``; returns (files, problems)."""
+def build_report(store: str | Path, out: str | Path, formats: tuple[str, ...] = FORMATS,
+                 baseline: str = "linear") -> tuple[list[Path], list[str]]:
+    """Read ``store`` (all shards), write the requested formats under ``out``; returns (files, problems).
+    Strategies are paired against ``baseline`` where both ran the same seeds."""
     store = results.check_store_path(store)
     contents = results.load(store)
     if not contents.files:
@@ -164,7 +214,7 @@ def build_report(store: str | Path, out: str | Path, formats: tuple[str, ...] = 
     if "md" in formats:
         files.append(out / "report.md")
         with atomic_write(files[-1]) as f:
-            f.write(markdown(groups, str(store), counts))
+            f.write(markdown(groups, str(store), counts, baseline))
     if "csv" in formats:
         files.append(write_csv(groups, out / "results.csv"))
     if "png" in formats:

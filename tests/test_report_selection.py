@@ -1,0 +1,71 @@
+"""`pefs report` on stores with selection: the chosen values per cell, paired differences against the linear
+probe (t-based CIs), the CSV's extra columns, and the shots × trainable parameters × accuracy 3-D plot."""
+
+from __future__ import annotations
+
+import csv
+
+import pytest
+
+from pefs.aggregate import aggregate, paired
+from pefs.plots import bars_3d_data, shots_params_accuracy_3d
+from pefs.report import markdown, write_csv
+from pefs.stats import mean_ci95_t
+
+
+def _row(strategy: str, shots: int, seed: int, acc: float, trainable: int, chosen: dict | None = None) -> dict:
+    search = {"lr": "1e-3,1e-2"} if chosen else {}
+    run = {"seed": seed, "accuracy": acc, **({"chosen": chosen, "search_s": 2.0} if chosen else {})}
+    return {"hash": f"{strategy}-{shots}-{seed}", "status": "ok",
+            "cell": {"model": "m", "strategy": strategy, "shots": shots, "seed": seed,
+                     "config": {"search": search, "train": {}}},
+            "record": {"accuracies": [acc], "runs": [run], "wall_s": 1.0,
+                       "params": {"trainable": trainable, "percent_of_backbone": 1.0, "backbone_params": 1000}}}
+
+
+@pytest.fixture
+def rows():
+    base = {1: [0.50, 0.52, 0.48], 5: [0.70, 0.71, 0.69]}
+    out = [_row("linear", k, s, a, 10) for k, accs in base.items() for s, a in enumerate(accs)]
+    # lora: +5 points on every seed at 5 shots (differs), +/-2 at 1 shot (does not)
+    out += [_row("lora", 1, s, a + d, 500, {"lr": lr}) for s, (a, d, lr) in
+            enumerate(zip(base[1], (0.02, -0.02, 0.0), (1e-3, 1e-2, 1e-3)))]
+    out += [_row("lora", 5, s, a + 0.05 + 0.001 * s, 500, {"lr": 1e-2}) for s, a in enumerate(base[5])]
+    return out
+
+
+def test_paired_differences_pair_seeds_and_use_t_intervals(rows):
+    pairs = {(g.strategy, g.shots): d for g, _, d in paired(aggregate(rows), "linear")}
+    assert set(pairs) == {("lora", 1), ("lora", 5)}
+    assert pairs["lora", 5] == pytest.approx([5.0, 5.1, 5.2])
+    mean, ci = mean_ci95_t(pairs["lora", 5])
+    assert mean == pytest.approx(5.1) and ci == pytest.approx(4.303 * 0.1 / 3 ** 0.5, rel=1e-3)
+    assert mean_ci95_t([1.0]) == (1.0, None)
+
+
+def test_report_shows_chosen_values_and_which_strategies_differ(rows):
+    text = markdown(aggregate(rows), "store.jsonl", {"ok": len(rows), "failed": 0})
+    assert "| m | 1 | lr=0.001 (2/3); lr=0.01 (1/3) | 2.0 |" in text
+    assert "| m | 5 | lr=0.01 (3/3) | 2.0 |" in text
+    assert "| lora | m | 5 | +5.1 ± 0.2 | 3 | better |" in text
+    assert "| lora | m | 1 | +0.0 ± 5.0 | 3 | no (CI covers 0) |" in text
+
+
+def test_csv_gets_chosen_columns_only_when_a_cell_searched(rows, tmp_path):
+    with open(write_csv(aggregate(rows), tmp_path / "a.csv")) as f:
+        table = list(csv.DictReader(f))
+    lora5 = next(r for r in table if r["strategy"] == "lora" and r["shots"] == "5")
+    assert lora5["chosen"] == "lr=0.01 (3/3)" and float(lora5["mean_search_s"]) == 2.0
+    plain = [r for r in rows if r["cell"]["strategy"] == "linear"]
+    with open(write_csv(aggregate(plain), tmp_path / "b.csv")) as f:
+        assert "chosen" not in next(csv.reader(f))
+
+
+def test_3d_plot_draws_every_cell(rows, tmp_path):
+    groups = aggregate(rows)
+    shots, labels, bars = bars_3d_data(groups)
+    assert shots == [1, 5] and labels == ["linear · m (10)", "lora · m (500)"]  # fewest trainable first
+    assert bars == [(0, 0, pytest.approx(50.0)), (0, 1, pytest.approx(50.0)),
+                    (1, 0, pytest.approx(70.0)), (1, 1, pytest.approx(75.1))]
+    path = shots_params_accuracy_3d(groups, tmp_path / "p.png", "setting")
+    assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and path.stat().st_size > 20_000
