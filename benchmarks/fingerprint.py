@@ -2,6 +2,7 @@
 
     .venv/bin/python benchmarks/fingerprint.py                 # writes benchmarks/fingerprint.json and .md
     .venv/bin/python benchmarks/fingerprint.py --files 2000 --out -   # a quick look, printed
+    .venv/bin/python benchmarks/fingerprint.py --render          # re-renders fingerprint.md from fingerprint.json
 
 Builds a folder of ``--classes`` class folders holding ``--files`` small files in all (1 KiB each: the
 fingerprint stats files, it never reads them, so their size does not matter), then times ``data_fingerprint``
@@ -74,7 +75,14 @@ def main() -> None:
     p.add_argument("--classes", type=int, default=100)
     p.add_argument("--repeats", type=int, default=5)
     p.add_argument("--out", default=str(Path(__file__).with_suffix("")), help="output stem, or - to print")
+    p.add_argument("--render", action="store_true", help="measure nothing: write OUT.md from the existing OUT.json")
     a = p.parse_args()
+    if a.render:
+        data = Path(a.out + ".json")
+        if a.out == "-" or not data.exists():
+            sys.exit(f"fingerprint.py: --render needs the raw data {data} (run without --render first)")
+        Path(a.out + ".md").write_text(markdown(json.loads(data.read_text())))
+        return
     r = measure(a.files, a.classes, a.repeats)
     if a.out == "-":
         print(json.dumps(r, indent=2))
