@@ -16,8 +16,10 @@ BENCH = ROOT / "benchmarks"
 #: sweep reports rendered by ``pefs report`` from a committed store: (summary page, report folder)
 SWEEP_REPORTS = {"scale_vs_shots.md": "scale_vs_shots", "strategies.md": "strategies"}
 #: summary pages whose result tables say they are ``pefs report``'s rows copied unchanged (strategies.md's own
-#: table is written by hand in another layout: only its report folder is re-rendered)
+#: table has another layout: it is rendered from the same store by a script, TABLE_REPORTS)
 COPIED = {"scale_vs_shots.md"}
+#: summary pages whose table (between the script's markers) a script renders from the page's sweep store
+TABLE_REPORTS = {"strategies.md": "strategies_table.py"}
 #: script reports: the page, and the script whose ``--render DATA`` writes its generated part from ``page.json``
 SCRIPT_REPORTS = {"speed.md": "speed.py", "memory.md": "memory.py", "episodic.md": "episodic.py"}
 #: reports whose numbers come from runs whose raw data was never committed (it lived in /tmp); they get their
@@ -109,3 +111,22 @@ def test_in_place_report_rerenders_from_its_data(page, tmp_path):
     assert r.returncode == 0, r.stderr[-2000:]
     assert _generated((copy / page).read_text()) == _generated((BENCH / page).read_text()), \
         f"benchmarks/{page} differs from its data"
+
+
+@pytest.mark.parametrize("page", sorted(TABLE_REPORTS))
+def test_summary_table_rerenders_from_its_store(page, tmp_path):
+    """The generated table of a summary page, blanked in a copy of the page, is written back identically by its
+    script from the committed store (the prose around the markers is untouched)."""
+    text = (BENCH / page).read_text()
+    begin = next(ln for ln in text.splitlines() if ln.startswith("<!-- ") and "begin (generated)" in ln)
+    end = next(ln for ln in text.splitlines() if ln.startswith("<!-- ") and ln.endswith(": end -->"))
+    assert begin in text and end in text
+    pre, rest = text.split(begin, 1)
+    copy = tmp_path / page
+    copy.write_text(f"{pre}{begin}\n{end}{rest.split(end, 1)[1]}")
+    assert "| " not in copy.read_text().split(begin, 1)[1].split(end, 1)[0]
+    r = subprocess.run([sys.executable, str(BENCH / TABLE_REPORTS[page]), "--render", "--page", str(copy),
+                        "--store", str(BENCH / SWEEP_REPORTS[page] / "results.jsonl")],
+                       cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert copy.read_text() == text, f"benchmarks/{page}'s table differs from its store"
