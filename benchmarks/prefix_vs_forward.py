@@ -85,7 +85,7 @@ def render(d: dict[str, Any]) -> str:
     med = {c: statistics.median(r[c] for r in d["seconds"]) for c in cols}
     m = d["machine"]
     lines = [f"Command: `{d['command']}` at commit `{d['git_commit']}` "
-             "(raw data: `benchmarks/prefix_vs_forward.json`); "
+             "(raw data: its `--json` file, by default `benchmarks/prefix_vs_forward.json`); "
              f"Python {m['python']}, torch {m['torch']}, {m['cpus']} CPUs, load average (1/5/15 min) "
              f"{'/'.join(f'{x:.2f}' for x in d['load_start'])} at the start, "
              f"{'/'.join(f'{x:.2f}' for x in d['load_end'])} at the end.", "",

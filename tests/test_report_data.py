@@ -130,3 +130,37 @@ def test_summary_table_rerenders_from_its_store(page, tmp_path):
                        cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stderr[-2000:]
     assert copy.read_text() == text, f"benchmarks/{page}'s table differs from its store"
+
+
+def _run(args: list[str], cwd: Path = ROOT) -> None:
+    env = {**__import__("os").environ, "PYTHONPATH": str(ROOT), "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
+    r = subprocess.run([sys.executable, *args], cwd=cwd, capture_output=True, text=True, timeout=300, env=env)
+    assert r.returncode == 0, r.stderr[-2000:]
+
+
+def test_prefix_vs_forward_section_rerenders_from_its_data(tmp_path):
+    """A short prefix_vs_forward.py run writes its JSON and its section of a copy of speed.md, between the markers
+    only; --render of that JSON writes the same page again, and the page names the commit."""
+    page, data = tmp_path / "speed.md", tmp_path / "pvf.json"
+    original = (BENCH / "speed.md").read_text()
+    page.write_text(original)
+    _run([str(BENCH / "prefix_vs_forward.py"), "--episodes", "1", "--json", str(data), "--page", str(page)])
+    written = page.read_text()
+    begin, end = "<!-- prefix_vs_forward.py: begin (generated) -->", "<!-- prefix_vs_forward.py: end -->"
+    assert written.split(begin)[0] == original.split(begin)[0] and written.split(end)[1] == original.split(end)[1]
+    assert "| median |" in written and "at commit `" in written and data.exists()
+    page.write_text(original)
+    _run([str(BENCH / "prefix_vs_forward.py"), "--render", "--json", str(data), "--page", str(page)])
+    assert page.read_text() == written
+
+
+def test_episodic_short_run_rerenders_from_its_data(tmp_path):
+    """A 2-episode episodic.py run writes its page and JSON; --render of the JSON writes the same page."""
+    out = tmp_path / "episodic.md"
+    _run([str(BENCH / "episodic.py"), "--episodes", "2", "--shots", "1", "--only", "prototype", "--records",
+          str(tmp_path / "records"), "--out", str(out)])
+    md = out.read_text()
+    assert "| 5-way 1-shot | prototype (ProtoNet) |" in md and "at commit `" in md
+    again = tmp_path / "again.md"
+    _run([str(BENCH / "episodic.py"), "--render", str(tmp_path / "episodic.json"), "--out", str(again)])
+    assert again.read_text() == md
