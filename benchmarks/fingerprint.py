@@ -26,6 +26,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from pefs.fingerprint import data_fingerprint  # noqa: E402
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from provenance import git_commit  # noqa: E402
+
 
 def build(root: Path, files: int, classes: int) -> None:
     blob = b"x" * 1024
@@ -51,13 +54,14 @@ def measure(files: int, classes: int, repeats: int) -> dict:
             "median_s": statistics.median(times), "max_s": max(times), "fingerprints_equal": len(prints) == 1,
             "machine": {"python": platform.python_version(), "cpus": os.cpu_count(),
                         "load_average_1min_after": os.getloadavg()[0]},
-            "command": " ".join(["benchmarks/fingerprint.py", *sys.argv[1:]])}
+            "command": " ".join(["benchmarks/fingerprint.py", *sys.argv[1:]]), "git_commit": git_commit()}
 
 
 def markdown(r: dict) -> str:
     return "\n".join([
         "# Data fingerprint time (sweep cell keys)", "",
-        f"`python {r['command']}` (raw numbers: `benchmarks/fingerprint.json`).", "",
+        f"`python {r['command']}` at commit `{r.get('git_commit', 'not recorded')}` "
+        "(raw numbers: `benchmarks/fingerprint.json`).", "",
         f"A folder of {r['files']:,} files in {r['classes']} class folders; `pefs.fingerprint.data_fingerprint` "
         "stats every file (relative path, size, modification time) and hashes the sorted list; it reads no file.",
         "", "| files | median s | max s | repeats | same fingerprint each time |", "|---:|---:|---:|---:|---|",
