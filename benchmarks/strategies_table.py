@@ -27,7 +27,15 @@ def load(store: Path) -> list[dict[str, Any]]:
     bad = [r.get("hash") for r in rows if r.get("status") != "ok"]
     if bad:
         sys.exit(f"strategies_table.py: {len(bad)} rows of {store} did not finish (status != ok): {bad[:5]}")
-    return [r["record"] for r in rows]
+    records = [r["record"] for r in rows]
+    seen: dict[tuple[str, int, int], str] = {}
+    for rec in records:
+        key = (_label(rec), rec["shots"], rec["runs"][0]["seed"])
+        if key in seen:  # e.g. a rerun on new defaults appended beside the old rows: averaging them would mix both
+            sys.exit(f"strategies_table.py: {store} holds {key} twice (config hashes {seen[key]} and "
+                     f"{rec['config_hash']}): keep one run per strategy, shots and seed (move the old store aside)")
+        seen[key] = rec["config_hash"]
+    return records
 
 
 def _label(rec: dict[str, Any]) -> str:

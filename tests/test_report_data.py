@@ -164,3 +164,14 @@ def test_episodic_short_run_rerenders_from_its_data(tmp_path):
     again = tmp_path / "again.md"
     _run([str(BENCH / "episodic.py"), "--render", str(tmp_path / "episodic.json"), "--out", str(again)])
     assert again.read_text() == md
+
+
+def test_summary_table_refuses_a_store_with_a_cell_twice(tmp_path):
+    """A rerun appended beside the old rows would be averaged with them: the table script refuses instead."""
+    store = BENCH / "strategies" / "results.jsonl"
+    lines = store.read_text().splitlines()
+    dup = tmp_path / "results.jsonl"
+    dup.write_text("\n".join([*lines, lines[0]]) + "\n")
+    r = subprocess.run([sys.executable, str(BENCH / "strategies_table.py"), "--store", str(dup)], cwd=ROOT,
+                       capture_output=True, text=True, timeout=120)
+    assert r.returncode != 0 and "twice" in r.stderr and "| linear |" not in r.stdout
