@@ -85,7 +85,9 @@ def render(data: dict[str, Any]) -> str:
                      f"{100 * rec['accuracy_ci95']:.2f} | {rec['seconds_per_task']:.3f} | {rec['wall_s']:.1f} |")
     m = data["machine"]
     return "\n".join(lines) + (f"\n\nPython {m['python']}, torch {m['torch']}, {m['threads']} threads, "
-                               f"{m['cpus']} CPUs; load average {data['load']} at the start.\n")
+                               f"{m['cpus']} CPUs; load average {data['load']} at the start, "
+                               f"{data.get('load_end', 'not recorded')} at the end.\n\n"
+                               f"Command: `{data['command']}` at commit `{data.get('git_commit', 'not recorded')}`.\n")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -116,7 +118,11 @@ def main(argv: list[str] | None = None) -> int:
     command = " ".join(shlex.quote(x) for x in [".venv/bin/python", "benchmarks/episodic.py",
                                                   *(sys.argv[1:] if argv is None else argv)])
     load = "/".join(f"{x:.2f}" for x in os.getloadavg())
-    data: dict[str, Any] = {"command": command, "settings": vars(args), "load": load, "rows": []}
+    sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+    from provenance import git_commit
+
+    data: dict[str, Any] = {"command": command, "git_commit": git_commit(), "settings": vars(args),
+                            "load": load, "rows": []}
     for row in rows({1: e1, 5: e5}):
         if args.only and row.label.split(" ")[0] not in args.only.split(","):
             continue
@@ -142,8 +148,10 @@ def _write(md: str, out: str) -> int:
     if out == "-":
         print(md)
     else:
-        with open(out, "w") as f:
-            f.write(md)
+        sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+        from provenance import write_report
+
+        write_report(out, md, "episodic.py")
     return 0
 
 

@@ -2,6 +2,7 @@
 
     .venv/bin/python benchmarks/fingerprint.py                 # writes benchmarks/fingerprint.json and .md
     .venv/bin/python benchmarks/fingerprint.py --files 2000 --out -   # a quick look, printed
+    .venv/bin/python benchmarks/fingerprint.py --render          # re-renders fingerprint.md from fingerprint.json
 
 Builds a folder of ``--classes`` class folders holding ``--files`` small files in all (1 KiB each: the
 fingerprint stats files, it never reads them, so their size does not matter), then times ``data_fingerprint``
@@ -24,6 +25,9 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from pefs.fingerprint import data_fingerprint  # noqa: E402
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from provenance import git_commit  # noqa: E402
 
 
 def build(root: Path, files: int, classes: int) -> None:
@@ -50,13 +54,14 @@ def measure(files: int, classes: int, repeats: int) -> dict:
             "median_s": statistics.median(times), "max_s": max(times), "fingerprints_equal": len(prints) == 1,
             "machine": {"python": platform.python_version(), "cpus": os.cpu_count(),
                         "load_average_1min_after": os.getloadavg()[0]},
-            "command": " ".join(["benchmarks/fingerprint.py", *sys.argv[1:]])}
+            "command": " ".join(["benchmarks/fingerprint.py", *sys.argv[1:]]), "git_commit": git_commit()}
 
 
 def markdown(r: dict) -> str:
     return "\n".join([
         "# Data fingerprint time (sweep cell keys)", "",
-        f"`python {r['command']}` (raw numbers: `benchmarks/fingerprint.json`).", "",
+        f"`python {r['command']}` at commit `{r.get('git_commit', 'not recorded')}` "
+        "(raw numbers: `benchmarks/fingerprint.json`).", "",
         f"A folder of {r['files']:,} files in {r['classes']} class folders; `pefs.fingerprint.data_fingerprint` "
         "stats every file (relative path, size, modification time) and hashes the sorted list; it reads no file.",
         "", "| files | median s | max s | repeats | same fingerprint each time |", "|---:|---:|---:|---:|---|",
@@ -74,7 +79,14 @@ def main() -> None:
     p.add_argument("--classes", type=int, default=100)
     p.add_argument("--repeats", type=int, default=5)
     p.add_argument("--out", default=str(Path(__file__).with_suffix("")), help="output stem, or - to print")
+    p.add_argument("--render", action="store_true", help="measure nothing: write OUT.md from the existing OUT.json")
     a = p.parse_args()
+    if a.render:
+        data = Path(a.out + ".json")
+        if a.out == "-" or not data.exists():
+            sys.exit(f"fingerprint.py: --render needs the raw data {data} (run without --render first)")
+        Path(a.out + ".md").write_text(markdown(json.loads(data.read_text())))
+        return
     r = measure(a.files, a.classes, a.repeats)
     if a.out == "-":
         print(json.dumps(r, indent=2))

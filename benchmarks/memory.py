@@ -103,7 +103,8 @@ def run_one(ctx, model: str, spec: str, batch: int, img_size: int, steps: int) -
 def render(r: dict[str, Any]) -> str:
     s = r["settings"]
     lines = ["## Peak training memory vs full fine-tuning (same batch)", "",
-             f"- command: `{r['command']}`", f"- batch {s['batch_size']}, {s['steps']} training step(s) through "
+             f"- command: `{r['command']}` at commit `{r.get('git_commit', 'not recorded')}`",
+             f"- batch {s['batch_size']}, {s['steps']} training step(s) through "
              f"`pefs.engine.fit`; load average {r['load']} at the start",
              f"- peak MB: {r['memory']}; RSS MB: the process's peak RSS growth over the first fit", "",
              "| model | px | params | strategy | trainable | peak MB | ÷ full | ≤ 0.5× | RSS MB | RSS ÷ full | "
@@ -141,11 +142,14 @@ def machine() -> dict[str, Any]:
 
 def main(argv: list[str] | None = None) -> int:
     a = parse_args(argv)
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    from provenance import write_report
+
     if a.render:
         md = render(json.loads(a.render.read_text()))
         print(md, end="")
         if a.markdown:
-            a.markdown.write_text(md)
+            write_report(a.markdown, md, "memory.py")
         return 0
     if a.markdown and not a.json:
         a.json = a.markdown.with_suffix(".json")
@@ -171,12 +175,15 @@ def main(argv: list[str] | None = None) -> int:
     memory = ("torch.cuda.max_memory_allocated growth over the fit" if torch.cuda.is_available() else
               "the most live tensor memory during a fit (benchmarks/live_memory.py; weights that existed before "
               "are not counted), the CPU analogue of torch.cuda.max_memory_allocated")
-    r = {"command": command, "settings": s, "results": results, "memory": memory, "load": load,
+    from provenance import git_commit
+
+    r = {"command": command, "git_commit": git_commit(), "settings": s, "results": results, "memory": memory,
+         "load": load,
          "load_end": "/".join(f"{x:.2f}" for x in os.getloadavg()), "machine": machine()}
     md = render(r)
     print(md)
     if a.markdown:
-        a.markdown.write_text(md)
+        write_report(a.markdown, md, "memory.py")
     if a.json:
         a.json.write_text(json.dumps(r, indent=1))
     return 1 if any("error" in m for rows in results.values() for m in rows.values()) else 0

@@ -7,28 +7,42 @@ prototype heads) costs more than a hand-written ``inference_mode`` + autocast lo
 channels-last, bf16 where the CPU has it natively. Per episode (5-way 5-shot, 15 queries, 100 images): the bare
 loop twice (cold, then warm) and pefs once, interleaved.
 
-    .venv/bin/python benchmarks/prefix_vs_forward.py [--episodes 6]
+    .venv/bin/python benchmarks/prefix_vs_forward.py [--episodes 6]   # measures: prefix_vs_forward.json + speed.md
+    .venv/bin/python benchmarks/prefix_vs_forward.py --render        # re-renders speed.md's section from the JSON
+
+The raw data (machine, versions, commit, command, load, every episode's times) goes to ``--json``; the section of
+``--page`` between this script's markers is rendered from it alone.
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
+import json
+import os
+import platform
 import statistics
+import sys
 import time
+from pathlib import Path
+from typing import Any
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+BEGIN, END = "<!-- prefix_vs_forward.py: begin (generated) -->", "<!-- prefix_vs_forward.py: end -->"
 
 
-def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--episodes", type=int, default=6)
-    a = p.parse_args()
+def measure(episodes_n: int) -> dict[str, Any]:
+    """Time the bare loop (cold, warm) and pefs' engine.outputs per episode; every sample is returned."""
     import torch
+    from provenance import git_commit
 
     from pefs import engine
     from pefs.config import TuneConfig
     from pefs.data import episodes, load_default
     from pefs.fewshot import TaskRunner
 
+    load_start = list(os.getloadavg())
     torch.manual_seed(0)
     cfg = TuneConfig(model="efficientnet_lite0.offline", strategy="linear", head="prototype", img_size=128,
                      train=engine.TrainConfig(progress=False))
@@ -43,10 +57,8 @@ def main() -> None:
             for i in range(0, len(x), 16):
                 net.forward_head(net.forward_features(x[i:i + 16]), pre_logits=True)
 
-    print(f"precision of no-grad passes: {precision}; torch threads {torch.get_num_threads()}")
-    print("| episode | bare loop, cold (s) | bare loop, warm (s) | pefs engine.outputs (s) |\n|---|---|---|---|")
     rows = []
-    for k, e in enumerate(episodes(load_default().train, 5, 5, 15, a.episodes, seed=0)):
+    for e in episodes(load_default().train, 5, 5, 15, episodes_n, seed=0):
         x = torch.cat([torch.stack([runner.transform(s.image(i)) for i in range(len(s))])
                        for s in (e.support, e.query)])
         times = []
@@ -58,10 +70,60 @@ def main() -> None:
                 engine.outputs(runner.model, x, cfg.train, 0, runner.level)
             times.append(time.perf_counter() - t0)
         rows.append(times)
-        print(f"| {k} | {times[0]:.3f} | {times[1]:.3f} | {times[2]:.3f} |")
-    med = [statistics.median(r[i] for r in rows) for i in range(3)]
-    print(f"| median | {med[0]:.3f} | {med[1]:.3f} | {med[2]:.3f} |")
-    print(f"\npefs ÷ bare (warm), median over episodes: {med[2] / med[1]:.2f}×")
+        print(f"[prefix_vs_forward] episode {len(rows) - 1}: {times}", file=sys.stderr, flush=True)
+    return {"command": " ".join([".venv/bin/python", "benchmarks/prefix_vs_forward.py", *sys.argv[1:]]),
+            "git_commit": git_commit(), "precision": precision, "threads": torch.get_num_threads(),
+            "machine": {"python": platform.python_version(), "torch": torch.__version__, "cpus": os.cpu_count(),
+                        "platform": platform.platform()},
+            "load_start": load_start, "load_end": list(os.getloadavg()), "episodes": episodes_n,
+            "seconds": [{"bare_cold": r[0], "bare_warm": r[1], "pefs": r[2]} for r in rows]}
+
+
+def render(d: dict[str, Any]) -> str:
+    """The section's Markdown, from the JSON data alone."""
+    cols = ("bare_cold", "bare_warm", "pefs")
+    med = {c: statistics.median(r[c] for r in d["seconds"]) for c in cols}
+    m = d["machine"]
+    lines = [f"Command: `{d['command']}` at commit `{d['git_commit']}` "
+             "(raw data: its `--json` file, by default `benchmarks/prefix_vs_forward.json`); "
+             f"Python {m['python']}, torch {m['torch']}, {m['cpus']} CPUs, load average (1/5/15 min) "
+             f"{'/'.join(f'{x:.2f}' for x in d['load_start'])} at the start, "
+             f"{'/'.join(f'{x:.2f}' for x in d['load_end'])} at the end.", "",
+             f"precision of no-grad passes: {d['precision']}; torch threads {d['threads']}", "",
+             "| episode | bare loop, cold (s) | bare loop, warm (s) | pefs engine.outputs (s) |", "|---|---|---|---|"]
+    lines += [f"| {k} | {r['bare_cold']:.3f} | {r['bare_warm']:.3f} | {r['pefs']:.3f} |"
+              for k, r in enumerate(d["seconds"])]
+    lines += [f"| median | {med['bare_cold']:.3f} | {med['bare_warm']:.3f} | {med['pefs']:.3f} |", "",
+              f"pefs ÷ bare (warm), median over episodes: {med['pefs'] / med['bare_warm']:.2f}×"]
+    return "\n".join(lines)
+
+
+def render_into(page: Path, body: str) -> None:
+    """Replace the part of ``page`` between this script's markers with ``body``."""
+    text = page.read_text()
+    if BEGIN not in text or END not in text:
+        sys.exit(f"prefix_vs_forward.py: {page} lacks the markers {BEGIN!r} ... {END!r}")
+    pre, rest = text.split(BEGIN, 1)
+    page.write_text(f"{pre}{BEGIN}\n{body}\n{END}{rest.split(END, 1)[1]}")
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--episodes", type=int, default=6)
+    p.add_argument("--json", type=Path, default=HERE / "prefix_vs_forward.json", help="the raw data")
+    p.add_argument("--page", type=Path, default=HERE / "speed.md", help="the page whose section is rendered")
+    p.add_argument("--render", action="store_true", help="measure nothing: render --page's section from --json")
+    a = p.parse_args()
+    if a.render:
+        if not a.json.exists():
+            sys.exit(f"prefix_vs_forward.py: --render needs the raw data {a.json} (run without --render first)")
+        data = json.loads(a.json.read_text())
+    else:
+        data = measure(a.episodes)
+        a.json.write_text(json.dumps(data, indent=1) + "\n")
+    body = render(data)
+    print(body)
+    render_into(a.page, body)
 
 
 if __name__ == "__main__":

@@ -48,6 +48,7 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # the sibling modules, also when loaded by path (tests)
+from provenance import git_commit, write_report  # noqa: E402
 from speed_probes import worker_main  # noqa: E402
 from speed_report import COLUMNS, _load, render, targets  # noqa: E402,F401  (COLUMNS: for the tests)
 
@@ -351,7 +352,7 @@ def main(argv: list[str] | None = None) -> int:
         md = render(json.loads(args.from_json.read_text()))
         print(md)
         if args.markdown:
-            args.markdown.write_text(md)
+            write_report(args.markdown, md, "speed.py")
         return 0
     if args.markdown and not args.json:
         args.json = args.markdown.with_suffix(".json")
@@ -364,7 +365,8 @@ def main(argv: list[str] | None = None) -> int:
     ctx.set_forkserver_preload(PRELOAD)
     command = " ".join(shlex.quote(a) for a in [".venv/bin/python", "benchmarks/speed.py",
                                                   *(sys.argv[1:] if argv is None else argv)])
-    result: dict[str, Any] = {"command": command, "settings": s, "load_start": list(os.getloadavg()),
+    result: dict[str, Any] = {"command": command, "git_commit": git_commit(), "settings": s,
+                              "load_start": list(os.getloadavg()),
                               "rows": [], "bf16": []}
     with tempfile.TemporaryDirectory(prefix="pefs-speed-") as tmp:
         s["checkpoint"] = str(Path(tmp) / "backbone.pth")
@@ -429,7 +431,7 @@ def main(argv: list[str] | None = None) -> int:
     md = render(result)
     print(md)
     if args.markdown:
-        args.markdown.write_text(md)
+        write_report(args.markdown, md, "speed.py")
     if args.json:
         args.json.write_text(json.dumps(result, indent=1, default=str))
     disagree = [f"{row['name']} ({p})" for row in result["rows"] for p in ("episode", "kshot", "stream")

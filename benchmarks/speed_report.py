@@ -32,7 +32,7 @@ def render(r: dict[str, Any]) -> str:
         f"accelerate {info['versions']['accelerate']}",
         f"- load average (1/5/15 min): {_load(r['load_start'])} at the start, {_load(r['load_end'])} at the end; "
         f"wall time {r['wall_s']:.0f} s",
-        f"- command: `{r['command']}`",
+        f"- command: `{r['command']}` at commit `{r.get('git_commit', 'not recorded')}`",
         f"- model {s['model']} at {s['img_size']} px; episode = {s['ways']}-way {s['shots']}-shot, {s['queries']} "
         f"queries per class ({ep_images} images), median of {s['episodes']}; K-shot run = {s['kshot_shots']} "
         f"per class over all classes, the full test split as queries ({s['kshot_runs']} run(s)); epochs per "

@@ -38,3 +38,9 @@ def test_tiny_memory_run_reports_every_strategy(tmp_path):
         cells = f"| {spec} | {rows[spec]['trainable']:,} | {peak[spec]:.0f} | {ratio:.2f}× | "
         assert cells + ("yes" if ratio <= 0.5 else "no") + " |" in md, (spec, md)
     assert f"| full | {rows['full']['trainable']:,} | {peak['full']:.0f} | – | – |" in md
+    # the report is a function of the data alone: --render of the written JSON writes the same page
+    again = tmp_path / "again.md"
+    proc = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "memory.py"), "--render", str(out_json),
+                           "--markdown", str(again)], cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert again.read_text() == md

@@ -16,8 +16,10 @@ BENCH = ROOT / "benchmarks"
 #: sweep reports rendered by ``pefs report`` from a committed store: (summary page, report folder)
 SWEEP_REPORTS = {"scale_vs_shots.md": "scale_vs_shots", "strategies.md": "strategies"}
 #: summary pages whose result tables say they are ``pefs report``'s rows copied unchanged (strategies.md's own
-#: table is written by hand in another layout: only its report folder is re-rendered)
+#: table has another layout: it is rendered from the same store by a script, TABLE_REPORTS)
 COPIED = {"scale_vs_shots.md"}
+#: summary pages whose table (between the script's markers) a script renders from the page's sweep store
+TABLE_REPORTS = {"strategies.md": "strategies_table.py"}
 #: script reports: the page, and the script whose ``--render DATA`` writes its generated part from ``page.json``
 SCRIPT_REPORTS = {"speed.md": "speed.py", "memory.md": "memory.py", "episodic.md": "episodic.py"}
 #: reports whose numbers come from runs whose raw data was never committed (it lived in /tmp); they get their
@@ -28,9 +30,10 @@ IN_PLACE_REPORTS = {"scale.md": ("scale.py", "--render"),
                     "transformers_vit.md": ("transformers_vit.py", "--render-only"),
                     "linear_probe.md": ("linear_probe.py", "--render"),
                     "masked_views.md": ("masked_views.py", "--render"),
-                    "sweep_store.md": ("sweep_store.py", "--render")}
+                    "sweep_store.md": ("sweep_store.py", "--render"),
+                    "fingerprint.md": ("fingerprint.py", "--render")}
 #: reports with committed data whose script has no render-only mode yet (it renders as it measures)
-NO_RENDER_MODE = {"fingerprint.md"}
+NO_RENDER_MODE: set[str] = set()
 
 
 def _generated(text: str) -> str:
@@ -108,3 +111,67 @@ def test_in_place_report_rerenders_from_its_data(page, tmp_path):
     assert r.returncode == 0, r.stderr[-2000:]
     assert _generated((copy / page).read_text()) == _generated((BENCH / page).read_text()), \
         f"benchmarks/{page} differs from its data"
+
+
+@pytest.mark.parametrize("page", sorted(TABLE_REPORTS))
+def test_summary_table_rerenders_from_its_store(page, tmp_path):
+    """The generated table of a summary page, blanked in a copy of the page, is written back identically by its
+    script from the committed store (the prose around the markers is untouched)."""
+    text = (BENCH / page).read_text()
+    begin = next(ln for ln in text.splitlines() if ln.startswith("<!-- ") and "begin (generated)" in ln)
+    end = next(ln for ln in text.splitlines() if ln.startswith("<!-- ") and ln.endswith(": end -->"))
+    assert begin in text and end in text
+    pre, rest = text.split(begin, 1)
+    copy = tmp_path / page
+    copy.write_text(f"{pre}{begin}\n{end}{rest.split(end, 1)[1]}")
+    assert "| " not in copy.read_text().split(begin, 1)[1].split(end, 1)[0]
+    r = subprocess.run([sys.executable, str(BENCH / TABLE_REPORTS[page]), "--render", "--page", str(copy),
+                        "--store", str(BENCH / SWEEP_REPORTS[page] / "results.jsonl")],
+                       cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert copy.read_text() == text, f"benchmarks/{page}'s table differs from its store"
+
+
+def _run(args: list[str], cwd: Path = ROOT) -> None:
+    env = {**__import__("os").environ, "PYTHONPATH": str(ROOT), "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
+    r = subprocess.run([sys.executable, *args], cwd=cwd, capture_output=True, text=True, timeout=300, env=env)
+    assert r.returncode == 0, r.stderr[-2000:]
+
+
+def test_prefix_vs_forward_section_rerenders_from_its_data(tmp_path):
+    """A short prefix_vs_forward.py run writes its JSON and its section of a copy of speed.md, between the markers
+    only; --render of that JSON writes the same page again, and the page names the commit."""
+    page, data = tmp_path / "speed.md", tmp_path / "pvf.json"
+    original = (BENCH / "speed.md").read_text()
+    page.write_text(original)
+    _run([str(BENCH / "prefix_vs_forward.py"), "--episodes", "1", "--json", str(data), "--page", str(page)])
+    written = page.read_text()
+    begin, end = "<!-- prefix_vs_forward.py: begin (generated) -->", "<!-- prefix_vs_forward.py: end -->"
+    assert written.split(begin)[0] == original.split(begin)[0] and written.split(end)[1] == original.split(end)[1]
+    assert "| median |" in written and "at commit `" in written and data.exists()
+    page.write_text(original)
+    _run([str(BENCH / "prefix_vs_forward.py"), "--render", "--json", str(data), "--page", str(page)])
+    assert page.read_text() == written
+
+
+def test_episodic_short_run_rerenders_from_its_data(tmp_path):
+    """A 2-episode episodic.py run writes its page and JSON; --render of the JSON writes the same page."""
+    out = tmp_path / "episodic.md"
+    _run([str(BENCH / "episodic.py"), "--episodes", "2", "--shots", "1", "--only", "prototype", "--records",
+          str(tmp_path / "records"), "--out", str(out)])
+    md = out.read_text()
+    assert "| 5-way 1-shot | prototype (ProtoNet) |" in md and "at commit `" in md
+    again = tmp_path / "again.md"
+    _run([str(BENCH / "episodic.py"), "--render", str(tmp_path / "episodic.json"), "--out", str(again)])
+    assert again.read_text() == md
+
+
+def test_summary_table_refuses_a_store_with_a_cell_twice(tmp_path):
+    """A rerun appended beside the old rows would be averaged with them: the table script refuses instead."""
+    store = BENCH / "strategies" / "results.jsonl"
+    lines = store.read_text().splitlines()
+    dup = tmp_path / "results.jsonl"
+    dup.write_text("\n".join([*lines, lines[0]]) + "\n")
+    r = subprocess.run([sys.executable, str(BENCH / "strategies_table.py"), "--store", str(dup)], cwd=ROOT,
+                       capture_output=True, text=True, timeout=120)
+    assert r.returncode != 0 and "twice" in r.stderr and "| linear |" not in r.stdout

@@ -83,6 +83,12 @@ def test_tiny_run_reports_every_column(tmp_path):
     assert result["load_start"] and result["load_end"]
     if not result["info"]["cuda"]:
         assert "Skipped: torch.cuda.is_available() is False" in md and "ran on the GPU" not in md
+    # the report is a function of the data alone: --render of the written JSON writes the same page
+    again = tmp_path / "again.md"
+    proc = subprocess.run([sys.executable, str(SCRIPT), "--render", str(out_json), "--markdown", str(again)],
+                          cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert again.read_text() == md
 
 
 def test_agreement_is_judged_on_predictions_and_a_real_disagreement_fails():
