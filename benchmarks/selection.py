@@ -30,7 +30,7 @@ DATA = HERE / "selection.json"
 PAGE = HERE / "selection.md"
 SCALE_STORE = HERE / "selection_scale" / "results.jsonl"
 #: the recipes, in the order they run (None: recipes/offline-selection.yaml)
-RECIPES = ("defaults", "logistic", "probe", None, "steps", "scale-probe", "scale")
+RECIPES = ("defaults", "logistic", "probe", None, "scale-probe", "scale")
 BASELINE = "linear"  # the paired baseline: the linear probe with its head learning rate selected
 
 
@@ -135,7 +135,7 @@ def render_scale(cells: dict) -> list[str]:
     shots = sorted({k[3] for k in cells})
     lines = ["", "## Scale × shots with selection: LoRA against the linear probe", "",
              "EfficientNet-Lite0/1/2 (3.4M / 4.1M / 4.8M backbone parameters), the same protocol at 64 px, seeds "
-             "0-4; LoRA's `lr` and the probe's `head_lr` both chosen on validation. Full `pefs report` of this "
+             "0-2; LoRA's `lr` and the probe's `head_lr` both chosen on validation. Full `pefs report` of this "
              "store (with the shots × trainable parameters × accuracy 3-D plot): "
              "[selection_scale/report.md](selection_scale/report.md).", "",
              "| model | shots | linear probe (%) | LoRA (%) | LoRA − linear (points) | verdict | LoRA chose |",
