@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import os
 import platform
 import statistics
@@ -32,14 +31,6 @@ SCALE_STORE = HERE / "selection_scale" / "results.jsonl"
 #: the recipes, in the order they run (None: recipes/offline-selection.yaml)
 RECIPES = ("defaults", "logistic", "probe", None, "scale-probe", "scale")
 BASELINE = "linear"  # the paired baseline: the linear probe with its head learning rate selected
-
-
-def t975(df: int) -> float:
-    """The 97.5% quantile of Student's t with ``df`` degrees of freedom (the paired CIs use it: 10 seeds is too few
-    for the normal 1.96)."""
-    from scipy.stats import t
-
-    return float(t.ppf(0.975, df))
 
 
 def label(row: dict) -> str:
@@ -73,10 +64,10 @@ def acc(row: dict) -> float:
 
 
 def mean_t_ci(values: list[float]) -> tuple[float, float | None]:
-    """Mean and t-based 95% half-width (None for one value)."""
-    if len(values) < 2:
-        return statistics.fmean(values), None
-    return statistics.fmean(values), t975(len(values) - 1) * statistics.stdev(values) / math.sqrt(len(values))
+    """Mean and t-based 95% half-width (None for one value): :func:`pefs.stats.mean_ci95_t`."""
+    from pefs.stats import mean_ci95_t
+
+    return mean_ci95_t(values)
 
 
 def fmt(mean: float, ci: float | None, n: int, sign: bool = False) -> str:
@@ -170,7 +161,7 @@ def render(cells: dict, meta: dict, scale: dict | None = None) -> str:
              f"Data: `benchmarks/selection/results.jsonl` (every cell's record: chosen values, the whole search "
              f"table, timings) and `benchmarks/selection.json`. Produced by commit `{meta.get('commit', '?')}` on "
              f"{meta.get('machine', '?')}; load average {meta.get('load', '?')} at the start (accuracies do not "
-             "depend on load; seconds do).", "",
+             "depend on load; seconds do). " + meta.get("note", ""), "",
              "Reproduce: `.venv/bin/python benchmarks/selection.py` (runs "
              + ", ".join(f"`pefs sweep --recipe {r} -q`" for r in meta.get("recipes", [])) + ", resuming); "
              "`--render` re-renders this page from the data.", ""]
