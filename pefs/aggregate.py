@@ -36,6 +36,8 @@ class Group:
     #: settings chosen on validation (``--search`` / ``--strategy auto``), one per task, and the search seconds
     chosen: list[dict[str, Any]] = field(default_factory=list)
     search_s: list[float] = field(default_factory=list)
+    #: each searching task's whole search table (setting, validation accuracy, seconds, status)
+    searches: list[list[dict[str, Any]]] = field(default_factory=list)
 
     @property
     def n(self) -> int:
@@ -129,36 +131,62 @@ def aggregate(rows: list[dict[str, Any]]) -> list[Group]:
                 if run.get("chosen") is not None:
                     g.chosen.append(run["chosen"])
                     g.search_s.append(float(run.get("search_s") or 0.0))
+                    g.searches.append(list(run.get("search") or []))
         else:
             g.failed.append(f"seed {cell.get('seed')}: {r.get('error') or 'failed'}")
     return sorted(groups.values(), key=lambda g: (g.setting, g.strategy, g.model, g.shots))
 
 
+def fmt_setting(setting: dict[str, Any]) -> str:
+    """One searched setting as ``k=v`` pairs in key order (floats as ``%g``; empty for the defaults)."""
+    return ", ".join(f"{k}={v:g}" if isinstance(v, float) else f"{k}={v}" for k, v in sorted(setting.items()))
+
+
 def fmt_chosen(g: Group) -> str:
     """The settings chosen on validation over a cell's tasks, most common first: ``lr=0.001 (7/10), lr=0.01 (3/10)``."""
-    def one(setting: dict[str, Any]) -> str:
-        return ", ".join(f"{k}={v:g}" if isinstance(v, float) else f"{k}={v}" for k, v in sorted(setting.items()))
-
     counts: dict[str, int] = defaultdict(int)
     for c in g.chosen:
-        counts[one(c)] += 1
+        counts[fmt_setting(c)] += 1
     return "; ".join(f"{printable(k) or 'defaults'} ({n}/{len(g.chosen)})"
                      for k, n in sorted(counts.items(), key=lambda kv: -kv[1]))
 
 
 def paired(groups: list[Group], baseline: str) -> list[tuple[Group, Group, list[float]]]:
-    """(group, its baseline group, per-seed differences in points) for every group of another strategy that
-    shares seeds with the ``baseline`` strategy's group of the same setting, model and shots."""
+    """(group, its baseline group, per-seed differences in points) for every group of another strategy whose
+    finished seeds are exactly those of the ``baseline`` strategy's group of the same setting, model and shots."""
     base = {(g.setting, g.model, g.shots): g for g in groups if g.strategy == baseline}
     out = []
     for g in groups:
         b = base.get((g.setting, g.model, g.shots))
-        if g.strategy == baseline or b is None:
+        if g.strategy == baseline or b is None or not g.by_seed or set(g.by_seed) != set(b.by_seed):
             continue
-        seeds = sorted(set(g.by_seed) & set(b.by_seed))
-        if seeds:
-            out.append((g, b, [100 * (g.by_seed[s] - b.by_seed[s]) for s in seeds]))
+        out.append((g, b, [100 * (g.by_seed[s] - b.by_seed[s]) for s in sorted(g.by_seed)]))
     return out
+
+
+def unpaired(groups: list[Group], baseline: str) -> list[tuple[Group, str]]:
+    """The groups of other strategies that :func:`paired` leaves out, each with the reason (no baseline cell,
+    other seeds, no per-seed accuracies); settings without any ``baseline`` group are not listed."""
+    base = {(g.setting, g.model, g.shots): g for g in groups if g.strategy == baseline}
+    with_base = {g.setting for g in base.values()}
+    out = []
+    for g in groups:
+        if g.strategy == baseline or g.setting not in with_base:
+            continue
+        b = base.get((g.setting, g.model, g.shots))
+        if b is None:
+            out.append((g, f"no {baseline} cell for this model and shots"))
+        elif not g.accuracies or not b.accuracies:
+            out.append((g, f"every seed of {'this cell' if not g.accuracies else baseline} failed"))
+        elif not g.by_seed or not b.by_seed:
+            out.append((g, "no per-seed accuracies to pair (episodic cells pool their episodes)"))
+        elif set(g.by_seed) != set(b.by_seed):
+            out.append((g, f"finished seeds {_seeds(g.by_seed)}, {baseline}'s {_seeds(b.by_seed)}"))
+    return out
+
+
+def _seeds(by_seed: dict[int, float]) -> str:
+    return ",".join(map(str, sorted(by_seed)))
 
 
 def fmt_cell(g: Group | None, n_expected: int) -> str:

@@ -10,6 +10,7 @@ import threading
 from collections.abc import Callable, Sequence
 
 from pefs.errors import PefsError
+from pefs.report_cli import cmd_report
 
 EPILOG = "Runs offline by default: model efficientnet_lite0.offline, data fashion-mnist-small (both embedded)."
 
@@ -249,19 +250,6 @@ def cmd_sweep(a: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_report(a: argparse.Namespace) -> int:
-    from pathlib import Path
-
-    from pefs.report import build_report, parse_formats
-
-    out = a.out or str(Path(a.store).parent / "report")
-    files, problems = build_report(a.store, out, parse_formats(a.format))
-    for message in problems:
-        print(f"pefs report: warning: {message}", file=sys.stderr)
-    print("\n".join(str(f) for f in files))
-    return 0
-
-
 def cmd_predict(a: argparse.Namespace) -> int:
     from pefs.predict import predict_command
 
@@ -311,7 +299,7 @@ def _add_use_parsers(sub: argparse._SubParsersAction) -> None:
 
 
 def _add_sweep_parsers(sub: argparse._SubParsersAction) -> None:
-    from pefs.report import FORMATS
+    from pefs.report_cli import add_report_parser
     from pefs.sweep import DEFAULT_STORE
 
     s = sub.add_parser("sweep", conflict_handler="resolve", epilog=EPILOG,
@@ -333,13 +321,7 @@ def _add_sweep_parsers(sub: argparse._SubParsersAction) -> None:
     s.add_argument("--dry-run", action="store_true", help="list the cells and which are already stored; run none")
     s.add_argument("--quiet", "-q", action="store_true", help="no progress bars")
     s.set_defaults(**{act.dest: None for act in s._actions if act.dest != "help"})
-    r = sub.add_parser("report", help="tables (Markdown, CSV) and plots (PNG) from a results store",
-                       description="Aggregate seeds (mean ± 95% CI), one model x shots table per strategy, the "
-                       "best strategy per model and shots, and plots of accuracy vs shots and trainable parameters.")
-    r.add_argument("--store", default=DEFAULT_STORE, help=f"results store to read, with its shards (default "
-                   f"{DEFAULT_STORE})")
-    r.add_argument("--out", help="folder for the report (default: report/ beside the store)")
-    r.add_argument("--format", default=",".join(FORMATS), help=f"comma list of {', '.join(FORMATS)} (default all)")
+    add_report_parser(sub)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -11,6 +11,8 @@ from typing import TYPE_CHECKING
 from pefs.aggregate import fmt_count
 
 if TYPE_CHECKING:
+    from matplotlib.figure import Figure
+
     from pefs.aggregate import Group
 
 MARKERS = "osD^vP*Xh<>"
@@ -164,21 +166,30 @@ def shots_params_heatmap(groups: list[Group], path: Path, title: str) -> Path:
     return path
 
 
-def write_plots(groups: list[Group], out: Path) -> list[Path]:
-    """All three plots per setting; file names carry a setting suffix only when the store holds several."""
+def plot_names(groups: list[Group]) -> dict[str, list[str]]:
+    """Per setting, the PNG files :func:`write_plots` writes for it (the report links them): the setting is a
+    file-name suffix only when the store holds several; the 3-D plot only where a setting has several shots."""
     settings = sorted({g.setting for g in groups})
-    files = []
+    names: dict[str, list[str]] = {}
     for setting in settings:
-        gs = [g for g in groups if g.setting == setting]
-        if not _ok(gs):
+        gs = _ok([g for g in groups if g.setting == setting])
+        if not gs:
             continue
         suffix = "" if len(settings) == 1 else "-" + re.sub(r"[^a-z0-9]+", "-", setting.lower()).strip("-")
-        files.append(accuracy_vs_shots(gs, out / f"accuracy_vs_shots{suffix}.png", setting))
-        if any(g.trainable for g in _ok(gs)):
-            files.append(accuracy_vs_params(gs, out / f"accuracy_vs_params{suffix}.png", setting))
-        files.append(shots_params_heatmap(gs, out / f"shots_params_heatmap{suffix}.png", setting))
-        if len({g.shots for g in _ok(gs)}) > 1:
-            files.append(shots_params_accuracy_3d(gs, out / f"shots_params_accuracy_3d{suffix}.png", setting))
+        kinds = ["accuracy_vs_shots", *(["accuracy_vs_params"] if any(g.trainable for g in gs) else []),
+                 "shots_params_heatmap", *(["shots_params_accuracy_3d"] if len({g.shots for g in gs}) > 1 else [])]
+        names[setting] = [f"{kind}{suffix}.png" for kind in kinds]
+    return names
+
+
+def write_plots(groups: list[Group], out: Path) -> list[Path]:
+    """Every plot of :func:`plot_names`, per setting."""
+    draw = {"accuracy_vs_shots": accuracy_vs_shots, "accuracy_vs_params": accuracy_vs_params,
+            "shots_params_heatmap": shots_params_heatmap, "shots_params_accuracy_3d": shots_params_accuracy_3d}
+    files = []
+    for setting, names in plot_names(groups).items():
+        gs = [g for g in groups if g.setting == setting]
+        files += [draw[re.match(r"[a-z0-9_]+", name).group()](gs, out / name, setting) for name in names]
     return files
 
 
@@ -195,19 +206,32 @@ def bars_3d_data(groups: list[Group]) -> tuple[list[int], list[str], list[tuple[
 
 
 def shots_params_accuracy_3d(groups: list[Group], path: Path, title: str) -> Path:
-    """Shots × trainable parameters × accuracy as 3-D bars: one row of bars per (strategy, model), rows ordered
-    by trainable parameters (fewest in front), colour = strategy."""
+    """Shots × trainable parameters × accuracy as 3-D bars, written to ``path`` (see :func:`figure_3d`)."""
+    plt = _pyplot()
+    fig = figure_3d(groups, title)
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
+def figure_3d(groups: list[Group], title: str) -> Figure:
+    """The 3-D bar figure: one row of bars per (strategy, model), rows ordered by trainable parameters (fewest
+    in front, the count in the row's tick label), colour = strategy; each bar's ``gid`` is
+    ``strategy · model (trainable) · K-shot: mean%``."""
     plt = _pyplot()
     shots, labels, bars = bars_3d_data(groups)
     strategies = sorted({label.split(" · ")[0] for label in labels})
-    colours = plt.get_cmap("tab10")
+    palette = "tab10" if len(strategies) <= 10 else "tab20"  # one colour per strategy up to 20
+    colours = plt.get_cmap(palette)
     fig = plt.figure(figsize=(9.5, 7.5))
     ax = fig.add_subplot(projection="3d")
+    ax.view_init(elev=22, azim=-130)  # the row labels (strategy · model) on the open side, not behind the bars
     lo = min(z for _, _, z in bars)
     floor = max(0.0, 5 * (lo // 5) - 5)  # bars start a little below the lowest accuracy, so differences show
     for i, j, z in bars:
-        colour = colours(strategies.index(labels[j].split(" · ")[0]) % 10)
-        ax.bar3d(i - 0.3, j - 0.3, floor, 0.6, 0.6, z - floor, color=colour, alpha=0.85, shade=True)
+        colour = colours(strategies.index(labels[j].split(" · ")[0]) % colours.N)
+        ax.bar3d(i - 0.3, j - 0.3, floor, 0.6, 0.6, z - floor, color=colour, alpha=0.85, shade=True,
+                 gid=f"{labels[j]} · {shots[i]}-shot: {z:.2f}%")
     ax.set_xticks(range(len(shots)), [str(k) for k in shots])
     ax.set_yticks(range(len(labels)), labels, fontsize=7)
     ax.set_zlim(floor, 100 if max(z for _, _, z in bars) > 95 else max(z for _, _, z in bars) + 5)
@@ -216,6 +240,4 @@ def shots_params_accuracy_3d(groups: list[Group], path: Path, title: str) -> Pat
     ax.set_title(f"Shots × trainable parameters × accuracy{_random_note(_ok(groups))}\n{title}\n"
                  "(rows: strategy · model (trainable params), fewest in front)", fontsize=9)
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
+    return fig

@@ -28,7 +28,8 @@ from pefs.aggregate import (  # noqa: F401
     setting_of,
 )
 from pefs.errors import PefsError
-from pefs.stats import mean_ci95_t
+from pefs.plots import plot_names
+from pefs.report_selection import chosen_table, paired_table, resolve_baseline, search_sections, write_search_csv
 
 FORMATS = ("md", "csv", "png")
 
@@ -54,40 +55,12 @@ def weights_note(groups: list[Group]) -> str:
     return "Backbone weights: " + ", ".join(WEIGHT_SOURCES.get(s.split(":")[0], s) for s in sources) + "."
 
 
-def _chosen_table(gs: list[Group]) -> list[str]:
-    """What validation chose per model and shots (cells run with ``--search`` or ``--strategy auto``)."""
-    if not gs:
-        return []
-    lines = ["Chosen on validation (per task; the test split took no part):", "",
-             "| model | shots | chosen | search s per task |", "|---|---:|---|---:|"]
-    for g in sorted(gs, key=lambda g: (g.model, g.shots)):
-        lines.append(f"| {g.model} | {g.shots} | {fmt_chosen(g)} | {sum(g.search_s) / len(g.search_s):.1f} |")
-    return [*lines, ""]
-
-
-def _paired_table(gs: list[Group], baseline: str) -> list[str]:
-    """Each strategy minus ``baseline`` on the same seeds, mean ± t-based 95% CI, and whether it differs."""
-    pairs = paired(gs, baseline)
-    if not pairs:
-        return []
-    lines = [f"### Paired differences against {baseline}", "",
-             f"Accuracy of the strategy minus `{baseline}`'s on the same seed (same K shots), in points; 95% CI "
-             "t(n−1)·sd/√n over the paired seeds (few seeds: the normal 1.96 would be too narrow).", "",
-             "| strategy | model | shots | Δ points | seeds | differs? |", "|---|---|---:|---:|---:|---|"]
-    for g, _, diffs in sorted(pairs, key=lambda p: (p[0].strategy, p[0].model, p[0].shots)):
-        mean, ci = mean_ci95_t(diffs)
-        if ci is None:
-            cell, verdict = f"{mean:+.1f}", "one seed, no CI"
-        else:
-            cell = f"{mean:+.1f} ± {ci:.1f}"
-            verdict = "better" if mean - ci > 0 else "worse" if mean + ci < 0 else "no (CI covers 0)"
-        lines.append(f"| {g.strategy} | {g.model} | {g.shots} | {cell} | {len(diffs)} | {verdict} |")
-    return [*lines, ""]
-
-
-def markdown(groups: list[Group], store: str, counts: dict[str, int], baseline: str = "linear") -> str:
+def markdown(groups: list[Group], store: str, counts: dict[str, int], baseline: str | None = None) -> str:
     """The whole report as Markdown: per setting, one model × shots table per strategy (and what validation
-    chose, where it chose), the best one, and paired differences against ``baseline``."""
+    chose, with each searched cell's search table), the best one, paired differences against ``baseline``
+    (default ``linear`` when the store has it) and links to the plots."""
+    baseline = resolve_baseline(groups, baseline)[0]
+    plots = plot_names(groups)
     lines = ["# pefs sweep report", "",
              f"Store `{store}`: {counts['ok']} finished cells, {counts['failed']} failed. "
              f"Generated {time.strftime('%Y-%m-%d %H:%M')}.", ""]
@@ -114,7 +87,8 @@ def markdown(groups: list[Group], store: str, counts: dict[str, int], baseline: 
                 lines.append(f"| {_model_name(m, known)} | {fmt_count(_backbone(gs, m))} | {tp} | "
                              + " | ".join(fmt_cell(g, n_expected) for g in row) + " |")
             lines.append("")
-            lines += _chosen_table([g for g in gs if g.strategy == strategy and g.chosen])
+            lines += chosen_table([g for g in gs if g.strategy == strategy and g.chosen])
+            lines += search_sections([g for g in gs if g.strategy == strategy])
         top = best(gs)
         lines += ["### Best strategy per model and shots", "", "| model | " + " | ".join(f"{k}-shot" for k in shots)
                   + " |", "|---|" + "---|" * len(shots)]
@@ -124,7 +98,10 @@ def markdown(groups: list[Group], store: str, counts: dict[str, int], baseline: 
                 f"{g.strategy}{'*' if close_call(g, gs) else ''}: {fmt_cell(g, n_expected)}" if g else "–"
                 for g in cells) + " |")
         lines += ["", "\\* the 95% CIs of this and another strategy overlap: not a clear win.", ""]
-        lines += _paired_table(gs, baseline)
+        lines += paired_table(gs, baseline)
+        if plots.get(setting):
+            lines += ["Plots (PNG, written beside this file by `pefs report --format png`): "
+                      + ", ".join(f"[{name}]({name})" for name in plots[setting]), ""]
     failed = [(g, f) for g in groups for f in g.failed]
     if failed:
         lines += ["## Failed cells", "", "| setting | model | strategy | shots | error |", "|---|---|---|---:|---|"]
@@ -191,9 +168,10 @@ def parse_formats(text: str | list[str] | tuple[str, ...]) -> tuple[str, ...]:
 
 
 def build_report(store: str | Path, out: str | Path, formats: tuple[str, ...] = FORMATS,
-                 baseline: str = "linear") -> tuple[list[Path], list[str]]:
+                 baseline: str | None = None) -> tuple[list[Path], list[str]]:
     """Read ``store`` (all shards), write the requested formats under ``out``; returns (files, problems).
-    Strategies are paired against ``baseline`` where both ran the same seeds."""
+    Strategies are paired against ``baseline`` (default ``linear`` when present) where both ran the same seeds;
+    a searched store also gets ``search.csv`` (every cell's search table)."""
     store = results.check_store_path(store)
     contents = results.load(store)
     if not contents.files:
@@ -204,6 +182,8 @@ def build_report(store: str | Path, out: str | Path, formats: tuple[str, ...] = 
     problems = contents.problems + ([f"{stale} stored result(s) left out: their data or checkpoint has changed "
                                      "since, and the cell was run again on the new content"] if stale else [])
     groups = aggregate(rows)
+    baseline, warning = resolve_baseline(groups, baseline)  # a bad --baseline fails before any file is written
+    problems += [warning] if warning else []
     out = Path(out)
     try:
         out.mkdir(parents=True, exist_ok=True)
@@ -217,6 +197,8 @@ def build_report(store: str | Path, out: str | Path, formats: tuple[str, ...] = 
             f.write(markdown(groups, str(store), counts, baseline))
     if "csv" in formats:
         files.append(write_csv(groups, out / "results.csv"))
+        if any(g.searches for g in groups):
+            files.append(write_search_csv(groups, out / "search.csv", atomic_write))
     if "png" in formats:
         from pefs.plots import write_plots
 
