@@ -181,12 +181,19 @@ def unpaired(groups: list[Group], baseline: str) -> list[tuple[Group, str]]:
         elif not g.by_seed or not b.by_seed:
             out.append((g, "no per-seed accuracies to pair (episodic cells pool their episodes)"))
         elif set(g.by_seed) != set(b.by_seed):
-            out.append((g, f"finished seeds {_seeds(g.by_seed)}, {baseline}'s {_seeds(b.by_seed)}"))
+            out.append((g, f"finished seeds {_seeds(g.by_seed)}; the baseline's {_seeds(b.by_seed)}"))
     return out
 
 
 def _seeds(by_seed: dict[int, float]) -> str:
-    return ",".join(map(str, sorted(by_seed)))
+    """Seeds as ranges: ``0-4,7``."""
+    runs: list[list[int]] = []
+    for s in sorted(by_seed):
+        if runs and s == runs[-1][-1] + 1:
+            runs[-1].append(s)
+        else:
+            runs.append([s])
+    return ",".join(f"{r[0]}-{r[-1]}" if len(r) > 1 else str(r[0]) for r in runs)
 
 
 def fmt_cell(g: Group | None, n_expected: int) -> str:

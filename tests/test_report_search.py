@@ -85,7 +85,7 @@ def test_cells_with_other_seeds_are_listed_unpaired(searched, tmp_path):
     paired = md.split("### Paired differences against linear")[1]
     assert "| lora | m | 1 | +5.0 ± 0.0 | 3 | better |" in paired
     assert "| lora | m | 5 |" not in paired.split("Not paired")[0]  # seeds 0,1 against 0,1,2: not paired
-    assert "| lora | m | 5 | finished seeds 0,1, linear's 0,1,2 |" in paired.split("Not paired")[1]
+    assert "| lora | m | 5 | finished seeds 0-1; the baseline's 0-2 |" in paired.split("Not paired")[1]
 
 
 def test_baseline_flag_pairs_against_another_strategy(searched, tmp_path, capsys):
