@@ -53,11 +53,11 @@ def full_store(tmp_path):
 
 def test_tables_hold_every_cell_with_mean_and_ci(full_store, tmp_path):
     files, problems = build_report(full_store, tmp_path / "rep")
-    pngs = ["accuracy_vs_shots.png", "accuracy_vs_params.png", "shots_params_heatmap.png",
-            "shots_params_accuracy_3d.png"]
-    assert problems == [] and {f.name for f in files} == {"report.md", "results.csv", *pngs}
+    assert problems == [] and {f.name for f in files} == {"report.md", "results.csv", "accuracy_vs_shots.png",
+                                                          "accuracy_vs_params.png", "shots_params_heatmap.png",
+                                                          "shots_params_accuracy_3d.png"}
     md = (tmp_path / "rep" / "report.md").read_text()
-    assert all(f"[{name}]({name})" in md for name in pngs)  # the report links every plot written beside it
+    assert all(f"[{f.name}]({f.name})" in md for f in files if f.suffix == ".png")  # report.md links its plots
     assert "| model | backbone params | trainable params | 1-shot | 2-shot | 4-shot |" in md
     for s in TRAINABLE:
         table = md.split(f"### {s}\n")[1].split("###")[0]
@@ -87,7 +87,7 @@ def test_csv_is_long_format_with_unrounded_numbers(full_store, tmp_path):
 
 def test_plots_are_non_empty_pngs(full_store, tmp_path):
     files, _ = build_report(full_store, tmp_path / "rep", ("png",))
-    assert len(files) == 4  # 3 shot counts: the 3-D plot too
+    assert len(files) == 4  # vs shots, vs params, heatmap, 3-D bars
     for f in files:
         data = f.read_bytes()
         assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 10_000
