@@ -121,9 +121,16 @@ class LogisticHead(PrototypeHead):
         return n_classes * (features + 1), ("the logistic head fits a weight and bias per class on the pooled "
                                             "support features (L-BFGS); the backbone trains nothing")
 
+    def __init__(self) -> None:
+        #: the probe fitted on the current task's support (queries are scored batch by batch: fit once per task)
+        self._fitted: tuple[torch.Tensor, torch.Tensor, LogisticProbe] | None = None
+
     def classify(self, support: torch.Tensor, labels: torch.Tensor, query: torch.Tensor,
                  n_classes: int) -> torch.Tensor:
-        return LogisticProbe().fit(support, labels, n_classes).logits(query)
+        f = self._fitted
+        if f is None or f[0] is not support or f[1] is not labels:  # held references: identity means same task
+            self._fitted = f = (support, labels, LogisticProbe().fit(support, labels, n_classes))
+        return f[2].logits(query)
 
 
 HEADS: dict[str, type[Head]] = {h.name: h for h in (LinearHead, LinearProtoHead, PrototypeHead, PatchMatchHead,

@@ -70,6 +70,21 @@ def test_bad_inputs_are_clear_errors(kw, message):
         LogisticProbe().logits(torch.zeros(1, 3))
 
 
+def test_logistic_head_fits_once_per_support_not_per_query_batch(monkeypatch):
+    """Queries are scored batch by batch: the probe is fitted once per task's support and reused, and a new
+    support (the next task) is fitted anew; every batch's scores equal a one-shot fit's."""
+    fits = []
+    real_fit = LogisticProbe.fit
+    monkeypatch.setattr(LogisticProbe, "fit", lambda self, *a, **k: fits.append(1) or real_fit(self, *a, **k))
+    g = torch.Generator().manual_seed(0)
+    head, x, y = heads.build("logistic"), torch.randn(12, 5, generator=g), torch.arange(3).repeat(4)
+    q = torch.randn(9, 5, generator=g)
+    batches = torch.cat([head.classify(x, y, q[i:i + 3], 3) for i in range(0, 9, 3)])
+    assert len(fits) == 1 and torch.allclose(batches, LogisticProbe().fit(x, y, 3).logits(q))
+    head.classify(x.clone(), y, q, 3)
+    assert len(fits) == 3  # the reference fit above, then the new support
+
+
 def test_logistic_head_runs_in_tune_without_training_a_frozen_trunk(image_folder, tmp_path):
     assert not heads.build("logistic").trains(frozen_prefix=True)
     cfg = TuneConfig(model="vit_tiny_patch16_224", pretrained=False, img_size=32, data=str(image_folder),
