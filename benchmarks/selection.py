@@ -216,6 +216,22 @@ def render(cells: dict, meta: dict, scale: dict | None = None) -> str:
         parts.append("worse: " + (", ".join(b["worse"]) or "none") + ";")
         parts.append("no difference at 95%: " + (", ".join(b["no difference"]) or "none") + ".")
         lines.append("- " + " ".join(parts))
+    helped: dict[str, list[str]] = {"helped": [], "hurt": []}
+    for name in names:
+        for k in shots:
+            d, _ = paired(cells.get((name, "rates", k), {}), cells.get((name, "", k), {}))
+            mean, ci = mean_t_ci(d) if len(d) > 1 else (0.0, None)
+            v = verdict(mean, ci)
+            if v in ("better", "worse"):
+                helped["helped" if v == "better" else "hurt"].append(f"{name} at {k} shot{'s' if k > 1 else ''} "
+                                                                     f"({fmt(mean, ci, len(d), sign=True)})")
+    lines.append("- **Did choosing the learning rate on validation help?** Selected − shipped, paired: helped "
+                 + (", ".join(helped["helped"]) or "nowhere") + "; hurt " + (", ".join(helped["hurt"]) or "nowhere")
+                 + "; everywhere else the interval covers 0 (the \"selected − shipped\" column). Where it helped, "
+                 "the chosen values say which default would have been better (the \"chosen\" column).")
+    lines += ["", "The study store's own `pefs report` (search tables per cell, paired table, the shots × trainable "
+              "parameters × accuracy 3-D plot): [selection/report.md](selection/report.md), "
+              "[3-D plot](selection/shots_params_accuracy_3d.png)."]
     lines += ["", "Strategies whose interval covers 0 are not shown to differ from the linear probe by this many "
               "seeds; \"better\"/\"worse\" means the whole 95% interval of the paired difference lies on that side "
               "of 0. The study is one small model on one small data set at 64 px: it answers the question for this "
@@ -231,9 +247,13 @@ def run_sweeps() -> list[str]:
     pefs = Path(sys.executable).with_name("pefs")
     for r in recipes:
         subprocess.run([str(pefs), "sweep", "--recipe", r, "-q"], cwd=ROOT, check=True)
-    for store in (STORE, SCALE_STORE):  # each store's own pefs report (tables, heatmap, 3-D plot) beside it
+    # each store's own pefs report (tables, search tables, heatmap, 3-D plot) beside it; the study store holds three
+    # linear variants, so its paired baseline is named whole: the probe with head_lr selected
+    probe = "linear (epochs=10, head=linear-proto, search={'head_lr': '1e-3,1e-2,1e-1'})"
+    for store, baseline in ((STORE, probe), (SCALE_STORE, "linear")):
         rel = store.relative_to(ROOT)
-        subprocess.run([str(pefs), "report", "--store", str(rel), "--out", str(rel.parent)], cwd=ROOT, check=True)
+        subprocess.run([str(pefs), "report", "--store", str(rel), "--out", str(rel.parent), "--baseline", baseline],
+                       cwd=ROOT, check=True)
     return recipes
 
 
