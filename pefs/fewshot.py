@@ -60,17 +60,6 @@ STORE_SHARD = 4096
 class TaskRunner:
     """Loads the model once and runs task after task from the same start, with run-wide caches."""
 
-    def param_report(self) -> dict[str, Any]:
-        """The model's trainable parameters, or, when nothing trains (a frozen trunk with a head that classifies
-        from features), what the head itself fits per task (0 for prototypes), with a note saying so."""
-        params = self.model.param_report()
-        if self.trains:
-            return params
-        fitted, note = self.head.fitted_parameters(self.model.backbone.width, self.n_classes)
-        return {**params, "trainable": fitted, "trainable_without_head": 0, "head": fitted,
-                "percent_of_backbone": 100.0 * fitted / max(params["backbone_params"], 1),
-                "breakdown": {"head": fitted} if fitted else {}, "note": note}
-
     def __init__(self, cfg: TuneConfig, num_classes: int) -> None:
         self.cfg, self.n_classes = cfg, num_classes
         engine.seed_everything(cfg.seeds[0])  # random inits (new heads, adapters, --no-pretrained) repeat
@@ -112,6 +101,17 @@ class TaskRunner:
         return FeatureStore(root, {"trunk": trunk_fingerprint(self.model), "model": str(self.cfg.model),
                                    "backbone": type(self.model.net).__name__, "transform": repr(self.transform),
                                    "precision": precision, "level": self.level})
+
+    def param_report(self) -> dict[str, Any]:
+        """The model's trainable parameters, or, when nothing trains (a frozen trunk with a head that classifies
+        from features), what the head itself fits per task (0 for prototypes), with a note saying so."""
+        params = self.model.param_report()
+        if self.trains:
+            return params
+        fitted, note = self.head.fitted_parameters(self.model.backbone.width, self.n_classes)
+        return {**params, "trainable": fitted, "trainable_without_head": 0, "head": fitted,
+                "percent_of_backbone": 100.0 * fitted / max(params["backbone_params"], 1),
+                "breakdown": {"head": fitted} if fitted else {}, "note": note}
 
     def cache_figures(self) -> dict[str, Any]:
         """What the run's caches and the feature store held and served (for the result record)."""

@@ -117,13 +117,13 @@ class LogisticHead(PrototypeHead):
     name = "logistic"
     summary = "converged logistic-regression probe (L-BFGS, L2 chosen on held-out support) on pooled features"
 
-    def fitted_parameters(self, features: int, n_classes: int) -> tuple[int, str]:
-        return n_classes * (features + 1), ("the logistic head fits a weight and bias per class on the pooled "
-                                            "support features (L-BFGS); the backbone trains nothing")
-
     def __init__(self) -> None:
         #: the probe fitted on the current task's support (queries are scored batch by batch: fit once per task)
         self._fitted: tuple[torch.Tensor, torch.Tensor, LogisticProbe] | None = None
+
+    def fitted_parameters(self, features: int, n_classes: int) -> tuple[int, str]:
+        return n_classes * (features + 1), ("the logistic head fits a weight and bias per class on the pooled "
+                                            "support features (L-BFGS); the backbone trains nothing")
 
     def classify(self, support: torch.Tensor, labels: torch.Tensor, query: torch.Tensor,
                  n_classes: int) -> torch.Tensor:
