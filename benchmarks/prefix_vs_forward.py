@@ -99,12 +99,12 @@ def render(d: dict[str, Any]) -> str:
 
 
 def render_into(page: Path, body: str) -> None:
-    """Replace the part of ``page`` between this script's markers with ``body``."""
-    text = page.read_text()
-    if BEGIN not in text or END not in text:
+    """Replace the generated part of ``page`` (between this script's markers) with ``body``; refuse a page
+    without them."""
+    from provenance import replace_generated
+
+    if not replace_generated(page, body, "prefix_vs_forward.py"):
         sys.exit(f"prefix_vs_forward.py: {page} lacks the markers {BEGIN!r} ... {END!r}")
-    pre, rest = text.split(BEGIN, 1)
-    page.write_text(f"{pre}{BEGIN}\n{body}\n{END}{rest.split(END, 1)[1]}")
 
 
 def main() -> None:

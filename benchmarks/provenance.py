@@ -30,16 +30,26 @@ def git_commit() -> str:
     return head + ("+dirty" if dirty else "")
 
 
-def write_report(path, body: str, script: str) -> None:
-    """Write ``body`` to ``path``: between ``<!-- SCRIPT: begin (generated) -->`` and ``<!-- SCRIPT: end -->`` when
-    the page has those markers (its hand-written prose outside them is kept), else as the whole file."""
+def replace_generated(path, body: str, script: str) -> bool:
+    """Replace the part of page ``path`` between ``<!-- SCRIPT: begin (generated) -->`` and ``<!-- SCRIPT: end -->``
+    with ``body`` (the hand-written prose outside them is kept); False, writing nothing, when the markers are
+    missing."""
     from pathlib import Path
 
     path = Path(path)
     begin, end = f"<!-- {script}: begin (generated) -->", f"<!-- {script}: end -->"
     text = path.read_text() if path.exists() else ""
-    if begin in text and end in text.split(begin, 1)[1]:
-        pre, rest = text.split(begin, 1)
-        path.write_text(f"{pre}{begin}\n{body.rstrip(chr(10))}\n{end}{rest.split(end, 1)[1]}")
-    else:
-        path.write_text(body)
+    if not (begin in text and end in text.split(begin, 1)[1]):
+        return False
+    pre, rest = text.split(begin, 1)
+    path.write_text(f"{pre}{begin}\n{body.rstrip(chr(10))}\n{end}{rest.split(end, 1)[1]}")
+    return True
+
+
+def write_report(path, body: str, script: str) -> None:
+    """Write ``body`` to ``path``: between the script's markers when the page has them (:func:`replace_generated`),
+    else as the whole file."""
+    from pathlib import Path
+
+    if not replace_generated(path, body, script):
+        Path(path).write_text(body)

@@ -22,6 +22,8 @@ import time
 from collections import Counter, defaultdict
 from pathlib import Path
 
+from pefs.stats import mean_ci95_t
+
 HERE = Path(__file__).parent
 ROOT = HERE.parent
 STORE = HERE / "selection" / "results.jsonl"
@@ -61,13 +63,6 @@ def load_cells(store: Path = STORE, by_model: bool = False) -> dict[tuple, dict[
 
 def acc(row: dict) -> float:
     return 100 * row["record"]["accuracies"][0]
-
-
-def mean_t_ci(values: list[float]) -> tuple[float, float | None]:
-    """Mean and t-based 95% half-width (None for one value): :func:`pefs.stats.mean_ci95_t`."""
-    from pefs.stats import mean_ci95_t
-
-    return mean_ci95_t(values)
 
 
 def fmt(mean: float, ci: float | None, n: int, sign: bool = False) -> str:
@@ -114,9 +109,9 @@ def render_steps(cells: dict, shots: list[int]) -> list[str]:
             if not sel or not ship:
                 continue
             d, _ = paired(sel, ship)
-            lines.append(f"| {name} | {k} | {fmt(*mean_t_ci([acc(r) for r in ship.values()]), len(ship))} | "
-                         f"{fmt(*mean_t_ci([acc(r) for r in sel.values()]), len(sel))} | "
-                         f"{fmt(*mean_t_ci(d), len(d), sign=True)} | {chosen(sel)} |")
+            lines.append(f"| {name} | {k} | {fmt(*mean_ci95_t([acc(r) for r in ship.values()]), len(ship))} | "
+                         f"{fmt(*mean_ci95_t([acc(r) for r in sel.values()]), len(sel))} | "
+                         f"{fmt(*mean_ci95_t(d), len(d), sign=True)} | {chosen(sel)} |")
     return lines
 
 
@@ -137,9 +132,9 @@ def render_scale(cells: dict) -> list[str]:
             if not lin or not lora:
                 continue
             d, _ = paired(lora, lin)
-            mean, ci = mean_t_ci(d)
-            lines.append(f"| {m} | {k} | {fmt(*mean_t_ci([acc(r) for r in lin.values()]), len(lin))} | "
-                         f"{fmt(*mean_t_ci([acc(r) for r in lora.values()]), len(lora))} | "
+            mean, ci = mean_ci95_t(d)
+            lines.append(f"| {m} | {k} | {fmt(*mean_ci95_t([acc(r) for r in lin.values()]), len(lin))} | "
+                         f"{fmt(*mean_ci95_t([acc(r) for r in lora.values()]), len(lora))} | "
                          f"{fmt(mean, ci, len(d), sign=True)} | {verdict(mean, ci)} | {chosen(lora)} |")
     return lines
 
@@ -175,10 +170,10 @@ def render(cells: dict, meta: dict, scale: dict | None = None) -> str:
             if any_row is None:
                 continue
             trainable = any_row["record"]["params"]["trainable"]
-            a = fmt(*mean_t_ci([acc(r) for r in ship.values()]), len(ship)) if ship else "–"
-            b = fmt(*mean_t_ci([acc(r) for r in sel.values()]), len(sel)) if sel else "–"
+            a = fmt(*mean_ci95_t([acc(r) for r in ship.values()]), len(ship)) if ship else "–"
+            b = fmt(*mean_ci95_t([acc(r) for r in sel.values()]), len(sel)) if sel else "–"
             d, _ = paired(sel, ship)
-            dd = fmt(*mean_t_ci(d), len(d), sign=True) if d else "–"
+            dd = fmt(*mean_ci95_t(d), len(d), sign=True) if d else "–"
             cost = (f"{statistics.fmean(r['record']['runs'][0]['search_s'] for r in sel.values()):.1f}"
                     if sel else "–")
             lines.append(f"| {name} | {k} | {trainable:,} | {a} | {b} | {dd} | {chosen(sel) if sel else '–'} | "
@@ -200,7 +195,7 @@ def render(cells: dict, meta: dict, scale: dict | None = None) -> str:
                 row += ["–", "–"]
                 continue
             d, _ = paired(mine, base)
-            mean, ci = mean_t_ci(d)
+            mean, ci = mean_ci95_t(d)
             v = verdict(mean, ci)
             by_shot[k][v].append(name)
             row += [fmt(mean, ci, len(d), sign=True), v]
@@ -210,7 +205,7 @@ def render(cells: dict, meta: dict, scale: dict | None = None) -> str:
     for k in shots:
         b = by_shot[k]
         base = cells.get((BASELINE, "rates", k), {})
-        m, ci = mean_t_ci([acc(r) for r in base.values()]) if base else (float("nan"), None)
+        m, ci = mean_ci95_t([acc(r) for r in base.values()]) if base else (float("nan"), None)
         parts = [f"**{k} shot{'s' if k > 1 else ''}** (linear probe {fmt(m, ci, len(base))}):"]
         parts.append("better than the linear probe: " + (", ".join(b["better"]) or "none") + ";")
         parts.append("worse: " + (", ".join(b["worse"]) or "none") + ";")
@@ -220,7 +215,7 @@ def render(cells: dict, meta: dict, scale: dict | None = None) -> str:
     for name in names:
         for k in shots:
             d, _ = paired(cells.get((name, "rates", k), {}), cells.get((name, "", k), {}))
-            mean, ci = mean_t_ci(d) if len(d) > 1 else (0.0, None)
+            mean, ci = mean_ci95_t(d) if len(d) > 1 else (0.0, None)
             v = verdict(mean, ci)
             if v in ("better", "worse"):
                 helped["helped" if v == "better" else "hurt"].append(f"{name} at {k} shot{'s' if k > 1 else ''} "

@@ -72,13 +72,12 @@ def table(records: list[dict[str, Any]]) -> str:
 
 
 def render_into(page: Path, body: str) -> None:
-    """Replace the generated part of ``page`` (between the markers) with ``body``."""
-    text = page.read_text()
-    if BEGIN not in text or END not in text:
+    """Replace the generated part of ``page`` (between this script's markers) with ``body``; refuse a page
+    without them."""
+    from provenance import replace_generated
+
+    if not replace_generated(page, body, "strategies_table.py"):
         sys.exit(f"strategies_table.py: {page} lacks the markers {BEGIN!r} ... {END!r}")
-    pre, rest = text.split(BEGIN, 1)
-    post = rest.split(END, 1)[1]
-    page.write_text(f"{pre}{BEGIN}\n{body}\n{END}{post}")
 
 
 def main() -> None:
