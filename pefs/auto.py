@@ -21,21 +21,25 @@ from pefs.fewshot import TaskRunner
 from pefs.protocols import task_count
 from pefs.search import Axis, SearchSpace
 from pefs.selection import Selector
+from pefs.strategies import default_lr
 
 #: strategies auto tries, cheapest first
 CANDIDATES = ("linear", "bias", "norm", "ssf", "lora", "adapter")
-#: the learning-rate grid: each strategy's default first (linear trains only its head: head_lr)
-LR_GRID = {"lr": (1e-3, 1e-2), "head_lr": (1e-2, 1e-1)}
+#: the learning-rate grid as multiples of each strategy's default (linear trains only its head: head_lr)
+LR_FACTORS = (1, 10)
+HEAD_LR = 1e-2  # TrainConfig.head_lr's default
 
 
 def grid(strategies: tuple[str, ...]) -> list[dict[str, Any]]:
-    """Every strategy at its default learning rate, then every strategy at the next one (so a short budget
+    """Every strategy at its default learning rate, then every strategy at ten times it (so a short budget
     still compares the strategies before it refines the rates)."""
     out = []
-    for i in range(len(LR_GRID["lr"])):
+    for f in LR_FACTORS:
         for s in strategies:
-            name = "head_lr" if s == "linear" else "lr"
-            out.append({"strategy": s, name: LR_GRID[name][i]})
+            if s == "linear":
+                out.append({"strategy": s, "head_lr": HEAD_LR * f})
+            else:
+                out.append({"strategy": s, "lr": default_lr(s) * f})
     return out
 
 
@@ -57,7 +61,10 @@ class AutoSelector(Selector):
         self.applicable: tuple[str, ...] | None = None
         self.not_applicable: dict[str, str] = {}
         self.summary.update(budget_s=self.budget_s, budget_per_task_s=self.task_budget_s, why=[],
-                            axes={"strategy": list(CANDIDATES), **{k: list(v) for k, v in LR_GRID.items()}})
+                            axes={"strategy": list(CANDIDATES),
+                                  "lr": sorted({default_lr(s) * f for s in CANDIDATES if s != "linear"
+                                                for f in LR_FACTORS}),
+                                  "head_lr": [HEAD_LR * f for f in LR_FACTORS]})
 
     def default(self) -> dict[str, Any]:
         self.summary["why"].append("auto ran linear with its default settings: this task's support leaves no "

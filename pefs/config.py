@@ -53,7 +53,9 @@ class TrainConfig:
         None, "optimizer steps to train, whatever the support size (overrides --epochs, so 1-shot is not "
         "starved of steps); default: epochs x batches per epoch", metavar="N", since=3)
     batch_size: int = setting(16, "training batch size")
-    lr: float = setting(1e-3, "learning rate of the strategy's parameters")
+    lr: float | None = setting(
+        None, "learning rate of the strategy's parameters; default: the strategy's own (1e-3; full fine-tuning "
+        "1e-4; a composition the smallest of its parts'), chosen on validation data (benchmarks/selection.md)")
     head_lr: float = setting(1e-2, "learning rate of the classifier head")
     weight_decay: float = setting(1e-4, "AdamW weight decay")
     mixed_precision: Literal["no", "bf16", "fp16"] = setting(
@@ -90,6 +92,8 @@ class TrainConfig:
             raise PefsError(f"steps must be a whole number >= 1 (or unset: epochs decide), got {self.steps!r}")
         for name in ("lr", "head_lr"):
             value = getattr(self, name)
+            if name == "lr" and value is None:
+                continue  # the strategy's default (resolved where the strategy is known)
             if not (isinstance(value, (int, float)) and math.isfinite(value) and value > 0):
                 raise PefsError(f"{name} must be > 0 and finite, got {value!r}")
         if not (isinstance(self.weight_decay, (int, float)) and math.isfinite(self.weight_decay)

@@ -11,6 +11,7 @@ AdamW, cosine schedule, optional bf16/fp16 autocast, seeded and bit-for-bit repe
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import functools
 import itertools
 import math
@@ -209,11 +210,19 @@ def outputs(model: nn.Module, x: torch.Tensor, cfg: TrainConfig, start: int = 0,
     return torch.cat(out) if out else torch.empty(0)
 
 
+def strategy_lr(model: nn.Module, cfg: TrainConfig) -> float:
+    """The learning rate of the strategies' parameters: ``cfg.lr``, or when unset the smallest default of the
+    model's strategies (:attr:`pefs.strategies.Strategy.default_lr`)."""
+    if cfg.lr is not None:
+        return cfg.lr
+    return min((s.default_lr for s in getattr(model, "strategies", ())), default=1e-3)
+
+
 def _optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
     head = {id(p) for p in model.head.parameters()}
     trainable = [p for p in model.parameters() if p.requires_grad]
     groups = [{"params": [p for p in trainable if id(p) in head], "lr": cfg.head_lr},
-              {"params": [p for p in trainable if id(p) not in head], "lr": cfg.lr}]
+              {"params": [p for p in trainable if id(p) not in head], "lr": strategy_lr(model, cfg)}]
     return torch.optim.AdamW([g for g in groups if g["params"]], weight_decay=cfg.weight_decay)
 
 
@@ -249,6 +258,7 @@ def fit(model: nn.Module, x: torch.Tensor, y: torch.Tensor, cfg: TrainConfig, se
     cached) with labels ``y``. A frozen prefix beyond ``start`` runs once here, then only the rest trains:
     AdamW (head at ``head_lr``), cosine schedule over every step, shuffled batches seeded by ``seed``."""
     cfg.validate()
+    cfg = dataclasses.replace(cfg, lr=strategy_lr(model, cfg))  # the strategies' default when --lr is unset
     seed_everything(seed)
     stats = FitStats()
     st = stages(model.backbone)

@@ -280,6 +280,7 @@ class TaskRunner:
         return TaskResult(seed=seed, accuracy=engine.accuracy(pred, yq), support=len(ys), query=len(yq), **t,
                           steps=stats.steps, final_loss=stats.final_loss, cached=stats.cached, level=self.level,
                           head_lr=cfg.head_lr * self.head.head_lr_factor if self.trains else None,
+                          lr=engine.strategy_lr(model, cfg) if self.trains and not self.model.frozen_prefix else None,
                           start_state=start_state)
 
 

@@ -33,6 +33,7 @@ class TaskResult:
     cached: bool = False
     level: int = 0
     head_lr: float | None = None
+    lr: float | None = None  #: the strategies' learning rate the task trained at (None: nothing but the head)
     start_state: str = ""  #: fingerprint of the weights the task started from
     info: dict[str, Any] = field(default_factory=dict)  #: which task: episode index and classes, model directory
 

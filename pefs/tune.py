@@ -53,9 +53,17 @@ def resolve(cfg: TuneConfig, dataset: Dataset | None) -> TuneConfig:
     if cfg.img_size is None and dataset is not None and dataset.suggested_img_size:
         values["img_size"] = dataset.suggested_img_size
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")  # what Accelerate will pick
-    precision = engine.inference_precision(cfg.train, device)
-    return resolved(cfg, **values, options=typed_options(cfg.strategy, cfg.options),
-                    train={"inference_precision": precision})
+    train: dict[str, Any] = {"inference_precision": engine.inference_precision(cfg.train, device)}
+    if cfg.train.lr is None and cfg.strategy != "auto" and "strategy" not in cfg.search:
+        # one strategy: its default rate is part of the run's identity (searched strategies and auto resolve
+        # each candidate's own default when they build it)
+        from pefs.strategies import default_lr
+
+        try:
+            train["lr"] = default_lr(cfg.strategy)
+        except PefsError:
+            pass  # an unknown strategy: building the model refuses it with the valid names
+    return resolved(cfg, **values, options=typed_options(cfg.strategy, cfg.options), train=train)
 
 
 def typed_options(spec: str, options: dict[str, Any]) -> dict[str, Any]:

@@ -128,8 +128,12 @@ def test_tune_records_the_callers_config_and_the_resolved_one(tmp_path):
     rec = tune(cfg)
     assert cfg == before  # img_size stays None: the resolved 128 lives in the record only
     assert rec["config"] == cfg.to_dict() and rec["resolved"]["img_size"] == 128
-    assert rec["config_hash"] == resolved(cfg, img_size=128).hash() == TuneConfig(
-        **{**before.__dict__, "img_size": 128}).hash()
+    # the strategy's default learning rate is resolved too: linear's 1e-3, the value lr held before defaults
+    # became per strategy, so results stored before still resume
+    assert cfg.train.lr is None and rec["resolved"]["train"]["lr"] == 1e-3
+    assert rec["config_hash"] == resolved(cfg, img_size=128, train={"lr": 1e-3}).hash() == TuneConfig(
+        **{**before.__dict__, "img_size": 128, "train": TrainConfig(progress=False, inference_precision="no",
+                                                                    lr=1e-3)}).hash()
 
 
 @pytest.mark.parametrize("kw, message", [({"seeds": (0, 0)}, "repeat 0"),
@@ -141,3 +145,18 @@ def test_bad_values_are_refused_by_the_config(kw, message):
 
     with pytest.raises(PefsError, match=message):
         TuneConfig(**kw).validate()
+
+
+def test_resolve_fills_in_the_strategys_default_learning_rate():
+    """A run's identity holds the rate it trains at: linear's default hashes as lr=1e-3 did before defaults became
+    per strategy (stored results resume); full's 1e-4 is a new cell; a searched strategy resolves per candidate."""
+    from pefs.tune import resolve
+
+    def lr_of(**kw):
+        return resolve(TuneConfig(**kw), None)
+
+    assert lr_of(strategy="full").train.lr == 1e-4 and lr_of(strategy="lora+norm").train.lr == 1e-3
+    assert lr_of(strategy="linear").hash() == lr_of(strategy="linear", train=TrainConfig(lr=1e-3)).hash()
+    assert lr_of(strategy="full").hash() != lr_of(strategy="full", train=TrainConfig(lr=1e-3)).hash()
+    assert lr_of(strategy="full", train=TrainConfig(lr=1e-3)).train.lr == 1e-3  # given: kept
+    assert lr_of(search={"strategy": "linear,full"}).train.lr is None

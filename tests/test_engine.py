@@ -165,3 +165,31 @@ def test_unknown_layout_caches_pooled_features_but_has_no_tokens():
     assert engine.frozen_level(m, cfg()) == stages(m.backbone).pooled == 1
     with pytest.raises(PefsError, match="cannot read its unpooled tokens"):
         engine.level_of(m, "tokens")
+
+
+@pytest.mark.parametrize("spec, given, expected", [
+    ("full", None, 1e-4),  # full fine-tuning's own default (chosen on validation: benchmarks/selection.md)
+    ("last-k", None, 1e-3),  # every other strategy keeps 1e-3
+    ("full", 1e-3, 1e-3),  # --lr given: honoured whatever the strategy
+])
+def test_strategy_group_trains_at_the_strategys_default_unless_lr_is_given(monkeypatch, spec, given, expected):
+    seen: list[list[float]] = []
+    real_init = torch.optim.AdamW.__init__
+
+    def init(self, groups, *args, **kwargs):
+        seen.append([g["lr"] for g in groups])
+        return real_init(self, groups, *args, **kwargs)
+
+    monkeypatch.setattr(torch.optim.AdamW, "__init__", init)
+    m = tiny("vit", spec, **({"k": 1} if spec == "last-k" else {}))
+    engine.fit(m, *batch(), cfg(lr=given, head_lr=1e-2, epochs=1), seed=0)
+    assert seen == [[1e-2, expected]]  # [head group, strategy group]
+
+
+def test_default_lr_of_a_composition_is_its_smallest_part():
+    from pefs.strategies import default_lr
+
+    assert default_lr("full") == 1e-4 and default_lr("lora") == 1e-3 and default_lr("lora+norm") == 1e-3
+    assert default_lr("norm+full") == 1e-4
+    with pytest.raises(PefsError, match="unknown strategy 'nope'"):
+        default_lr("nope")

@@ -103,6 +103,9 @@ class Strategy:
     #: True when what trains is weights the backbone already has (biases, norms, blocks; the head): the tuned
     #: model keeps the backbone's own architecture, so there is nothing to merge
     trains_backbone_weights: ClassVar[bool] = False
+    #: learning rate of this strategy's parameters when ``--lr`` is not given; a strategy moves off 1e-3 only when
+    #: validation data says so (benchmarks/selection.md, "Default learning rates")
+    default_lr: ClassVar[float] = 1e-3
 
     def __init__(self, config: StrategyConfig | None = None) -> None:
         self.config = config or self.config_class()

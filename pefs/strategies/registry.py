@@ -54,6 +54,12 @@ def build(spec: str, **opts: Any) -> list[Strategy]:
     return out
 
 
+def default_lr(spec: str) -> float:
+    """The learning rate ``spec`` trains at when ``--lr`` is not given: the smallest of its parts' defaults (a
+    part that needs a small rate, such as full fine-tuning, would diverge at a larger one)."""
+    return min(resolve(n.strip()).default_lr for n in spec.split("+"))
+
+
 def resolve(name: str) -> type[Strategy]:
     if name.startswith("peft:") and "peft" in STRATEGIES:
         return STRATEGIES["peft"]
