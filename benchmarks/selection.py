@@ -36,8 +36,16 @@ BASELINE = "linear"  # the paired baseline: the linear probe with its head learn
 
 
 def label(row: dict) -> str:
+    """The strategy and its options; an unsearched row trained at another rate than today's default says which
+    (``full lr=0.001``: full fine-tuning at the rate every strategy shipped with before defaults became per
+    strategy)."""
+    from pefs.strategies import default_lr
+
     cell, cfg = row["cell"], row["cell"]["config"]
     name = cell["strategy"] + "".join(f" {k}={v}" for k, v in sorted((cell.get("options") or {}).items()))
+    lr = ((row["record"] or {}).get("resolved") or cfg).get("train", {}).get("lr")
+    if cell["strategy"] != "linear" and not selected(row) and lr is not None and lr != default_lr(cell["strategy"]):
+        name += f" lr={lr:g}"
     return f"{name} (logistic head)" if cfg.get("head") == "logistic" else name
 
 
@@ -115,6 +123,59 @@ def render_steps(cells: dict, shots: list[int]) -> list[str]:
     return lines
 
 
+def render_defaults(cells: dict, shots: list[int]) -> list[str]:
+    """How each strategy's default learning rate was chosen: the validation accuracy of every searched rate
+    (never test), paired against 1e-3 (head_lr 1e-2 for the probe), the rates every strategy shipped with."""
+    from pefs.strategies import default_lr
+
+    lines = ["", "## Default learning rates, chosen on validation", "",
+             "Every seed's search table holds the validation accuracy of each rate (5 images per class outside the "
+             "K shots; the test split is never read). Against the rate every strategy shipped with (lr 1e-3; the "
+             "probe's head_lr 1e-2), paired by seed. **Rule:** a strategy's default moves to another rate when that "
+             "rate is better on validation at every shot count and the paired interval excludes 0 at one at "
+             "least; the rate it moves to is `Strategy.default_lr` of that strategy, and the \"default rates\" "
+             "rows above ran at it.", "",
+             "| strategy | shots | validation % per rate | other rate − shipped rate (points, paired) | default now |",
+             "|---|---|---|---|---|"]
+    evidence: dict[tuple[str, float], list[tuple[float, float | None]]] = defaultdict(list)
+    for name in sorted({k[0] for k in cells if k[1] == "rates"}, key=lambda n: (n != BASELINE, n)):
+        for k in shots:
+            rows = cells.get((name, "rates", k), {})
+            if not rows:
+                continue
+            by_rate: dict[float, dict[int, float]] = defaultdict(dict)
+            axis = ""
+            for seed, row in rows.items():
+                for entry in row["record"]["runs"][0]["search"]:
+                    (axis, rate), = entry["setting"].items()
+                    if entry["val_accuracy"] is not None:
+                        by_rate[rate][seed] = 100 * entry["val_accuracy"]
+            ref = 1e-2 if axis == "head_lr" else 1e-3
+            per_rate = ", ".join(f"{r:g}: {statistics.fmean(v.values()):.1f}" for r, v in sorted(by_rate.items()))
+            diffs = []
+            for r, v in sorted(by_rate.items()):
+                if r == ref:
+                    continue
+                d = [v[s] - by_rate[ref][s] for s in sorted(set(v) & set(by_rate[ref]))]
+                evidence[(name, r)].append(mean_ci95_t(d))
+                diffs.append(f"{r:g}: {fmt(*mean_ci95_t(d), len(d), sign=True)}")
+            now = f"head_lr {ref:g}" if axis == "head_lr" else f"lr {default_lr(name.split()[0]):g}"
+            lines.append(f"| {name} | {k} | {axis} {per_rate} | {'; '.join(diffs)} | {now} |")
+    met = [(n, r) for (n, r), ev in sorted(evidence.items()) if len(ev) == len(shots)
+           and all(m > 0 for m, _ in ev) and any(ci is not None and m - ci > 0 for m, ci in ev)]
+    lines += ["", "Met the rule: " + (", ".join(f"{n} at {r:g}" for n, r in met) or "none") + "; every other "
+              "strategy keeps its rate (no other rate is better at every shot count, or none excludes 0)."]
+    for name, old in sorted({(k[0].rsplit(" lr=", 1)[0], k[0]) for k in cells if " lr=" in k[0] and not k[1]}):
+        checks = []
+        for k in shots:
+            d, _ = paired(cells.get((name, "", k), {}), cells.get((old, "", k), {}))
+            if d:
+                checks.append(f"{fmt(*mean_ci95_t(d), len(d), sign=True)} at {k} shot{'s' if k > 1 else ''}")
+        lines.append(f"- Checked on test once the default moved: `{name}` at its new default minus `{old}`, "
+                     f"paired: {', '.join(checks)}.")
+    return lines
+
+
 def render_scale(cells: dict) -> list[str]:
     """The scale x shots part: LoRA minus the linear probe, both selected, per model and shot count."""
     models = sorted({k[0] for k in cells})
@@ -149,8 +210,10 @@ def render(cells: dict, meta: dict, scale: dict | None = None) -> str:
              "validation images per class drawn from the train split outside the K shots (never the test split), "
              "retrains the chosen setting on the K shots and scores it once on test; backbone strategies search "
              "`lr` over 1e-4, 1e-3, 1e-2, the linear probe searches `head_lr` over 1e-3, 1e-2, 1e-1 (it trains "
-             "only the head). *Shipped*: lr 1e-3, head_lr 1e-2, no search. The logistic probe (`--head logistic`) "
-             "chooses its own L2 strength on held-out data.",
+             "only the head). *Default rates*: no search, each strategy at its default learning rate (1e-3; full "
+             "fine-tuning 1e-4, chosen from this study's validation tables: see \"Default learning rates\" below; "
+             "the row `full lr=0.001` is full fine-tuning at the rate it had before), head_lr 1e-2. The logistic "
+             "probe (`--head logistic`) chooses its own L2 strength on held-out data.",
              "", "Intervals: 95% CI of the mean over seeds, t-based (Student's t with n−1 degrees of freedom); a "
              "paired difference uses the same seed's K shots on both sides.", "",
              f"Data: `benchmarks/selection/results.jsonl` (every cell's record: chosen values, the whole search "
@@ -161,7 +224,7 @@ def render(cells: dict, meta: dict, scale: dict | None = None) -> str:
              + ", ".join(f"`pefs sweep --recipe {r} -q`" for r in meta.get("recipes", [])) + ", resuming); "
              "`--render` re-renders this page from the data.", ""]
     lines += ["## Accuracy with and without selection", "",
-              "| strategy | shots | trainable | shipped rates (%) | selected (%) | selected − shipped (points) | "
+              "| strategy | shots | trainable | default rates (%) | selected (%) | selected − default (points) | "
               "chosen | search s / seed |", "|---|---|---|---|---|---|---|---|"]
     for name in names:
         for k in shots:
@@ -199,7 +262,8 @@ def render(cells: dict, meta: dict, scale: dict | None = None) -> str:
             v = verdict(mean, ci)
             by_shot[k][v].append(name)
             row += [fmt(mean, ci, len(d), sign=True), v]
-        answer.append("| " + " | ".join(row) + " |")
+        if any(c != "–" for c in row[1:]):
+            answer.append("| " + " | ".join(row) + " |")
     lines += answer
     lines += ["", "## The answer, in plain words", ""]
     for k in shots:
@@ -220,9 +284,9 @@ def render(cells: dict, meta: dict, scale: dict | None = None) -> str:
             if v in ("better", "worse"):
                 helped["helped" if v == "better" else "hurt"].append(f"{name} at {k} shot{'s' if k > 1 else ''} "
                                                                      f"({fmt(mean, ci, len(d), sign=True)})")
-    lines.append("- **Did choosing the learning rate on validation help?** Selected − shipped, paired: helped "
+    lines.append("- **Did choosing the learning rate on validation help?** Selected − default, paired: helped "
                  + (", ".join(helped["helped"]) or "nowhere") + "; hurt " + (", ".join(helped["hurt"]) or "nowhere")
-                 + "; everywhere else the interval covers 0 (the \"selected − shipped\" column). Where it helped, "
+                 + "; everywhere else the interval covers 0 (the \"selected − default\" column). Where it helped, "
                  "the chosen values say which default would have been better (the \"chosen\" column).")
     lines += ["", "The study store's own `pefs report` (search tables per cell, paired table, the shots × trainable "
               "parameters × accuracy 3-D plot): [selection/report.md](selection/report.md), "
@@ -231,6 +295,7 @@ def render(cells: dict, meta: dict, scale: dict | None = None) -> str:
               "seeds; \"better\"/\"worse\" means the whole 95% interval of the paired difference lies on that side "
               "of 0. The study is one small model on one small data set at 64 px: it answers the question for this "
               "setting, not in general (`pefs tune --search strategy=...` answers it for a user's own data)."]
+    lines += render_defaults(cells, shots)
     lines += render_steps(cells, shots)
     if scale:
         lines += render_scale(scale)

@@ -55,6 +55,12 @@ def _config(row: dict[str, Any]) -> dict[str, Any]:
     return row["cell"].get("config") or (row.get("record") or {}).get("config") or {}
 
 
+def _ran_config(row: dict[str, Any]) -> dict[str, Any]:
+    """The config a row ran: its record's resolved one (defaults filled in, such as the strategy's learning
+    rate) when it has one, else the one it was asked for."""
+    return (row.get("record") or {}).get("resolved") or _config(row)
+
+
 def setting_of(row: dict[str, Any]) -> str:
     """The protocol a row belongs to, as a heading: dataset and K-shot transfer or N-way episodes."""
     rec, cell = row.get("record") or {}, row["cell"]
@@ -74,16 +80,18 @@ def strategy_labels(rows: list[dict[str, Any]]) -> dict[str, str]:
         base[r["hash"]] = r["cell"]["strategy"] + "".join(f" {k}={v}" for k, v in sorted(opts.items()))
     variants: dict[str, dict[str, dict[str, Any]]] = defaultdict(dict)
     for r in rows:
-        cfg = _config(r)
+        cfg = _ran_config(r)
         settings = {**{k: v for k, v in (cfg.get("train") or {}).items() if k != "progress"},
                     **{k: cfg.get(k) for k in RUN_KEYS if k not in ("data", "ways")}}
+        for k in set(cfg.get("search") or {}) & set(settings):
+            del settings[k]  # a searched setting: the value the config holds never ran (``search`` says it)
         variants[base[r["hash"]]][r["hash"]] = settings
     labels = {}
     for name, by_hash in variants.items():
         keys = sorted({k for s in by_hash.values() for k in s})
-        varying = [k for k in keys if len({json.dumps(s.get(k), default=str) for s in by_hash.values()}) > 1]
+        varying = [k for k in keys if len({json.dumps(s[k], default=str) for s in by_hash.values() if k in s}) > 1]
         for h, s in by_hash.items():
-            extra = ", ".join(f"{k}={s.get(k)}" for k in varying)
+            extra = ", ".join(f"{k}={s[k]}" for k in varying if k in s)
             labels[h] = f"{name} ({extra})" if extra else name
     return labels
 
@@ -108,12 +116,25 @@ def current_rows(rows: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], int]
 
 
 def aggregate(rows: list[dict[str, Any]]) -> list[Group]:
-    """Pool the stored rows into groups; failed rows keep their messages, never an accuracy."""
+    """Pool the stored rows into groups, one row per seed; failed rows keep their messages, never an accuracy."""
     labels = strategy_labels(rows)
+
+    def group_of(r: dict[str, Any]) -> tuple:
+        return (printable(setting_of(r)), printable(labels[r["hash"]]), printable(r["cell"]["model"]),
+                int(r["cell"]["shots"]))
+
+    # one row per group and seed: a rerun of the same setting (a new cell key after a default moved or a code
+    # change, same label) replaces the older row instead of counting the seed twice; ok beats failed, then newest
+    latest: dict[tuple, dict[str, Any]] = {}
+    for r in rows:
+        k = (*group_of(r), r["cell"].get("seed", 0))
+        rank = (r["status"] == "ok", r.get("written_at", 0.0))
+        if k not in latest or rank >= (latest[k]["status"] == "ok", latest[k].get("written_at", 0.0)):
+            latest[k] = r
     groups: dict[tuple, Group] = {}
-    for r in sorted(rows, key=lambda r: r["cell"].get("seed", 0)):
+    for r in sorted(latest.values(), key=lambda r: r["cell"].get("seed", 0)):
         cell, rec = r["cell"], r.get("record") or {}
-        key = (printable(setting_of(r)), printable(labels[r["hash"]]), printable(cell["model"]), int(cell["shots"]))
+        key = group_of(r)
         g = groups.setdefault(key, Group(*key))
         g.seeds.append(cell.get("seed", 0))
         bb, params = rec.get("backbone") or {}, rec.get("params") or {}

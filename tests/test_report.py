@@ -142,3 +142,26 @@ def test_best_is_marked_when_confidence_intervals_overlap():
     for groups, marked in ((close, True), (clear, False)):
         top = best(groups)[("s", "m", 1)]
         assert top.strategy == "lora" and close_call(top, groups) is marked
+
+
+def test_a_rerun_under_a_new_key_counts_its_seed_once_and_labels_follow_what_ran(tmp_path):
+    """A default moved (full's lr 1e-3 -> 1e-4): rows told "lr unset" are labelled by the rate they resolved to,
+    so the two rates are two rows of the report; a searched rate is no label; the same seed stored twice for
+    one label (a rerun under a new key) counts once, the newest."""
+    def ran(seed, lr, acc_, key, search=None, written=0.0):
+        r = row("small_net", "lora", 1, seed)
+        r["hash"] = key
+        r["cell"]["config"]["train"]["lr"] = None  # asked for the strategy's default
+        r["cell"]["config"]["search"] = r["record"]["config"]["search"] = search or {}
+        r["record"]["resolved"] = {**r["cell"]["config"], "train": {"epochs": 30, "lr": lr}}
+        r["record"]["accuracies"], r["written_at"] = [acc_], written
+        return r
+
+    rows = [ran(0, 1e-3, 0.40, "old0"), ran(0, 1e-4, 0.50, "new0"),
+            ran(0, 1e-3, 0.60, "s-old", {"lr": "1e-4,1e-3"}, written=1.0),
+            ran(0, 1e-4, 0.70, "s-new", {"lr": "1e-4,1e-3"}, written=2.0)]
+    groups = {g.strategy: g for g in aggregate(rows)}
+    assert set(groups) == {"lora (lr=0.001, search={})", "lora (lr=0.0001, search={})",
+                           "lora (search={'lr': '1e-4,1e-3'})"}
+    searched = groups["lora (search={'lr': '1e-4,1e-3'})"]
+    assert searched.seeds == [0] and searched.accuracies == [0.70]  # the newer run of seed 0, once
