@@ -6,7 +6,8 @@ chosen on validation data instead of fixed.
 
 The raw data is the sweep store ``benchmarks/selection/results.jsonl`` (every cell's full record: chosen values, the
 whole search table, timings) plus ``benchmarks/selection.json`` (the commit, commands, machine and load of the run).
-Four recipes fill the store: ``recipes/offline-selection{,-probe,-defaults,-logistic}.yaml``.
+Five recipes fill the store: ``recipes/offline-selection{,-probe,-defaults,-logistic,-steps}.yaml``; two more
+the scale store ``benchmarks/selection_scale/`` (``-scale``, ``-scale-probe``).
 """
 
 from __future__ import annotations
@@ -31,7 +32,7 @@ DATA = HERE / "selection.json"
 PAGE = HERE / "selection.md"
 SCALE_STORE = HERE / "selection_scale" / "results.jsonl"
 #: the recipes, in the order they run (None: recipes/offline-selection.yaml)
-RECIPES = ("defaults", "logistic", "probe", None, "scale-probe", "scale")
+RECIPES = ("defaults", "logistic", "probe", None, "steps", "scale-probe", "scale")
 BASELINE = "linear"  # the paired baseline: the linear probe with its head learning rate selected
 
 

@@ -174,6 +174,21 @@ def test_lora_targets_option_through_the_cli(tmp_path, folder):
     assert ranks == {4}
 
 
+def test_each_strategy_trains_at_its_default_learning_rate_unless_lr_is_given(tmp_path, folder):
+    """README: without ``--lr`` full fine-tuning trains at 1e-4 and the others at 1e-3; ``--lr`` wins; the record's
+    resolved config and each run entry say the rate used."""
+    full = tune(tmp_path, folder, "--strategy", "full")
+    assert full["config"]["train"]["lr"] is None and full["resolved"]["train"]["lr"] == 1e-4
+    assert [r["lr"] for r in full["runs"]] == [1e-4]
+    bias = tune(tmp_path, folder, "--strategy", "bias")
+    assert bias["resolved"]["train"]["lr"] == 1e-3 and bias["runs"][0]["lr"] == 1e-3
+    given = tune(tmp_path, folder, "--strategy", "full", "--lr", "3e-4")
+    assert given["resolved"]["train"]["lr"] == 3e-4 and given["runs"][0]["lr"] == 3e-4
+    assert given["config_hash"] != full["config_hash"]
+    probe = tune(tmp_path, folder)  # the linear probe trains its head only: no strategy rate to report
+    assert probe["runs"][0]["lr"] is None and probe["runs"][0]["head_lr"] is not None
+
+
 def test_stratified_hold_out_keeps_30_percent_of_every_class(tmp_path):
     """README: without a test split pefs holds out a seeded, stratified 30% per class; no image is on both sides."""
     from pefs.data import Dataset, from_arrays, kshot_split
