@@ -1,7 +1,7 @@
 """Selection study (issue 13): which parameters to tune at 1 and 5 shots, once every strategy's learning rate is
 chosen on validation data instead of fixed.
 
-    .venv/bin/python benchmarks/selection.py            # runs the four sweeps (resuming), writes selection.md
+    .venv/bin/python benchmarks/selection.py            # runs the sweeps (resuming), writes selection.md
     .venv/bin/python benchmarks/selection.py --render   # measures nothing: re-renders selection.md
 
 The raw data is the sweep store ``benchmarks/selection/results.jsonl`` (every cell's full record: chosen values, the
