@@ -46,9 +46,10 @@ def check_splits_disjoint(dataset: Dataset) -> None:
 
 
 def resolve(cfg: TuneConfig, dataset: Dataset | None) -> TuneConfig:
-    """A copy of ``cfg`` with what it leaves to run time filled in: the image size the dataset suggests and the
-    precision "auto" becomes on this machine. Its hash is the run's identity (a sweep cell's store key), so
-    ``--img-size 128`` and a default that resolves to 128 are one cell. ``cfg`` itself is never changed."""
+    """A copy of ``cfg`` with what it leaves to run time filled in: the image size the dataset suggests, the
+    precision "auto" becomes on this machine and the strategy's default learning rate. Its hash is the run's
+    identity (a sweep cell's store key), so ``--img-size 128`` and a default that resolves to 128 are one cell.
+    ``cfg`` itself is never changed."""
     values: dict[str, Any] = {}
     if cfg.img_size is None and dataset is not None and dataset.suggested_img_size:
         values["img_size"] = dataset.suggested_img_size
