@@ -192,11 +192,14 @@ class RefSide:
         import torch.nn.functional as F
         from torch.utils.data import DataLoader, TensorDataset
 
+        from pefs.strategies import default_lr
+
         c, bs = self.train, self.s["batch_size"]
+        lr = c.lr if c.lr is not None else default_lr(self.run["strategy"])  # the rate pefs resolves for it
         head = {id(p) for p in _classifier(model).parameters()}
         params = [p for p in model.parameters() if p.requires_grad]
         groups = [{"params": [p for p in params if id(p) in head], "lr": c.head_lr},
-                  {"params": [p for p in params if id(p) not in head], "lr": c.lr}]
+                  {"params": [p for p in params if id(p) not in head], "lr": lr}]
         opt = torch.optim.AdamW([g for g in groups if g["params"]], weight_decay=c.weight_decay)
         sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=epochs * math.ceil(len(x) / bs))
         loader = DataLoader(TensorDataset(x, y), batch_size=bs, shuffle=True,
