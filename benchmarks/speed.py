@@ -4,8 +4,11 @@
 For each strategy two worker processes run the same few-shot tasks alternately (A, B, A, B, ...):
 
 * **reference**: ``timm.create_model`` with the backbone's weights, ``peft.inject_adapter_in_model`` (LoRA) or a
-  linear head, a plain PyTorch loop (AdamW, cosine schedule) in NCHW layout that runs the whole network every step
-  (the frozen trunk included), then evaluation over the queries. Strategies with no standard library (VPT, adapters)
+  linear head, a plain PyTorch loop (AdamW, cosine schedule) that runs the whole network every step (the frozen
+  trunk included), then evaluation over the queries. A CNN runs channels-last, as pefs does (timm's own
+  ``--channels-last``; ``--ref-layout nchw`` for PyTorch's default): the layout changes the order of floating-point
+  sums, and training to near-zero loss amplifies that into differing predictions, so both sides use one layout
+  (the layout's own speed is a hardware probe). Strategies with no standard library (VPT, adapters)
   get their modules from ``pefs.wrap`` and the same plain loop.
 * **pefs**: :class:`pefs.fewshot.TaskRunner`, the path behind ``pefs tune`` and the episodic runner (channels-last,
   Accelerate, frozen-prefix caching).
@@ -88,6 +91,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--frozen-epochs", type=int, help="epochs for the frozen-prefix strategies, whose reference "
                                                      "runs the trunk every step (default 0: pefs' TrainConfig "
                                                      "default, 30; --tiny: 1)")
+    p.add_argument("--ref-layout", choices=("channels-last", "nchw"), default="channels-last",
+                   help="memory layout of the reference side for CNNs (default: channels-last, pefs' layout)")
     p.add_argument("--batch-size", type=int, default=16)
     p.add_argument("--eval-batch-size", type=int, help="pefs' eval batch (default: its TrainConfig default); the "
                                                        "reference and the forward-only limit use it too, else the "
@@ -137,7 +142,7 @@ def settings(a: argparse.Namespace) -> dict[str, Any]:
         "img_size": pick(a.img_size, 128, 32), "ways": a.ways, "shots": a.shots, "queries": a.queries,
         "episodes": pick(a.episodes, 3, 1), "kshot_shots": pick(a.kshot_shots, 5, 1), "kshot_runs": a.kshot_runs,
         "epochs": pick(a.epochs, 5, 1), "frozen_epochs": pick(a.frozen_epochs, 0, 1),
-        "batch_size": a.batch_size, "pefs_eval_batch_size": a.eval_batch_size,
+        "batch_size": a.batch_size, "pefs_eval_batch_size": a.eval_batch_size, "ref_layout": a.ref_layout,
         "eval_batch_size": a.eval_batch_size or a.batch_size,
         "strategies": pick(a.strategies, "auto", ",".join(TINY)), "options": options, "repeats": pick(a.repeats, 3, 1),
         "threads": pick(a.threads, 0, 1),

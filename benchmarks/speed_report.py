@@ -39,7 +39,9 @@ def render(r: dict[str, Any]) -> str:
         f"strategy in the table (same on both sides), batch {s['batch_size']}, eval batch: pefs "
         f"{s['pefs_eval_batch_size'] or info['default_eval_batch_size']}, reference and limit {s['eval_batch_size']}, "
         "AdamW + cosine with pefs' default learning rates; both sides: same tasks, seeds, initial weights, "
-        "frozen BatchNorm statistics; pefs with its linear head (prototype row: its prototype head)",
+        "frozen BatchNorm statistics; reference layout "
+        + ("channels-last for a CNN, as pefs" if s.get("ref_layout") == "channels-last" else "NCHW")
+        + "; pefs with its linear head (prototype row: its prototype head)",
         f"- memory: peak MB = {mem}, from after imports to the end (warm-up task + all timed tasks)"
         + ("" if info["cuda"] else "; tensor MB = the most live tensor memory while the worker runs the first "
            "episode once more (benchmarks/live_memory.py, the CPU analogue of torch.cuda.max_memory_allocated; "

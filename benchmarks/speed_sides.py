@@ -76,14 +76,22 @@ def _classifier(model):
     return get() if get is not None else model.head
 
 
-def _cnn(model) -> bool:
-    import torch
+def _channels_last(s: dict[str, Any], model) -> bool:
+    """Whether the reference runs ``model`` channels-last: a CNN, as pefs does, unless the run asks for NCHW."""
+    return s.get("ref_layout", "channels-last") != "nchw" and _cnn(model)
 
-    return any(isinstance(m, torch.nn.Conv2d) for m in model.modules())
+
+def _cnn(model) -> bool:
+    """pefs' own test (the backbone kind it describes): a ViT's patch-embedding conv does not make it a CNN."""
+    from pefs.backbones.describe import describe_timm
+
+    backbone = getattr(model, "backbone", None)  # a pefs.wrap model (VPT, adapters) is described already
+    return (backbone or describe_timm(model, "reference", "")).kind == "cnn"
 
 
 class RefSide:
-    """The reference pipeline: plain timm (+ peft), plain PyTorch loop, NCHW, the whole network every step."""
+    """The reference pipeline: plain timm (+ peft), plain PyTorch loop, the whole network every step; a CNN in
+    ``s["ref_layout"]`` (channels-last, pefs' layout, unless the run asks for NCHW)."""
 
     def __init__(self, s: dict[str, Any], run: dict[str, Any], overrides: dict[str, Any]) -> None:
         import torch
@@ -153,10 +161,14 @@ class RefSide:
 
         torch.manual_seed(self.s["seed"])
         model = self.build(classes).to(self.dev)
+        self.channels_last = _channels_last(self.s, model)
+        if self.channels_last:
+            model.to(memory_format=torch.channels_last)
         start = {k: v.clone() for k, v in model.state_dict().items()}
         net = getattr(model, "net", model)
         self.models[protocol] = (model, start, _transform(self.s, net))
-        return {"trainable": sum(p.numel() for p in model.parameters() if p.requires_grad)}
+        return {"trainable": sum(p.numel() for p in model.parameters() if p.requires_grad),
+                "channels_last": self.channels_last}
 
     def task(self, protocol: str, support, query, seed: int, epochs: int | None = None) -> dict[str, Any]:
         import torch
@@ -166,6 +178,8 @@ class RefSide:
         t0 = time.perf_counter()
         xs, ys = _decode(support, tf)
         xq, yq = _decode(query, tf)
+        if self.channels_last:
+            xs, xq = (x.contiguous(memory_format=torch.channels_last) for x in (xs, xq))
         t1 = time.perf_counter()
         model.load_state_dict(start)
         loss = float("nan")

@@ -69,6 +69,8 @@ def test_tiny_run_reports_every_column(tmp_path):
             assert r[f"{side}_episode_s"] > 0 and r[f"{side}_kshot_s"] > 0 and r[f"{side}_peak_mb"] is not None
             assert 0.0 <= r[f"{side}_episode_acc"] <= 1.0
         assert r["limit_episode_s"] > 0 and r["pefs_vs_limit_episode"] > 0
+        # the reference runs the CNN in pefs' layout, so both sides sum in the same order (--ref-layout nchw: not)
+        assert r["setup_s"]["ref"]["episode"]["channels_last"] is True
 
     for section in ("### Where the time goes", "### Protocol run: 2 episodes", "### Targets", "### Hardware probes",
                     "### GPU"):
@@ -80,6 +82,7 @@ def test_tiny_run_reports_every_column(tmp_path):
     # pefs decodes an image once per run: the two episodes overlap in a 5-way pool, so fewer than 2 x 100
     assert 100 <= stream["pefs_stream_decoded"] < stream["stream_images"] == 200
     assert "load average" in md and "--tiny" in md
+    assert result["settings"]["ref_layout"] == "channels-last" and "reference layout channels-last for a CNN" in md
     assert result["load_start"] and result["load_end"]
     if not result["info"]["cuda"]:
         assert "Skipped: torch.cuda.is_available() is False" in md and "ran on the GPU" not in md
