@@ -66,11 +66,10 @@ def markdown(r: dict) -> str:
         "stats every file (relative path, size, modification time) and hashes the sorted list; it reads no file.",
         "", "| files | median s | max s | repeats | same fingerprint each time |", "|---:|---:|---:|---:|---|",
         f"| {r['files']:,} | {r['median_s']:.3f} | {r['max_s']:.3f} | {r['repeats']} | {r['fingerprints_equal']} |",
-        "", f"Machine: {r['machine']['cpus']} CPUs, Python {r['machine']['python']}, a shared machine (other "
-        f"developers' test suites and benchmarks were running; 1-minute load average "
-        f"{r['machine']['load_average_1min_after']:.1f} when it finished), so "
-        "these are upper bounds. A sweep computes it once per distinct data path when it plans the grid, and "
-        "each tune run once more for its record.", ""])
+        "", f"Machine: {r['machine']['cpus']} CPUs, Python {r['machine']['python']}; 1-minute load average "
+        f"{r['machine']['load_average_1min_after']:.1f} when it finished (other work on the machine only adds "
+        "time); every repeat's seconds are in the JSON. A sweep computes it once per distinct data path when it "
+        "plans the grid, and each tune run once more for its record.", ""])
 
 
 def main() -> None:
