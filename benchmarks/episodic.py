@@ -5,7 +5,7 @@
     .venv/bin/python benchmarks/episodic.py --out benchmarks/episodic.run.md   # data: benchmarks/episodic.run.json
     .venv/bin/python benchmarks/episodic.py --render benchmarks/episodic.run.json   # the table from the data
 
-Every row is one ``pefs.tune.tune`` run (what ``pefs tune --ways 5 --shots K --episodes E`` runs); the
+Every row is one ``pefs.protocols.run.tune`` run (what ``pefs tune --ways 5 --shots K --episodes E`` runs); the
 script only chooses the settings, times nothing itself and copies mean, CI and seconds per episode from the
 result records. ``OMP_WAIT_POLICY=PASSIVE`` is set before torch loads: on a CPU shared with other jobs,
 OpenMP threads that spin-wait for each other made small batches 10-20x slower (see episodic.md).
@@ -58,9 +58,9 @@ def rows(fast_epochs: dict[int, int]) -> list[Row]:
 
 
 def run(row: Row, shots: int, args: argparse.Namespace) -> dict[str, Any]:
-    from pefs.config import TuneConfig
-    from pefs.engine import TrainConfig
-    from pefs.tune import tune
+    from pefs.config.run import TuneConfig
+    from pefs.protocols.run import tune
+    from pefs.runtime.engine import TrainConfig
 
     epochs = max(row.epochs[shots], 1)
     cfg = TuneConfig(strategy=row.strategy, head=row.head, options=dict(row.options), ways=args.ways, shots=shots,

@@ -33,9 +33,9 @@ def features(size: int):
     import torch
 
     import pefs
-    from pefs import engine
-    from pefs.config import TrainConfig
+    from pefs.config.run import TrainConfig
     from pefs.data import eval_transform, load_dataset
+    from pefs.runtime import engine
 
     ds = load_dataset(None)
     model = pefs.wrap("efficientnet_lite0.offline", "linear", num_classes=len(ds.classes))
@@ -54,10 +54,11 @@ def run(shots_list: list[int], seeds: list[int], size: int) -> dict:
     import torch
     from sklearn.linear_model import LogisticRegression
 
-    from pefs import engine, heads
-    from pefs.config import TrainConfig
+    from pefs.config.run import TrainConfig
     from pefs.data import kshot_split
-    from pefs.probe import LogisticProbe
+    from pefs.heads import registry as heads
+    from pefs.heads.logistic import LogisticProbe
+    from pefs.runtime import engine
 
     ds, model, feats = features(size)
     (xtr, ytr), (xte, yte) = feats["train"], feats["test"]
@@ -103,7 +104,7 @@ def run(shots_list: list[int], seeds: list[int], size: int) -> dict:
 def render(data: dict) -> str:
     import numpy as np
 
-    from pefs.stats import mean_ci95
+    from pefs.results.stats import mean_ci95
 
     shots = sorted({r["shots"] for r in data["rows"]})
     seeds = sorted({r["seed"] for r in data["rows"]})

@@ -27,8 +27,8 @@ HERE = Path(__file__).parent
 
 
 def accuracy_rows(shots_list: list[int], seeds: list[int], out: str) -> list[dict]:
-    from pefs.config import TrainConfig, TuneConfig
-    from pefs.tune import tune
+    from pefs.config.run import TrainConfig, TuneConfig
+    from pefs.protocols.run import tune
 
     rows = []
     for shots in shots_list:
@@ -71,7 +71,7 @@ def cost_rows(repeats: int = 3) -> list[dict]:
 
 
 def render(data: dict) -> str:
-    from pefs.stats import mean_ci95
+    from pefs.results.stats import mean_ci95
 
     lines = ["# Masked extra views at 1-5 shots, and the cost of MAE-style token dropping", "",
              "Rendered from `masked_views.json` by `masked_views.py` (the command is in its docstring).", "",

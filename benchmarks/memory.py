@@ -1,7 +1,7 @@
 #!/usr/bin/env python
 """Peak training memory of each strategy against full fine-tuning at the same batch, across model sizes.
 
-Each (model, strategy) trains in a fresh process through ``pefs.engine.fit`` (what ``pefs tune`` runs): a few
+Each (model, strategy) trains in a fresh process through ``pefs.runtime.engine.fit`` (what ``pefs tune`` runs): a few
 steps on random images at one batch size. Two measures: the peak of live tensor memory created during a fit
 (:class:`live_memory.LiveTensors` on a CPU, ``torch.cuda.max_memory_allocated`` on a GPU), which the ratios use,
 and on a CPU the process's peak RSS growth from after the model is built (VmHWM reset through
@@ -55,8 +55,8 @@ def measure(model: str, spec: str, batch: int, img_size: int, steps: int, conn) 
         import torch
 
         import pefs
-        from pefs import engine
         from pefs.backbones import OFFLINE_MODELS
+        from pefs.runtime import engine
 
         strategy, _, flag = spec.partition("@")
         kwargs = {"img_size": img_size} if "vit" in model else {}
@@ -105,7 +105,7 @@ def render(r: dict[str, Any]) -> str:
     lines = ["## Peak training memory vs full fine-tuning (same batch)", "",
              f"- command: `{r['command']}` at commit `{r.get('git_commit', 'not recorded')}`",
              f"- batch {s['batch_size']}, {s['steps']} training step(s) through "
-             f"`pefs.engine.fit`; load average {r['load']} at the start",
+             f"`pefs.runtime.engine.fit`; load average {r['load']} at the start",
              f"- peak MB: {r['memory']}; RSS MB: the process's peak RSS growth over the first fit", "",
              "| model | px | params | strategy | trainable | peak MB | ÷ full | ≤ 0.5× | RSS MB | RSS ÷ full | "
              "s/step |", "|---|---|---|---|---|---|---|---|---|---|---|"]

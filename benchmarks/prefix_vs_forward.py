@@ -2,7 +2,7 @@
 """pefs' frozen-prefix pass against a bare forward loop, in one process, on the same images (benchmarks/speed.md).
 
 speed.py times the forward-only limit in a separate probe process; this script checks, without the process
-boundary, whether ``pefs.engine.outputs`` (what TaskRunner runs once per image for the linear probe and
+boundary, whether ``pefs.runtime.engine.outputs`` (what TaskRunner runs once per image for the linear probe and
 prototype heads) costs more than a hand-written ``inference_mode`` + autocast loop over the same network, batch 16,
 channels-last, bf16 where the CPU has it natively. Per episode (5-way 5-shot, 15 queries, 100 images): the bare
 loop twice (cold, then warm) and pefs once, interleaved.
@@ -37,10 +37,10 @@ def measure(episodes_n: int) -> dict[str, Any]:
     import torch
     from provenance import git_commit
 
-    from pefs import engine
-    from pefs.config import TuneConfig
+    from pefs.config.run import TuneConfig
     from pefs.data import episodes, load_default
-    from pefs.fewshot import TaskRunner
+    from pefs.runtime import engine
+    from pefs.runtime.task import TaskRunner
 
     load_start = list(os.getloadavg())
     torch.manual_seed(0)

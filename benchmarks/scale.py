@@ -42,9 +42,9 @@ def forward_only(ds, img_size: int, batch: int, workers: int) -> dict:
     import torch
     from torch.utils.data import DataLoader, Dataset
 
-    from pefs import engine
     from pefs.data import eval_transform
-    from pefs.model import wrap
+    from pefs.model.wrap import wrap
+    from pefs.runtime import engine
 
     model = wrap(MODEL, "linear", num_classes=10, pretrained=True)
     tf = eval_transform(model.backbone.data_config, img_size)
@@ -73,9 +73,9 @@ def one(method: str, n_test: int, img_size: int, batch: int, workers: int, shots
     import timm  # noqa: F401  (imported before the clock starts on both sides: a one-off cost, not the run's)
     import torch
 
-    from pefs.config import TuneConfig
-    from pefs.engine import TrainConfig
-    from pefs.tune import tune
+    from pefs.config.run import TuneConfig
+    from pefs.protocols.run import tune
+    from pefs.runtime.engine import TrainConfig
 
     ds = fmnist.dataset(n_test)
     base = rss_mb()

@@ -23,7 +23,7 @@ import time
 from collections import Counter, defaultdict
 from pathlib import Path
 
-from pefs.stats import mean_ci95_t
+from pefs.results.stats import mean_ci95_t
 
 HERE = Path(__file__).parent
 ROOT = HERE.parent
@@ -59,8 +59,8 @@ def selected(row: dict) -> str:
 def load_cells(store: Path = STORE, by_model: bool = False) -> dict[tuple, dict[int, dict]]:
     """(strategy label, what was selected (:func:`selected`), shots) -> seed -> the stored row of the newest ok
     run (``by_model``: the model name first in the key)."""
-    from pefs.aggregate import current_rows
-    from pefs.store import load
+    from pefs.results.aggregate import current_rows
+    from pefs.results.store import load
 
     out: dict[tuple[str, bool, int], dict[int, dict]] = defaultdict(dict)
     rows, _ = current_rows(load(store).ok())

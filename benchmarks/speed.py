@@ -10,7 +10,7 @@ For each strategy two worker processes run the same few-shot tasks alternately (
   sums, and training to near-zero loss amplifies that into differing predictions, so both sides use one layout
   (the layout's own speed is a hardware probe). Strategies with no standard library (VPT, adapters)
   get their modules from ``pefs.wrap`` and the same plain loop.
-* **pefs**: :class:`pefs.fewshot.TaskRunner`, the path behind ``pefs tune`` and the episodic runner (channels-last,
+* **pefs**: :class:`pefs.runtime.task.TaskRunner`, the path behind ``pefs tune`` and the episodic runner (channels-last,
   Accelerate, frozen-prefix caching).
 
 Both start from identical weights (the same seeded construction), see the same batches in the same order and
@@ -56,7 +56,7 @@ from speed_probes import worker_main  # noqa: E402
 from speed_report import COLUMNS, _load, render, targets  # noqa: E402,F401  (COLUMNS: for the tests)
 
 #: imported once by the fork server, so every worker starts with them loaded and none of their memory in its delta
-PRELOAD = ["torch", "timm", "timm.data", "peft", "accelerate", "pefs", "pefs.fewshot", "pefs.engine"]
+PRELOAD = ["torch", "timm", "timm.data", "peft", "accelerate", "pefs", "pefs.runtime.task", "pefs.runtime.engine"]
 #: strategies run by default, in this order, when registered (``prototype`` is the linear probe with pefs'
 #: prototype head); ``full`` is there for the memory comparison
 AUTO = ["linear", "prototype", "last-k", "lora", "vpt", "adapter", "full"]
@@ -217,7 +217,7 @@ def plan(s: dict[str, Any], info: dict[str, Any]) -> tuple[list[dict[str, Any]],
     for name in wanted:
         if name == "prototype":
             if "prototype" not in info["heads"]:
-                skipped.append("prototype: pefs has no prototype head (pefs.heads)")
+                skipped.append("prototype: pefs has no prototype head (pefs.heads.registry)")
                 continue
             runs.append({"name": name, "strategy": "linear", "head": "prototype", "options": {}, "ref": "prototype",
                          "epochs": 0, "stream": name in s["stream_strategies"],

@@ -26,7 +26,7 @@ class ProbeWorker:
         if self.cl:
             self.base = self.base.to(memory_format=torch.channels_last)
         self.tf = _transform(s, self.base)
-        from pefs.engine import native_bf16
+        from pefs.runtime.engine import native_bf16
 
         self.bf16 = native_bf16(self.dev.type)
         self.tasks = {p: _tasks(s, p) for p in ("episode", "kshot")}
@@ -216,7 +216,7 @@ def _info(s: dict[str, Any]) -> dict[str, Any]:
         net = timm.create_model(s["model"], pretrained=False, **_model_kwargs(s))  # a random-weight model
     torch.save(net.state_dict(), s["checkpoint"])
     try:
-        from pefs.heads import HEADS
+        from pefs.heads.registry import HEADS
 
         heads = sorted(HEADS)
     except ImportError:
@@ -228,7 +228,7 @@ def _info(s: dict[str, Any]) -> dict[str, Any]:
     except OSError:
         pass
     cuda = torch.cuda.is_available()
-    from pefs.engine import TrainConfig, inference_precision
+    from pefs.runtime.engine import TrainConfig, inference_precision
 
     return {"strategies": sorted(STRATEGIES), "heads": heads, "cuda": cuda, "default_epochs": TrainConfig().epochs,
             "pefs_inference_precision": inference_precision(TrainConfig(), torch.device("cuda" if cuda else "cpu")),

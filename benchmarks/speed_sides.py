@@ -41,7 +41,7 @@ def _timm_name(s: dict[str, Any]) -> str:
 
 
 def _model_kwargs(s: dict[str, Any]) -> dict[str, Any]:
-    from pefs.fewshot import _takes_img_size
+    from pefs.runtime.task import _takes_img_size
 
     return {"img_size": s["img_size"]} if _takes_img_size(s["model"]) else {}
 
@@ -96,7 +96,7 @@ class RefSide:
     def __init__(self, s: dict[str, Any], run: dict[str, Any], overrides: dict[str, Any]) -> None:
         import torch
 
-        from pefs.engine import TrainConfig
+        from pefs.runtime.engine import TrainConfig
 
         self.s, self.run, self.kind = s, run, run["ref"]
         self.train = TrainConfig()  # the same learning rates and weight decay pefs uses
@@ -254,10 +254,10 @@ COLD = ("episode", "kshot")
 
 
 class PefsSide:
-    """pefs' own path: one :class:`pefs.fewshot.TaskRunner` per protocol, ``run`` per task."""
+    """pefs' own path: one :class:`pefs.runtime.task.TaskRunner` per protocol, ``run`` per task."""
 
     def __init__(self, s: dict[str, Any], run: dict[str, Any], overrides: dict[str, Any]) -> None:
-        from pefs.engine import TrainConfig
+        from pefs.runtime.engine import TrainConfig
 
         self.s, self.run = s, run
         ebs = {"eval_batch_size": s["pefs_eval_batch_size"]} if s["pefs_eval_batch_size"] else {}
@@ -270,7 +270,7 @@ class PefsSide:
     def config(self, epochs: int | None = None):
         import dataclasses
 
-        from pefs.config import TuneConfig
+        from pefs.config.run import TuneConfig
 
         train = dataclasses.replace(self.train, epochs=epochs or self.train.epochs)
         return TuneConfig(model=self.s["model"], strategy=self.run["strategy"], options=dict(self.run["options"]),
@@ -278,8 +278,8 @@ class PefsSide:
                           img_size=self.s["img_size"], head=self.run["head"], train=train)
 
     def setup(self, protocol: str, classes: int, epochs: int | None = None) -> dict[str, Any]:
-        from pefs import engine
-        from pefs.fewshot import TaskRunner
+        from pefs.runtime import engine
+        from pefs.runtime.task import TaskRunner
 
         engine.seed_everything(self.s["seed"])
         runner = TaskRunner(self.config(epochs), classes)
@@ -365,7 +365,7 @@ class SideWorker:
         out["gc_collect_s"] = _time_median(gc.collect, self.s["repeats"])  # Accelerate's free_memory() after a fit
         runner = getattr(self.side, "runners", {}).get("episode")
         if runner is not None:
-            from pefs.fewshot import fingerprint
+            from pefs.runtime.task import fingerprint
 
             out["restore_s"] = _time_median(lambda: runner.model.load_state_dict(runner.start), self.s["repeats"])
             out["fingerprint_s"] = _time_median(lambda: fingerprint(runner.model), self.s["repeats"])

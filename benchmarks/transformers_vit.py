@@ -7,7 +7,8 @@ A ``transformers`` ViT next to the timm ViT of the same size, one row per strate
 
 A random-weight timm ``vit_tiny_patch16_224`` (at the embedded data's 128 px) is saved as a checkpoint and
 converted exactly (:func:`pefs.backbones.convert.timm_vit_to_transformers`) into a ``transformers``
-ViTForImageClassification saved with ``save_pretrained``; each row is one ``pefs.tune.tune`` run on the embedded
+ViTForImageClassification saved with ``save_pretrained``; each row is one
+``pefs.protocols.run.tune`` run on the embedded
 Fashion-MNIST subset, once with ``--model vit_tiny_patch16_224 --checkpoint ...`` and once with
 ``--model hf:DIR``. Both models compute the same function, so the accuracy columns should agree (random
 weights: the accuracy is not meaningful as a measure of the strategies, only as a check that both families
@@ -60,9 +61,9 @@ def make_models(root: Path) -> tuple[str, str]:
 def run(shots: int, epochs: int, seeds: tuple[int, ...]) -> dict[str, Any]:
     import torch
 
-    from pefs.config import TuneConfig
-    from pefs.engine import TrainConfig
-    from pefs.tune import tune
+    from pefs.config.run import TuneConfig
+    from pefs.protocols.run import tune
+    from pefs.runtime.engine import TrainConfig
 
     torch.set_num_threads(int(os.environ.get("BENCH_THREADS", "2")))
     rows = []

@@ -4,7 +4,8 @@
 >>> model = pefs.wrap("efficientnet_lite0.offline", "lora", num_classes=10, r=8)
 >>> model.param_report()["trainable"]
 
-The public names load lazily (PEP 562), so ``import pefs.report`` or ``pefs.store`` never imports torch.
+The public names load lazily (PEP 562), so ``import pefs.results``
+or ``pefs.results.store`` never imports torch.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from pefs.errors import PefsError
 __version__ = "0.1.0"
 #: public name -> the module that defines it
 _LAZY = {"Backbone": "pefs.backbones", "list_models": "pefs.backbones", "load": "pefs.backbones",
-         "PefsModel": "pefs.model", "wrap": "pefs.model", "list_strategies": "pefs.strategies"}
+         "PefsModel": "pefs.model.wrap", "wrap": "pefs.model.wrap", "list_strategies": "pefs.strategies"}
 __all__ = ["PefsError", "__version__", *_LAZY]
 
 

@@ -24,7 +24,7 @@ FAST = ["-q", "--img-size", "32", "--epochs", "2"]
 
 
 def cli(*args: str, cwd: Path | None = None, **kw) -> subprocess.CompletedProcess:
-    """Run ``python -m pefs.cli ARGS`` in a subprocess (one OpenMP thread), capturing its output."""
+    """Run ``python -m pefs.cli.main ARGS`` in a subprocess (one OpenMP thread), capturing its output."""
     env = dict(os.environ, OMP_NUM_THREADS="1")
     return subprocess.run([sys.executable, "-m", "pefs.cli", *args], capture_output=True, text=True, timeout=600,
                           cwd=cwd, env=env, **kw)
@@ -72,7 +72,7 @@ def image_folder(tmp_path):
 def tiny(family: str, strategy: str = "linear", classes: int = 3, **options):
     """A small random-weight model of ``family`` (see TINY_MODELS) wrapped with ``strategy``, seeded."""
     import pefs
-    from pefs import engine
+    from pefs.runtime import engine
 
     name, kwargs = TINY_MODELS[family]
     engine.seed_everything(0)
@@ -90,6 +90,6 @@ def batch(n: int = 12, classes: int = 3, size: int = 32):
 def cfg(**kw):
     """A short TrainConfig with fp32 no-grad passes unless asked: these tests compare paths that must agree to
     1e-4, and "auto" would run the cached prefix in bf16 on a CPU that has it (test_speed_options covers that)."""
-    from pefs.config import TrainConfig
+    from pefs.config.run import TrainConfig
 
     return TrainConfig(**{"epochs": 3, "batch_size": 4, "progress": False, "inference_precision": "no", **kw})

@@ -32,11 +32,11 @@ def start(hold_at: int, *args: str, env: dict[str, str] | None = None) -> subpro
 
 
 def _main() -> int:
-    import pefs.tune
-    from pefs.cli import main
+    import pefs.protocols.run
+    from pefs.cli.main import main
 
     hold_at, args = int(sys.argv[1]), sys.argv[2:]
-    real, calls = pefs.tune.tune, [0]
+    real, calls = pefs.protocols.run.tune, [0]
 
     def tune(cfg):
         calls[0] += 1
@@ -45,7 +45,7 @@ def _main() -> int:
             sys.stdin.read()  # until the test kills us (or closes stdin)
         return real(cfg)
 
-    pefs.tune.tune = tune
+    pefs.protocols.run.tune = tune
     return main(args)
 
 

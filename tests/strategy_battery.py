@@ -32,7 +32,7 @@ from torch import nn
 
 from pefs.backbones import Backbone, load
 from pefs.errors import PefsError
-from pefs.model import PefsModel, wrap
+from pefs.model.wrap import PefsModel, wrap
 from tests.conftest import TINY_MODELS
 
 FAMILIES = tuple(TINY_MODELS)

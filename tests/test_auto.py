@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import pytest
 
-from pefs.auto import CANDIDATES, grid
-from pefs.checks import parse_budget
-from pefs.cli import main
-from pefs.config import TrainConfig, TuneConfig
+from pefs.cli.main import main
+from pefs.config.checks import parse_budget
+from pefs.config.run import TrainConfig, TuneConfig
 from pefs.errors import PefsError
-from pefs.tune import tune
+from pefs.protocols.run import tune
+from pefs.protocols.selection.auto import CANDIDATES, grid
 
 
 def auto_cfg(image_folder, tmp_path, **kw) -> TuneConfig:
@@ -94,7 +94,7 @@ def test_cli_prints_what_auto_chose(image_folder, tmp_path, capsys):
 
 
 def test_a_candidate_that_does_not_apply_is_skipped_with_its_reason(image_folder, tmp_path, monkeypatch):
-    import pefs.selection as selection
+    import pefs.protocols.selection.selector as selection
 
     real = selection.TaskRunner
 

@@ -8,7 +8,7 @@ import sys
 
 import pytest
 
-from pefs.cli import build_parser, config_from_args, main
+from pefs.cli.main import build_parser, config_from_args, main
 
 
 def run_cli(*args: str) -> subprocess.CompletedProcess:
@@ -65,7 +65,7 @@ def test_tune_flags_are_generated_from_the_config_fields(capsys):
     """Every CLI-visible config field has its flag, with the help text and default written on the field."""
     import dataclasses
 
-    from pefs.config import TrainConfig, TuneConfig
+    from pefs.config.run import TrainConfig, TuneConfig
 
     with pytest.raises(SystemExit):
         main(["tune", "--help"])

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from pefs.config import (
+from pefs.config.run import (
     HEAD_NAMES,
     SCHEMA_VERSION,
     TrainConfig,
@@ -25,7 +25,8 @@ PACKAGE = Path(__file__).resolve().parents[1] / "pefs"
 
 
 def test_reading_results_imports_no_torch():
-    code = ("import sys, pefs.report, pefs.store, pefs.recipe, pefs.config, pefs.aggregate, pefs.plots; "
+    code = ("import sys, pefs.results.report.markdown, pefs.results.store, pefs.sweep.recipe, pefs.config.run, "
+            "pefs.results.aggregate, pefs.results.report.plots; "
             "print(sorted(m for m in ('torch', 'timm', 'transformers', 'accelerate') if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"
@@ -81,7 +82,7 @@ def test_no_import_cycles():
 
 
 def test_head_names_match_the_heads_registry():
-    from pefs.heads import HEADS
+    from pefs.heads.registry import HEADS
 
     assert tuple(HEADS) == HEAD_NAMES
 
@@ -120,7 +121,7 @@ def test_resolved_copy_leaves_the_callers_config_alone():
 
 
 def test_tune_records_the_callers_config_and_the_resolved_one(tmp_path):
-    from pefs.tune import tune
+    from pefs.protocols.run import tune
 
     cfg = TuneConfig(model="resnet18", pretrained=False, head="prototype", shots=1, output=str(tmp_path),
                      train=TrainConfig(progress=False, inference_precision="no"))
@@ -150,7 +151,7 @@ def test_bad_values_are_refused_by_the_config(kw, message):
 def test_resolve_fills_in_the_strategys_default_learning_rate():
     """A run's identity holds the rate it trains at: linear's default hashes as lr=1e-3 did before defaults became
     per strategy (stored results resume); full's 1e-4 is a new cell; a searched strategy resolves per candidate."""
-    from pefs.tune import resolve
+    from pefs.protocols.run import resolve
 
     def lr_of(**kw):
         return resolve(TuneConfig(**kw), None)

@@ -8,10 +8,10 @@ import pytest
 import torch
 
 import pefs
-from pefs import engine
 from pefs.backbones.split import stages
-from pefs.engine import NonFiniteLoss, TrainConfig
 from pefs.errors import PefsError
+from pefs.runtime import engine
+from pefs.runtime.engine import NonFiniteLoss, TrainConfig
 from pefs.strategies.last_k import final_norms
 from tests.conftest import TINY_MODELS, batch, cfg, tiny
 

@@ -8,12 +8,12 @@ import pytest
 import torch
 from PIL import Image
 
-from pefs import features
-from pefs.config import TuneConfig
-from pefs.engine import TrainConfig
+from pefs.config.run import TuneConfig
 from pefs.errors import PefsError
-from pefs.features import FeatureStore, trunk_fingerprint
-from pefs.tune import tune
+from pefs.protocols.run import tune
+from pefs.runtime import feature_store as features
+from pefs.runtime.engine import TrainConfig
+from pefs.runtime.feature_store import FeatureStore, trunk_fingerprint
 from tests.conftest import colour_images
 
 TINY = "vit_tiny_patch16_224"
@@ -38,7 +38,7 @@ def trunk_passes(rec) -> int:
 
 
 def test_second_run_starts_from_the_store(data, tmp_path, monkeypatch):
-    from pefs import fewshot
+    from pefs.runtime import task as fewshot
 
     monkeypatch.setattr(fewshot, "STORE_SHARD", 4)  # shards of 4 images: the 15 test images make 4 shards
     cfg = config(data, tmp_path)
@@ -136,7 +136,7 @@ def test_cache_dir_from_flag_or_environment(tmp_path, monkeypatch):
 
 
 def test_cli_flags_reach_the_config(tmp_path):
-    from pefs.cli import build_parser, config_from_args
+    from pefs.cli.main import build_parser, config_from_args
 
     a = build_parser().parse_args(["tune", "--feature-cache", str(tmp_path), "--workers", "2", "--cache-mb", "64"])
     cfg = config_from_args(a)

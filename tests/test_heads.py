@@ -10,9 +10,9 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from pefs import heads
 from pefs.backbones.split import patch_tokens
 from pefs.errors import PefsError
+from pefs.heads import registry as heads
 from tests.conftest import tiny
 
 

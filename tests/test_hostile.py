@@ -13,11 +13,12 @@ import torch
 from PIL import Image
 
 import pefs
-from pefs import engine, store
-from pefs.cli import main
+from pefs.cli.main import main
 from pefs.data import load_dataset
-from pefs.engine import NonFiniteLoss, TrainConfig
 from pefs.errors import PefsError
+from pefs.results import store
+from pefs.runtime import engine
+from pefs.runtime.engine import NonFiniteLoss, TrainConfig
 from tests.conftest import FAST, assert_user_error, cli
 
 RN = ["--model", "resnet18", "--no-pretrained"]
@@ -40,8 +41,8 @@ def test_bad_values_are_one_line_before_compute(tmp_path, capsys, monkeypatch, a
     def no_model(*_a, **_k):
         raise AssertionError("a model was built before the bad value was refused")
 
-    monkeypatch.setattr("pefs.tune.build_model", no_model)
-    monkeypatch.setattr("pefs.fewshot.build_model", no_model)
+    monkeypatch.setattr("pefs.protocols.run.build_model", no_model)
+    monkeypatch.setattr("pefs.runtime.task.build_model", no_model)
     extra = ["--store", str(tmp_path / "s.jsonl")] if args[0] == "sweep" else []
     code = main([*args, *FAST, "--output", str(tmp_path / "out"), *extra])
     err = capsys.readouterr().err
@@ -186,7 +187,7 @@ def test_float_image_with_nan_is_named(tmp_path):
 
 
 def test_claims_beside_a_store_in_an_unwritable_place_fail_clearly(tmp_path):
-    from pefs import claims
+    from pefs.results import claims
 
     (tmp_path / ".s.jsonl.claims").write_text("a file where the claims folder goes")
     with pytest.raises(PefsError, match="claims folder"):

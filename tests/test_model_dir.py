@@ -12,11 +12,11 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 import pefs
-from pefs.config import TuneConfig
-from pefs.engine import TrainConfig
+from pefs.config.run import TuneConfig
 from pefs.errors import PefsError
-from pefs.model import PefsModel, wrap
-from pefs.tune import tune
+from pefs.model.wrap import PefsModel, wrap
+from pefs.protocols.run import tune
+from pefs.runtime.engine import TrainConfig
 from tests.strategy_battery import images, perturb, tiny_backbone
 
 

@@ -9,8 +9,8 @@ import pytest
 import torch
 
 from pefs.errors import PefsError
-from pefs.model import wrap
-from pefs.peft_format import load_peft_adapter, save_peft_adapter
+from pefs.export.peft_format import load_peft_adapter, save_peft_adapter
+from pefs.model.wrap import wrap
 from tests.hf_models import build
 from tests.strategy_battery import images, liven, one_thread, perturb
 

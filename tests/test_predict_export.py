@@ -13,10 +13,10 @@ import pytest
 import torch
 from PIL import Image
 
-from pefs.cli import main
+from pefs.cli.main import main
 from pefs.data import load_default
 from pefs.errors import PefsError
-from pefs.model import PefsModel, wrap
+from pefs.model.wrap import PefsModel, wrap
 from tests.strategy_battery import tiny_backbone
 
 CLASSES = (1, 2, 3, 4)  # Trouser, Pullover, Dress, Coat: names that are valid folder names
@@ -100,7 +100,7 @@ def test_onnx_export_runs_in_onnxruntime(final):
 
 
 def test_unmergeable_strategy_says_why_and_still_exports_to_onnx(tmp_path):
-    from pefs.export import export_merged, export_onnx
+    from pefs.export.formats import export_merged, export_onnx
 
     model = wrap(tiny_backbone("vit"), "vpt", num_classes=3)
     with pytest.raises(PefsError, match=r"cannot export 'vpt' as a merged checkpoint: vpt adds computation"):
@@ -111,7 +111,7 @@ def test_unmergeable_strategy_says_why_and_still_exports_to_onnx(tmp_path):
 
 
 def test_merged_export_refuses_tensors_timm_does_not_have(tmp_path):
-    from pefs.export import export_merged
+    from pefs.export.formats import export_merged
 
     model = wrap("efficientnet_lite0.offline", "ssf", num_classes=3)
     with pytest.raises(PefsError, match=r"does not have the tensors of timm's tf_efficientnet_lite0: \d+ extra"):

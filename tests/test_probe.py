@@ -10,12 +10,12 @@ import pytest
 import torch
 from torch.nn import functional as F
 
-from pefs import heads
-from pefs.config import TuneConfig
-from pefs.engine import TrainConfig
+from pefs.config.run import TuneConfig
 from pefs.errors import PefsError
-from pefs.probe import DEFAULT_L2, LogisticProbe, fit_logistic
-from pefs.tune import tune
+from pefs.heads import registry as heads
+from pefs.heads.logistic import DEFAULT_L2, LogisticProbe, fit_logistic
+from pefs.protocols.run import tune
+from pefs.runtime.engine import TrainConfig
 
 
 def blobs(n_per_class: int, classes: int = 3, dim: int = 6, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
@@ -101,8 +101,8 @@ def test_logistic_head_runs_in_tune_without_training_a_frozen_trunk(image_folder
 def fashion_features():
     """Pooled EfficientNet-Lite0 (ImageNet weights, offline) features of the embedded Fashion-MNIST subset."""
     import pefs
-    from pefs import engine
     from pefs.data import eval_transform, load_dataset
+    from pefs.runtime import engine
 
     ds = load_dataset(None)
     model = pefs.wrap("efficientnet_lite0.offline", "linear", num_classes=len(ds.classes))

@@ -9,9 +9,8 @@ import pytest
 import torch
 from PIL import Image
 
-from pefs import engine
 from pefs.backbones.describe import IMAGENET_DATA_CONFIG
-from pefs.config import TuneConfig
+from pefs.config.run import TuneConfig
 from pefs.data import (
     ViewConfig,
     decode,
@@ -22,11 +21,12 @@ from pefs.data import (
     load_dataset,
     mask_patches,
 )
-from pefs.engine import TrainConfig, mean_ci95
 from pefs.errors import PefsError
-from pefs.fewshot import TaskRunner, fingerprint
-from pefs.protocols import run_protocol
-from pefs.tune import tune
+from pefs.protocols.loop import run_protocol
+from pefs.protocols.run import tune
+from pefs.runtime import engine
+from pefs.runtime.engine import TrainConfig, mean_ci95
+from pefs.runtime.task import TaskRunner, fingerprint
 
 TINY = "vit_tiny_patch16_224"
 
@@ -197,7 +197,7 @@ def test_patch_match_refuses_a_model_without_token_layout(tmp_path, folder):
 
 
 def test_cli_head_and_view_flags_reach_the_config(capsys):
-    from pefs.cli import build_parser, config_from_args, main
+    from pefs.cli.main import build_parser, config_from_args, main
 
     a = build_parser().parse_args(["tune", "--head", "prototype", "--views", "3", "--augment", "--mask-ratio", "0.3",
                                    "--mask-patch", "8", "--ways", "5", "--episodes", "7"])

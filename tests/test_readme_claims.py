@@ -14,9 +14,9 @@ import torch
 from PIL import Image
 from torch import nn
 
-import pefs.fewshot
-from pefs import engine
-from pefs.cli import main
+import pefs.runtime.task
+from pefs.cli.main import main
+from pefs.runtime import engine
 from tests.conftest import colour_images
 
 RUN = ["--model", "resnet18", "--no-pretrained", "--img-size", "32", "--epochs", "1", "-q"]
@@ -38,13 +38,13 @@ def folder(tmp_path) -> Path:
 
 
 class LayerSpy:
-    """Wraps ``pefs.fewshot.build_model`` so every Conv2d/Linear of the model a run builds reports each call:
+    """Wraps ``pefs.runtime.task.build_model`` so every Conv2d/Linear of the model a run builds reports each call:
     grad enabled (training) or not, the dtype it computed in, channels-last input, batch size."""
 
     def __init__(self, monkeypatch) -> None:
         self.calls: list[dict] = []
         self.models: list[nn.Module] = []
-        real = pefs.fewshot.build_model
+        real = pefs.runtime.task.build_model
 
         def build(cfg, num_classes):
             model = real(cfg, num_classes)
@@ -54,7 +54,7 @@ class LayerSpy:
                     mod.register_forward_hook(self._hook)
             return model
 
-        monkeypatch.setattr(pefs.fewshot, "build_model", build)
+        monkeypatch.setattr(pefs.runtime.task, "build_model", build)
 
     def _hook(self, mod, inputs, out) -> None:
         x = inputs[0]
@@ -132,7 +132,7 @@ def test_seeds_0_4_through_the_cli_run_five_seeds_from_the_same_start(tmp_path, 
     starts = {r["start_state"] for r in record["runs"]}
     assert len(starts) == 1  # every seed started from identical weights
     (model,) = spy.models
-    assert pefs.fewshot.fingerprint(model) != starts.pop()  # ... although training did move them
+    assert pefs.runtime.task.fingerprint(model) != starts.pop()  # ... although training did move them
 
 
 def test_kshot_seed_starts_from_the_loaded_weights_even_after_training(tmp_path, folder, monkeypatch):
@@ -140,14 +140,14 @@ def test_kshot_seed_starts_from_the_loaded_weights_even_after_training(tmp_path,
     freshly loaded model's fingerprint, not the trained state the first seed left behind."""
     spy = LayerSpy(monkeypatch)
     seen: list[str] = []
-    real = pefs.fewshot.TaskRunner.run
+    real = pefs.runtime.task.TaskRunner.run
 
     def run(self, support, query, seed):
         result = real(self, support, query, seed)
-        seen.append(pefs.fewshot.fingerprint(self.model))  # the state this task left behind
+        seen.append(pefs.runtime.task.fingerprint(self.model))  # the state this task left behind
         return result
 
-    monkeypatch.setattr(pefs.fewshot.TaskRunner, "run", run)
+    monkeypatch.setattr(pefs.runtime.task.TaskRunner, "run", run)
     record = tune(tmp_path, folder, "--strategy", "full", "--seeds", "0,1")
     assert len(spy.models) == 1  # loaded once for both seeds
     start = record["runs"][0]["start_state"]

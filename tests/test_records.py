@@ -5,10 +5,10 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from pefs import store
-from pefs.config import TrainConfig, TuneConfig
-from pefs.report import build_report
-from pefs.tune import tune
+from pefs.config.run import TrainConfig, TuneConfig
+from pefs.protocols.run import tune
+from pefs.results import store
+from pefs.results.report.markdown import build_report
 
 #: the record's keys, in order, as ``finish`` wrote them before the record was typed (K-shot, no search)
 KEYS = ["pefs_record", "config", "resolved", "config_hash", "schema", "protocol", "model", "strategy", "head",

@@ -18,10 +18,10 @@ from pathlib import Path
 import pytest
 
 import pefs
-from pefs.config import TuneConfig
-from pefs.engine import NonFiniteLoss, TrainConfig
+from pefs.config.run import TuneConfig
 from pefs.errors import PefsError
-from pefs.tune import tune
+from pefs.protocols.run import tune
+from pefs.runtime.engine import NonFiniteLoss, TrainConfig
 from tests.conftest import FAST, assert_user_error, cli
 
 
@@ -68,11 +68,11 @@ def test_unwritable_output_fails_before_training(tmp_path, monkeypatch):
     r = cli("tune", *FAST, "--output", str(blocker / "records"), "--strategy", "lora")  # -q: no progress bars
     assert_user_error(r, "is not writable", str(blocker / "records"))
     assert r.stdout == ""  # refused before any result; no model was built (below, without a subprocess)
-    import pefs.fewshot
+    import pefs.runtime.task
 
     built = []
-    real = pefs.fewshot.TaskRunner.__init__
-    monkeypatch.setattr(pefs.fewshot.TaskRunner, "__init__",
+    real = pefs.runtime.task.TaskRunner.__init__
+    monkeypatch.setattr(pefs.runtime.task.TaskRunner, "__init__",
                         lambda self, *a, **k: (built.append(1), real(self, *a, **k))[1])
     with pytest.raises(PefsError, match="is not writable"):
         tune(TuneConfig(strategy="lora", img_size=32, output=str(blocker / "records"),
@@ -81,7 +81,7 @@ def test_unwritable_output_fails_before_training(tmp_path, monkeypatch):
 
 
 def test_disk_full_leaves_no_partial_record(tmp_path, monkeypatch):
-    import pefs.tune as tune_mod
+    import pefs.protocols.run as tune_mod
 
     real_fsync = os.fsync
 

@@ -55,7 +55,7 @@ def test_every_report_is_accounted_for():
 def test_sweep_report_rerenders_from_its_store(page, tmp_path, monkeypatch):
     """``pefs report`` on the committed store gives the committed report.md and results.csv, and every table row
     of the summary page is one of the report's rows, copied unchanged."""
-    from pefs.report import build_report
+    from pefs.results.report.markdown import build_report
 
     folder = BENCH / SWEEP_REPORTS[page]
     monkeypatch.chdir(ROOT)  # the report names its store as the command gave it: relative to the repository

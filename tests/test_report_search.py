@@ -9,12 +9,12 @@ import re
 
 import pytest
 
-from pefs import store
-from pefs.aggregate import aggregate
-from pefs.cli import main
+from pefs.cli.main import main
 from pefs.errors import PefsError
-from pefs.plots import figure_3d
-from pefs.report import build_report, markdown
+from pefs.results import store
+from pefs.results.aggregate import aggregate
+from pefs.results.report.markdown import build_report, markdown
+from pefs.results.report.plots import figure_3d
 
 RATES = (1e-3, 1e-2, 1e-1)
 

@@ -7,10 +7,10 @@ import csv
 
 import pytest
 
-from pefs.aggregate import aggregate, paired
-from pefs.plots import bars_3d_data, shots_params_accuracy_3d
-from pefs.report import markdown, write_csv
-from pefs.stats import mean_ci95_t
+from pefs.results.aggregate import aggregate, paired
+from pefs.results.report.markdown import markdown, write_csv
+from pefs.results.report.plots import bars_3d_data, shots_params_accuracy_3d
+from pefs.results.stats import mean_ci95_t
 
 
 def _row(strategy: str, shots: int, seed: int, acc: float, trainable: int, chosen: dict | None = None) -> dict:

@@ -7,13 +7,13 @@ import pytest
 import torch
 
 from pefs.backbones.describe import IMAGENET_DATA_CONFIG
-from pefs.config import TuneConfig
+from pefs.config.run import TuneConfig
 from pefs.data import Dataset, from_arrays, load_dataset, loading
 from pefs.data.loading import ByteCache, Decoder, decoded_batches
-from pefs.engine import TrainConfig
 from pefs.errors import PefsError
-from pefs.fewshot import TaskRunner
-from pefs.tune import tune
+from pefs.protocols.run import tune
+from pefs.runtime.engine import TrainConfig
+from pefs.runtime.task import TaskRunner
 from tests.conftest import colour_images
 
 TINY = "vit_tiny_patch16_224"

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from pefs.config import TrainConfig, TuneConfig
+from pefs.config.run import TrainConfig, TuneConfig
 from pefs.errors import PefsError
-from pefs.search import apply, parse_search, run_search
+from pefs.protocols.selection.search import apply, parse_search, run_search
 
 
 def test_grid_is_the_product_in_the_order_given():

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import pytest
 
-from pefs.cli import build_parser, config_from_args
-from pefs.config import TrainConfig, TuneConfig
+from pefs.cli.main import build_parser, config_from_args
+from pefs.config.run import TrainConfig, TuneConfig
 from pefs.errors import PefsError
-from pefs.tune import tune
+from pefs.protocols.run import tune
 
 
 def test_cli_search_and_list_options_reach_the_config():
@@ -76,9 +76,9 @@ def test_episode_search_validates_on_held_out_support_never_on_queries(image_fol
 
 def test_held_out_support_is_disjoint_from_the_episode_queries(image_folder, tmp_path):
     from pefs.data import load_dataset
-    from pefs.protocols import tasks
-    from pefs.search import parse_search
-    from pefs.selection import Selector
+    from pefs.protocols.loop import tasks
+    from pefs.protocols.selection.search import parse_search
+    from pefs.protocols.selection.selector import Selector
 
     cfg = episode_cfg(image_folder, tmp_path, episodes=3)
     selector = Selector(cfg, 2, parse_search(["lr=1e-3"], {}, "linear"))

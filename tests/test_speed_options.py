@@ -6,9 +6,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-from pefs import engine
-from pefs.engine import TrainConfig
 from pefs.errors import PefsError
+from pefs.runtime import engine
+from pefs.runtime.engine import TrainConfig
 from tests.conftest import batch, cfg, tiny
 
 CPU = torch.device("cpu")
@@ -95,9 +95,9 @@ def test_fewshot_evaluation_merges_peft_tuners(monkeypatch):
     """TaskRunner evaluates inside merged_view by default, and not with merge_for_eval=False."""
     import numpy as np
 
-    from pefs.config import TuneConfig
+    from pefs.config.run import TuneConfig
     from pefs.data import from_arrays
-    from pefs.fewshot import TaskRunner
+    from pefs.runtime.task import TaskRunner
 
     rng = np.random.default_rng(0)
     ds = from_arrays(rng.integers(0, 255, (12, 16, 16, 3), dtype=np.uint8), [i % 3 for i in range(12)])
@@ -148,8 +148,8 @@ def test_grad_checkpointing_keeps_fewer_activations(strategy):
 
 
 def test_grad_checkpointing_refused_for_a_model_without_it():
-    from pefs.config import TuneConfig
-    from pefs.fewshot import TaskRunner
+    from pefs.config.run import TuneConfig
+    from pefs.runtime.task import TaskRunner
 
     net = torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3), torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten(),
                               torch.nn.Linear(8, 4))
@@ -161,7 +161,7 @@ def test_grad_checkpointing_refused_for_a_model_without_it():
 
 def test_config_hash_ignores_checkpointing_but_not_precision():
     """A sweep resumes across --grad-checkpointing (same numbers); another inference precision is another result."""
-    from pefs.config import TuneConfig
+    from pefs.config.run import TuneConfig
 
     base = TuneConfig(train=TrainConfig()).hash()
     assert TuneConfig(train=TrainConfig(grad_checkpointing=True, eval_batch_size=64)).hash() == base

@@ -16,8 +16,9 @@ import numpy as np
 import torch
 from PIL import Image
 
-from pefs import claims, store, sweep
-from pefs.report import aggregate, build_report, current_rows
+from pefs.results import claims, store
+from pefs.results.report.markdown import aggregate, build_report, current_rows
+from pefs.sweep import run as sweep
 
 SWEEP = ["sweep", "--models", "resnet18", "--no-pretrained", "--strategies", "linear", "--shots", "1",
          "--img-size", "32", "--epochs", "1", "-q"]

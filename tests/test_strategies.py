@@ -9,9 +9,9 @@ import torch
 from torch import nn
 
 from pefs.backbones import Backbone, load
-from pefs.cli import main
+from pefs.cli.main import main
 from pefs.errors import PefsError
-from pefs.model import PefsModel, wrap
+from pefs.model.wrap import PefsModel, wrap
 from pefs.strategies import build
 from tests.strategy_battery import (
     FAMILIES,

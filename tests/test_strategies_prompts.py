@@ -12,7 +12,7 @@ import torch.nn.functional as F
 from pefs import PefsModel, backbones
 from pefs.backbones import Backbone
 from pefs.errors import PefsError
-from pefs.model import wrap
+from pefs.model.wrap import wrap
 from tests.strategy_battery import check_strategy, images, names_with, perturb, tiny_backbone, under
 
 #: the layer each family feeds the image to (where a pixel prompt must sit)

@@ -9,15 +9,16 @@ from pathlib import Path
 import pytest
 import torch
 
-import pefs.tune
-from pefs import store, sweep
-from pefs.cli import main
-from pefs.config import run_key
+import pefs.protocols.run
+from pefs.cli.main import main
+from pefs.config.run import run_key
 from pefs.data import load_dataset
-from pefs.engine import NonFiniteLoss, TrainConfig
 from pefs.errors import PefsError
-from pefs.recipe import load_recipe
-from pefs.tune import resolve
+from pefs.protocols.run import resolve
+from pefs.results import store
+from pefs.runtime.engine import NonFiniteLoss, TrainConfig
+from pefs.sweep import run as sweep
+from pefs.sweep.recipe import load_recipe
 
 RECIPES = Path(__file__).resolve().parents[1] / "recipes"
 TINY = ["--no-pretrained", "--img-size", "32", "--epochs", "1", "-q"]
@@ -39,13 +40,13 @@ def lines(path: Path) -> list[dict]:
 
 def counting_tune(monkeypatch) -> list[str]:
     """Wrap the real tune: record the hash of each call."""
-    calls, real = [], pefs.tune.tune
+    calls, real = [], pefs.protocols.run.tune
 
     def tune(cfg):
         calls.append(cfg.hash())
         return real(cfg)
 
-    monkeypatch.setattr(pefs.tune, "tune", tune)
+    monkeypatch.setattr(pefs.protocols.run, "tune", tune)
     return calls
 
 
@@ -259,7 +260,7 @@ def test_flags_override_the_recipe(tmp_path, monkeypatch, capsys):
         ran.append(cfg)
         return fake(cfg)
 
-    monkeypatch.setattr(pefs.tune, "tune", tune)
+    monkeypatch.setattr(pefs.protocols.run, "tune", tune)
     assert main(["sweep", "--recipe", str(recipe), "--shots", "8", "-o", "alpha=4", "-q",
                  "--store", str(tmp_path / "s.jsonl")]) == 0
     assert [(c.shots, c.train.epochs) for c in ran] == [(8, 4)]
@@ -269,7 +270,7 @@ def test_flags_override_the_recipe(tmp_path, monkeypatch, capsys):
 
 def test_an_option_from_a_flag_or_a_recipe_is_one_cell():
     """-o alpha=4 gives the text "4", a recipe the number 4: the resolved config types both, so one key."""
-    from pefs.config import TuneConfig
+    from pefs.config.run import TuneConfig
 
     text, number = (resolve(TuneConfig(strategy="lora", options={"alpha": v}), None) for v in ("4", 4))
     assert text.options == number.options == {"alpha": 4} and text.hash() == number.hash()

@@ -6,16 +6,16 @@ import pytest
 import torch
 
 from pefs.backbones.token_mask import keep_indices, masked_pooled, masked_tokens, pooled_views
-from pefs.config import TrainConfig, TuneConfig
+from pefs.config.run import TrainConfig, TuneConfig
 from pefs.errors import PefsError
-from pefs.fewshot import TaskRunner
-from pefs.tune import tune
+from pefs.protocols.run import tune
+from pefs.runtime.task import TaskRunner
 
 
 def vit64():
     """A random-weight ViT-Tiny at 64 px: a 4x4 grid of 16 patch tokens plus the class token."""
     import pefs
-    from pefs import engine
+    from pefs.runtime import engine
 
     engine.seed_everything(0)
     return pefs.wrap("vit_tiny_patch16_224", "linear", num_classes=3, pretrained=False,

@@ -9,9 +9,9 @@ from torch import nn
 
 from pefs.backbones import load
 from pefs.backbones.split import patch_tokens, stages
-from pefs.engine import TrainConfig, fit, frozen_level, level_of, outputs
 from pefs.errors import PefsError
-from pefs.model import wrap
+from pefs.model.wrap import wrap
+from pefs.runtime.engine import TrainConfig, fit, frozen_level, level_of, outputs
 from tests.hf_models import HEADS, LAYERS, PATCH, REGISTERS, D, build, hf_backbone
 from tests.strategy_battery import (
     IMG,
@@ -279,7 +279,7 @@ def test_training_lowers_the_loss_and_checkpointing_changes_nothing(spec):
 
 
 def test_checkpointing_goes_through_the_models_own_switch():
-    from pefs.engine import grad_checkpointing
+    from pefs.runtime.engine import grad_checkpointing
 
     model = wrap(hf_backbone("vit"), "lora", num_classes=3)
     layers = model.backbone.blocks

@@ -10,7 +10,7 @@ import torch
 
 from pefs.backbones import load
 from pefs.errors import PefsError
-from pefs.model import PefsModel, wrap
+from pefs.model.wrap import PefsModel, wrap
 from tests.hf_models import HEADS, LAYERS, PATCH, D, build, hf_backbone
 from tests.strategy_battery import IMG, check_strategy, images, one_thread, under
 
@@ -97,7 +97,7 @@ def test_pefs_model_save_and_load_through_hf_directory(tmp_path):
 def test_cli_tunes_a_transformers_model_from_a_local_directory(tmp_path, capsys):
     import json
 
-    from pefs.cli import main
+    from pefs.cli.main import main
 
     build("vit").save_pretrained(tmp_path / "tiny-vit")
     assert main(["tune", "--model", f"hf:{tmp_path / 'tiny-vit'}", "--strategy", "lora", "--shots", "1",
@@ -107,7 +107,7 @@ def test_cli_tunes_a_transformers_model_from_a_local_directory(tmp_path, capsys)
 
 
 def test_cli_lists_families_and_refuses_an_unreachable_hub_id_in_one_line(capsys):
-    from pefs.cli import main
+    from pefs.cli.main import main
 
     assert main(["models", "--offline"]) == 0
     out = capsys.readouterr().out
@@ -146,7 +146,7 @@ def test_a_missing_local_directory_is_named_as_such():
 def test_patch_match_head_on_a_transformers_encoder(tmp_path, image_folder):
     import json
 
-    from pefs.cli import main
+    from pefs.cli.main import main
 
     build("dinov2-reg").save_pretrained(tmp_path / "tiny")
     assert main(["tune", "--model", f"hf:{tmp_path / 'tiny'}", "--head", "patch-match", "--shots", "1",

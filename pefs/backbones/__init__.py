@@ -14,10 +14,10 @@ from typing import Any
 
 from torch import nn
 
-from pefs.backbones.checkpoint import check_checkpoint_path, load_checkpoint, read_state_dict
 from pefs.backbones.describe import Backbone, HeadedModule, describe_module, describe_timm, is_timm_model
-from pefs.backbones.offline import OFFLINE_MODELS, create_offline
-from pefs.config import DEFAULT_MODEL
+from pefs.backbones.sources.checkpoint import check_checkpoint_path, load_checkpoint, read_state_dict
+from pefs.backbones.sources.offline import OFFLINE_MODELS, create_offline
+from pefs.config.run import DEFAULT_MODEL
 from pefs.errors import PefsError, unknown
 
 __all__ = ["Backbone", "HeadedModule", "OFFLINE_MODELS", "DEFAULT_MODEL", "FAMILIES", "load", "list_models",
@@ -61,7 +61,7 @@ def load(model: str | nn.Module, pretrained: bool = True, checkpoint: str | Path
     if isinstance(model, Backbone):
         return model
     if isinstance(model, nn.Module):
-        from pefs.backbones.hf import HFVisionModel, describe_hf, is_hf_model
+        from pefs.backbones.families.hf import HFVisionModel, describe_hf, is_hf_model
 
         name = kwargs.pop("name", type(model).__name__)
         if isinstance(model, HFVisionModel) or is_hf_model(model):
@@ -83,7 +83,7 @@ def load(model: str | nn.Module, pretrained: bool = True, checkpoint: str | Path
     if not isinstance(model, str):
         raise PefsError(f"model must be a model name or an nn.Module, got {type(model).__name__}")
     if model.startswith("hf:"):
-        from pefs.backbones.hf_hub import load_hf
+        from pefs.backbones.sources.hf_hub import load_hf
 
         if checkpoint is not None:
             raise PefsError("--checkpoint does not apply to hf: models; point hf: at the local directory instead")

@@ -11,7 +11,7 @@ import torch
 from torch import nn
 
 from pefs.backbones.describe import Backbone, describe_timm
-from pefs.backbones.hf import describe_hf
+from pefs.backbones.families.hf import describe_hf
 from pefs.errors import PefsError
 
 

@@ -13,7 +13,7 @@ from collections.abc import Callable
 
 import torch
 
-from pefs.config import ViewConfig
+from pefs.config.run import ViewConfig
 from pefs.data.sources import ImageSet
 from pefs.errors import PefsError
 

@@ -3,7 +3,7 @@ and what the engine and the model need to know about the result.
 
 A strategy mutates a freshly loaded :class:`~pefs.backbones.Backbone` in place: it may insert modules
 (adapters, prompts, LoRA layers) and it marks *its own* parameters ``requires_grad``, never anyone else's
-(``pefs.model.wrap`` checks that and trains the head). It declares which leading blocks it leaves untouched
+(``pefs.model.wrap.wrap`` checks that and trains the head). It declares which leading blocks it leaves untouched
 (``frozen_blocks``: the engine caches their output), whether it reruns the blocks itself
 (``checkpointing_target``: where gradient checkpointing is switched on), whether it trains the backbone's own
 weights (``trains_backbone_weights``: then merging is trivially nothing), how it merges, and which base

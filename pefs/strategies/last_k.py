@@ -1,7 +1,7 @@
 """``last-k``: the last ``k`` blocks, the final norm after them, and the head train; everything before stays frozen.
 
 Because the first ``n - k`` blocks never change, the engine runs them once per image and trains the last
-blocks on the cached activations (see :func:`pefs.engine.frozen_level`): partial fine-tuning at the cost
+blocks on the cached activations (see :func:`pefs.runtime.engine.frozen_level`): partial fine-tuning at the cost
 of a few blocks per step. The "final norm" is every norm layer that follows the last block outside the
 classifier (ViT ``norm``/``fc_norm``, EfficientNet ``bn2``, ConvNeXt ``head.norm``; ResNet has none).
 """

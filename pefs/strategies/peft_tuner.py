@@ -62,7 +62,7 @@ class PeftTuner(Strategy):
         for _, p in new:
             p.requires_grad_(False)
         set_trainable(p for n, p in new if self.prefix in n)
-        self.target_names, self.peft_config = names, cfg  # what pefs.peft_format writes out for peft to load
+        self.target_names, self.peft_config = names, cfg  # what pefs.export.peft_format writes out for peft to load
 
     def frozen_base(self, bb: Backbone) -> set[str]:
         # only the adapted weights: biases (BitFit) may train alongside the update

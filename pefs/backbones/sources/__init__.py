@@ -1,0 +1,1 @@
+"""pefs/backbones/sources."""

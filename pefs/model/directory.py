@@ -1,0 +1,173 @@
+"""Model directories: what :meth:`PefsModel.save` writes and what :meth:`PefsModel.load` checks.
+
+A model directory holds ``pefs_config.json`` (format version, strategy spec and options, backbone identity
+with a fingerprint of its frozen weights, class names, preprocessing, the tune config) and one tensor file:
+``adapter.safetensors`` (trainable tensors and every buffer, BatchNorm statistics included) or, after
+``merge()``, ``merged.safetensors`` (the whole merged state). Loading is strict: the format, the backbone,
+its weights, every tensor's presence, shape and the file's checksum are checked, or loading is refused.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import torch
+
+from pefs.config import checks
+from pefs.errors import PefsError
+
+if TYPE_CHECKING:
+    from pefs.model.wrap import PefsModel
+
+FORMAT_VERSION = 2
+CONFIG_FILE = "pefs_config.json"
+ADAPTER_FILE = "adapter.safetensors"
+MERGED_FILE = "merged.safetensors"
+PREPROCESSING_KEYS = ("input_size", "interpolation", "mean", "std", "crop_pct", "crop_mode")
+
+
+def fingerprint(tensors: list[tuple[str, torch.Tensor]]) -> str:
+    """A hash of named tensors (names, shapes, dtypes and bytes): equal fingerprints mean identical weights."""
+    h = hashlib.blake2b(digest_size=16)
+    for name, t in sorted(tensors, key=lambda kv: kv[0]):
+        t = t.detach().cpu().contiguous()
+        h.update(f"{name}|{tuple(t.shape)}|{t.dtype}".encode())
+        h.update(memoryview(t.reshape(-1).view(torch.uint8).numpy()) if t.numel() else b"")
+    return h.hexdigest()
+
+
+def preprocessing(data_config: dict[str, Any], img_size: int | None = None) -> dict[str, Any]:
+    """The eval preprocessing (size, interpolation, mean, std, crop) of a backbone's data config at ``img_size``."""
+    cfg = {k: (list(v) if isinstance(v, tuple) else v) for k, v in data_config.items() if k in PREPROCESSING_KEYS}
+    if img_size:
+        cfg["input_size"] = [3, img_size, img_size]
+    return cfg
+
+
+def saved_state(model: PefsModel) -> dict[str, torch.Tensor]:
+    """What a save writes: after ``merge()`` the whole merged state; else trainable parameters and every buffer
+    (BatchNorm running statistics move when BN trains, so they are the model's too)."""
+    state = model.net.state_dict()
+    if model.merged:
+        return dict(state)
+    params = dict(model.net.named_parameters())
+    return {k: v for k, v in state.items() if k not in params or params[k].requires_grad}
+
+
+def check_writable_dir(path: str | Path, flag: str) -> None:
+    """Fail before any compute, naming the folder and the flag, when a model directory cannot be written there."""
+    checks.check_writable_dir(path, f"{flag} folder", flag)
+
+
+def save_model(model: PefsModel, directory: str | Path) -> Path:
+    """Write the model directory (tensor file first, then the config that names it and its checksum)."""
+    from safetensors.torch import save_file
+
+    d = Path(directory)
+    name = MERGED_FILE if model.merged else ADAPTER_FILE
+    tensors = {k: v.detach().contiguous().cpu().clone() for k, v in saved_state(model).items()}
+    bb = model.backbone
+    config = {
+        "format": FORMAT_VERSION, "spec": model.spec, "num_classes": model.num_classes, "merged": model.merged,
+        "options": {f"{s.name}.{k}" if len(model.strategies) > 1 else k: v
+                    for s in model.strategies for k, v in strategy_options(s).items()},
+        "backbone": {"name": bb.name, "params": model.backbone_params, "fingerprint": model.base_fingerprint,
+                     "source": bb.pretrained, "family": bb.family, "rebuildable": rebuildable(bb.name),
+                     "revision": bb.revision},
+        "load": model.load_info, "class_names": model.class_names,
+        "preprocessing": model.preprocessing, "tune_config": model.tune_config,
+        "tensors": {"file": name, "count": len(tensors)},
+    }
+    try:
+        d.mkdir(parents=True, exist_ok=True)
+        for stale in (ADAPTER_FILE, MERGED_FILE):
+            (d / stale).unlink(missing_ok=True)
+        tmp = d / f".{name}.tmp"
+        save_file(tensors, str(tmp))
+        usual_mode(tmp)
+        config["tensors"]["sha256"] = _sha256(tmp)
+        tmp.replace(d / name)
+        tmp = d / f".{CONFIG_FILE}.tmp"
+        tmp.write_text(json.dumps(config, indent=2, default=str))
+        tmp.replace(d / CONFIG_FILE)
+    except OSError as e:
+        raise PefsError(f"cannot save to {str(d)!r}: {e.strerror or e}") from e
+    return d
+
+
+def read_config(directory: str | Path) -> dict[str, Any]:
+    """The model directory's config, checked for its format version and required keys (one clear error)."""
+    d = Path(directory)
+    path = d / CONFIG_FILE
+    if not d.is_dir():
+        raise PefsError(f"model directory {str(d)!r} does not exist")
+    if not path.is_file():
+        raise PefsError(f"{str(d)!r} holds no saved pefs model ({CONFIG_FILE} missing)")
+    try:
+        cfg = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise PefsError(f"{str(path)!r} is damaged (not valid JSON: {e}); save the model again") from e
+    if not isinstance(cfg, dict) or "format" not in cfg:
+        raise PefsError(f"{str(path)!r} is not a pefs model config (no 'format' key)")
+    if cfg["format"] != FORMAT_VERSION:
+        raise PefsError(f"{str(d)!r} was saved in model-directory format {cfg['format']!r}; this pefs reads format "
+                        f"{FORMAT_VERSION} (format 1 kept neither BatchNorm statistics nor a fingerprint of the base "
+                        "weights, so it cannot be loaded exactly); save the model again with this pefs")
+    required = ("spec", "num_classes", "merged", "options", "backbone", "load", "tensors")
+    missing = [k for k in required if k not in cfg]
+    bb_missing = [k for k in ("name", "params", "fingerprint") if k not in (cfg.get("backbone") or {})]
+    if missing or bb_missing or not isinstance(cfg["tensors"], dict) or "file" not in cfg["tensors"]:
+        raise PefsError(f"{str(path)!r} is damaged: missing {', '.join(missing + bb_missing) or 'tensors.file'}")
+    return cfg
+
+
+def read_tensors(directory: str | Path, cfg: dict[str, Any]) -> dict[str, torch.Tensor]:
+    """The saved tensors, after checking the file is there and its checksum is the one saved with it."""
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    path = Path(directory) / cfg["tensors"]["file"]
+    if not path.is_file():
+        raise PefsError(f"model directory {str(directory)!r} is incomplete: {path.name} is missing")
+    if cfg["tensors"].get("sha256") and _sha256(path) != cfg["tensors"]["sha256"]:
+        raise PefsError(f"{str(path)!r} is damaged: its checksum differs from the one saved with it "
+                        "(truncated or altered); save the model again")
+    try:
+        return load_file(str(path))
+    except (SafetensorError, OSError, ValueError) as e:
+        raise PefsError(f"{str(path)!r} is damaged: {e}") from e
+
+
+def usual_mode(path: str | Path) -> None:
+    """Give a file the permissions the user's umask gives new files (safetensors creates them 0600)."""
+    mask = os.umask(0)
+    os.umask(mask)
+    os.chmod(path, 0o666 & ~mask)
+
+
+def rebuildable(name: str) -> bool:
+    """Whether ``name`` is a model pefs can build by name (an offline model or a timm architecture)."""
+    import timm
+
+    from pefs.backbones import OFFLINE_MODELS
+
+    return name in OFFLINE_MODELS or name.startswith("hf:") or timm.is_model(name.split(".", 1)[0])
+
+
+def strategy_options(s: Any) -> dict[str, Any]:
+    """A strategy's options as JSON values (tuples as lists)."""
+    import dataclasses
+
+    return {k: (list(v) if isinstance(v, tuple) else v) for k, v in dataclasses.asdict(s.config).items()}
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()

@@ -1,0 +1,118 @@
+"""The protocols as task iterators feeding one loop.
+
+A :class:`Task` is a support set to tune on, a query set to score, and the seed that makes it repeatable.
+K-shot transfer draws one task per seed (K per class from the train split, the whole test split as queries);
+episodes draw E N-way K-shot tasks with Q queries per class; ``--final`` is one task on every training
+image. :func:`run_protocol` runs any of them through a :class:`~pefs.runtime.task.TaskRunner` (the model loaded
+once, restored to the same start before each task, run-wide caches) and stops at the first task whose
+training diverges, keeping what finished.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from tqdm.auto import tqdm
+
+from pefs.config.run import TuneConfig
+from pefs.data import Dataset, ImageSet, episodes, kshot_split
+from pefs.results.records import ProtocolRun, TaskResult
+from pefs.runtime.engine import NonFiniteLoss
+from pefs.runtime.task import TaskRunner
+
+
+@dataclass
+class Task:
+    """One few-shot task: tune on ``support``, score ``query``; ``info`` says which task it is in a record."""
+
+    seed: int
+    support: ImageSet
+    query: ImageSet
+    info: dict[str, Any] = field(default_factory=dict)
+    val: ImageSet | None = None  #: validation images outside ``support`` (K-shot with ``--search``), else None
+
+    def label(self) -> str:
+        return f"episode {self.info['episode']}" if "episode" in self.info else f"seed {self.seed}"
+
+
+def kshot_tasks(cfg: TuneConfig, dataset: Dataset, validate: bool = False) -> Iterator[Task]:
+    """One task per seed: K images per class of the train split; the queries are the whole test split. With
+    ``validate``, ``cfg.val_per_class`` validation images per class from the train split outside the K shots."""
+    for seed in cfg.seeds:
+        split = kshot_split(dataset, cfg.shots, seed=seed, val_per_class=cfg.val_per_class if validate else 0)
+        yield Task(seed, split.support, split.query, val=split.val if validate else None)
+
+
+def episode_tasks(cfg: TuneConfig, dataset: Dataset) -> Iterator[Task]:
+    """``cfg.episodes`` N-way K-shot tasks drawn from the train split with ``cfg.queries`` queries per class."""
+    seed = cfg.seeds[0]
+    for i, ep in enumerate(episodes(dataset.train, cfg.ways, cfg.shots, cfg.queries, cfg.episodes, seed=seed)):
+        yield Task(seed + i, ep.support, ep.query, {"episode": i, "classes": ep.classes})
+
+
+def final_tasks(cfg: TuneConfig, dataset: Dataset) -> Iterator[Task]:
+    """One task on every training image; its queries are the data's own test split, else the training images
+    themselves (``info["held_out"]`` says which)."""
+    held_out = dataset.test is not None and len(dataset.test) > 0
+    yield Task(cfg.seeds[0], dataset.train, dataset.test if held_out else dataset.train, {"held_out": held_out})
+
+
+def tasks(cfg: TuneConfig, dataset: Dataset, validate: bool = False) -> Iterator[Task]:
+    """The tasks of ``cfg``'s protocol, lazily (each is sampled when the loop reaches it); ``validate``: K-shot
+    tasks carry validation images (episodes hold theirs out of the support,
+    :mod:`pefs.protocols.selection.selector`)."""
+    if cfg.final:
+        return final_tasks(cfg, dataset)
+    return episode_tasks(cfg, dataset) if cfg.protocol == "episodic" else kshot_tasks(cfg, dataset, validate)
+
+
+def task_count(cfg: TuneConfig) -> int:
+    return 1 if cfg.final else cfg.episodes if cfg.protocol == "episodic" else len(cfg.seeds)
+
+
+def check_sampling(cfg: TuneConfig, dataset: Dataset, validate: bool = False) -> None:
+    """Draw the first task, so sampling errors (more shots or ways than the data has) come before any weights
+    load."""
+    next(tasks(cfg, dataset, validate))
+
+
+#: picks the runner (and so the setting) a task trains with, and what its record entry says about the choice
+Choose = Callable[[Task], tuple[TaskRunner, dict[str, Any]]]
+
+
+def run_protocol(cfg: TuneConfig, dataset: Dataset, runner: TaskRunner | None,
+                 after: Callable[[Task, TaskResult], None] | None = None,
+                 choose: Choose | None = None) -> tuple[ProtocolRun, NonFiniteLoss | None]:
+    """Every task of the protocol, in order, each from the runner's start; ``after(task, result)`` runs after
+    each (e.g. saving the tuned model), and K-shot seeds save their model with ``--save-adapter``. With
+    ``choose`` (``--search``), each task first picks its setting on validation data and trains the chosen
+    runner on the whole support. A diverged task ends the run: the finished tasks and the error come back
+    with status "diverged"."""
+    t0 = time.perf_counter()
+    out = ProtocolRun()
+    n = task_count(cfg)
+    for task in tqdm(tasks(cfg, dataset, choose is not None), total=n, desc="tasks",
+                     disable=not cfg.train.progress or n == 1):
+        chosen: dict[str, Any] = {}
+        try:
+            if choose is not None:
+                runner, chosen = choose(task)
+            result = runner.run(task.support, task.query, task.seed)
+        except NonFiniteLoss as e:
+            out.status, out.error = "diverged", f"{task.label()}: {e}"
+            out.failed_task = {"episode": task.info["episode"]} if "episode" in task.info else {"seed": task.seed}
+            out.wall_s = time.perf_counter() - t0
+            return out, e
+        result.info.update(task.info)
+        result.info.update(chosen)
+        if cfg.save_adapter and cfg.protocol == "kshot" and not cfg.final:
+            runner.model.save(Path(cfg.save_adapter) / f"seed{task.seed}")
+        if after is not None:
+            after(task, result)
+        out.runs.append(result)
+    out.wall_s = time.perf_counter() - t0
+    return out, None

