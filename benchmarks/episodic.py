@@ -58,7 +58,7 @@ def rows(fast_epochs: dict[int, int]) -> list[Row]:
 
 
 def run(row: Row, shots: int, args: argparse.Namespace) -> dict[str, Any]:
-    from pefs.config.run import TuneConfig
+    from pefs.config import TuneConfig
     from pefs.protocols.run import tune
     from pefs.runtime.engine import TrainConfig
 

@@ -24,7 +24,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from pefs.config.identity import data_fingerprint  # noqa: E402
+from pefs.data.fingerprint import data_fingerprint  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from provenance import git_commit  # noqa: E402
@@ -62,7 +62,7 @@ def markdown(r: dict) -> str:
         "# Data fingerprint time (sweep cell keys)", "",
         f"`python {r['command']}` at commit `{r.get('git_commit', 'not recorded')}` "
         "(raw numbers: `benchmarks/fingerprint.json`).", "",
-        f"A folder of {r['files']:,} files in {r['classes']} class folders; `pefs.config.identity.data_fingerprint` "
+        f"A folder of {r['files']:,} files in {r['classes']} class folders; `pefs.data.fingerprint.data_fingerprint` "
         "stats every file (relative path, size, modification time) and hashes the sorted list; it reads no file.",
         "", "| files | median s | max s | repeats | same fingerprint each time |", "|---:|---:|---:|---:|---|",
         f"| {r['files']:,} | {r['median_s']:.3f} | {r['max_s']:.3f} | {r['repeats']} | {r['fingerprints_equal']} |",

@@ -33,7 +33,7 @@ def features(size: int):
     import torch
 
     import pefs
-    from pefs.config.run import TrainConfig
+    from pefs.config import TrainConfig
     from pefs.data import eval_transform, load_dataset
     from pefs.runtime import engine
 
@@ -54,7 +54,7 @@ def run(shots_list: list[int], seeds: list[int], size: int) -> dict:
     import torch
     from sklearn.linear_model import LogisticRegression
 
-    from pefs.config.run import TrainConfig
+    from pefs.config import TrainConfig
     from pefs.data import kshot_split
     from pefs.heads import registry as heads
     from pefs.heads.logistic import LogisticProbe

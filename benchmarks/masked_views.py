@@ -27,7 +27,7 @@ HERE = Path(__file__).parent
 
 
 def accuracy_rows(shots_list: list[int], seeds: list[int], out: str) -> list[dict]:
-    from pefs.config.run import TrainConfig, TuneConfig
+    from pefs.config import TrainConfig, TuneConfig
     from pefs.protocols.run import tune
 
     rows = []

@@ -37,7 +37,7 @@ def measure(episodes_n: int) -> dict[str, Any]:
     import torch
     from provenance import git_commit
 
-    from pefs.config.run import TuneConfig
+    from pefs.config import TuneConfig
     from pefs.data import episodes, load_default
     from pefs.runtime import engine
     from pefs.runtime.task import TaskRunner

@@ -73,7 +73,7 @@ def one(method: str, n_test: int, img_size: int, batch: int, workers: int, shots
     import timm  # noqa: F401  (imported before the clock starts on both sides: a one-off cost, not the run's)
     import torch
 
-    from pefs.config.run import TuneConfig
+    from pefs.config import TuneConfig
     from pefs.protocols.run import tune
     from pefs.runtime.engine import TrainConfig
 

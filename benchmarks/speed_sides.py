@@ -270,7 +270,7 @@ class PefsSide:
     def config(self, epochs: int | None = None):
         import dataclasses
 
-        from pefs.config.run import TuneConfig
+        from pefs.config import TuneConfig
 
         train = dataclasses.replace(self.train, epochs=epochs or self.train.epochs)
         return TuneConfig(model=self.s["model"], strategy=self.run["strategy"], options=dict(self.run["options"]),

@@ -61,7 +61,7 @@ def make_models(root: Path) -> tuple[str, str]:
 def run(shots: int, epochs: int, seeds: tuple[int, ...]) -> dict[str, Any]:
     import torch
 
-    from pefs.config.run import TuneConfig
+    from pefs.config import TuneConfig
     from pefs.protocols.run import tune
     from pefs.runtime.engine import TrainConfig
 

@@ -90,6 +90,6 @@ def batch(n: int = 12, classes: int = 3, size: int = 32):
 def cfg(**kw):
     """A short TrainConfig with fp32 no-grad passes unless asked: these tests compare paths that must agree to
     1e-4, and "auto" would run the cached prefix in bf16 on a CPU that has it (test_speed_options covers that)."""
-    from pefs.config.run import TrainConfig
+    from pefs.config import TrainConfig
 
     return TrainConfig(**{"epochs": 3, "batch_size": 4, "progress": False, "inference_precision": "no", **kw})

@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 
 from pefs.cli.main import main
+from pefs.config import TrainConfig, TuneConfig
 from pefs.config.checks import parse_budget
-from pefs.config.run import TrainConfig, TuneConfig
 from pefs.errors import PefsError
 from pefs.protocols.run import tune
 from pefs.protocols.selection.auto import CANDIDATES, grid

@@ -65,7 +65,7 @@ def test_tune_flags_are_generated_from_the_config_fields(capsys):
     """Every CLI-visible config field has its flag, with the help text and default written on the field."""
     import dataclasses
 
-    from pefs.config.run import TrainConfig, TuneConfig
+    from pefs.config import TrainConfig, TuneConfig
 
     with pytest.raises(SystemExit):
         main(["tune", "--help"])

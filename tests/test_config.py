@@ -11,8 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from pefs.config.run import (
-    HEAD_NAMES,
+from pefs.config import (
     SCHEMA_VERSION,
     TrainConfig,
     TuneConfig,
@@ -20,6 +19,7 @@ from pefs.config.run import (
     resolved,
     setting,
 )
+from pefs.errors import PefsError
 
 PACKAGE = Path(__file__).resolve().parents[1] / "pefs"
 
@@ -81,10 +81,14 @@ def test_no_import_cycles():
             visit(m, [m])
 
 
-def test_head_names_match_the_heads_registry():
-    from pefs.heads.registry import HEADS
+def test_head_names_are_the_registry_and_each_names_its_class():
+    from pefs.config import choices
+    from pefs.heads.registry import HEADS, head_class
 
-    assert tuple(HEADS) == HEAD_NAMES
+    assert choices(TuneConfig, "head") == tuple(HEADS)
+    assert all(head_class(name).name == name for name in HEADS)
+    with pytest.raises(PefsError, match="head must be one of linear, linear-proto"):
+        TuneConfig(head="knn").validate()
 
 
 def test_hash_covers_what_changes_numbers_and_nothing_else():

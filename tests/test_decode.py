@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from pefs.config.run import TuneConfig
+from pefs.config import TuneConfig
 from pefs.data import from_arrays, load_dataset
 from pefs.data.decoding import ENV_MAX_PIXELS, decode_image, set_max_image_pixels
 from pefs.errors import PefsError

@@ -8,7 +8,7 @@ import pytest
 import torch
 from PIL import Image
 
-from pefs.config.run import TuneConfig
+from pefs.config import TuneConfig
 from pefs.errors import PefsError
 from pefs.protocols.run import tune
 from pefs.runtime import feature_store as features

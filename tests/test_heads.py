@@ -13,6 +13,10 @@ from torch.nn import functional as F
 from pefs.backbones.split import patch_tokens
 from pefs.errors import PefsError
 from pefs.heads import registry as heads
+from pefs.heads.base import PROTO_SCALE, prototypes
+from pefs.heads.linear import LinearProtoHead
+from pefs.heads.patch_match import match_score, patch_match_scores
+from pefs.heads.prototype import PrototypeHead
 from tests.conftest import tiny
 
 
@@ -27,14 +31,14 @@ def test_hungarian_matches_brute_force(seed):
     rng = np.random.default_rng(seed)
     for rows, cols in ((3, 3), (3, 5), (4, 6)):
         sim = rng.uniform(-1, 1, (rows, cols))
-        assert heads.match_score(sim) == pytest.approx(brute_force_match(sim))
+        assert match_score(sim) == pytest.approx(brute_force_match(sim))
 
 
 def test_patch_match_scores_against_brute_force_cosines():
     g = torch.Generator().manual_seed(0)
     support, labels = torch.randn(4, 2, 5, generator=g), torch.tensor([0, 0, 1, 1])  # 2 shots x 2 patches per class
     query = torch.randn(3, 3, 5, generator=g)
-    scores = heads.patch_match_scores(support, labels, query, 2)
+    scores = patch_match_scores(support, labels, query, 2)
     for q in range(3):
         for c in range(2):
             pool = F.normalize(support[labels == c].reshape(-1, 5), dim=-1)
@@ -47,7 +51,7 @@ def test_patch_match_counts_parts_a_pooled_vector_misses():
     # and one-to-one matching stops a query of two A parts from scoring perfectly against class 0.
     a, b = torch.tensor([1.0, 0, 0]), torch.tensor([0, 1.0, 0])
     support, labels = torch.stack([torch.stack([a, b]), torch.stack([a, a])]), torch.tensor([0, 1])
-    scores = heads.patch_match_scores(support, labels, torch.stack([torch.stack([a, b]), torch.stack([a, a])]), 2)
+    scores = patch_match_scores(support, labels, torch.stack([torch.stack([a, b]), torch.stack([a, a])]), 2)
     assert scores.argmax(-1).tolist() == [0, 1]
     assert scores[1, 0] == pytest.approx(0.5)
 
@@ -55,9 +59,9 @@ def test_patch_match_counts_parts_a_pooled_vector_misses():
 def test_prototype_head_is_cosine_to_class_means():
     feats = torch.tensor([[1.0, 0], [3.0, 0.2], [0, 1.0], [0.1, 2.0]])
     labels = torch.tensor([0, 0, 1, 1])
-    protos = heads.prototypes(feats, labels, 2)
+    protos = prototypes(feats, labels, 2)
     assert torch.allclose(protos, torch.tensor([[2.0, 0.1], [0.05, 1.5]]))
-    scores = heads.PrototypeHead().classify(feats, labels, torch.tensor([[5.0, 1.0], [0.2, 0.3]]), 2)
+    scores = PrototypeHead().classify(feats, labels, torch.tensor([[5.0, 1.0], [0.2, 0.3]]), 2)
     assert scores.argmax(-1).tolist() == [0, 1]
     assert scores[0, 0] == pytest.approx(F.cosine_similarity(torch.tensor([5.0, 1.0]), protos[0], dim=0).item())
 
@@ -66,18 +70,18 @@ def test_proto_init_linear_head_decides_like_the_prototype_classifier():
     g = torch.Generator().manual_seed(0)
     feats, labels = torch.randn(15, 8, generator=g).abs(), torch.arange(15) % 5
     head = nn.Linear(8, 5)
-    heads.LinearProtoHead().init_linear(head, feats, labels, 5)
+    LinearProtoHead().init_linear(head, feats, labels, 5)
     query = torch.randn(40, 8, generator=g).abs()
     with torch.no_grad():
         logits = head(query)
-    cos = heads.PrototypeHead().classify(feats, labels, query, 5)
+    cos = PrototypeHead().classify(feats, labels, query, 5)
     assert torch.equal(logits.argmax(-1), cos.argmax(-1))
-    assert head.bias.abs().max() == 0 and logits.abs().max() < heads.PROTO_SCALE * 3
+    assert head.bias.abs().max() == 0 and logits.abs().max() < PROTO_SCALE * 3
 
 
 def test_prototypes_need_every_class():
     with pytest.raises(PefsError, match=r"classes \[2\] have no support example"):
-        heads.prototypes(torch.ones(2, 3), torch.tensor([0, 1]), 3)
+        prototypes(torch.ones(2, 3), torch.tensor([0, 1]), 3)
 
 
 def test_unknown_head():

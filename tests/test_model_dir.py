@@ -12,7 +12,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 import pefs
-from pefs.config.run import TuneConfig
+from pefs.config import TuneConfig
 from pefs.errors import PefsError
 from pefs.model.wrap import PefsModel, wrap
 from pefs.protocols.run import tune

@@ -10,7 +10,7 @@ import pytest
 import torch
 from torch.nn import functional as F
 
-from pefs.config.run import TuneConfig
+from pefs.config import TuneConfig
 from pefs.errors import PefsError
 from pefs.heads import registry as heads
 from pefs.heads.logistic import DEFAULT_L2, LogisticProbe, fit_logistic

@@ -10,9 +10,8 @@ import torch
 from PIL import Image
 
 from pefs.backbones.describe import IMAGENET_DATA_CONFIG
-from pefs.config.run import TuneConfig
+from pefs.config import TuneConfig
 from pefs.data import (
-    ViewConfig,
     decode,
     episodes,
     eval_transform,
@@ -165,9 +164,10 @@ def test_extra_views_once_per_task(folder):
     support = ds.train.subset([0, 8])
     tf = eval_transform(dict(IMAGENET_DATA_CONFIG), 32)
     clean, _ = decode(support, tf)
-    x, y = extra_views(support, ViewConfig(views=3, mask_ratio=0.25, mask_patch=8), clean, None, seed=1)
+    x, y = extra_views(support, TuneConfig(views=3, mask_ratio=0.25, mask_patch=8), clean, None, seed=1)
     assert x.shape == (4, 3, 32, 32) and y.tolist() == [0, 1, 0, 1]
-    assert torch.equal(x, extra_views(support, ViewConfig(3, False, 0.25, 8), clean, None, seed=1)[0])
+    assert torch.equal(x, extra_views(support, TuneConfig(views=3, augment=False, mask_ratio=0.25, mask_patch=8),
+                                      clean, None, seed=1)[0])
 
 
 def test_views_train_on_more_support_examples(folder, tmp_path):

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from pefs.config.run import TrainConfig, TuneConfig
+from pefs.config import TrainConfig, TuneConfig
 from pefs.protocols.run import tune
 from pefs.results import store
 from pefs.results.report.markdown import build_report

@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 
 import pefs
-from pefs.config.run import TuneConfig
+from pefs.config import TuneConfig
 from pefs.errors import PefsError
 from pefs.protocols.run import tune
 from pefs.runtime.engine import NonFiniteLoss, TrainConfig

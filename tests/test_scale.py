@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from pefs.backbones.describe import IMAGENET_DATA_CONFIG
-from pefs.config.run import TuneConfig
+from pefs.config import TuneConfig
 from pefs.data import Dataset, from_arrays, load_dataset, loading
 from pefs.data.loading import ByteCache, Decoder, decoded_batches
 from pefs.errors import PefsError

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from pefs.config.run import TrainConfig, TuneConfig
+from pefs.config import TrainConfig, TuneConfig
 from pefs.errors import PefsError
 from pefs.protocols.selection.search import apply, parse_search, run_search
 

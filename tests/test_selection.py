@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from pefs.cli.main import build_parser, config_from_args
-from pefs.config.run import TrainConfig, TuneConfig
+from pefs.config import TrainConfig, TuneConfig
 from pefs.errors import PefsError
 from pefs.protocols.run import tune
 

@@ -95,7 +95,7 @@ def test_fewshot_evaluation_merges_peft_tuners(monkeypatch):
     """TaskRunner evaluates inside merged_view by default, and not with merge_for_eval=False."""
     import numpy as np
 
-    from pefs.config.run import TuneConfig
+    from pefs.config import TuneConfig
     from pefs.data import from_arrays
     from pefs.runtime.task import TaskRunner
 
@@ -148,7 +148,7 @@ def test_grad_checkpointing_keeps_fewer_activations(strategy):
 
 
 def test_grad_checkpointing_refused_for_a_model_without_it():
-    from pefs.config.run import TuneConfig
+    from pefs.config import TuneConfig
     from pefs.runtime.task import TaskRunner
 
     net = torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3), torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten(),
@@ -161,7 +161,7 @@ def test_grad_checkpointing_refused_for_a_model_without_it():
 
 def test_config_hash_ignores_checkpointing_but_not_precision():
     """A sweep resumes across --grad-checkpointing (same numbers); another inference precision is another result."""
-    from pefs.config.run import TuneConfig
+    from pefs.config import TuneConfig
 
     base = TuneConfig(train=TrainConfig()).hash()
     assert TuneConfig(train=TrainConfig(grad_checkpointing=True, eval_batch_size=64)).hash() == base

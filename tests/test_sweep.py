@@ -11,7 +11,7 @@ import torch
 
 import pefs.protocols.run
 from pefs.cli.main import main
-from pefs.config.run import run_key
+from pefs.config import run_key
 from pefs.data import load_dataset
 from pefs.errors import PefsError
 from pefs.protocols.run import resolve
@@ -270,7 +270,7 @@ def test_flags_override_the_recipe(tmp_path, monkeypatch, capsys):
 
 def test_an_option_from_a_flag_or_a_recipe_is_one_cell():
     """-o alpha=4 gives the text "4", a recipe the number 4: the resolved config types both, so one key."""
-    from pefs.config.run import TuneConfig
+    from pefs.config import TuneConfig
 
     text, number = (resolve(TuneConfig(strategy="lora", options={"alpha": v}), None) for v in ("4", 4))
     assert text.options == number.options == {"alpha": 4} and text.hash() == number.hash()

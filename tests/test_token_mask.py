@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from pefs.backbones.token_mask import keep_indices, masked_pooled, masked_tokens, pooled_views
-from pefs.config.run import TrainConfig, TuneConfig
+from pefs.config import TrainConfig, TuneConfig
 from pefs.errors import PefsError
 from pefs.protocols.run import tune
 from pefs.runtime.task import TaskRunner

@@ -17,7 +17,7 @@ from torch import nn
 from pefs.backbones.describe import Backbone, HeadedModule, describe_module, describe_timm, is_timm_model
 from pefs.backbones.sources.checkpoint import check_checkpoint_path, load_checkpoint, read_state_dict
 from pefs.backbones.sources.offline import OFFLINE_MODELS, create_offline
-from pefs.config.run import DEFAULT_MODEL
+from pefs.config import DEFAULT_MODEL
 from pefs.errors import PefsError, unknown
 
 __all__ = ["Backbone", "HeadedModule", "OFFLINE_MODELS", "DEFAULT_MODEL", "FAMILIES", "load", "list_models",

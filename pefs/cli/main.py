@@ -43,7 +43,7 @@ def add_config_args(g: argparse._ActionsContainer, cls: type) -> None:
     import dataclasses
     import typing
 
-    from pefs.config.run import field_types
+    from pefs.config import field_types
 
     hints = field_types(cls)
     for f in dataclasses.fields(cls):
@@ -81,7 +81,7 @@ def add_config_args(g: argparse._ActionsContainer, cls: type) -> None:
 
 def add_tune_args(p: argparse.ArgumentParser) -> None:
     """The flags of one run (shared by ``tune`` and, as grid axes, by ``sweep``): generated from the configs."""
-    from pefs.config.run import TrainConfig, TuneConfig
+    from pefs.config import TrainConfig, TuneConfig
 
     g = p.add_argument_group("model, data and protocol")
     add_config_args(g, TuneConfig)
@@ -103,7 +103,7 @@ def _config_values(a: argparse.Namespace, cls: type) -> dict:
 
 
 def config_from_args(a: argparse.Namespace):
-    from pefs.config.run import TrainConfig, TuneConfig
+    from pefs.config import TrainConfig, TuneConfig
 
     train = TrainConfig(**_config_values(a, TrainConfig), progress=not getattr(a, "quiet", False))
     return TuneConfig(**_config_values(a, TuneConfig), train=train, output=a.output, save_adapter=_model_dir(a),

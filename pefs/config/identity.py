@@ -1,22 +1,28 @@
-"""Content fingerprints of a run's inputs, so a sweep cell is identified by what it read, not by a path.
+"""What identifies a run's results (stdlib only): the config hash, the run key, and content digests of files.
 
-* an image folder or local dataset folder: every non-hidden file's relative path, size and modification
-  time (nanoseconds), hashed (no file is read; 100k files took 0.4-1.2 s on a shared 2-core machine,
-  ``benchmarks/fingerprint.md``);
-* the embedded dataset (and any single file, such as a ``--checkpoint``): the SHA-256 of its bytes;
-* a hub dataset name: the name itself (its content cannot be seen offline), marked ``"hub:"``.
-
-Replacing, adding, removing or touching any file changes the fingerprint, so the cell runs again.
+A run's key is the hash of its resolved config (:func:`config_hash`: the schema version and every
+result-changing field) and the content fingerprints of what it read, so a changed file under the same path
+is a new run. Files are digested by their bytes (:func:`file_digest`); a folder by every non-hidden file's
+relative path, size and modification time (:func:`tree_digest`: no file is read; 100k files in about a
+second, ``benchmarks/fingerprint.md``).
 """
 
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
+from pefs.config.fields import result_fields
 from pefs.errors import PefsError
+
+if TYPE_CHECKING:
+    from pefs.config.run import TuneConfig
+
+#: bumped when the meaning of a hashed field changes; part of every hash, so old results never pass as new
+SCHEMA_VERSION = 2
 
 _CHUNK = 1 << 20
 _FILE_CACHE: dict[tuple[str, int, int], str] = {}
@@ -67,30 +73,15 @@ def tree_digest(root: str | Path) -> str:
     return f"{len(entries)} files:{h.hexdigest()[:16]}"
 
 
-def data_fingerprint(data: Any) -> str:
-    """The fingerprint of a ``--data`` spec (see the module docstring)."""
-    from pefs.data.sources import ASSETS, DEFAULT_DATASET
-
-    if data is None or data == DEFAULT_DATASET:
-        return "embedded:" + file_digest(ASSETS / "fashion_mnist_small.npz")
-    if not isinstance(data, (str, os.PathLike)):  # a Dataset built in Python: its image names and labels
-        h = hashlib.sha256()
-        for part in (data.train, data.test):
-            if part is not None:
-                h.update("\0".join(part.names).encode("utf-8", "surrogateescape"))
-                h.update(bytes(str(list(part.labels)), "ascii"))
-        return f"in-memory:{data.name}:{h.hexdigest()[:16]} (names and labels; pixels not read)"
-    path = Path(data)
-    if path.is_dir():
-        return "folder:" + tree_digest(path)
-    if path.is_file():
-        return "file:" + file_digest(path)
-    return f"hub:{data}"
+def config_hash(cfg: Any) -> str:
+    """16 hex digits identifying a run's results: the schema version and every result-changing field.
+    Sweeps key their store by it and records carry it, so a record's hash is its store key."""
+    payload = {"schema": SCHEMA_VERSION, **result_fields(cfg)}
+    return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
-def run_fingerprints(data: str | None, checkpoint: str | None) -> dict[str, Any]:
-    """The fingerprints of a run's data and checkpoint (None without one): part of a sweep cell's key."""
-    from pefs.backbones.sources.checkpoint import check_checkpoint_path
-
-    ckpt = file_digest(check_checkpoint_path(checkpoint)) if checkpoint else None
-    return {"data": data_fingerprint(data), "checkpoint": ckpt}
+def run_key(cfg: TuneConfig, fingerprints: dict[str, Any]) -> str:
+    """A run's identity (a sweep cell's store key, a record's ``key``): the hash of its resolved config and the
+    content fingerprints of what it reads (data, checkpoint), so changed files under the same path rerun."""
+    blob = json.dumps({"config": cfg.hash(), **fingerprints}, sort_keys=True)
+    return hashlib.sha256(blob.encode()).hexdigest()[:16]

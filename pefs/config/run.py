@@ -12,36 +12,17 @@ suggests, the precision "auto" becomes) go into a resolved copy (:func:`resolved
 from __future__ import annotations
 
 import dataclasses
-import hashlib
-import json
 import math
-import typing
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Literal
 
 from pefs.config.checks import check_seeds, parse_budget
-from pefs.errors import PefsError, unknown
+from pefs.config.fields import check_choice, setting
+from pefs.config.identity import config_hash
+from pefs.errors import PefsError
 
-#: bumped when the meaning of a hashed field changes; part of every hash, so old results never pass as new
-SCHEMA_VERSION = 2
 DEFAULT_MODEL = "efficientnet_lite0.offline"
-#: classifier heads (``pefs.heads.registry.HEADS`` implements exactly these; a test checks they agree)
-HEAD_NAMES = ("linear", "linear-proto", "prototype", "patch-match", "logistic")
 DEFAULT_HEAD = "linear-proto"
-
-
-def setting(default: Any = dataclasses.MISSING, help: str = "", *, flags: tuple[str, ...] = (),
-            neutral: bool = False, since: int = 1, cli: bool = True, metavar: str | None = None,
-            default_factory: Any = dataclasses.MISSING) -> Any:
-    """A config field with its documentation. ``neutral``: does not change a run's numbers (kept out of the
-    hash, so a sweep resumes across it). ``since``: the schema version that added the field; a field added
-    after version 1 is left out of the hash while it holds its default (which must reproduce the behaviour
-    from before it existed), so adding one changes no existing hash. ``flags``: the CLI spellings (default
-    ``--field-name``); ``cli=False`` keeps a field off the command line."""
-    meta = {"help": help, "flags": flags, "neutral": neutral, "since": since, "cli": cli, "metavar": metavar}
-    if default_factory is not dataclasses.MISSING:
-        return field(default_factory=default_factory, metadata=meta)
-    return field(default=default, metadata=meta)
 
 
 @dataclass
@@ -109,33 +90,6 @@ class TrainConfig:
 
 
 @dataclass
-class ViewConfig:
-    """How many views each support image contributes and how the extra ones differ from the clean one."""
-
-    views: int = 1
-    augment: bool = False
-    mask_ratio: float = 0.0
-    mask_patch: int = 16
-    mask_mode: str = "random"
-
-    def validate(self) -> None:
-        if isinstance(self.views, bool) or not isinstance(self.views, int) or self.views < 1:
-            raise PefsError(f"views must be a whole number >= 1, got {self.views!r}")
-        if not (isinstance(self.mask_ratio, (int, float)) and 0 <= self.mask_ratio < 1):
-            raise PefsError(f"mask_ratio must lie in [0, 1), got {self.mask_ratio}")
-        if self.mask_mode not in ("random", "block"):
-            raise PefsError(f"mask_mode must be one of random, block; got {self.mask_mode!r}")
-        if isinstance(self.mask_patch, bool) or not isinstance(self.mask_patch, int) or self.mask_patch < 1:
-            raise PefsError(f"mask_patch must be a whole number of pixels >= 1, got {self.mask_patch!r}")
-        extra = self.augment or self.mask_ratio > 0
-        if self.views > 1 and not extra:
-            raise PefsError(f"views={self.views} would only repeat each image; add augmentation (--augment) "
-                            "or masking (--mask-ratio in (0, 1))")
-        if self.views == 1 and extra:
-            raise PefsError("augmentation and masking make extra views; set views >= 2 (--views 4)")
-
-
-@dataclass
 class TuneConfig:
     """One run: a model, a strategy, a dataset and a protocol (K-shot transfer, or episodes when ``ways``)."""
 
@@ -158,7 +112,8 @@ class TuneConfig:
     options: dict[str, Any] = setting(
         help="strategy option, repeatable: -o r=8 -o targets=qkv,proj (lora.r=8 for one of several)",
         flags=("--opt", "-o"), metavar="KEY=VALUE", default_factory=dict)
-    head: str = setting(DEFAULT_HEAD, "classifier: " + " | ".join(HEAD_NAMES))
+    head: str = setting(DEFAULT_HEAD, "classifier head (pefs.heads.registry lists them)",
+                        choices_from="pefs.heads.registry:HEADS")
     search: dict[str, str] = setting(
         help="search a setting on validation data, repeatable: --search lr=1e-4,1e-3 --search strategy=linear,lora "
         "(a strategy option given as a list, -o r=4,8, is searched too); the best on validation is retrained on the "
@@ -186,10 +141,6 @@ class TuneConfig:
                                         neutral=True)
 
     @property
-    def view_config(self) -> ViewConfig:
-        return ViewConfig(self.views, self.augment, self.mask_ratio, self.mask_patch, self.mask_mode)
-
-    @property
     def protocol(self) -> str:
         return "episodic" if self.ways else "kshot"
 
@@ -212,11 +163,10 @@ class TuneConfig:
             raise PefsError(f"ways must be a whole number >= 2 for an episode, got {self.ways!r}")
         if self.ways is not None and len(self.seeds) > 1:
             raise PefsError(f"episodes draw their own tasks from one seed; give one seed, got {list(self.seeds)}")
-        if self.head not in HEAD_NAMES:
-            raise unknown("head", self.head, list(HEAD_NAMES))
         if self.feature_cache is not None and not isinstance(self.feature_cache, str):
             raise PefsError(f"feature_cache must be a directory path, got {self.feature_cache!r}")
-        self.view_config.validate()
+        check_views(self)
+        check_choice(self, "head")
         self.train.validate()
 
     def to_dict(self) -> dict[str, Any]:
@@ -227,6 +177,23 @@ class TuneConfig:
     def hash(self) -> str:
         """The identity of this config's results: see :func:`config_hash`."""
         return config_hash(self)
+
+
+def check_views(cfg: TuneConfig) -> None:
+    """Refuse view settings (``--views``, ``--augment``, ``--mask-*``) that make no extra view or an impossible one."""
+    if isinstance(cfg.views, bool) or not isinstance(cfg.views, int) or cfg.views < 1:
+        raise PefsError(f"views must be a whole number >= 1, got {cfg.views!r}")
+    if not (isinstance(cfg.mask_ratio, (int, float)) and 0 <= cfg.mask_ratio < 1):
+        raise PefsError(f"mask_ratio must lie in [0, 1), got {cfg.mask_ratio}")
+    check_choice(cfg, "mask_mode")
+    if isinstance(cfg.mask_patch, bool) or not isinstance(cfg.mask_patch, int) or cfg.mask_patch < 1:
+        raise PefsError(f"mask_patch must be a whole number of pixels >= 1, got {cfg.mask_patch!r}")
+    extra = cfg.augment or cfg.mask_ratio > 0
+    if cfg.views > 1 and not extra:
+        raise PefsError(f"views={cfg.views} would only repeat each image; add augmentation (--augment) "
+                        "or masking (--mask-ratio in (0, 1))")
+    if cfg.views == 1 and extra:
+        raise PefsError("augmentation and masking make extra views; set views >= 2 (--views 4)")
 
 
 def check_auto(cfg: TuneConfig) -> None:
@@ -242,60 +209,6 @@ def check_auto(cfg: TuneConfig) -> None:
                           [f"-o {k}={v}" for k, v in cfg.options.items()])
         raise PefsError(f"--strategy auto searches its own strategies and learning rates; drop {given} (or name "
                         "a strategy and search it with --search)")
-
-
-def check_choice(cfg: Any, name: str) -> None:
-    """A Literal-typed field holds one of its choices, or a PefsError listing them."""
-    choices = typing.get_args(field_types(type(cfg))[name])
-    if getattr(cfg, name) not in choices:
-        raise PefsError(f"{name} must be one of {', '.join(choices)}; got {getattr(cfg, name)!r}")
-
-
-def field_types(cls: type) -> dict[str, Any]:
-    """Field name -> resolved type hint of a config dataclass."""
-    return typing.get_type_hints(cls)
-
-
-def defaults(cls: type) -> dict[str, Any]:
-    """Field name -> default value of a config dataclass."""
-    return {f.name: f.default if f.default is not dataclasses.MISSING else f.default_factory()
-            for f in dataclasses.fields(cls)}
-
-
-def result_fields(cfg: Any) -> dict[str, Any]:
-    """The fields of a config (nested configs included) that change its numbers, as JSON-able values:
-    neutral fields are dropped, and so are later-added fields that still hold their default."""
-    out: dict[str, Any] = {}
-    for f in dataclasses.fields(cfg):
-        meta, value = f.metadata, getattr(cfg, f.name)
-        if meta.get("neutral"):
-            continue
-        if dataclasses.is_dataclass(value) and any("neutral" in g.metadata for g in dataclasses.fields(value)):
-            # a nested config (its fields are settings)
-            out[f.name] = result_fields(value)
-            continue
-        if not isinstance(value, (str, int, float, bool, list, tuple, dict, type(None))):
-            # an object given in Python (a Dataset for ``data``): its name; its content is in the run's key
-            value = f"<{type(value).__name__} {getattr(value, 'name', '')}>"
-        default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
-        if meta.get("since", 1) > 1 and value == default:
-            continue
-        out[f.name] = list(value) if isinstance(value, tuple) else value
-    return out
-
-
-def config_hash(cfg: Any) -> str:
-    """16 hex digits identifying a run's results: the schema version and every result-changing field.
-    Sweeps key their store by it and records carry it, so a record's hash is its store key."""
-    payload = {"schema": SCHEMA_VERSION, **result_fields(cfg)}
-    return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()[:16]
-
-
-def run_key(cfg: TuneConfig, fingerprints: dict[str, Any]) -> str:
-    """A run's identity (a sweep cell's store key, a record's ``key``): the hash of its resolved config and the
-    content fingerprints of what it reads (data, checkpoint), so changed files under the same path rerun."""
-    blob = json.dumps({"config": cfg.hash(), **fingerprints}, sort_keys=True)
-    return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
 def resolved(cfg: TuneConfig, **values: Any) -> TuneConfig:

@@ -13,7 +13,7 @@ from collections.abc import Callable
 
 import torch
 
-from pefs.config.run import ViewConfig
+from pefs.config import TuneConfig
 from pefs.data.sources import ImageSet
 from pefs.errors import PefsError
 
@@ -32,7 +32,7 @@ def mask_patches(x: torch.Tensor, ratio: float, patch: int, generator: torch.Gen
     return x * grid.to(x.dtype)
 
 
-def extra_views(images: ImageSet, cfg: ViewConfig, clean: torch.Tensor, augment: Callable | None,
+def extra_views(images: ImageSet, cfg: TuneConfig, clean: torch.Tensor, augment: Callable | None,
                 seed: int) -> tuple[torch.Tensor, torch.Tensor]:
     """The ``views - 1`` extra views of every image (view-major order) and their labels.
 

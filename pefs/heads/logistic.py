@@ -1,4 +1,5 @@
-"""A converged linear probe: multinomial logistic regression on frozen features (the CLIP linear-probe protocol).
+"""``logistic``: a converged linear probe, multinomial logistic regression on frozen features (the CLIP
+linear-probe protocol).
 
 The objective is the mean cross-entropy plus ``l2 / 2 * |W|^2`` (the bias is not penalised), minimised to
 convergence with L-BFGS in float64. Features are centred and scaled to unit mean norm on the fitting data, so
@@ -20,6 +21,7 @@ import torch
 from torch.nn import functional as F
 
 from pefs.errors import PefsError
+from pefs.heads.prototype import PrototypeHead
 
 #: the L2 strengths tried, strongest first (warm starts run from strong to weak regularisation)
 L2_GRID: tuple[float, ...] = tuple(10.0 ** k for k in range(0, -7, -1))
@@ -134,3 +136,23 @@ class LogisticProbe:
         if self.l2 is None:
             raise PefsError("the probe is not fitted yet: call fit() first")
         return (self._norm(x) @ self.w.T + self.b).float()
+
+
+class LogisticHead(PrototypeHead):
+    name = "logistic"
+    summary = "converged logistic-regression probe (L-BFGS, L2 chosen on held-out support) on pooled features"
+
+    def __init__(self) -> None:
+        #: the probe fitted on the current task's support (queries are scored batch by batch: fit once per task)
+        self._fitted: tuple[torch.Tensor, torch.Tensor, LogisticProbe] | None = None
+
+    def fitted_parameters(self, features: int, n_classes: int) -> tuple[int, str]:
+        return n_classes * (features + 1), ("the logistic head fits a weight and bias per class on the pooled "
+                                            "support features (L-BFGS); the backbone trains nothing")
+
+    def classify(self, support: torch.Tensor, labels: torch.Tensor, query: torch.Tensor,
+                 n_classes: int) -> torch.Tensor:
+        f = self._fitted
+        if f is None or f[0] is not support or f[1] is not labels:  # held references: identity means same task
+            self._fitted = f = (support, labels, LogisticProbe().fit(support, labels, n_classes))
+        return f[2].logits(query)

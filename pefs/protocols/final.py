@@ -13,11 +13,11 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from pefs.errors import PefsError
-from pefs.heads.registry import HEADS
+from pefs.heads.registry import HEADS, head_class
 from pefs.model import directory as pefs_io
 
 if TYPE_CHECKING:
-    from pefs.config.run import TuneConfig
+    from pefs.config import TuneConfig
     from pefs.data import Dataset
     from pefs.model.wrap import PefsModel
     from pefs.protocols.loop import Task
@@ -37,8 +37,8 @@ def check_final(cfg: TuneConfig) -> None:
         raise PefsError(f"--final trains on every labelled image; it does not run episodes (drop --ways {cfg.ways})")
     if len(cfg.seeds) > 1:
         raise PefsError(f"--final trains one model; give one seed, got {list(cfg.seeds)}")
-    if HEADS[cfg.head].reads != "logits":
-        usable = sorted(n for n, h in HEADS.items() if h.reads == "logits")
+    if head_class(cfg.head).reads != "logits":
+        usable = sorted(n for n in HEADS if head_class(n).reads == "logits")
         raise PefsError(f"--head {cfg.head} classifies against the support images' features, which a model "
                         f"directory does not keep; --final needs a head that predicts by itself: {', '.join(usable)}")
 

@@ -18,7 +18,7 @@ from typing import Any
 
 from tqdm.auto import tqdm
 
-from pefs.config.run import TuneConfig
+from pefs.config import TuneConfig
 from pefs.data import Dataset, ImageSet, episodes, kshot_split
 from pefs.results.records import ProtocolRun, TaskResult
 from pefs.runtime.engine import NonFiniteLoss

@@ -17,11 +17,11 @@ from typing import Any
 import torch
 
 from pefs.backbones.sources.checkpoint import check_checkpoint_path
-from pefs.config import checks
+from pefs.config import SCHEMA_VERSION, TuneConfig, checks, resolved, run_key
 from pefs.config.checks import check_classes
-from pefs.config.identity import run_fingerprints
-from pefs.config.run import SCHEMA_VERSION, TuneConfig, resolved, run_key
+from pefs.config.identity import file_digest
 from pefs.data import Dataset, load_dataset
+from pefs.data.fingerprint import data_fingerprint
 from pefs.errors import PefsError
 from pefs.protocols.final import check_final, describe_model, final_summary, save_final
 from pefs.protocols.loop import Task, check_sampling, run_protocol
@@ -33,8 +33,15 @@ from pefs.runtime import engine
 from pefs.runtime.engine import NonFiniteLoss
 from pefs.runtime.memory import RunMemory
 from pefs.runtime.task import TaskRunner, build_model
+from pefs.strategies import spec
 
 __all__ = ["RunDiverged", "build_model", "finish", "resolve", "tune", "write_record"]
+
+
+def run_fingerprints(data: str | None, checkpoint: str | None) -> dict[str, Any]:
+    """The fingerprints of a run's data and checkpoint (None without one): part of a sweep cell's key."""
+    ckpt = file_digest(check_checkpoint_path(checkpoint)) if checkpoint else None
+    return {"data": data_fingerprint(data), "checkpoint": ckpt}
 
 
 def check_splits_disjoint(dataset: Dataset) -> None:
@@ -58,32 +65,9 @@ def resolve(cfg: TuneConfig, dataset: Dataset | None) -> TuneConfig:
     train: dict[str, Any] = {"inference_precision": engine.inference_precision(cfg.train, device)}
     if cfg.train.lr is None and cfg.strategy != "auto" and "strategy" not in cfg.search:
         # one strategy: its default rate is part of the run's identity (searched strategies and auto resolve
-        # each candidate's own default when they build it)
-        from pefs.strategies import default_lr
-
-        try:
-            train["lr"] = default_lr(cfg.strategy)
-        except PefsError:
-            pass  # an unknown strategy: building the model refuses it with the valid names
-    return resolved(cfg, **values, options=typed_options(cfg.strategy, cfg.options), train=train)
-
-
-def typed_options(spec: str, options: dict[str, Any]) -> dict[str, Any]:
-    """Strategy options as their strategies' configs type them (``-o alpha=4`` gives the text "4", a recipe the
-    number 4: one run, so one hash); list values as lists. Searched list values (``-o r=4,8``) stay as given."""
-    from pefs.strategies import build
-
-    try:
-        strategies = build(spec, **options)
-    except PefsError:
-        return dict(options)  # a searched list (r=4,8) is no single value: --search types each setting
-    typed = {}
-    for key, value in options.items():
-        target, _, name = key.rpartition(".")
-        owners = [s for s in strategies if (not target or s.name == target) and hasattr(s.config, name)]
-        value = getattr(owners[0].config, name) if owners else value
-        typed[key] = list(value) if isinstance(value, tuple) else value
-    return typed
+        # each candidate's own default when they build it); an unknown strategy is refused here
+        train["lr"] = spec.default_lr(cfg.strategy)
+    return resolved(cfg, **values, options=spec.typed_options(cfg.strategy, cfg.options), train=train)
 
 
 class RunDiverged(NonFiniteLoss):

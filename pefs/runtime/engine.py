@@ -26,9 +26,10 @@ from torch.utils.data import DataLoader, TensorDataset
 from tqdm.auto import tqdm
 
 from pefs.backbones.split import Stages, stages
-from pefs.config.run import TrainConfig
+from pefs.config import TrainConfig
 from pefs.errors import PefsError
 from pefs.results.stats import mean_ci95  # noqa: F401  (re-exported: engine.mean_ci95)
+from pefs.strategies.spec import default_lr
 
 _ACCELERATORS: dict[str, Any] = {}
 
@@ -211,11 +212,9 @@ def outputs(model: nn.Module, x: torch.Tensor, cfg: TrainConfig, start: int = 0,
 
 
 def strategy_lr(model: nn.Module, cfg: TrainConfig) -> float:
-    """The learning rate of the strategies' parameters: ``cfg.lr``, or when unset the smallest default of the
-    model's strategies (:attr:`pefs.strategies.Strategy.default_lr`)."""
-    if cfg.lr is not None:
-        return cfg.lr
-    return min((s.default_lr for s in getattr(model, "strategies", ())), default=1e-3)
+    """The learning rate of the strategies' parameters: ``cfg.lr``, or when unset the default of the model's
+    strategy spec (:func:`pefs.strategies.spec.default_lr`)."""
+    return cfg.lr if cfg.lr is not None else default_lr(model.spec)
 
 
 def _optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:

@@ -22,7 +22,7 @@ from tqdm.auto import tqdm
 
 from pefs.backbones import token_mask
 from pefs.backbones.split import patch_tokens
-from pefs.config.run import TuneConfig
+from pefs.config import TuneConfig
 from pefs.data import ImageSet, augment_transform, eval_transform
 from pefs.data.loading import ByteCache, Decoder, decoded_batches
 from pefs.data.views import extra_views
@@ -78,7 +78,7 @@ class TaskRunner:
         self.start_fingerprint = fingerprint(self.model)
         self.transform = eval_transform(self.model.backbone.data_config, cfg.img_size)
         self.decoder = Decoder(self.transform)
-        self.views = cfg.view_config
+        self.views = cfg
         #: a ViT's masked views drop their masked patch tokens (MAE-style) instead of painting pixels
         self.token_masks = cfg.mask_ratio > 0 and token_mask.supports_token_masks(self.model.backbone)
         if self.token_masks and self.level != engine.level_of(self.model, "pooled"):

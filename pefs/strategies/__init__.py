@@ -14,6 +14,7 @@ from pefs.strategies import (  # noqa: F401  (registration side effects)
     vpt,
 )
 from pefs.strategies.base import Strategy, StrategyConfig
-from pefs.strategies.registry import STRATEGIES, build, default_lr, list_strategies, register
+from pefs.strategies.registry import STRATEGIES, list_strategies, register
+from pefs.strategies.spec import build, default_lr
 
 __all__ = ["STRATEGIES", "Strategy", "StrategyConfig", "build", "default_lr", "list_strategies", "register"]

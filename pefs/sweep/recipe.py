@@ -14,7 +14,7 @@ import typing
 from pathlib import Path
 from typing import Any
 
-from pefs.config.run import TrainConfig, TuneConfig, field_types
+from pefs.config import TrainConfig, TuneConfig, field_types
 from pefs.errors import PefsError
 
 #: grid axes (each a list; "1,2,4" and "0-2" strings are accepted too)

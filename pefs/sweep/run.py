@@ -20,12 +20,13 @@ from pathlib import Path
 from typing import Any
 
 from pefs.backbones import OFFLINE_MODELS, list_models
+from pefs.config import DEFAULT_MODEL, TrainConfig, TuneConfig, run_key
 from pefs.config.checks import check_classes, check_seeds, check_writable_file
-from pefs.config.identity import run_fingerprints
-from pefs.config.run import DEFAULT_MODEL, TrainConfig, TuneConfig, run_key
 from pefs.errors import PefsError, unknown
+from pefs.protocols.run import run_fingerprints
 from pefs.results import claims
 from pefs.results import store as results
+from pefs.strategies.spec import applicable, valid_options
 from pefs.sweep.recipe import RUN_KEYS, TRAIN_KEYS, as_list, check_settings, strategy_entry
 
 DEFAULT_STORE = "runs/sweep/results.jsonl"
@@ -122,26 +123,14 @@ def check_model_name(name: str) -> None:
                   + ", ".join(OFFLINE_MODELS))
 
 
-def route_options(spec: str, options: dict[str, Any]) -> dict[str, Any]:
-    """The sweep-wide options that apply to strategy ``spec``: ``key`` if one of its strategies takes it,
-    ``name.key`` if it names one of them."""
-    from pefs.strategies.registry import resolve
-
-    names = [n.strip() for n in spec.split("+")]
-    taken = {k for n in names for k in resolve(n).config_class.options()}
-    return {k: v for k, v in options.items() if (k.split(".", 1)[0] in names if "." in k else k in taken)}
-
-
 def _check_options_used(spec: SweepSpec) -> None:
-    from pefs.strategies.registry import resolve
-
+    """A sweep-wide option that none of the sweep's strategies takes is refused, listing the valid ones."""
     for key in spec.options:
-        if not any(key in route_options(s.spec, {key: None}) for s in spec.strategies):
-            valid = sorted({f"{n}: {k}" for s in spec.strategies for n in s.spec.split("+")
-                            for k in resolve(n.strip()).config_class.options()})
+        if not any(key in applicable(s.spec, {key: None}) for s in spec.strategies):
             raise PefsError(f"unknown option {key!r}: none of the strategies "
                             f"{', '.join(s.spec for s in spec.strategies)} takes it; valid options: "
-                            + (", ".join(valid) or "none (these strategies take no options)"))
+                            + valid_options([s.spec for s in spec.strategies],
+                                            "none (these strategies take no options)"))
 
 
 def plan(spec: SweepSpec, check_data: bool = True) -> list[Cell]:
@@ -152,7 +141,7 @@ def plan(spec: SweepSpec, check_data: bool = True) -> list[Cell]:
     for m in spec.models:
         check_model_name(m)
     for s in spec.strategies:
-        build(s.spec, **{**route_options(s.spec, spec.options), **s.options})
+        build(s.spec, **{**applicable(s.spec, spec.options), **s.options})
     _check_options_used(spec)
     for k in spec.shots:
         if k < 1:
@@ -166,7 +155,7 @@ def plan(spec: SweepSpec, check_data: bool = True) -> list[Cell]:
     prints: dict[tuple, dict[str, Any]] = {}
     for model in spec.models:
         for s in spec.strategies:
-            options = {**route_options(s.spec, spec.options), **s.options}
+            options = {**applicable(s.spec, spec.options), **s.options}
             for shots in spec.shots:
                 for seed in spec.seeds:
                     train = TrainConfig(**{**spec.train, **s.train, "progress": spec.progress})

@@ -14,8 +14,8 @@ from __future__ import annotations
 import time
 from typing import Any
 
+from pefs.config import TrainConfig, TuneConfig, defaults
 from pefs.config.checks import parse_budget
-from pefs.config.run import TuneConfig
 from pefs.errors import PefsError
 from pefs.protocols.loop import task_count
 from pefs.protocols.selection.search import Axis, SearchSpace
@@ -28,7 +28,6 @@ from pefs.strategies import default_lr
 CANDIDATES = ("linear", "bias", "norm", "ssf", "lora", "adapter")
 #: the learning-rate grid as multiples of each strategy's default (linear trains only its head: head_lr)
 LR_FACTORS = (1, 10)
-HEAD_LR = 1e-2  # TrainConfig.head_lr's default
 
 
 def grid(strategies: tuple[str, ...]) -> list[dict[str, Any]]:
@@ -38,7 +37,7 @@ def grid(strategies: tuple[str, ...]) -> list[dict[str, Any]]:
     for f in LR_FACTORS:
         for s in strategies:
             if s == "linear":
-                out.append({"strategy": s, "head_lr": HEAD_LR * f})
+                out.append({"strategy": s, "head_lr": defaults(TrainConfig)["head_lr"] * f})
             else:
                 out.append({"strategy": s, "lr": default_lr(s) * f})
     return out
@@ -66,7 +65,7 @@ class AutoSelector(Selector):
                             axes={"strategy": list(CANDIDATES),
                                   "lr": sorted({default_lr(s) * f for s in CANDIDATES if s != "linear"
                                                 for f in LR_FACTORS}),
-                                  "head_lr": [HEAD_LR * f for f in LR_FACTORS]})
+                                  "head_lr": [defaults(TrainConfig)["head_lr"] * f for f in LR_FACTORS]})
 
     def default(self) -> dict[str, Any]:
         self.summary["why"].append("auto ran linear with its default settings: this task's support leaves no "

@@ -21,8 +21,10 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from pefs.config.run import HEAD_NAMES, TrainConfig, TuneConfig, field_types
+from pefs.config import TrainConfig, TuneConfig, field_types
 from pefs.errors import PefsError
+from pefs.heads import registry as heads
+from pefs.strategies.spec import option_hints, takes
 
 #: TuneConfig fields a search may vary besides the training settings and strategy options
 TUNE_AXES = ("strategy", "head")
@@ -69,24 +71,6 @@ class SearchSpace:
         return out
 
 
-def _option_hints(strategy: str) -> dict[str, Any]:
-    """Option name -> type hint of every strategy in a ``a+b`` spec (``a.key`` spellings included)."""
-    from pefs.strategies.registry import resolve
-
-    hints: dict[str, Any] = {}
-    for name in strategy.split("+"):
-        cls = resolve(name.strip())
-        for key, hint in typing.get_type_hints(cls.config_class).items():
-            hints.setdefault(key, hint)
-            hints[f"{name.strip()}.{key}"] = hint
-    return hints
-
-
-def takes(strategy: str, option: str) -> bool:
-    """Whether ``strategy`` (possibly ``a+b``) has option ``option``."""
-    return option in _option_hints(strategy)
-
-
 def _split(name: str, text: Any) -> tuple[str, ...]:
     values = tuple(v.strip() for v in text.split(",")) if isinstance(text, str) else tuple(text)
     if not values or any(v == "" for v in values):
@@ -115,10 +99,10 @@ def _cast_train(name: str, raw: str) -> Any:
 
 def _cast_option(name: str, raw: str, strategies: Sequence[str]) -> Any:
     from pefs.strategies.base import cast_option
-    from pefs.strategies.registry import build
+    from pefs.strategies.spec import build
 
     users = [s for s in strategies if takes(s, name)]
-    hint = _option_hints(users[0])[name]
+    hint = option_hints(users[0])[name]
     if typing.get_origin(hint) in (tuple, list):
         raise PefsError(f"option {name} takes a list itself ({name}=a,b), so it cannot be searched; fix it "
                         f"with -o {name}=...")
@@ -131,7 +115,8 @@ def parse_search(items: Sequence[str], options: Mapping[str, Any] | None = None,
                  strategy: str = "linear") -> SearchSpace:
     """A SearchSpace from ``--search KEY=V1,V2`` items and ``-o`` options (an option of a number or choice
     given as a list becomes an axis; other options stay fixed). Every value is checked here."""
-    from pefs.strategies.registry import build, resolve
+    from pefs.strategies.registry import resolve
+    from pefs.strategies.spec import build
 
     raw: list[tuple[str, str]] = []
     for item in items:
@@ -163,16 +148,16 @@ def parse_search(items: Sequence[str], options: Mapping[str, Any] | None = None,
             axes.append(Axis(name, "tune", values))
             continue
         if name == "head":
-            bad = [v for v in values if v not in HEAD_NAMES]
+            bad = [v for v in values if v not in heads.HEADS]
             if bad:
-                raise PefsError(f"search head={bad[0]!r}: unknown head; valid choices: {', '.join(HEAD_NAMES)}")
+                raise PefsError(f"search head={bad[0]!r}: unknown head; valid choices: {', '.join(heads.HEADS)}")
             axes.append(Axis(name, "tune", values))
             continue
         if name in TRAIN_AXES:
             axes.append(Axis(name, "train", _unique(name, tuple(_cast_train(name, v) for v in values))))
             continue
         if not any(takes(s, name) for s in strategies):
-            valid = sorted({k for s in strategies for k in _option_hints(s) if "." not in k})
+            valid = sorted({k for s in strategies for k in option_hints(s) if "." not in k})
             raise PefsError(f"cannot search {name!r}: not a training setting ({', '.join(TRAIN_AXES)}, "
                             f"{', '.join(TUNE_AXES)}) nor an option of strategy {' / '.join(strategies)} "
                             f"(its options: {', '.join(valid) or 'none'})")
@@ -189,7 +174,7 @@ def parse_search(items: Sequence[str], options: Mapping[str, Any] | None = None,
 def _list_typed(name: str, strategy: str, raw: list[tuple[str, str]]) -> bool:
     strategies = _split("strategy", dict(raw)["strategy"]) if "strategy" in dict(raw) else (strategy,)
     for s in strategies:
-        hint = _option_hints(s).get(name)
+        hint = option_hints(s).get(name)
         if hint is not None:
             return typing.get_origin(hint) in (tuple, list)
     return False

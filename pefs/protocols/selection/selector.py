@@ -17,7 +17,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from pefs.config.run import TuneConfig
+from pefs.config import TuneConfig
 from pefs.data import ImageSet, hold_out
 from pefs.errors import PefsError
 from pefs.protocols.loop import Task

@@ -1,0 +1,38 @@
+"""The content fingerprint of a ``--data`` spec: part of a run's key (:func:`pefs.config.identity.run_key`).
+
+* an image folder or local dataset folder: :func:`~pefs.config.identity.tree_digest` (paths, sizes, mtimes);
+* the embedded dataset (and any single file): the SHA-256 of its bytes;
+* a dataset built in Python: its image names and labels;
+* a hub dataset name: the name itself (its content cannot be seen offline), marked ``"hub:"``.
+
+Replacing, adding, removing or touching any file changes the fingerprint, so the cell runs again.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from pathlib import Path
+from typing import Any
+
+from pefs.config.identity import file_digest, tree_digest
+from pefs.data.sources import ASSETS, DEFAULT_DATASET
+
+
+def data_fingerprint(data: Any) -> str:
+    """The fingerprint of a ``--data`` spec (see the module docstring)."""
+    if data is None or data == DEFAULT_DATASET:
+        return "embedded:" + file_digest(ASSETS / "fashion_mnist_small.npz")
+    if not isinstance(data, (str, os.PathLike)):  # a Dataset built in Python: its image names and labels
+        h = hashlib.sha256()
+        for part in (data.train, data.test):
+            if part is not None:
+                h.update("\0".join(part.names).encode("utf-8", "surrogateescape"))
+                h.update(bytes(str(list(part.labels)), "ascii"))
+        return f"in-memory:{data.name}:{h.hexdigest()[:16]} (names and labels; pixels not read)"
+    path = Path(data)
+    if path.is_dir():
+        return "folder:" + tree_digest(path)
+    if path.is_file():
+        return "file:" + file_digest(path)
+    return f"hub:{data}"
