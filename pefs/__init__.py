@@ -18,7 +18,8 @@ from pefs.errors import PefsError
 __version__ = "0.1.0"
 #: public name -> the module that defines it
 _LAZY = {"Backbone": "pefs.backbones", "list_models": "pefs.backbones", "load": "pefs.backbones",
-         "PefsModel": "pefs.model.wrap", "wrap": "pefs.model.wrap", "list_strategies": "pefs.strategies"}
+         "PefsModel": "pefs.model", "wrap": "pefs.model", "list_strategies": "pefs.strategies",
+         "TuneConfig": "pefs.config", "TrainConfig": "pefs.config", "tune": "pefs.protocols.run"}
 __all__ = ["PefsError", "__version__", *_LAZY]
 
 

@@ -11,12 +11,11 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from pefs.config import TuneConfig
+from pefs.config import TrainConfig, TuneConfig
 from pefs.data import from_arrays, load_dataset
 from pefs.data.decoding import ENV_MAX_PIXELS, decode_image, set_max_image_pixels
 from pefs.errors import PefsError
 from pefs.protocols.run import tune
-from pefs.runtime.engine import TrainConfig
 from tests.conftest import FAST, assert_user_error, cli
 
 

@@ -9,9 +9,10 @@ import torch
 
 import pefs
 from pefs.backbones.split import stages
+from pefs.config import TrainConfig
 from pefs.errors import PefsError
 from pefs.runtime import engine
-from pefs.runtime.engine import NonFiniteLoss, TrainConfig
+from pefs.runtime.engine import NonFiniteLoss
 from pefs.strategies.last_k import final_norms
 from tests.conftest import TINY_MODELS, batch, cfg, tiny
 

@@ -8,11 +8,10 @@ import pytest
 import torch
 from PIL import Image
 
-from pefs.config import TuneConfig
+from pefs.config import TrainConfig, TuneConfig
 from pefs.errors import PefsError
 from pefs.protocols.run import tune
 from pefs.runtime import feature_store as features
-from pefs.runtime.engine import TrainConfig
 from pefs.runtime.feature_store import FeatureStore, trunk_fingerprint
 from tests.conftest import colour_images
 
@@ -38,9 +37,9 @@ def trunk_passes(rec) -> int:
 
 
 def test_second_run_starts_from_the_store(data, tmp_path, monkeypatch):
-    from pefs.runtime import task as fewshot
+    from pefs.runtime import caches
 
-    monkeypatch.setattr(fewshot, "STORE_SHARD", 4)  # shards of 4 images: the 15 test images make 4 shards
+    monkeypatch.setattr(caches, "STORE_SHARD", 4)  # shards of 4 images: the 15 test images make 4 shards
     cfg = config(data, tmp_path)
     cfg.train.eval_batch_size = 4
     first = tune(cfg)

@@ -14,11 +14,12 @@ from PIL import Image
 
 import pefs
 from pefs.cli.main import main
+from pefs.config import TrainConfig
 from pefs.data import load_dataset
 from pefs.errors import PefsError
 from pefs.results import store
 from pefs.runtime import engine
-from pefs.runtime.engine import NonFiniteLoss, TrainConfig
+from pefs.runtime.engine import NonFiniteLoss
 from tests.conftest import FAST, assert_user_error, cli
 
 RN = ["--model", "resnet18", "--no-pretrained"]

@@ -12,11 +12,10 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 import pefs
-from pefs.config import TuneConfig
+from pefs.config import TrainConfig, TuneConfig
 from pefs.errors import PefsError
 from pefs.model.wrap import PefsModel, wrap
 from pefs.protocols.run import tune
-from pefs.runtime.engine import TrainConfig
 from tests.strategy_battery import images, perturb, tiny_backbone
 
 

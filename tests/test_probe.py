@@ -10,12 +10,11 @@ import pytest
 import torch
 from torch.nn import functional as F
 
-from pefs.config import TuneConfig
+from pefs.config import TrainConfig, TuneConfig
 from pefs.errors import PefsError
 from pefs.heads import registry as heads
 from pefs.heads.logistic import DEFAULT_L2, LogisticProbe, fit_logistic
 from pefs.protocols.run import tune
-from pefs.runtime.engine import TrainConfig
 
 
 def blobs(n_per_class: int, classes: int = 3, dim: int = 6, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:

@@ -18,10 +18,10 @@ from pathlib import Path
 import pytest
 
 import pefs
-from pefs.config import TuneConfig
+from pefs.config import TrainConfig, TuneConfig
 from pefs.errors import PefsError
 from pefs.protocols.run import tune
-from pefs.runtime.engine import NonFiniteLoss, TrainConfig
+from pefs.runtime.engine import NonFiniteLoss
 from tests.conftest import FAST, assert_user_error, cli
 
 

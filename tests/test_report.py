@@ -12,7 +12,8 @@ import pytest
 from pefs.cli.main import main
 from pefs.errors import PefsError
 from pefs.results import store
-from pefs.results.report.markdown import Group, aggregate, best, build_report, close_call
+from pefs.results.aggregate import Group, aggregate, best
+from pefs.results.report.markdown import build_report, close_call
 
 MODELS = {"small_net": 1_000_000, "big_net": 4_000_000}
 TRAINABLE = {"linear": 5_000, "lora": 80_000}

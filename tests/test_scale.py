@@ -7,12 +7,11 @@ import pytest
 import torch
 
 from pefs.backbones.describe import IMAGENET_DATA_CONFIG
-from pefs.config import TuneConfig
+from pefs.config import TrainConfig, TuneConfig
 from pefs.data import Dataset, from_arrays, load_dataset, loading
 from pefs.data.loading import ByteCache, Decoder, decoded_batches
 from pefs.errors import PefsError
 from pefs.protocols.run import tune
-from pefs.runtime.engine import TrainConfig
 from pefs.runtime.task import TaskRunner
 from tests.conftest import colour_images
 

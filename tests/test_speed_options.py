@@ -6,9 +6,9 @@ from __future__ import annotations
 import pytest
 import torch
 
+from pefs.config import TrainConfig
 from pefs.errors import PefsError
 from pefs.runtime import engine
-from pefs.runtime.engine import TrainConfig
 from tests.conftest import batch, cfg, tiny
 
 CPU = torch.device("cpu")

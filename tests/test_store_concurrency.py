@@ -17,7 +17,8 @@ import torch
 from PIL import Image
 
 from pefs.results import claims, store
-from pefs.results.report.markdown import aggregate, build_report, current_rows
+from pefs.results.aggregate import aggregate, current_rows
+from pefs.results.report.markdown import build_report
 from pefs.sweep import run as sweep
 
 SWEEP = ["sweep", "--models", "resnet18", "--no-pretrained", "--strategies", "linear", "--shots", "1",

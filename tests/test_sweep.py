@@ -11,12 +11,12 @@ import torch
 
 import pefs.protocols.run
 from pefs.cli.main import main
-from pefs.config import run_key
+from pefs.config import TrainConfig, run_key
 from pefs.data import load_dataset
 from pefs.errors import PefsError
 from pefs.protocols.run import resolve
 from pefs.results import store
-from pefs.runtime.engine import NonFiniteLoss, TrainConfig
+from pefs.runtime.engine import NonFiniteLoss
 from pefs.sweep import run as sweep
 from pefs.sweep.recipe import load_recipe
 

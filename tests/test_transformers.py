@@ -9,9 +9,10 @@ from torch import nn
 
 from pefs.backbones import load
 from pefs.backbones.split import patch_tokens, stages
+from pefs.config import TrainConfig
 from pefs.errors import PefsError
 from pefs.model.wrap import wrap
-from pefs.runtime.engine import TrainConfig, fit, frozen_level, level_of, outputs
+from pefs.runtime.engine import fit, frozen_level, level_of, outputs
 from tests.hf_models import HEADS, LAYERS, PATCH, REGISTERS, D, build, hf_backbone
 from tests.strategy_battery import (
     IMG,

@@ -43,10 +43,45 @@ def list_models(pattern: str = "*", offline_only: bool = False) -> list[str]:
     return offline if offline_only else offline + timm.list_models(pattern)
 
 
-def _is_timm_name(name: str) -> bool:
+#: timm modules whose models take ``img_size=`` (patch-embedding transformers resize their position embeddings)
+IMG_SIZE_MODULES = ("vision_transformer", "vision_transformer_hybrid", "vision_transformer_relpos", "deit", "eva",
+                    "beit", "swin_transformer", "swin_transformer_v2")
+
+
+def timm_architecture(name: str) -> str | None:
+    """The timm architecture model ``name`` is built as (an offline model's timm name, a hub name without its
+    ``.tag``), or None when timm does not know it (``hf:`` names, typos)."""
     import timm
 
-    return timm.is_model(name.split(".", 1)[0])
+    if name in OFFLINE_MODELS:
+        return OFFLINE_MODELS[name].timm_name
+    arch = name.split(".", 1)[0]
+    return arch if timm.is_model(arch) else None
+
+
+def is_known(name: str) -> bool:
+    """Whether pefs can build model ``name`` by name (an offline model, a timm architecture or ``hf:``)."""
+    return name.startswith("hf:") or timm_architecture(name) is not None
+
+
+def check_name(name: str) -> None:
+    """An unknown model name is a PefsError listing close names, before any model is created."""
+    if not is_known(name):
+        raise unknown("model", name, list_models(),
+                      extra="`pefs models` lists them; offline (no network) models: " + ", ".join(OFFLINE_MODELS))
+
+
+def takes_img_size(name: Any) -> bool:
+    """Whether model ``name`` is built for an input size given as ``img_size=`` (ViT-like timm models and every
+    ``hf:`` model); CNNs take any input size as they are."""
+    import timm
+
+    if not isinstance(name, str):
+        return False
+    if name.startswith("hf:"):
+        return True
+    arch = timm_architecture(name)
+    return arch is not None and timm.models.is_model_in_modules(arch, IMG_SIZE_MODULES)
 
 
 def load(model: str | nn.Module, pretrained: bool = True, checkpoint: str | Path | None = None,
@@ -94,13 +129,12 @@ def load(model: str | nn.Module, pretrained: bool = True, checkpoint: str | Path
         net = create_offline(model, **kwargs) if checkpoint is None else _timm_create(
             OFFLINE_MODELS[model].timm_name, False, model, **kwargs)
         source = "offline" if checkpoint is None else f"checkpoint:{checkpoint}"
-    elif _is_timm_name(model):
+    elif timm_architecture(model) is not None:
         net = _timm_create(model, pretrained and checkpoint is None, model, **kwargs)
         source = "random" if not pretrained and checkpoint is None else ("hub" if checkpoint is None
                                                                           else f"checkpoint:{checkpoint}")
     else:
-        raise unknown("model", model, list_models(),
-                      extra="`pefs models` lists them; offline (no network) models: " + ", ".join(OFFLINE_MODELS))
+        check_name(model)
     bb = describe_timm(net, model, source)
     if checkpoint is not None:
         load_checkpoint(net, checkpoint, bb.head_name)

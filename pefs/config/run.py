@@ -17,9 +17,9 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 from pefs.config.checks import check_seeds, parse_budget
-from pefs.config.fields import check_choice, setting
+from pefs.config.fields import check_choice, choices, setting
 from pefs.config.identity import config_hash
-from pefs.errors import PefsError
+from pefs.errors import PefsError, unknown
 
 DEFAULT_MODEL = "efficientnet_lite0.offline"
 DEFAULT_HEAD = "linear-proto"
@@ -166,7 +166,8 @@ class TuneConfig:
         if self.feature_cache is not None and not isinstance(self.feature_cache, str):
             raise PefsError(f"feature_cache must be a directory path, got {self.feature_cache!r}")
         check_views(self)
-        check_choice(self, "head")
+        if self.head not in choices(TuneConfig, "head"):
+            raise unknown("head", self.head, choices(TuneConfig, "head"))
         self.train.validate()
 
     def to_dict(self) -> dict[str, Any]:

@@ -28,15 +28,12 @@ ONNX_ATOL, ONNX_RTOL = 1e-4, 1e-3
 
 def timm_name(model: PefsModel) -> str:
     """The timm architecture the model is (an offline model's timm name); refuses a user's own module."""
-    import timm
-
-    from pefs.backbones import OFFLINE_MODELS
+    from pefs.backbones import timm_architecture
 
     name = model.backbone.name
-    if name in OFFLINE_MODELS:
-        return OFFLINE_MODELS[name].timm_name
-    if timm.is_model(name.split(".", 1)[0]):
-        return name.split(".", 1)[0]
+    arch = timm_architecture(name) if not name.startswith("hf:") else None
+    if arch is not None:
+        return arch
     raise PefsError(f"{name!r} is not a timm model, so there is no library that would load a merged checkpoint "
                     "of it; export it with --format onnx instead")
 

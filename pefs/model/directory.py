@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from pefs.config import checks
+from pefs.config.files import atomic_path, write_text
 from pefs.errors import PefsError
 
 if TYPE_CHECKING:
@@ -30,8 +31,9 @@ MERGED_FILE = "merged.safetensors"
 PREPROCESSING_KEYS = ("input_size", "interpolation", "mean", "std", "crop_pct", "crop_mode")
 
 
-def fingerprint(tensors: list[tuple[str, torch.Tensor]]) -> str:
-    """A hash of named tensors (names, shapes, dtypes and bytes): equal fingerprints mean identical weights."""
+def weights_fingerprint(tensors: list[tuple[str, torch.Tensor]]) -> str:
+    """A hash of named tensors (names, shapes, dtypes and bytes, whatever their device or memory layout): equal
+    fingerprints mean identical weights. The one weights hash of pefs (model directories, runs, feature store)."""
     h = hashlib.blake2b(digest_size=16)
     for name, t in sorted(tensors, key=lambda kv: kv[0]):
         t = t.detach().cpu().contiguous()
@@ -84,18 +86,15 @@ def save_model(model: PefsModel, directory: str | Path) -> Path:
     }
     try:
         d.mkdir(parents=True, exist_ok=True)
-        for stale in (ADAPTER_FILE, MERGED_FILE):
-            (d / stale).unlink(missing_ok=True)
-        tmp = d / f".{name}.tmp"
+    except OSError as e:
+        raise PefsError(f"cannot save to {str(d)!r}: {e.strerror or e}") from e
+    with atomic_path(d / name, "model tensors") as tmp:
         save_file(tensors, str(tmp))
         usual_mode(tmp)
         config["tensors"]["sha256"] = _sha256(tmp)
-        tmp.replace(d / name)
-        tmp = d / f".{CONFIG_FILE}.tmp"
-        tmp.write_text(json.dumps(config, indent=2, default=str))
-        tmp.replace(d / CONFIG_FILE)
-    except OSError as e:
-        raise PefsError(f"cannot save to {str(d)!r}: {e.strerror or e}") from e
+    write_text(d / CONFIG_FILE, json.dumps(config, indent=2, default=str), "model config")
+    stale = MERGED_FILE if name == ADAPTER_FILE else ADAPTER_FILE
+    (d / stale).unlink(missing_ok=True)  # only once the new model is whole: a failed save keeps the old one
     return d
 
 
@@ -151,11 +150,9 @@ def usual_mode(path: str | Path) -> None:
 
 def rebuildable(name: str) -> bool:
     """Whether ``name`` is a model pefs can build by name (an offline model or a timm architecture)."""
-    import timm
+    from pefs.backbones import is_known
 
-    from pefs.backbones import OFFLINE_MODELS
-
-    return name in OFFLINE_MODELS or name.startswith("hf:") or timm.is_model(name.split(".", 1)[0])
+    return is_known(name)
 
 
 def strategy_options(s: Any) -> dict[str, Any]:

@@ -46,7 +46,7 @@ def class_names_of(model: PefsModel) -> list[str]:
 
 
 def _inference_config(model: PefsModel):
-    from pefs.runtime.engine import TrainConfig
+    from pefs.config import TrainConfig
 
     train = dict((model.tune_config or {}).get("train") or {})
     names = {f.name for f in dataclasses.fields(TrainConfig)}

@@ -95,7 +95,7 @@ class PefsModel(nn.Module):
     def base_fingerprint(self) -> str:
         """Hash of the frozen backbone weights the strategies were applied to (head and trained tensors left out)."""
         if self._base_fingerprint is None:
-            self._base_fingerprint = pefs_io.fingerprint(self._base_params)
+            self._base_fingerprint = pefs_io.weights_fingerprint(self._base_params)
         return self._base_fingerprint
 
     def predict(self, images: Any, batch_size: int = 16) -> Predictions:

@@ -7,7 +7,6 @@ split into decode / frozen-prefix features / training / evaluation, and peak mem
 from __future__ import annotations
 
 import json
-import os
 import platform
 import time
 from collections.abc import Callable
@@ -19,6 +18,7 @@ import torch
 from pefs.backbones.sources.checkpoint import check_checkpoint_path
 from pefs.config import SCHEMA_VERSION, TuneConfig, checks, resolved, run_key
 from pefs.config.checks import check_classes
+from pefs.config.files import write_text
 from pefs.config.identity import file_digest
 from pefs.data import Dataset, load_dataset
 from pefs.data.fingerprint import data_fingerprint
@@ -155,22 +155,15 @@ def finish(cfg: TuneConfig, dataset: Dataset, run: ProtocolRun, runner: TaskRunn
 
 
 def write_record(record: dict[str, Any], output: str | Path) -> Path:
-    """Write ``record`` atomically (temp file + rename) under ``output``; a clear error if we cannot."""
+    """Write ``record`` atomically under ``output`` (:mod:`pefs.config.files`); a clear error if we cannot."""
     out = Path(output)
     name = (f"{time.strftime('%Y%m%d-%H%M%S')}-{record['model']}-{record['strategy']}-{record['shots']}shot-"
             f"{record['config_hash'][:8]}.json").replace("/", "_").replace(":", "_")
-    tmp = out / f".{name}.tmp"
     try:
         out.mkdir(parents=True, exist_ok=True)
-        with open(tmp, "w") as f:
-            f.write(json.dumps(record, indent=2, default=str))
-            f.flush()
-            os.fsync(f.fileno())
-        tmp.replace(out / name)
     except OSError as e:
-        if tmp.parent.is_dir():  # never leave a half-written record behind (e.g. disk full)
-            tmp.unlink(missing_ok=True)
         raise PefsError(f"cannot write the result record to {str(out)!r}: {e.strerror or e}") from e
+    write_text(out / name, json.dumps(record, indent=2, default=str), "result record")
     return out / name
 
 

@@ -28,7 +28,6 @@ from tqdm.auto import tqdm
 from pefs.backbones.split import Stages, stages
 from pefs.config import TrainConfig
 from pefs.errors import PefsError
-from pefs.results.stats import mean_ci95  # noqa: F401  (re-exported: engine.mean_ci95)
 from pefs.strategies.spec import default_lr
 
 _ACCELERATORS: dict[str, Any] = {}

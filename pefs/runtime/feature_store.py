@@ -28,8 +28,10 @@ from typing import Any
 import numpy as np
 import torch
 
+from pefs.config.files import write_bytes
 from pefs.data.sources import ImageSet
 from pefs.errors import PefsError
+from pefs.model.directory import weights_fingerprint
 
 ENV = "PEFS_FEATURE_CACHE"
 FORMAT = 1
@@ -43,17 +45,11 @@ def cache_dir(option: str | None) -> Path | None:
 
 
 def trunk_fingerprint(model: torch.nn.Module) -> str:
-    """A hash of every tensor of ``model``'s state except its classifier head's: what pooled features depend on."""
+    """The fingerprint of every tensor of ``model``'s state except its classifier head's: what pooled features
+    depend on."""
     head = getattr(model, "head", None)
     skip = {p.data_ptr() for p in head.state_dict().values()} if isinstance(head, torch.nn.Module) else set()
-    h = hashlib.blake2b(digest_size=16)
-    for k, v in sorted(model.state_dict().items()):
-        if v.data_ptr() in skip:
-            continue
-        h.update(k.encode())
-        h.update(str(v.dtype).encode() + str(tuple(v.shape)).encode())
-        h.update(v.detach().cpu().contiguous().view(-1).view(torch.uint8).numpy().tobytes())
-    return h.hexdigest()
+    return weights_fingerprint([(k, v) for k, v in model.state_dict().items() if v.data_ptr() not in skip])
 
 
 def image_key(images: ImageSet, i: int) -> str:
@@ -84,9 +80,11 @@ class FeatureStore:
             self.dir.mkdir(parents=True, exist_ok=True)
             meta = self.dir / "facts.json"
             if not meta.exists():
-                _atomic_write(meta, json.dumps(self.facts, indent=2, default=str).encode())
-        except OSError as e:
-            raise PefsError(f"feature cache {str(self.root)!r} is not writable: {e.strerror or e}; choose another "
+                write_bytes(meta, json.dumps(self.facts, indent=2, default=str).encode(), "feature-cache facts")
+        except (OSError, PefsError) as e:
+            cause = e if isinstance(e, OSError) else e.__cause__
+            why = getattr(cause, "strerror", None) or cause or e
+            raise PefsError(f"feature cache {str(self.root)!r} is not writable: {why}; choose another "
                             f"with --feature-cache DIR (or ${ENV})") from e
         self._index: dict[str, tuple[Path, int]] | None = None
         self.hits = self.misses = self.written = 0
@@ -130,8 +128,8 @@ class FeatureStore:
         buf = io.BytesIO()
         np.savez(buf, keys=np.array(list(keys), dtype="U32"), features=feats)
         try:
-            _atomic_write(shard, buf.getvalue())
-        except OSError as e:
+            write_bytes(shard, buf.getvalue(), "feature-cache shard")
+        except PefsError as e:
             warnings.warn(f"could not write to the feature cache {str(self.dir)!r}: {e}", stacklevel=2)
             return
         index = self._scan()
@@ -147,19 +145,6 @@ def _read(shard: Path, what: str) -> np.ndarray | None:
     except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as e:
         warnings.warn(f"ignoring unreadable feature-cache shard {str(shard)!r}: {e}", stacklevel=3)
         return None
-
-
-def _atomic_write(path: Path, data: bytes) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        with open(tmp, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
 
 
 def clear(root: str | Path) -> int:

@@ -16,7 +16,7 @@ from typing import Any
 from pefs.backbones import Backbone
 from pefs.errors import PefsError
 from pefs.strategies.base import StrategyConfig
-from pefs.strategies.common import default_targets  # noqa: F401  (pefs.strategies.lora.default_targets)
+from pefs.strategies.common import default_targets
 from pefs.strategies.peft_tuner import PeftTuner
 from pefs.strategies.registry import register
 

@@ -19,10 +19,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from pefs.backbones import OFFLINE_MODELS, list_models
+from pefs.backbones import check_name
 from pefs.config import DEFAULT_MODEL, TrainConfig, TuneConfig, run_key
 from pefs.config.checks import check_classes, check_seeds, check_writable_file
-from pefs.errors import PefsError, unknown
+from pefs.errors import PefsError
 from pefs.protocols.run import run_fingerprints
 from pefs.results import claims
 from pefs.results import store as results
@@ -113,16 +113,6 @@ def spec_from_settings(settings: dict[str, Any], where: str = "sweep settings") 
         store=str(results.check_store_path(get("store") or DEFAULT_STORE)), output=get("output"))
 
 
-def check_model_name(name: str) -> None:
-    """Unknown model names fail here, without creating the model or fetching weights."""
-    import timm
-
-    if name in OFFLINE_MODELS or timm.is_model(name.split(".", 1)[0]):
-        return
-    raise unknown("model", name, list_models(), extra="`pefs models` lists them; offline (no network) models: "
-                  + ", ".join(OFFLINE_MODELS))
-
-
 def _check_options_used(spec: SweepSpec) -> None:
     """A sweep-wide option that none of the sweep's strategies takes is refused, listing the valid ones."""
     for key in spec.options:
@@ -139,7 +129,7 @@ def plan(spec: SweepSpec, check_data: bool = True) -> list[Cell]:
     from pefs.strategies import build
 
     for m in spec.models:
-        check_model_name(m)
+        check_name(m)
     for s in spec.strategies:
         build(s.spec, **{**applicable(s.spec, spec.options), **s.options})
     _check_options_used(spec)

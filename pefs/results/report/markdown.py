@@ -6,17 +6,14 @@ Seeds are aggregated here, not in the store: a table cell pools the accuracies o
 
 from __future__ import annotations
 
-import contextlib
 import csv
-import os
 import time
-from collections.abc import Iterator
 from pathlib import Path
-from typing import TextIO
 
+from pefs.config.files import atomic_write
 from pefs.errors import PefsError
 from pefs.results import store as results
-from pefs.results.aggregate import (  # noqa: F401
+from pefs.results.aggregate import (
     Group,
     aggregate,
     best,
@@ -24,9 +21,6 @@ from pefs.results.aggregate import (  # noqa: F401
     fmt_cell,
     fmt_chosen,
     fmt_count,
-    paired,
-    printable,
-    setting_of,
 )
 from pefs.results.report.plots import plot_names
 from pefs.results.report.sections import chosen_table, paired_table, resolve_baseline, search_sections, write_search_csv
@@ -128,7 +122,7 @@ def write_csv(groups: list[Group], path: Path) -> Path:
     settings and search seconds when some cell ran a search."""
     top = {id(g) for g in best(groups).values()}
     searched = any(g.chosen for g in groups)
-    with atomic_write(path, newline="") as f:
+    with atomic_write(path, "report file", newline="") as f:
         w = csv.writer(f)
         w.writerow(CSV_COLUMNS + (("chosen", "mean_search_s") if searched else ()))
         for g in groups:
@@ -138,25 +132,6 @@ def write_csv(groups: list[Group], path: Path) -> Path:
                         " ".join(map(str, g.seeds)), len(g.failed), mean, ci, g.trainable, g.percent,
                         sum(g.wall_s) / len(g.wall_s) if g.wall_s else None, id(g) in top, *extra])
     return path
-
-
-@contextlib.contextmanager
-def atomic_write(path: Path, newline: str | None = None) -> Iterator[TextIO]:
-    """Write a text file whole or not at all (temp file + rename). UTF-8; names that are not valid UTF-8 (a
-    folder name in another encoding) are written as backslash escapes rather than failing half-way."""
-    tmp = path.with_name(f".{path.name}.tmp")
-    try:
-        with open(tmp, "w", encoding="utf-8", errors="backslashreplace", newline=newline) as f:
-            yield f
-            f.flush()
-            os.fsync(f.fileno())
-        tmp.replace(path)
-    except OSError as e:
-        tmp.unlink(missing_ok=True)
-        raise PefsError(f"cannot write the report file {str(path)!r}: {e.strerror or e}") from e
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
 
 
 def parse_formats(text: str | list[str] | tuple[str, ...]) -> tuple[str, ...]:
@@ -193,7 +168,7 @@ def build_report(store: str | Path, out: str | Path, formats: tuple[str, ...] = 
     counts = {"ok": sum(r["status"] == "ok" for r in rows), "failed": sum(r["status"] == "failed" for r in rows)}
     if "md" in formats:
         files.append(out / "report.md")
-        with atomic_write(files[-1]) as f:
+        with atomic_write(files[-1], "report file") as f:
             f.write(markdown(groups, str(store), counts, baseline))
     if "csv" in formats:
         files.append(write_csv(groups, out / "results.csv"))

@@ -1,0 +1,62 @@
+"""Writing files so that none is ever half-written (stdlib only): the one atomic writer every pefs output uses.
+
+A file is written under a temporary name in its own folder (unique per process, so two writers never share
+one), flushed and fsynced, and renamed over the target only when complete. On any failure the temporary file
+is removed and the previous file, if any, is untouched; an OSError (full disk, no permission) becomes one
+:class:`~pefs.errors.PefsError` line naming what was being written and where.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from collections.abc import Iterator
+from pathlib import Path
+from typing import IO
+
+from pefs.errors import PefsError
+
+
+@contextlib.contextmanager
+def atomic_path(path: str | Path, what: str = "file") -> Iterator[Path]:
+    """A temporary path beside ``path`` for a writer that takes a file name (``safetensors.save_file``); it is
+    fsynced and renamed to ``path`` when the block ends without an error, removed otherwise."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        yield tmp
+        with open(tmp, "rb") as f:
+            os.fsync(f.fileno())
+        tmp.replace(path)
+    except OSError as e:
+        tmp.unlink(missing_ok=True)
+        raise PefsError(f"cannot write the {what} {str(path)!r}: {e.strerror or e}") from e
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+@contextlib.contextmanager
+def atomic_write(path: str | Path, what: str = "file", binary: bool = False,
+                 newline: str | None = None) -> Iterator[IO]:
+    """An open file whose content replaces ``path`` whole when the block ends, or not at all. Text is UTF-8;
+    characters that are not valid UTF-8 (a folder name in another encoding) are written as backslash escapes
+    rather than failing half-way."""
+    with atomic_path(path, what) as tmp:
+        mode = {"mode": "wb"} if binary else {"mode": "w", "encoding": "utf-8", "errors": "backslashreplace",
+                                              "newline": newline}
+        with open(tmp, **mode) as f:
+            yield f
+            f.flush()
+
+
+def write_bytes(path: str | Path, data: bytes, what: str = "file") -> None:
+    """``data`` as the whole content of ``path``, atomically."""
+    with atomic_write(path, what, binary=True) as f:
+        f.write(data)
+
+
+def write_text(path: str | Path, text: str, what: str = "file") -> None:
+    """``text`` as the whole content of ``path``, atomically."""
+    with atomic_write(path, what) as f:
+        f.write(text)
