@@ -26,9 +26,9 @@ from pefs.config.run import DEFAULT_MODEL, TrainConfig, TuneConfig, run_key
 from pefs.errors import PefsError, unknown
 from pefs.results import claims
 from pefs.results import store as results
+from pefs.results.store import DEFAULT_STORE
 from pefs.sweep.recipe import RUN_KEYS, TRAIN_KEYS, as_list, check_settings, strategy_entry
 
-DEFAULT_STORE = "runs/sweep/results.jsonl"
 #: seconds between looks at cells another process has claimed
 POLL_S = 2.0
 
