@@ -24,7 +24,7 @@ FAST = ["-q", "--img-size", "32", "--epochs", "2"]
 
 
 def cli(*args: str, cwd: Path | None = None, **kw) -> subprocess.CompletedProcess:
-    """Run ``python -m pefs.cli.main ARGS`` in a subprocess (one OpenMP thread), capturing its output."""
+    """Run ``python -m pefs.cli ARGS`` in a subprocess (one OpenMP thread), capturing its output."""
     env = dict(os.environ, OMP_NUM_THREADS="1")
     return subprocess.run([sys.executable, "-m", "pefs.cli", *args], capture_output=True, text=True, timeout=600,
                           cwd=cwd, env=env, **kw)

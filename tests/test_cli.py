@@ -8,7 +8,8 @@ import sys
 
 import pytest
 
-from pefs.cli.main import build_parser, config_from_args, main
+from pefs.cli.flags import config_from_args
+from pefs.cli.main import build_parser, main
 
 
 def run_cli(*args: str) -> subprocess.CompletedProcess:
@@ -59,6 +60,15 @@ def test_help_for_every_subcommand():
     for cmd in ([], ["tune"], ["models"], ["strategies"], ["sweep"], ["report"]):
         r = run_cli(*cmd, "--help")
         assert r.returncode == 0 and "usage: pefs" in r.stdout and "%%" not in r.stdout
+
+
+@pytest.mark.parametrize("argv", [["report", "--help"], ["--help"], ["sweep", "--help"], ["tune", "--help"]])
+def test_help_imports_no_torch(argv):
+    """Building the parser (every command's flags) stays light: ``pefs report --help`` and the rest import no torch."""
+    code = ("import sys\nfrom pefs.cli.main import main\ntry:\n    main(sys.argv[1:])\nexcept SystemExit:\n    pass\n"
+            "print('torch imported:', 'torch' in sys.modules, file=sys.stderr)")
+    r = subprocess.run([sys.executable, "-c", code, *argv], capture_output=True, text=True, timeout=600)
+    assert "usage: pefs" in r.stdout and "torch imported: False" in r.stderr, r.stderr[-2000:]
 
 
 def test_tune_flags_are_generated_from_the_config_fields(capsys):

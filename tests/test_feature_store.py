@@ -135,7 +135,8 @@ def test_cache_dir_from_flag_or_environment(tmp_path, monkeypatch):
 
 
 def test_cli_flags_reach_the_config(tmp_path):
-    from pefs.cli.main import build_parser, config_from_args
+    from pefs.cli.flags import config_from_args
+    from pefs.cli.main import build_parser
 
     a = build_parser().parse_args(["tune", "--feature-cache", str(tmp_path), "--workers", "2", "--cache-mb", "64"])
     cfg = config_from_args(a)

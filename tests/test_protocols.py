@@ -200,7 +200,8 @@ def test_patch_match_refuses_a_model_without_token_layout(tmp_path, folder):
 
 
 def test_cli_head_and_view_flags_reach_the_config(capsys):
-    from pefs.cli.main import build_parser, config_from_args, main
+    from pefs.cli.flags import config_from_args
+    from pefs.cli.main import build_parser, main
 
     a = build_parser().parse_args(["tune", "--head", "prototype", "--views", "3", "--augment", "--mask-ratio", "0.3",
                                    "--mask-patch", "8", "--ways", "5", "--episodes", "7"])

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from pefs.cli.main import build_parser, config_from_args
+from pefs.cli.flags import config_from_args
+from pefs.cli.main import build_parser
 from pefs.config import TrainConfig, TuneConfig
 from pefs.errors import PefsError
 from pefs.protocols.run import tune

@@ -1,4 +1,4 @@
-"""``pefs report``'s flags and command (kept out of :mod:`pefs.cli.main` so that file stays small; imports are lazy)."""
+"""``pefs report``: tables (Markdown, CSV) and plots (PNG) from a results store. Torch-free, help and run alike."""
 
 from __future__ import annotations
 
@@ -6,11 +6,11 @@ import argparse
 import sys
 
 
-def add_report_parser(sub: argparse._SubParsersAction) -> None:
-    """Add the ``report`` subcommand and its flags to ``sub``."""
+def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
+    """Add ``report`` and its flags to ``sub``."""
     from pefs.results.report.markdown import FORMATS
     from pefs.results.report.sections import DEFAULT_BASELINE
-    from pefs.sweep.run import DEFAULT_STORE
+    from pefs.results.store import DEFAULT_STORE
 
     r = sub.add_parser("report", help="tables (Markdown, CSV) and plots (PNG) from a results store",
                        description="Aggregate seeds (mean ± 95% CI), one model x shots table per strategy (with "
@@ -24,9 +24,10 @@ def add_report_parser(sub: argparse._SubParsersAction) -> None:
     r.add_argument("--baseline", metavar="STRATEGY", help="strategy the others are paired against, seed by seed "
                    "(a strategy label of the report, or a strategy with one variant in the store; default "
                    f"{DEFAULT_BASELINE} when the store has it)")
+    return r
 
 
-def cmd_report(a: argparse.Namespace) -> int:
+def run(a: argparse.Namespace) -> int:
     """Write the report of ``a.store``; print the files written, warnings to stderr."""
     from pathlib import Path
 

@@ -20,6 +20,8 @@ from typing import Any
 
 from pefs.errors import PefsError
 
+#: where ``pefs sweep`` writes and ``pefs report`` reads when no --store is given
+DEFAULT_STORE = "runs/sweep/results.jsonl"
 ROW_VERSION = 1
 STATUSES = ("ok", "failed")
 

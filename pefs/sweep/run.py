@@ -26,10 +26,10 @@ from pefs.errors import PefsError
 from pefs.protocols.run import run_fingerprints
 from pefs.results import claims
 from pefs.results import store as results
+from pefs.results.store import DEFAULT_STORE
 from pefs.strategies.spec import applicable, valid_options
 from pefs.sweep.recipe import RUN_KEYS, TRAIN_KEYS, as_list, check_settings, strategy_entry
 
-DEFAULT_STORE = "runs/sweep/results.jsonl"
 #: seconds between looks at cells another process has claimed
 POLL_S = 2.0
 

@@ -1,0 +1,24 @@
+"""``pefs strategies``: list tuning strategies, the backbone kinds they support, and their options."""
+
+from __future__ import annotations
+
+import argparse
+
+
+def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
+    """Add ``strategies`` (no flags) to ``sub``."""
+    return sub.add_parser("strategies", help="list tuning strategies and their options",
+                          description="List tuning strategies, the backbone kinds they support, and their options.")
+
+
+def run(a: argparse.Namespace) -> int:
+    """Print each strategy: name, summary, kinds and options."""
+    from pefs.strategies import list_strategies
+
+    for name, cls in list_strategies().items():
+        opts = cls.config_class.options()
+        kinds = "/".join(cls.kinds)
+        print(f"{name:12s} {cls.summary} [{kinds}]")
+        if opts:
+            print(" " * 13 + "options: " + ", ".join(f"{k}={v!r}" for k, v in opts.items()))
+    return 0
