@@ -42,7 +42,7 @@ def _keyval(text: str) -> tuple[str, str]:
 def add_config_args(g: argparse._ActionsContainer, cls: type, skip: Collection[str] = ()) -> list[argparse.Action]:
     """One flag per field of config dataclass ``cls`` (but those named in ``skip``), from its type hint, default
     and help metadata. Returns the actions added."""
-    from pefs.config import field_types
+    from pefs.config import choices, field_types
 
     hints, added = field_types(cls), []
     for f in dataclasses.fields(cls):
@@ -54,6 +54,8 @@ def add_config_args(g: argparse._ActionsContainer, cls: type, skip: Collection[s
         if typing.get_origin(hint) in (typing.Union, getattr(__import__("types"), "UnionType", None)):
             hint = args[0]
         text = meta.get("help", "").replace("%", "%%")
+        if meta.get("choices_from"):  # a registry's names (heads), listed in the help; the config checks the value
+            text = f"{text}: {' | '.join(choices(cls, f.name))}"
         flag = "--" + f.name.replace("_", "-")
         kw: dict[str, typing.Any] = {"dest": f.name, "help": text}
         if hint is bool:

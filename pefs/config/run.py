@@ -112,7 +112,7 @@ class TuneConfig:
     options: dict[str, Any] = setting(
         help="strategy option, repeatable: -o r=8 -o targets=qkv,proj (lora.r=8 for one of several)",
         flags=("--opt", "-o"), metavar="KEY=VALUE", default_factory=dict)
-    head: str = setting(DEFAULT_HEAD, "classifier head (pefs.heads.registry lists them)",
+    head: str = setting(DEFAULT_HEAD, "classifier head",
                         choices_from="pefs.heads.registry:HEADS")
     search: dict[str, str] = setting(
         help="search a setting on validation data, repeatable: --search lr=1e-4,1e-3 --search strategy=linear,lora "
