@@ -12,7 +12,6 @@ from pathlib import Path
 import pytest
 
 from pefs.config import (
-    SCHEMA_VERSION,
     TrainConfig,
     TuneConfig,
     config_hash,
@@ -102,13 +101,13 @@ def test_hash_covers_what_changes_numbers_and_nothing_else():
         assert changed.hash() != base.hash()
 
 
-def test_adding_a_field_with_since_changes_no_existing_hash():
-    """A field added in a later schema (``since``) is hashed only when it leaves its default, which by
+def test_adding_a_field_added_later_changes_no_existing_hash():
+    """A field added later (``added_later``) is hashed only when it leaves its default, which by
     contract reproduces the behaviour from before it existed."""
 
     @dataclasses.dataclass
     class Later(TrainConfig):
-        new_knob: int = setting(0, "a knob added later", since=SCHEMA_VERSION + 1)
+        new_knob: int = setting(0, "a knob added later", added_later=True)
 
     assert config_hash(TuneConfig(train=Later())) == TuneConfig().hash()
     assert config_hash(TuneConfig(train=Later(new_knob=3))) != TuneConfig().hash()

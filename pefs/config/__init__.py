@@ -8,8 +8,17 @@
 
 from pefs.config.fields import check_choice, choices, defaults, field_types, result_fields, setting
 from pefs.config.identity import SCHEMA_VERSION, config_hash, run_key
-from pefs.config.run import DEFAULT_HEAD, DEFAULT_MODEL, TrainConfig, TuneConfig, check_auto, resolved
+from pefs.config.run import (
+    DEFAULT_HEAD,
+    DEFAULT_MODEL,
+    RUN_KEYS,
+    TRAIN_KEYS,
+    TrainConfig,
+    TuneConfig,
+    check_auto,
+    resolved,
+)
 
-__all__ = ["DEFAULT_HEAD", "DEFAULT_MODEL", "SCHEMA_VERSION", "TrainConfig", "TuneConfig", "check_auto",
-           "check_choice", "choices", "config_hash", "defaults", "field_types", "resolved", "result_fields",
-           "run_key", "setting"]
+__all__ = ["DEFAULT_HEAD", "DEFAULT_MODEL", "RUN_KEYS", "SCHEMA_VERSION", "TRAIN_KEYS", "TrainConfig", "TuneConfig",
+           "check_auto", "check_choice", "choices", "config_hash", "defaults", "field_types", "resolved",
+           "result_fields", "run_key", "setting"]

@@ -8,6 +8,7 @@ types (:func:`cast`) and :func:`result_fields` decides what identifies a run's n
 from __future__ import annotations
 
 import dataclasses
+import types
 import typing
 from dataclasses import field
 from typing import Any
@@ -16,17 +17,17 @@ from pefs.errors import PefsError
 
 
 def setting(default: Any = dataclasses.MISSING, help: str = "", *, flags: tuple[str, ...] = (),
-            neutral: bool = False, since: int = 1, cli: bool = True, metavar: str | None = None,
+            neutral: bool = False, added_later: bool = False, cli: bool = True, metavar: str | None = None,
             choices_from: str | None = None, default_factory: Any = dataclasses.MISSING) -> Any:
     """A config field with its documentation. ``neutral``: does not change a run's numbers (kept out of the
-    hash, so a sweep resumes across it). ``since``: the schema version that added the field; a field added
-    after version 1 is left out of the hash while it holds its default (which must reproduce the behaviour
-    from before it existed), so adding one changes no existing hash. ``flags``: the CLI spellings (default
+    hash, so a sweep resumes across it). ``added_later``: the field was added after results existed; it is
+    left out of the hash while it holds its default (which must reproduce the behaviour from before it
+    existed), so adding one changes no existing hash. ``flags``: the CLI spellings (default
     ``--field-name``); ``cli=False`` keeps a field off the command line. ``choices_from``: "module:NAME" of a
     registry (a dict or sequence of names) that lists the valid values, for settings whose choices live with their
     implementations (heads); read only when asked (:func:`choices`), so a config imports no registry."""
-    meta = {"help": help, "flags": flags, "neutral": neutral, "since": since, "cli": cli, "metavar": metavar,
-            "choices_from": choices_from}
+    meta = {"help": help, "flags": flags, "neutral": neutral, "added_later": added_later, "cli": cli,
+            "metavar": metavar, "choices_from": choices_from}
     if default_factory is not dataclasses.MISSING:
         return field(default_factory=default_factory, metadata=meta)
     return field(default=default, metadata=meta)
@@ -81,7 +82,27 @@ def result_fields(cfg: Any) -> dict[str, Any]:
             # an object given in Python (a Dataset for ``data``): its name; its content is in the run's key
             value = f"<{type(value).__name__} {getattr(value, 'name', '')}>"
         default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
-        if meta.get("since", 1) > 1 and value == default:
+        if meta.get("added_later") and value == default:
             continue
         out[f.name] = list(value) if isinstance(value, tuple) else value
     return out
+
+
+def value_types(hint: Any) -> tuple[type, ...]:
+    """The Python types a recipe value of a field with type ``hint`` may have."""
+    args = [a for a in typing.get_args(hint) if a is not type(None)]
+    if typing.get_origin(hint) in (typing.Union, types.UnionType):
+        hint = args[0]
+    if typing.get_origin(hint) is typing.Literal:
+        return (str,)
+    if hint is float:
+        return (int, float)
+    return (typing.get_origin(hint) or hint,)
+
+
+def setting_types(cls: type, skip: tuple[str, ...]) -> dict[str, tuple[type, ...]]:
+    """Field name -> the Python types a recipe value may have, for the CLI-visible fields of ``cls`` not in
+    ``skip``."""
+    hints = field_types(cls)
+    return {f.name: value_types(hints[f.name]) for f in dataclasses.fields(cls)
+            if f.name not in skip and f.metadata.get("cli", True)}

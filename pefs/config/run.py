@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 from pefs.config.checks import check_seeds, parse_budget
-from pefs.config.fields import check_choice, choices, setting
+from pefs.config.fields import check_choice, choices, setting, setting_types
 from pefs.config.identity import config_hash
 from pefs.errors import PefsError, unknown
 
@@ -32,18 +32,22 @@ class TrainConfig:
     epochs: int = setting(30, "passes over the support set")
     steps: int | None = setting(
         None, "optimizer steps to train, whatever the support size (overrides --epochs, so 1-shot is not "
-        "starved of steps); default: epochs x batches per epoch", metavar="N", since=3)
+        "starved of steps); default: epochs x batches per epoch", metavar="N", added_later=True)
     batch_size: int = setting(16, "training batch size")
     lr: float | None = setting(
         None, "learning rate of the strategy's parameters; default: the strategy's own (1e-3; full fine-tuning "
         "1e-4; a composition the smallest of its parts'), chosen on validation data (benchmarks/selection.md)")
     head_lr: float = setting(1e-2, "learning rate of the classifier head")
     weight_decay: float = setting(1e-4, "AdamW weight decay")
-    mixed_precision: Literal["no", "bf16", "fp16"] = setting(
-        "no", "autocast while training (bf16 training measured 0.84x the speed of fp32 on a CPU)")
+    mixed_precision: Literal["auto", "no", "bf16", "fp16"] = setting(
+        "auto", "autocast while training; auto: bf16 on a CUDA GPU with native bf16, else no (fp32: a CPU emulates "
+        "bf16 training slowly, benchmarks/speed.md)")
     inference_precision: Literal["auto", "no", "bf16", "fp16"] = setting(
         "auto", "autocast of no-grad passes (cached frozen prefix, evaluation); auto: bf16 where the hardware "
         "computes it natively (CUDA with bf16, CPUs with AVX-512 BF16 or AMX), else as --mixed-precision")
+    deterministic: bool = setting(
+        False, "exact comparisons: fp32 throughout (no TF32, no bf16 autocast under auto), deterministic GPU "
+        "algorithms, no cuDNN autotuning; slower on a GPU, the same numbers on a CPU", added_later=True)
     merge_for_eval: bool = setting(
         True, "evaluate LoRA / peft tuners with their update merged into the weights (then unmerged exactly)")
     grad_checkpointing: bool = setting(
@@ -55,7 +59,7 @@ class TrainConfig:
     cache_features: bool = setting(
         True, "run the frozen part of the network once per image and cache it (--no-cache-features: every step)",
         flags=("--no-cache", "--no-cache-features"))
-    eval_batch_size: int = setting(16, "evaluation batch size (16 beats 64 on a CPU for channels-last CNNs)",
+    eval_batch_size: int = setting(16, "evaluation batch size (benchmarks/speed.md measures the choice)",
                                    neutral=True)
     progress: bool = setting(True, "progress bars", neutral=True, cli=False)
     num_workers: int = setting(0, "DataLoader processes decoding images beside the forward pass (0: in this "
@@ -117,11 +121,12 @@ class TuneConfig:
     search: dict[str, str] = setting(
         help="search a setting on validation data, repeatable: --search lr=1e-4,1e-3 --search strategy=linear,lora "
         "(a strategy option given as a list, -o r=4,8, is searched too); the best on validation is retrained on the "
-        "K shots and scored once on test", flags=("--search",), metavar="KEY=V1,V2", default_factory=dict, since=3)
+        "K shots and scored once on test", flags=("--search",), metavar="KEY=V1,V2", default_factory=dict,
+        added_later=True)
     val_per_class: int = setting(5, "validation images per class for --search, from the train split outside the "
-                                 "K shots", since=3)
+                                 "K shots", added_later=True)
     budget: str | None = setting(None, "time budget of --strategy auto's search on validation data: 90s, 10m, 1h",
-                                 metavar="TIME", since=3)
+                                 metavar="TIME", added_later=True)
     views: int = setting(1, "views per support image, the clean one included")
     augment: bool = setting(False, "extra views are randomly cropped and flipped")
     mask_ratio: float = setting(0.0, "extra views have this fraction of patches masked: a ViT drops the masked "
@@ -129,13 +134,13 @@ class TuneConfig:
     mask_patch: int = setting(16, "side of a masked patch in pixels (pixel masking; a ViT masks its own patches)")
     mask_mode: Literal["random", "block"] = setting(
         "random", "which patches a ViT's masked view drops: random, or block-wise rectangles of neighbours",
-        since=3)
+        added_later=True)
     train: TrainConfig = setting(help="training settings", cli=False, default_factory=TrainConfig)
     output: str = setting("runs", "folder for the JSON result record", neutral=True, cli=False)
     save_adapter: str | None = setting(None, "save each seed's tuned model directory here", neutral=True,
                                        cli=False)
     final: bool = setting(False, "train on every image of the training split and save a model directory to "
-                          "save_adapter (pefs tune --final DIR)", since=3, cli=False)
+                          "save_adapter (pefs tune --final DIR)", added_later=True, cli=False)
     feature_cache: str | None = setting(None, "on-disk store of frozen features shared by runs (default "
                                         "$PEFS_FEATURE_CACHE, else none); delete DIR to clear it", metavar="DIR",
                                         neutral=True)
@@ -219,3 +224,11 @@ def resolved(cfg: TuneConfig, **values: Any) -> TuneConfig:
     values = {"options": dict(cfg.options), "search": dict(cfg.search), "seeds": tuple(cfg.seeds), **values}
     copy = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, **train), **values)
     return copy
+
+
+#: TuneConfig fields that are not settings shared by every cell (the grid axes, or where output goes)
+NOT_RUN_KEYS = ("model", "strategy", "shots", "seeds", "options", "train", "output", "save_adapter")
+#: one run's protocol and model settings (TuneConfig's other fields: data, ways, pretrained, ...), with types
+RUN_KEYS: dict[str, tuple[type, ...]] = setting_types(TuneConfig, NOT_RUN_KEYS)
+#: training settings: TrainConfig's fields (progress bars are not a setting of the result)
+TRAIN_KEYS: dict[str, tuple[type, ...]] = setting_types(TrainConfig, ())

@@ -61,8 +61,9 @@ def resolve(cfg: TuneConfig, dataset: Dataset | None) -> TuneConfig:
     values: dict[str, Any] = {}
     if cfg.img_size is None and dataset is not None and dataset.suggested_img_size:
         values["img_size"] = dataset.suggested_img_size
-    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")  # what Accelerate will pick
-    train: dict[str, Any] = {"inference_precision": engine.inference_precision(cfg.train, device)}
+    device = engine.default_device()
+    train: dict[str, Any] = {"inference_precision": engine.inference_precision(cfg.train, device),
+                             "mixed_precision": engine.training_precision(cfg.train, device)}
     if cfg.train.lr is None and cfg.strategy != "auto" and "strategy" not in cfg.search:
         # one strategy: its default rate is part of the run's identity (searched strategies and auto resolve
         # each candidate's own default when they build it); an unknown strategy is refused here

@@ -12,8 +12,8 @@ from collections import defaultdict
 from dataclasses import dataclass, field
 from typing import Any
 
+from pefs.config import RUN_KEYS
 from pefs.results.stats import mean_ci95
-from pefs.sweep.recipe import RUN_KEYS
 
 
 @dataclass

@@ -15,6 +15,7 @@ import dataclasses
 import functools
 import itertools
 import math
+import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -83,11 +84,48 @@ def native_bf16(device_type: str) -> bool:
     return "avx512_bf16" in flags or "amx_bf16" in flags
 
 
+def training_precision(cfg: TrainConfig, device: torch.device) -> str:
+    """The autocast ("no", "bf16", "fp16") of training steps on ``device`` under ``cfg``: "auto" is bf16 on a CUDA
+    GPU that computes it natively (what timm's train script and Accelerate users choose there), else fp32 ("no":
+    a CPU emulates bf16 training slowly); ``deterministic`` keeps fp32."""
+    if cfg.mixed_precision == "auto":
+        return "bf16" if device.type == "cuda" and native_bf16("cuda") and not cfg.deterministic else "no"
+    return cfg.mixed_precision
+
+
 def inference_precision(cfg: TrainConfig, device: torch.device) -> str:
-    """The autocast ("no", "bf16", "fp16") of no-grad passes on ``device`` under ``cfg``."""
+    """The autocast ("no", "bf16", "fp16") of no-grad passes on ``device`` under ``cfg``: "auto" is bf16 where the
+    hardware computes it natively, else as training; ``deterministic`` keeps fp32."""
     if cfg.inference_precision == "auto":
-        return "bf16" if native_bf16(device.type) else cfg.mixed_precision
+        if cfg.deterministic:
+            return "no"
+        return "bf16" if native_bf16(device.type) else training_precision(cfg, device)
     return cfg.inference_precision
+
+
+def default_device() -> torch.device:
+    """The device :func:`accelerator` will place this process's work on, without creating it (resolving a config
+    needs no Accelerator): this process's CUDA device where there is one, else the CPU."""
+    if torch.cuda.is_available():
+        return torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)) % torch.cuda.device_count())
+    return torch.device("cpu")
+
+
+def configure_backends(cfg: TrainConfig, device: torch.device) -> None:
+    """The GPU settings a practitioner would choose, or the strict ones of ``deterministic``. On CUDA: TF32
+    matmuls and convolutions and cuDNN's autotuner by default; deterministic: fp32 throughout, deterministic
+    algorithms, no autotuning (the same numbers run after run, and as a plain fp32 loop's). A CPU has nothing to
+    set: its fp32 is exact and its kernels repeat."""
+    if device.type != "cuda":
+        return
+    strict = bool(cfg.deterministic)
+    if strict:
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")  # cuBLAS' deterministic workspace
+    torch.backends.cuda.matmul.allow_tf32 = not strict
+    torch.backends.cudnn.allow_tf32 = not strict
+    torch.backends.cudnn.benchmark = not strict
+    torch.backends.cudnn.deterministic = strict
+    torch.use_deterministic_algorithms(strict, warn_only=True)
 
 
 def seed_everything(seed: int) -> None:
@@ -183,17 +221,15 @@ def no_grad_pass(model: nn.Module, cfg: TrainConfig, start: int,
     if start == stop:
         return lambda xb: xb.float()
     acc = accelerator()
-    cl = _channels_last(model)
-    if cl:
-        model.to(memory_format=torch.channels_last)
+    configure_backends(cfg, acc.device)
+    cl = _place(model, acc.device)
     model.eval()
-    model.to(acc.device)
     precision = inference_precision(cfg, acc.device)
 
     @torch.no_grad()
     def run(xb: torch.Tensor) -> torch.Tensor:
         with autocast(acc.device, precision):
-            return _forward(model, st, _layout(xb.to(acc.device), cl), start, stop).float().cpu()
+            return _forward(model, st, _layout(xb.to(acc.device, non_blocking=True), cl), start, stop).float().cpu()
 
     return run
 
@@ -254,47 +290,81 @@ def fit(model: nn.Module, x: torch.Tensor, y: torch.Tensor, cfg: TrainConfig, se
         start: int = 0) -> FitStats:
     """Train ``model`` (a PefsModel) on ``x`` (images, or activations at level ``start`` that the caller
     cached) with labels ``y``. A frozen prefix beyond ``start`` runs once here, then only the rest trains:
-    AdamW (head at ``head_lr``), cosine schedule over every step, shuffled batches seeded by ``seed``."""
+    AdamW (head at ``head_lr``), cosine schedule over every step, shuffled batches seeded by ``seed``. The model
+    stays on the training device afterwards (the accelerator's); what it returns from :func:`outputs` is on the
+    CPU."""
     cfg.validate()
     cfg = dataclasses.replace(cfg, lr=strategy_lr(model, cfg))  # the strategies' default when --lr is unset
     seed_everything(seed)
     stats = FitStats()
-    st = stages(model.backbone)
     level = max(start, frozen_level(model, cfg))
     if level > start:
         t0 = time.perf_counter()
         x = outputs(model, x, cfg, start, level, desc="frozen prefix")
         stats.extract_s = time.perf_counter() - t0
     stats.cached = level > 0
-    trained = _Suffix(model, st, level)
+    device = accelerator().device
+    configure_backends(cfg, device)
+    cl = _place(model, device)
+    trained = _Suffix(model, stages(model.backbone), level)
+    t0 = time.perf_counter()
+    with grad_checkpointing(model, cfg.grad_checkpointing):
+        _train_mode(model, cfg)
+        _train_steps(model, trained, x, y, cfg, seed, cl, stats)
+    stats.train_s = time.perf_counter() - t0
+    stats.final_loss = stats.losses[-1] if stats.losses else float("nan")
+    model.eval()
+    if stats.steps:
+        _check_after_last_step(model, cfg, stats.steps)
+    return stats
+
+
+def _place(model: nn.Module, device: torch.device) -> bool:
+    """Move ``model`` to ``device`` (channels-last for a CNN); whether inputs go channels-last too."""
     cl = _channels_last(model)
     if cl:
         model.to(memory_format=torch.channels_last)
+    model.to(device)
+    return cl
+
+
+def _train_mode(model: nn.Module, cfg: TrainConfig) -> None:
+    """Training mode, with BatchNorm's statistics frozen unless ``bn_stats="update"``."""
+    model.train()
+    if cfg.bn_stats == "frozen":
+        for m in model.modules():
+            if isinstance(m, nn.modules.batchnorm._BatchNorm):
+                m.eval()
+
+
+#: optimizer steps between reads of the loss on a GPU: each read waits for the GPU, so the loop reads (and checks
+#: for NaN/inf) every this many steps there; a CPU has nothing to wait for and reads every step, before its update
+GPU_LOSS_EVERY = 16
+
+
+def _train_steps(model: nn.Module, trained: nn.Module, x: torch.Tensor, y: torch.Tensor, cfg: TrainConfig,
+                 seed: int, cl: bool, stats: FitStats) -> None:
+    """The optimizer steps. The support moves to the device once and batches are indexed there (the shuffled
+    order is a seeded DataLoader's, so it repeats); losses are read in groups (:data:`GPU_LOSS_EVERY`)."""
     acc = accelerator()
-    model.to(acc.device)
+    device = acc.device
+    precision = training_precision(cfg, device)
     opt = _optimizer(model, cfg)
     # fp16 gradients underflow without loss scaling; bf16 and fp32 need none (the scaler is then a pass-through)
-    scaler = torch.amp.GradScaler(acc.device.type, enabled=cfg.mixed_precision == "fp16")
-    steps_per_epoch = math.ceil(len(x) / cfg.batch_size)
-    total = cfg.steps or cfg.epochs * steps_per_epoch  # --steps: a fixed count, passes repeat until it is reached
+    scaler = torch.amp.GradScaler(device.type, enabled=precision == "fp16")
+    per_epoch = math.ceil(len(x) / cfg.batch_size)
+    total = cfg.steps or cfg.epochs * per_epoch  # --steps: a fixed count, passes repeat until it is reached
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 0.5 * (1 + math.cos(math.pi * min(s, total) / total)))
-    loader = _loader(x, y, batch_size=cfg.batch_size, shuffle=True, seed=seed)
-    with grad_checkpointing(model, cfg.grad_checkpointing):
-        model.train()
-        if cfg.bn_stats == "frozen":
-            for m in model.modules():
-                if isinstance(m, nn.modules.batchnorm._BatchNorm):
-                    m.eval()
-        t0 = time.perf_counter()
-        bar = tqdm(total=total, desc="train", disable=not cfg.progress, leave=False)
-        for epoch in range(math.ceil(total / steps_per_epoch)):
-            for xb, yb in itertools.islice(loader, total - stats.steps):
-                xb, yb = xb.to(acc.device), yb.to(acc.device)
-                with autocast(acc.device, cfg.mixed_precision):
-                    loss = nn.functional.cross_entropy(trained(_layout(xb, cl)).float(), yb)
-                if not torch.isfinite(loss):
-                    bar.close()
-                    raise NonFiniteLoss(stats.steps + 1, epoch + 1, float(loss.detach()), cfg)
+    order = _loader(torch.arange(len(x)), batch_size=cfg.batch_size, shuffle=True, seed=seed)
+    x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+    losses = _LossReader(stats, cfg, total, GPU_LOSS_EVERY if device.type == "cuda" else 1)
+    try:
+        for epoch in range(math.ceil(total / per_epoch)):
+            for (idx,) in itertools.islice(order, total - stats.steps):
+                idx = idx.to(device, non_blocking=True)
+                with autocast(device, precision):
+                    loss = nn.functional.cross_entropy(trained(_layout(x[idx], cl)).float(), y[idx])
+                losses.add(loss, epoch + 1)  # raises at a NaN/inf loss when it reads it
                 opt.zero_grad(set_to_none=True)
                 acc.backward(scaler.scale(loss))
                 try:
@@ -302,22 +372,42 @@ def fit(model: nn.Module, x: torch.Tensor, y: torch.Tensor, cfg: TrainConfig, se
                 except RuntimeError as e:  # AdamW's step size overflowed float32 (an absurd learning rate)
                     if "overflow" not in str(e):
                         raise
-                    bar.close()
                     raise NonFiniteLoss(stats.steps + 1, epoch + 1, float("inf"), cfg,
                                         f"the optimizer step overflowed at step {stats.steps + 1}") from e
                 scaler.update()
                 sched.step()
                 stats.steps += 1
-                stats.losses.append(loss.item())
-                bar.update(1)
-                bar.set_postfix(loss=f"{stats.losses[-1]:.3f}")
-        bar.close()
-    stats.train_s = time.perf_counter() - t0
-    stats.final_loss = stats.losses[-1] if stats.losses else float("nan")
-    model.eval()
-    if stats.steps:
-        _check_after_last_step(model, cfg, stats.steps)
-    return stats
+        losses.read()
+    finally:
+        losses.bar.close()
+
+
+class _LossReader:
+    """Per-step losses kept on the device and read every ``every`` steps: the progress bar, the record's losses
+    and the NaN/inf check (naming the first bad step), without a host synchronisation at every step."""
+
+    def __init__(self, stats: FitStats, cfg: TrainConfig, total: int, every: int) -> None:
+        self.stats, self.cfg, self.every = stats, cfg, every
+        self.pending: list[tuple[torch.Tensor, int]] = []
+        self.bar = tqdm(total=total, desc="train", disable=not cfg.progress, leave=False)
+
+    def add(self, loss: torch.Tensor, epoch: int) -> None:
+        self.pending.append((loss.detach(), epoch))
+        if len(self.pending) >= self.every:
+            self.read()
+
+    def read(self) -> None:
+        if not self.pending:
+            return
+        values = torch.stack([v for v, _ in self.pending]).float().cpu().tolist()
+        epochs = [e for _, e in self.pending]
+        self.pending = []
+        for value, epoch in zip(values, epochs):
+            if not math.isfinite(value):
+                raise NonFiniteLoss(len(self.stats.losses) + 1, epoch, value, self.cfg)
+            self.stats.losses.append(value)
+        self.bar.update(len(values))
+        self.bar.set_postfix(loss=f"{values[-1]:.3f}")
 
 
 @torch.no_grad()

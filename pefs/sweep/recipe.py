@@ -7,44 +7,15 @@ recipe's global ones for that strategy.
 
 from __future__ import annotations
 
-import dataclasses
 import difflib
-import types
-import typing
 from pathlib import Path
 from typing import Any
 
-from pefs.config import TrainConfig, TuneConfig, field_types
+from pefs.config import RUN_KEYS, TRAIN_KEYS
 from pefs.errors import PefsError
 
 #: grid axes (each a list; "1,2,4" and "0-2" strings are accepted too)
 GRID_KEYS = ("models", "strategies", "shots", "seeds")
-#: TuneConfig fields that are not settings shared by every cell (the grid axes, or where output goes)
-_NOT_RUN_KEYS = ("model", "strategy", "shots", "seeds", "options", "train", "output", "save_adapter")
-
-
-def _types(hint: Any) -> tuple[type, ...]:
-    """The Python types a recipe value of a field with type ``hint`` may have."""
-    args = [a for a in typing.get_args(hint) if a is not type(None)]
-    if typing.get_origin(hint) in (typing.Union, types.UnionType):
-        hint = args[0]
-    if typing.get_origin(hint) is typing.Literal:
-        return (str,)
-    if hint is float:
-        return (int, float)
-    return (typing.get_origin(hint) or hint,)
-
-
-def _keys(cls: type, skip: tuple[str, ...]) -> dict[str, tuple[type, ...]]:
-    hints = field_types(cls)
-    return {f.name: _types(hints[f.name]) for f in dataclasses.fields(cls)
-            if f.name not in skip and f.metadata.get("cli", True)}
-
-
-#: one run's protocol and model settings (TuneConfig's other fields: data, ways, pretrained, ...), with types
-RUN_KEYS: dict[str, tuple[type, ...]] = _keys(TuneConfig, _NOT_RUN_KEYS)
-#: training settings: TrainConfig's fields (progress bars are not a setting of the result)
-TRAIN_KEYS: dict[str, tuple[type, ...]] = _keys(TrainConfig, ())
 OTHER_KEYS = ("description", "options", "store", "output")
 RECIPE_KEYS = (*GRID_KEYS, *RUN_KEYS, *TRAIN_KEYS, *OTHER_KEYS)
 STRATEGY_ENTRY_KEYS = ("name", "options", *TRAIN_KEYS)

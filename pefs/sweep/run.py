@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from pefs.backbones import check_name
-from pefs.config import DEFAULT_MODEL, TrainConfig, TuneConfig, run_key
+from pefs.config import DEFAULT_MODEL, RUN_KEYS, TRAIN_KEYS, TrainConfig, TuneConfig, run_key
 from pefs.config.checks import check_classes, check_seeds, check_writable_file
 from pefs.errors import PefsError
 from pefs.protocols.run import run_fingerprints
@@ -28,7 +28,7 @@ from pefs.results import claims
 from pefs.results import store as results
 from pefs.results.store import DEFAULT_STORE
 from pefs.strategies.spec import applicable, valid_options
-from pefs.sweep.recipe import RUN_KEYS, TRAIN_KEYS, as_list, check_settings, strategy_entry
+from pefs.sweep.recipe import as_list, check_settings, strategy_entry
 
 #: seconds between looks at cells another process has claimed
 POLL_S = 2.0
