@@ -221,13 +221,14 @@ def plan(s: dict[str, Any], info: dict[str, Any]) -> tuple[list[dict[str, Any]],
     wanted = AUTO if s["strategies"] == "auto" else [n.strip() for n in s["strategies"].split(",") if n.strip()]
     runs, skipped = [], []
     frozen = s["frozen_epochs"] or info["default_epochs"]
+    streamed = set(s["stream_strategies"]) if s["stream_episodes"] else set()  # --stream-episodes 0: no protocol run
     for name in wanted:
         if name == "prototype":
             if "prototype" not in info["heads"]:
                 skipped.append("prototype: pefs has no prototype head (pefs.heads.registry)")
                 continue
             runs.append({"name": name, "strategy": "linear", "head": "prototype", "options": {}, "ref": "prototype",
-                         "epochs": 0, "stream": name in s["stream_strategies"],
+                         "epochs": 0, "stream": name in streamed,
                          "overrides": {"inference_precision": "no"}, "pefs_options": "head prototype, fp32 no-grad"})
             continue
         if name not in info["strategies"]:
@@ -237,7 +238,7 @@ def plan(s: dict[str, Any], info: dict[str, Any]) -> tuple[list[dict[str, Any]],
         label = name + "".join(f" {k}={v}" for k, v in opts.items())
         ref = name if name in ("linear", "lora", "full", "last-k") else "wrap"
         runs.append({"name": label, "strategy": name, "head": SAME_FUNCTION["head"], "options": opts, "ref": ref,
-                     "epochs": frozen if name in FROZEN else s["epochs"], "stream": name in s["stream_strategies"],
+                     "epochs": frozen if name in FROZEN else s["epochs"], "stream": name in streamed,
                      "overrides": {"inference_precision": SAME_FUNCTION["inference_precision"]},
                      "pefs_options": "head linear, fp32 no-grad"})
         if name in s["checkpointed"]:  # the same job with pefs trading time for memory
