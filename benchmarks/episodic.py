@@ -1,9 +1,9 @@
 """Episodic benchmark: N-way K-shot episodes on the embedded model and data, one row per strategy/head/cache.
 
-    .venv/bin/python benchmarks/episodic.py                      # the table in benchmarks/episodic.md
-    .venv/bin/python benchmarks/episodic.py --episodes 5 --out -  # a quick look, printed
-    .venv/bin/python benchmarks/episodic.py --out benchmarks/episodic.run.md   # data: benchmarks/episodic.run.json
-    .venv/bin/python benchmarks/episodic.py --render benchmarks/episodic.run.json   # the table from the data
+    .venv/bin/python -m benchmarks.episodic --out benchmarks/episodic.md   # the table in episodic.md + .json
+    .venv/bin/python -m benchmarks.episodic --episodes 5              # a quick look, printed
+    .venv/bin/python -m benchmarks.episodic --render                  # the table of benchmarks/episodic.json
+    .venv/bin/python -m benchmarks.episodic --render X.json --out X.md   # an earlier run's data, into its page
 
 Every row is one ``pefs.protocols.run.tune`` run (what ``pefs tune --ways 5 --shots K --episodes E`` runs); the
 script only chooses the settings, times nothing itself and copies mean, CI and seconds per episode from the
@@ -13,14 +13,21 @@ OpenMP threads that spin-wait for each other made small batches 10-20x slower (s
 
 from __future__ import annotations
 
+if __name__ == "__main__" and not __package__:  # started as a file: rerun as `python -m benchmarks.episodic`
+    import common
+
+    common.run_as_module(__file__)
+
 import argparse
 import json
 import os
-import platform
 import sys
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
+
+from benchmarks.common import load, load_text, machine, parser, provenance, render_source, write_report
 
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # torch (imported below, inside functions) reads it on load
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -58,9 +65,9 @@ def rows(fast_epochs: dict[int, int]) -> list[Row]:
 
 
 def run(row: Row, shots: int, args: argparse.Namespace) -> dict[str, Any]:
-    from pefs.config import TuneConfig
+    """One row at ``shots`` shots: the tune record, the epochs asked for and the process seconds around it."""
+    from pefs.config import TrainConfig, TuneConfig
     from pefs.protocols.run import tune
-    from pefs.runtime.engine import TrainConfig
 
     epochs = max(row.epochs[shots], 1)
     cfg = TuneConfig(strategy=row.strategy, head=row.head, options=dict(row.options), ways=args.ways, shots=shots,
@@ -85,13 +92,13 @@ def render(data: dict[str, Any]) -> str:
                      f"{100 * rec['accuracy_ci95']:.2f} | {rec['seconds_per_task']:.3f} | {rec['wall_s']:.1f} |")
     m = data["machine"]
     return "\n".join(lines) + (f"\n\nPython {m['python']}, torch {m['torch']}, {m['threads']} threads, "
-                               f"{m['cpus']} CPUs; load average {data['load']} at the start, "
-                               f"{data.get('load_end', 'not recorded')} at the end.\n\n"
+                               f"{m['cpus']} CPUs; load average {load_text(data['load'])} at the start, "
+                               f"{load_text(data.get('load_end'))} at the end.\n\n"
                                f"Command: `{data['command']}` at commit `{data.get('git_commit', 'not recorded')}`.\n")
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p = parser(__doc__, "benchmarks/episodic.json")
     p.add_argument("--episodes", type=int, default=100)
     p.add_argument("--ways", type=int, default=5)
     p.add_argument("--shots", default="1,5")
@@ -104,25 +111,15 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", default="-", help="write the table here ('-' prints it)")
     p.add_argument("--json", help="write the raw data here: settings, machine, load, every row's full result "
                                   "record (default: beside --out, .json)")
-    p.add_argument("--render", metavar="JSON", help="measure nothing: the table of an earlier run's --json data")
     args = p.parse_args(argv)
-    if args.render:
-        with open(args.render) as f:
-            return _write(render(json.load(f)), args.out)
+    data_path = render_source(args, Path(__file__).with_suffix(".json"))
+    if data_path is not None:
+        return _write(render(json.loads(data_path.read_text())), args.out)
     if args.out != "-" and not args.json:
         args.json = os.path.splitext(args.out)[0] + ".json"
     e1, e5 = (int(v) for v in args.fast_epochs.split(","))
     shots = [int(s) for s in args.shots.split(",")]
-    import shlex
-
-    command = " ".join(shlex.quote(x) for x in [".venv/bin/python", "benchmarks/episodic.py",
-                                                  *(sys.argv[1:] if argv is None else argv)])
-    load = "/".join(f"{x:.2f}" for x in os.getloadavg())
-    sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-    from provenance import git_commit
-
-    data: dict[str, Any] = {"command": command, "git_commit": git_commit(), "settings": vars(args),
-                            "load": load, "rows": []}
+    data: dict[str, Any] = {**provenance(__file__, argv), "settings": vars(args), "load": load(), "rows": []}
     for row in rows({1: e1, 5: e5}):
         if args.only and row.label.split(" ")[0] not in args.only.split(","):
             continue
@@ -133,11 +130,8 @@ def main(argv: list[str] | None = None) -> int:
             print(f"{row.label} {'cached' if r['rec']['cached'] else 'uncached'} {k}-shot: "
                   f"{100 * r['rec']['accuracy_mean']:.2f} ± {100 * r['rec']['accuracy_ci95']:.2f} "
                   f"({r['rec']['seconds_per_task']:.3f} s/episode)", file=sys.stderr, flush=True)
-    import torch
-
-    data["machine"] = {"python": platform.python_version(), "torch": torch.__version__,
-                       "threads": torch.get_num_threads(), "cpus": os.cpu_count(), "platform": platform.platform()}
-    data["load_end"] = "/".join(f"{x:.2f}" for x in os.getloadavg())
+    data["machine"] = machine()
+    data["load_end"] = load()
     if args.json:
         with open(args.json, "w") as f:
             json.dump(data, f, indent=1, default=str)
@@ -145,12 +139,10 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _write(md: str, out: str) -> int:
+    """Print the table (``out`` is ``-``) or write it into page ``out``."""
     if out == "-":
         print(md)
     else:
-        sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-        from provenance import write_report
-
         write_report(out, md, "episodic.py")
     return 0
 

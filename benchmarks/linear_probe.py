@@ -1,7 +1,7 @@
 """Linear probe benchmark: pefs' converged logistic probe against scikit-learn's default LogisticRegression.
 
-    OMP_NUM_THREADS=1 .venv/bin/python benchmarks/linear_probe.py             # writes linear_probe.json/.md
-    OMP_NUM_THREADS=1 .venv/bin/python benchmarks/linear_probe.py --render    # only re-renders the .md
+    OMP_NUM_THREADS=1 .venv/bin/python -m benchmarks.linear_probe             # writes linear_probe.json/.md
+    OMP_NUM_THREADS=1 .venv/bin/python -m benchmarks.linear_probe --render    # only re-renders the .md
 
 Same frozen features (ImageNet EfficientNet-Lite0, offline weights, on the embedded Fashion-MNIST subset at
 the dataset's suggested 128 px), same K-shot supports (``pefs.data.kshot_split``), scored on the whole test
@@ -12,13 +12,18 @@ probe existed: prototype init, AdamW, 30 epochs); the prototype head.
 
 from __future__ import annotations
 
-import argparse
+if __name__ == "__main__" and not __package__:  # started as a file: rerun as `python -m benchmarks.linear_probe`
+    import common
+
+    common.run_as_module(__file__)
+
 import json
 import os
-import platform
 import time
 import warnings
 from pathlib import Path
+
+from benchmarks.common import load, machine, parser, provenance, render_source
 
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -50,8 +55,8 @@ def features(size: int):
 
 
 def run(shots_list: list[int], seeds: list[int], size: int) -> dict:
+    """Every method on every (shots, seed) K-shot task: accuracy, fit seconds, chosen L2; and the run's record."""
     import numpy as np
-    import torch
     from sklearn.linear_model import LogisticRegression
 
     from pefs.config import TrainConfig
@@ -96,12 +101,11 @@ def run(shots_list: list[int], seeds: list[int], size: int) -> dict:
                              "l2": chosen.get(m)})
             print(shots, seed, {m[:24]: round(a, 3) for m, (a, _) in res.items()}, flush=True)
     return {"rows": rows, "img_size": size, "model": "efficientnet_lite0.offline", "dataset": ds.name,
-            "test_images": len(yte), "machine": {"python": platform.python_version(), "torch": torch.__version__,
-                                                 "threads": torch.get_num_threads(), "cpus": os.cpu_count()},
-            "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S")}
+            "test_images": len(yte), "machine": machine()}
 
 
 def render(data: dict) -> str:
+    """The page, from the JSON data alone."""
     import numpy as np
 
     from pefs.results.stats import mean_ci95
@@ -155,15 +159,16 @@ def render(data: dict) -> str:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap = parser(__doc__, "benchmarks/linear_probe.json")
     ap.add_argument("--shots", default="1,2,5,10")
     ap.add_argument("--seeds", type=int, default=10)
     ap.add_argument("--img-size", type=int, default=128)
-    ap.add_argument("--render", action="store_true", help="re-render the Markdown from the JSON only")
     args = ap.parse_args()
-    path = HERE / "linear_probe.json"
-    if not args.render:
+    path = render_source(args, HERE / "linear_probe.json")
+    if path is None:
+        path, start = HERE / "linear_probe.json", load()
         data = run([int(s) for s in args.shots.split(",")], list(range(args.seeds)), args.img_size)
+        data.update(provenance(__file__), load_start=start, load_end=load())
         path.write_text(json.dumps(data, indent=1) + "\n")
     (HERE / "linear_probe.md").write_text(render(json.loads(path.read_text())))
 

@@ -1,7 +1,7 @@
 """Do masked extra views help at 1-5 shots? And what does MAE-style token dropping cost on a ViT?
 
-    OMP_NUM_THREADS=1 .venv/bin/python benchmarks/masked_views.py            # writes masked_views.json/.md
-    OMP_NUM_THREADS=1 .venv/bin/python benchmarks/masked_views.py --render   # only re-renders the .md
+    OMP_NUM_THREADS=1 .venv/bin/python -m benchmarks.masked_views            # writes masked_views.json/.md
+    OMP_NUM_THREADS=1 .venv/bin/python -m benchmarks.masked_views --render   # only re-renders the .md
 
 Accuracy: ``pefs tune`` on the offline ImageNet EfficientNet-Lite0 (a CNN: masked views are painted in
 pixels) with a linear probe, K-shot transfer on the embedded Fashion-MNIST subset, one clean view versus one
@@ -13,12 +13,17 @@ painting the same patches and running every token.
 
 from __future__ import annotations
 
-import argparse
+if __name__ == "__main__" and not __package__:  # started as a file: rerun as `python -m benchmarks.masked_views`
+    import common
+
+    common.run_as_module(__file__)
+
 import json
 import os
-import platform
 import time
 from pathlib import Path
+
+from benchmarks.common import load, machine, parser, provenance, render_source
 
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -27,6 +32,7 @@ HERE = Path(__file__).parent
 
 
 def accuracy_rows(shots_list: list[int], seeds: list[int], out: str) -> list[dict]:
+    """``pefs tune`` with one clean view and with 3 masked views added, per shot count: accuracies and times."""
     from pefs.config import TrainConfig, TuneConfig
     from pefs.protocols.run import tune
 
@@ -42,6 +48,7 @@ def accuracy_rows(shots_list: list[int], seeds: list[int], out: str) -> list[dic
 
 
 def cost_rows(repeats: int = 3) -> list[dict]:
+    """Seconds per masked view on a random ViT-S/16: painted patches with every token against dropped tokens."""
     import torch
 
     import pefs
@@ -71,6 +78,7 @@ def cost_rows(repeats: int = 3) -> list[dict]:
 
 
 def render(data: dict) -> str:
+    """The page, from the JSON data alone."""
     from pefs.results.stats import mean_ci95
 
     lines = ["# Masked extra views at 1-5 shots, and the cost of MAE-style token dropping", "",
@@ -109,22 +117,17 @@ def render(data: dict) -> str:
 
 
 def main() -> None:
-    import torch
-
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap = parser(__doc__, "benchmarks/masked_views.json")
     ap.add_argument("--shots", default="1,2,5")
     ap.add_argument("--seeds", type=int, default=5)
-    ap.add_argument("--render", action="store_true")
     args = ap.parse_args()
-    path = HERE / "masked_views.json"
-    if not args.render:
-        seeds = list(range(args.seeds))
+    path = render_source(args, HERE / "masked_views.json")
+    if path is None:
+        path, seeds, start = HERE / "masked_views.json", list(range(args.seeds)), load()
         data = {"seeds": seeds, "accuracy": accuracy_rows([int(s) for s in args.shots.split(",")], seeds,
                                                           "/tmp/pefs-masked-views-runs"),
-                "cost": cost_rows(),
-                "machine": {"python": platform.python_version(), "torch": torch.__version__,
-                            "threads": torch.get_num_threads(), "cpus": os.cpu_count()},
-                "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S")}
+                "cost": cost_rows(), "machine": machine(), **provenance(__file__), "load_start": start,
+                "load_end": load()}
         path.write_text(json.dumps(data, indent=1) + "\n")
     (HERE / "masked_views.md").write_text(render(json.loads(path.read_text())))
 

@@ -3,28 +3,35 @@
 
 Each (model, strategy) trains in a fresh process through ``pefs.runtime.engine.fit`` (what ``pefs tune`` runs): a few
 steps on random images at one batch size. Two measures: the peak of live tensor memory created during a fit
-(:class:`live_memory.LiveTensors` on a CPU, ``torch.cuda.max_memory_allocated`` on a GPU), which the ratios use,
-and on a CPU the process's peak RSS growth from after the model is built (VmHWM reset through
+(:class:`benchmarks.live_memory.LiveTensors` on a CPU, ``torch.cuda.max_memory_allocated`` on a GPU), which the
+ratios use, and on a CPU the process's peak RSS growth from after the model is built (VmHWM reset through
 /proc/self/clear_refs), which also counts memory the allocator keeps after tensors die. A
 strategy written ``NAME@ckpt`` runs with ``TrainConfig(grad_checkpointing=True)``. Models without offline
 weights use random ones: memory and time do not depend on the weights' values.
 
-    .venv/bin/python benchmarks/memory.py                      # ViT-S/16, ViT-B/16, EfficientNet-Lite0
-    .venv/bin/python benchmarks/memory.py --tiny               # a tiny ViT, 1 step (what the test runs)
-    .venv/bin/python benchmarks/memory.py --markdown benchmarks/memory.run.md   # data: benchmarks/memory.run.json
-    .venv/bin/python benchmarks/memory.py --render benchmarks/memory.run.json   # the report again from the data
+    .venv/bin/python -m benchmarks.memory                      # ViT-S/16, ViT-B/16, EfficientNet-Lite0
+    .venv/bin/python -m benchmarks.memory --tiny               # a tiny ViT, 1 step (what the test runs)
+    .venv/bin/python -m benchmarks.memory --markdown benchmarks/memory.run.md   # data: benchmarks/memory.run.json
+    .venv/bin/python -m benchmarks.memory --render             # the report of benchmarks/memory.json, printed
+    .venv/bin/python -m benchmarks.memory --render benchmarks/memory.run.json --markdown benchmarks/memory.run.md
 """
 
 from __future__ import annotations
+
+if __name__ == "__main__" and not __package__:  # started as a file: rerun as `python -m benchmarks.memory`
+    import common
+
+    common.run_as_module(__file__)
 
 import argparse
 import json
 import multiprocessing as mp
 import os
-import shlex
 import sys
 from pathlib import Path
 from typing import Any
+
+from benchmarks.common import load, load_text, machine, parser, provenance, render_source, write_report
 
 MODELS = ["vit_small_patch16_224", "vit_base_patch16_224", "efficientnet_lite0.offline"]
 STRATEGIES = ["full", "full@ckpt", "linear", "last-k", "bias", "lora", "lora@ckpt", "vpt", "vpt@ckpt", "adapter",
@@ -33,7 +40,8 @@ TARGET = 0.5
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    """The command line (``--tiny`` fills smaller defaults later, in :func:`main`)."""
+    p = parser(__doc__, "benchmarks/memory.json")
     p.add_argument("--tiny", action="store_true", help="a tiny ViT at 32 px, 1 step, a few strategies")
     p.add_argument("--models", help=f"comma-separated pefs model names (default {','.join(MODELS)})")
     p.add_argument("--strategies", help=f"comma-separated, NAME@ckpt for gradient checkpointing (default "
@@ -44,8 +52,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                                                          "state exist from the first step on)")
     p.add_argument("--json", type=Path, help="write every measurement here (default: beside --markdown, .json)")
     p.add_argument("--markdown", type=Path, help="write the report here (also printed)")
-    p.add_argument("--render", type=Path, metavar="JSON", help="measure nothing: render the report of an earlier "
-                                                              "run's JSON (the committed data of memory.md)")
     return p.parse_args(argv)
 
 
@@ -66,7 +72,7 @@ def measure(model: str, spec: str, batch: int, img_size: int, steps: int, conn) 
         x = torch.randn(batch, 3, img_size, img_size)
         y = torch.arange(batch) % 5
         cfg = engine.TrainConfig(epochs=steps, batch_size=batch, progress=False, grad_checkpointing=flag == "ckpt")
-        from live_memory import LiveTensors, PeakMemory
+        from benchmarks.live_memory import LiveTensors, PeakMemory
 
         cuda = torch.cuda.is_available()
         if cuda:
@@ -88,6 +94,7 @@ def measure(model: str, spec: str, batch: int, img_size: int, steps: int, conn) 
 
 
 def run_one(ctx, model: str, spec: str, batch: int, img_size: int, steps: int) -> dict[str, Any]:
+    """:func:`measure` in a fresh process; its answer, or why there is none."""
     parent, child = ctx.Pipe()
     proc = ctx.Process(target=measure, args=(model, spec, batch, img_size, steps, child))
     proc.start()
@@ -101,11 +108,12 @@ def run_one(ctx, model: str, spec: str, batch: int, img_size: int, steps: int) -
 
 
 def render(r: dict[str, Any]) -> str:
+    """The report, from the JSON data alone."""
     s = r["settings"]
     lines = ["## Peak training memory vs full fine-tuning (same batch)", "",
              f"- command: `{r['command']}` at commit `{r.get('git_commit', 'not recorded')}`",
              f"- batch {s['batch_size']}, {s['steps']} training step(s) through "
-             f"`pefs.runtime.engine.fit`; load average {r['load']} at the start",
+             f"`pefs.runtime.engine.fit`; load average {load_text(r['load'])} at the start",
              f"- peak MB: {r['memory']}; RSS MB: the process's peak RSS growth over the first fit", "",
              "| model | px | params | strategy | trainable | peak MB | ÷ full | ≤ 0.5× | RSS MB | RSS ÷ full | "
              "s/step |", "|---|---|---|---|---|---|---|---|---|---|---|"]
@@ -128,25 +136,11 @@ def render(r: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def machine() -> dict[str, Any]:
-    """Where the numbers come from: platform, CPU, library versions."""
-    import platform
-
-    import torch
-
-    cpu = next((ln.split(":", 1)[1].strip() for ln in open("/proc/cpuinfo") if ln.startswith("model name")), "?") \
-        if os.path.exists("/proc/cpuinfo") else platform.processor()
-    return {"python": platform.python_version(), "platform": platform.platform(), "cpu": cpu,
-            "cores": os.cpu_count(), "torch": torch.__version__, "cuda": torch.cuda.is_available()}
-
-
 def main(argv: list[str] | None = None) -> int:
     a = parse_args(argv)
-    sys.path.insert(0, str(Path(__file__).resolve().parent))
-    from provenance import write_report
-
-    if a.render:
-        md = render(json.loads(a.render.read_text()))
+    data = render_source(a, Path(__file__).with_suffix(".json"))
+    if data is not None:
+        md = render(json.loads(data.read_text()))
         print(md, end="")
         if a.markdown:
             write_report(a.markdown, md, "memory.py")
@@ -159,9 +153,7 @@ def main(argv: list[str] | None = None) -> int:
     s = {"batch_size": a.batch_size, "img_size": a.img_size or (32 if a.tiny else 224),
          "steps": a.steps}
     ctx = mp.get_context("spawn")
-    command = " ".join(shlex.quote(x) for x in [".venv/bin/python", "benchmarks/memory.py",
-                                                  *(sys.argv[1:] if argv is None else argv)])
-    load = "/".join(f"{x:.2f}" for x in os.getloadavg())
+    start, load_start = provenance(__file__, argv), load()
     results: dict[str, dict[str, Any]] = {}
     for model in models:
         # the CNN at the 128 px of the speed benchmark unless a size is given
@@ -170,16 +162,12 @@ def main(argv: list[str] | None = None) -> int:
         for spec in specs:
             print(f"[memory] {model} {spec}", file=sys.stderr, flush=True)
             results[model][spec] = {**run_one(ctx, model, spec, s["batch_size"], img, s["steps"]), "img_size": img}
-    import torch
-
-    memory = ("torch.cuda.max_memory_allocated growth over the fit" if torch.cuda.is_available() else
+    where = machine()
+    memory = ("torch.cuda.max_memory_allocated growth over the fit" if where["cuda"] else
               "the most live tensor memory during a fit (benchmarks/live_memory.py; weights that existed before "
               "are not counted), the CPU analogue of torch.cuda.max_memory_allocated")
-    from provenance import git_commit
-
-    r = {"command": command, "git_commit": git_commit(), "settings": s, "results": results, "memory": memory,
-         "load": load,
-         "load_end": "/".join(f"{x:.2f}" for x in os.getloadavg()), "machine": machine()}
+    r = {**start, "settings": s, "results": results, "memory": memory, "load": load_start, "load_end": load(),
+         "machine": where}
     md = render(r)
     print(md)
     if a.markdown:

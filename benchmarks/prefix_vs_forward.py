@@ -7,8 +7,8 @@ prototype heads) costs more than a hand-written ``inference_mode`` + autocast lo
 channels-last, bf16 where the CPU has it natively. Per episode (5-way 5-shot, 15 queries, 100 images): the bare
 loop twice (cold, then warm) and pefs once, interleaved.
 
-    .venv/bin/python benchmarks/prefix_vs_forward.py [--episodes 6]   # measures: prefix_vs_forward.json + speed.md
-    .venv/bin/python benchmarks/prefix_vs_forward.py --render        # re-renders speed.md's section from the JSON
+    .venv/bin/python -m benchmarks.prefix_vs_forward [--episodes 6]   # measures: prefix_vs_forward.json + speed.md
+    .venv/bin/python -m benchmarks.prefix_vs_forward --render        # re-renders speed.md's section from the JSON
 
 The raw data (machine, versions, commit, command, load, every episode's times) goes to ``--json``; the section of
 ``--page`` between this script's markers is rendered from it alone.
@@ -16,33 +16,34 @@ The raw data (machine, versions, commit, command, load, every episode's times) g
 
 from __future__ import annotations
 
-import argparse
+if __name__ == "__main__" and not __package__:  # started as a file: rerun as `python -m benchmarks.prefix_vs_forward`
+    import common
+
+    common.run_as_module(__file__)
+
 import contextlib
 import json
-import os
-import platform
 import statistics
 import sys
 import time
 from pathlib import Path
 from typing import Any
 
+from benchmarks.common import load, load_text, machine, parser, provenance, render_source, write_section
+
 HERE = Path(__file__).resolve().parent
-sys.path.insert(0, str(HERE))
-BEGIN, END = "<!-- prefix_vs_forward.py: begin (generated) -->", "<!-- prefix_vs_forward.py: end -->"
 
 
 def measure(episodes_n: int) -> dict[str, Any]:
     """Time the bare loop (cold, warm) and pefs' engine.outputs per episode; every sample is returned."""
     import torch
-    from provenance import git_commit
 
     from pefs.config import TuneConfig
     from pefs.data import episodes, load_default
     from pefs.runtime import engine
     from pefs.runtime.task import TaskRunner
 
-    load_start = list(os.getloadavg())
+    start, load_start = provenance(__file__), load()
     torch.manual_seed(0)
     cfg = TuneConfig(model="efficientnet_lite0.offline", strategy="linear", head="prototype", img_size=128,
                      train=engine.TrainConfig(progress=False))
@@ -71,11 +72,8 @@ def measure(episodes_n: int) -> dict[str, Any]:
             times.append(time.perf_counter() - t0)
         rows.append(times)
         print(f"[prefix_vs_forward] episode {len(rows) - 1}: {times}", file=sys.stderr, flush=True)
-    return {"command": " ".join([".venv/bin/python", "benchmarks/prefix_vs_forward.py", *sys.argv[1:]]),
-            "git_commit": git_commit(), "precision": precision, "threads": torch.get_num_threads(),
-            "machine": {"python": platform.python_version(), "torch": torch.__version__, "cpus": os.cpu_count(),
-                        "platform": platform.platform()},
-            "load_start": load_start, "load_end": list(os.getloadavg()), "episodes": episodes_n,
+    return {**start, "precision": precision, "machine": machine(), "load_start": load_start, "load_end": load(),
+            "episodes": episodes_n,
             "seconds": [{"bare_cold": r[0], "bare_warm": r[1], "pefs": r[2]} for r in rows]}
 
 
@@ -84,12 +82,12 @@ def render(d: dict[str, Any]) -> str:
     cols = ("bare_cold", "bare_warm", "pefs")
     med = {c: statistics.median(r[c] for r in d["seconds"]) for c in cols}
     m = d["machine"]
+    threads = d.get("threads", m.get("threads"))  # records before benchmarks/common.py: beside the machine
     lines = [f"Command: `{d['command']}` at commit `{d['git_commit']}` "
              "(raw data: its `--json` file, by default `benchmarks/prefix_vs_forward.json`); "
              f"Python {m['python']}, torch {m['torch']}, {m['cpus']} CPUs, load average (1/5/15 min) "
-             f"{'/'.join(f'{x:.2f}' for x in d['load_start'])} at the start, "
-             f"{'/'.join(f'{x:.2f}' for x in d['load_end'])} at the end.", "",
-             f"precision of no-grad passes: {d['precision']}; torch threads {d['threads']}", "",
+             f"{load_text(d['load_start'])} at the start, {load_text(d['load_end'])} at the end.", "",
+             f"precision of no-grad passes: {d['precision']}; torch threads {threads}", "",
              "| episode | bare loop, cold (s) | bare loop, warm (s) | pefs engine.outputs (s) |", "|---|---|---|---|"]
     lines += [f"| {k} | {r['bare_cold']:.3f} | {r['bare_warm']:.3f} | {r['pefs']:.3f} |"
               for k, r in enumerate(d["seconds"])]
@@ -98,32 +96,23 @@ def render(d: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def render_into(page: Path, body: str) -> None:
-    """Replace the generated part of ``page`` (between this script's markers) with ``body``; refuse a page
-    without them."""
-    from provenance import replace_generated
-
-    if not replace_generated(page, body, "prefix_vs_forward.py"):
-        sys.exit(f"prefix_vs_forward.py: {page} lacks the markers {BEGIN!r} ... {END!r}")
-
-
 def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p = parser(__doc__, "--json")
     p.add_argument("--episodes", type=int, default=6)
     p.add_argument("--json", type=Path, default=HERE / "prefix_vs_forward.json", help="the raw data")
     p.add_argument("--page", type=Path, default=HERE / "speed.md", help="the page whose section is rendered")
-    p.add_argument("--render", action="store_true", help="measure nothing: render --page's section from --json")
     a = p.parse_args()
-    if a.render:
-        if not a.json.exists():
-            sys.exit(f"prefix_vs_forward.py: --render needs the raw data {a.json} (run without --render first)")
-        data = json.loads(a.json.read_text())
+    source = render_source(a, a.json)
+    if source is not None:
+        if not source.exists():
+            sys.exit(f"prefix_vs_forward.py: --render needs the raw data {source} (run without --render first)")
+        data = json.loads(source.read_text())
     else:
         data = measure(a.episodes)
         a.json.write_text(json.dumps(data, indent=1) + "\n")
     body = render(data)
     print(body)
-    render_into(a.page, body)
+    write_section(a.page, body, "prefix_vs_forward.py")
 
 
 if __name__ == "__main__":

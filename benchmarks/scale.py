@@ -1,7 +1,7 @@
 """Peak memory and wall time of a K-shot run against the size of the test split, and the forward-only limit.
 
-    PYTHONPATH=. OMP_NUM_THREADS=1 python benchmarks/scale.py            # measure, write scale.json + scale.md
-    PYTHONPATH=. python benchmarks/scale.py --render                      # re-render scale.md from scale.json
+    OMP_NUM_THREADS=1 .venv/bin/python -m benchmarks.scale        # measure, write scale.json + scale.md
+    .venv/bin/python -m benchmarks.scale --render                 # re-render scale.md from scale.json
 
 Each (method, test-split size) runs in a fresh process, so its peak RSS is its own. Methods: ``linear``
 (linear probe: strategy linear, head linear), ``prototype`` (strategy linear, head prototype), ``lora``
@@ -13,17 +13,20 @@ Fashion-MNIST (Debian ``dataset-fashion-mnist``).
 
 from __future__ import annotations
 
-import argparse
+if __name__ == "__main__" and not __package__:  # started as a file: rerun as `python -m benchmarks.scale`
+    import common
+
+    common.run_as_module(__file__)
+
 import json
-import os
 import subprocess
-import sys
 import time
 from pathlib import Path
 
+from benchmarks.common import load, machine, module_command, module_env, parser, provenance, render_source
+from benchmarks.scale_report import render
+
 HERE = Path(__file__).parent
-sys.path.insert(0, str(HERE))
-from provenance import args_without_note  # noqa: E402  (a sibling module, found through HERE)
 
 #: method -> (strategy, head, --cache-mb)
 METHODS = {"linear": ("linear", "linear", 512), "prototype": ("linear", "prototype", 512),
@@ -33,6 +36,7 @@ NAMES_ORDER = ("forward", *METHODS)
 
 
 def rss_mb(field: str = "VmRSS") -> float:
+    """This process's ``field`` of /proc/self/status (VmRSS: resident now, VmHWM: its peak) in MB."""
     with open("/proc/self/status") as f:
         return next(int(line.split()[1]) for line in f if line.startswith(field + ":")) / 1024
 
@@ -69,13 +73,12 @@ def forward_only(ds, img_size: int, batch: int, workers: int) -> dict:
 
 def one(method: str, n_test: int, img_size: int, batch: int, workers: int, shots: int) -> dict:
     """One measurement in this (fresh) process."""
-    import fmnist
     import timm  # noqa: F401  (imported before the clock starts on both sides: a one-off cost, not the run's)
     import torch
 
-    from pefs.config import TuneConfig
+    from benchmarks import fmnist
+    from pefs.config import TrainConfig, TuneConfig
     from pefs.protocols.run import tune
-    from pefs.runtime.engine import TrainConfig
 
     ds = fmnist.dataset(n_test)
     base = rss_mb()
@@ -101,14 +104,14 @@ def one(method: str, n_test: int, img_size: int, batch: int, workers: int, shots
 
 
 def measure(args) -> list[dict]:
+    """Every (size, method) cell in a fresh process of this script (``--one``); its row, with the process time."""
     rows = []
     for n in args.sizes:
         for method in args.methods:
-            cmd = [sys.executable, __file__, "--one", method, str(n), "--img-size", str(args.img_size),
+            cmd = [*module_command(__file__), "--one", method, str(n), "--img-size", str(args.img_size),
                    "--batch", str(args.batch), "--workers", str(args.workers), "--shots", str(args.shots)]
             t0 = time.perf_counter()
-            env = {**os.environ, "PYTHONPATH": str(HERE.parent)}
-            res = subprocess.run(cmd, capture_output=True, text=True, env=env)
+            res = subprocess.run(cmd, capture_output=True, text=True, env=module_env(__file__))
             if res.returncode:
                 raise SystemExit(f"{' '.join(cmd)} failed:\n{res.stderr[-3000:]}")
             row = json.loads(res.stdout.strip().splitlines()[-1])
@@ -120,7 +123,7 @@ def measure(args) -> list[dict]:
 
 
 def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p = parser(__doc__, "--out")
     p.add_argument("--sizes", type=lambda s: [int(x) for x in s.split(",")], default=[500, 4000, 20000])
     p.add_argument("--methods", type=lambda s: s.split(","), default=["forward", "linear", "prototype", "lora"])
     p.add_argument("--img-size", type=int, default=64)
@@ -129,7 +132,6 @@ def main() -> None:
     p.add_argument("--shots", type=int, default=1)
     p.add_argument("--out", default=str(HERE / "scale.json"))
     p.add_argument("--one", nargs=2, metavar=("METHOD", "N"))
-    p.add_argument("--render", action="store_true", help="only re-render scale.md from --out")
     p.add_argument("--update", action="store_true", help="replace the measured (method, size) rows of --out")
     p.add_argument("--repeat", action="store_true", help="add the measured rows to --out as repetitions (the "
                    "report shows the fastest repetition of each: the least disturbed by other load)")
@@ -138,21 +140,20 @@ def main() -> None:
     if a.one:
         print(json.dumps(one(a.one[0], int(a.one[1]), a.img_size, a.batch, a.workers, a.shots)))
         return
-    from scale_report import render
-
-    if not a.render:
+    source = render_source(a, a.out)
+    if source is None:
+        start = load()
         rows = measure(a)
         if (a.update or a.repeat) and Path(a.out).exists():  # merge with the rows already measured
             done = {(r["method"], r["n_test"]) for r in rows} if a.update else set()
             old = json.loads(Path(a.out).read_text())["rows"]
             rows = [r for r in old if (r["method"], r["n_test"]) not in done] + rows
             rows.sort(key=lambda r: (r["n_test"], list(NAMES_ORDER).index(r["method"])))
-        data = {"command": " ".join(["PYTHONPATH=. OMP_NUM_THREADS=1 python benchmarks/scale.py",
-                                    *args_without_note(sys.argv[1:])]),
-                "measured_at": time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime()), "model": MODEL,
-                "nproc": os.cpu_count(), "note": a.note, "rows": rows}
+        data = {**provenance(__file__), "model": MODEL, "machine": machine(), "load_start": start,
+                "load_end": load(), "note": a.note, "rows": rows}
         Path(a.out).write_text(json.dumps(data, indent=2) + "\n")
-    (HERE / "scale.md").write_text(render(json.loads(Path(a.out).read_text())))
+        source = Path(a.out)
+    (HERE / "scale.md").write_text(render(json.loads(source.read_text())))
 
 
 if __name__ == "__main__":

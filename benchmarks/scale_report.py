@@ -15,8 +15,14 @@ def _row(rows: list[dict], method: str, n: int) -> dict | None:
 
 
 def _reps(rows: list[dict], method: str, n: int) -> str:
+    """``, best of K`` when ``method`` at ``n`` was measured K > 1 times."""
     k = sum(r["method"] == method and r["n_test"] == n for r in rows)
     return f", best of {k}" if k > 1 else ""
+
+
+def cpus(data: dict[str, Any]) -> int:
+    """The machine's CPU count (records before benchmarks/common.py kept it as ``nproc``)."""
+    return data["machine"]["cpus"] if "machine" in data else data["nproc"]
 
 
 def render(data: dict[str, Any]) -> str:
@@ -31,8 +37,8 @@ def render(data: dict[str, Any]) -> str:
            f"{r0.get('precision')}; K-shot runs: 1 shot x 10 classes, one seed. Data: the full Fashion-MNIST "
            "(Debian `dataset-fashion-mnist`): test splits drawn from its 10,000 test images, then its training "
            "images. Each cell ran in a fresh process.", "",
-           f"Measured {data['measured_at']} on a {data['nproc']}-core machine. {data.get('note', '')}", "",
-           "Reproduce (every row): `PYTHONPATH=. OMP_NUM_THREADS=1 python benchmarks/scale.py --methods "
+           f"Measured {data['measured_at']} on a {cpus(data)}-core machine. {data.get('note', '')}", "",
+           "Reproduce (every row): `OMP_NUM_THREADS=1 .venv/bin/python -m benchmarks.scale --methods "
            "forward,linear,prototype,lora,lora-cache64`; `--render` re-renders this file from `scale.json`.", "",
            "## Wall time (s) and images per second", "",
            "| method | " + " | ".join(f"{n:,} test images" for n in sizes) + " |",

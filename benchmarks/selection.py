@@ -1,8 +1,8 @@
 """Selection study (issue 13): which parameters to tune at 1 and 5 shots, once every strategy's learning rate is
 chosen on validation data instead of fixed.
 
-    .venv/bin/python benchmarks/selection.py            # runs the sweeps (resuming), writes selection.md
-    .venv/bin/python benchmarks/selection.py --render   # measures nothing: re-renders selection.md
+    .venv/bin/python -m benchmarks.selection            # runs the sweeps (resuming), writes selection.md
+    .venv/bin/python -m benchmarks.selection --render   # measures nothing: re-renders selection.md
 
 The raw data is the sweep store ``benchmarks/selection/results.jsonl`` (every cell's full record: chosen values, the
 whole search table, timings) plus ``benchmarks/selection.json`` (the commit, commands, machine and load of the run).
@@ -12,17 +12,19 @@ the scale store ``benchmarks/selection_scale/`` (``-scale``, ``-scale-probe``).
 
 from __future__ import annotations
 
-import argparse
+if __name__ == "__main__" and not __package__:  # started as a file: rerun as `python -m benchmarks.selection`
+    import common
+
+    common.run_as_module(__file__)
+
 import json
-import os
-import platform
 import statistics
 import subprocess
 import sys
-import time
 from collections import Counter, defaultdict
 from pathlib import Path
 
+from benchmarks.common import load, load_text, machine, now, parser, provenance, render_source
 from pefs.results.stats import mean_ci95_t
 
 HERE = Path(__file__).parent
@@ -71,10 +73,12 @@ def load_cells(store: Path = STORE, by_model: bool = False) -> dict[tuple, dict[
 
 
 def acc(row: dict) -> float:
+    """The row's test accuracy in %."""
     return 100 * row["record"]["accuracies"][0]
 
 
 def fmt(mean: float, ci: float | None, n: int, sign: bool = False) -> str:
+    """``mean ± ci (n=N)``, or says there is no interval."""
     m = f"{mean:+.1f}" if sign else f"{mean:.1f}"
     return f"{m} ± {ci:.1f} (n={n})" if ci is not None else f"{m} (n={n}, no CI)"
 
@@ -93,6 +97,7 @@ def paired(a: dict[int, dict], b: dict[int, dict]) -> tuple[list[float], list[in
 
 
 def verdict(mean: float, ci: float | None) -> str:
+    """better / worse when the whole interval lies on that side of 0, else no difference (or one seed)."""
     if ci is None:
         return "one seed"
     if mean - ci > 0:
@@ -208,7 +213,15 @@ def render_scale(cells: dict) -> list[str]:
     return lines
 
 
+def machine_text(m: dict | str) -> str:
+    """The machine in words; records before benchmarks/common.py stored these words themselves."""
+    if isinstance(m, str):
+        return m
+    return f"{m['cpus']}-core {m['cpu']} ({m['platform']}), Python {m['python']}, torch {m['torch']}"
+
+
 def render(cells: dict, meta: dict, scale: dict | None = None) -> str:
+    """The page: accuracy with and without selection, paired differences, defaults, steps, scale."""
     shots = sorted({k[2] for k in cells})
     names = sorted({k[0] for k in cells}, key=lambda n: (n != BASELINE, n))
     lines = ["# Selection study: which parameters to tune at 1 and 5 shots (issue 13)", "",
@@ -225,10 +238,11 @@ def render(cells: dict, meta: dict, scale: dict | None = None) -> str:
              "", "Intervals: 95% CI of the mean over seeds, t-based (Student's t with n−1 degrees of freedom); a "
              "paired difference uses the same seed's K shots on both sides.", "",
              f"Data: `benchmarks/selection/results.jsonl` (every cell's record: chosen values, the whole search "
-             f"table, timings) and `benchmarks/selection.json`. Produced by commit `{meta.get('commit', '?')}` on "
-             f"{meta.get('machine', '?')}; load average {meta.get('load', '?')} at the start (accuracies do not "
+             f"table, timings) and `benchmarks/selection.json`. Produced by commit "
+             f"`{meta.get('git_commit', meta.get('commit', '?'))}` on {machine_text(meta.get('machine', '?'))}; "
+             f"load average {load_text(meta.get('load'))} at the start (accuracies do not "
              "depend on load; seconds do). " + meta.get("note", ""), "",
-             "Reproduce: `.venv/bin/python benchmarks/selection.py` (runs "
+             "Reproduce: `.venv/bin/python -m benchmarks.selection` (runs "
              + ", ".join(f"`pefs sweep --recipe {r} -q`" for r in meta.get("recipes", [])) + ", resuming); "
              "`--render` re-renders this page from the data.", ""]
     lines += ["## Accuracy with and without selection", "",
@@ -311,6 +325,7 @@ def render(cells: dict, meta: dict, scale: dict | None = None) -> str:
 
 
 def run_sweeps() -> list[str]:
+    """Every recipe's sweep (each resumes its store), then each store's ``pefs report``; the recipes run."""
     recipes = [f"recipes/offline-selection{'-' + r if r else ''}.yaml" for r in RECIPES]
     pefs = Path(sys.executable).with_name("pefs")
     for r in recipes:
@@ -326,19 +341,16 @@ def run_sweeps() -> list[str]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--render", action="store_true", help="measure nothing: re-render selection.md from the data")
+    p = parser(__doc__, "benchmarks/selection.json, with the stores benchmarks/selection/ and selection_scale/")
     args = p.parse_args(argv)
-    if not args.render:
-        commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True,
-                                text=True).stdout.strip()
-        meta = {"commit": commit, "started": time.strftime("%Y-%m-%dT%H:%M:%S"),
-                "load": "/".join(f"{x:.2f}" for x in os.getloadavg()),
-                "machine": f"{os.cpu_count()}-core {platform.machine()}, Python {platform.python_version()}"}
+    source = render_source(args, DATA)
+    if source is None:
+        meta = {**provenance(__file__, argv), "load": load(), "machine": machine()}
         meta["recipes"] = run_sweeps()
-        meta["finished"] = time.strftime("%Y-%m-%dT%H:%M:%S")
+        meta.update(finished=now(), load_end=load())
         DATA.write_text(json.dumps(meta, indent=2) + "\n")
-    meta = json.loads(DATA.read_text())
+        source = DATA
+    meta = json.loads(source.read_text())
     text = render(load_cells(), meta, load_cells(SCALE_STORE, by_model=True) if SCALE_STORE.exists() else None)
     PAGE.write_text(text)
     print(text)

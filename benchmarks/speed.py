@@ -26,23 +26,29 @@ threads, eval batch size, torch.compile), pefs with fp32 vs bf16 no-grad passes 
 protocol run of many episodes (where pefs' run-wide cache amortises), and strategies again with pefs'
 ``grad_checkpointing`` (memory for time).
 
-    .venv/bin/python benchmarks/speed.py                       # full run (~13 min on 2 CPU cores)
-    .venv/bin/python benchmarks/speed.py --tiny                # tiny random model, 1 epoch (what the test runs)
-    .venv/bin/python benchmarks/speed.py --strategies linear,lora --episodes 5 --markdown out.md --json out.json
+    .venv/bin/python -m benchmarks.speed                       # full run (~13 min on 2 CPU cores)
+    .venv/bin/python -m benchmarks.speed --tiny                # tiny random model, 1 epoch (what the test runs)
+    .venv/bin/python -m benchmarks.speed --strategies linear,lora --episodes 5 --markdown out.md --json out.json
+    .venv/bin/python -m benchmarks.speed --render              # the report of benchmarks/speed.json, printed
 
-The parent process only orchestrates (standard library); all measuring happens in the workers. Modules:
-``speed_sides`` (the reference and pefs sides of a task), ``speed_probes`` (forward limit, hardware probes, the
-workers' entry point), ``speed_report`` (tables and verdicts), ``live_memory`` (live tensor memory on a CPU).
+The parent process only orchestrates (standard library); all measuring happens in the workers. Modules of
+``benchmarks``: ``speed_sides`` (the reference and pefs sides of a task), ``speed_probes`` (forward limit, hardware
+probes, the workers' entry point), ``speed_report`` (tables and verdicts), ``live_memory`` (live tensor memory on
+a CPU), ``common`` (machine, load, provenance, pages).
 """
 
 from __future__ import annotations
+
+if __name__ == "__main__" and not __package__:  # started as a file: rerun as `python -m benchmarks.speed`
+    import common
+
+    common.run_as_module(__file__)
 
 import argparse
 import json
 import math
 import multiprocessing as mp
 import os
-import shlex
 import statistics
 import sys
 import tempfile
@@ -50,10 +56,9 @@ import time
 from pathlib import Path
 from typing import Any
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))  # the sibling modules, also when loaded by path (tests)
-from provenance import git_commit, write_report  # noqa: E402
-from speed_probes import worker_main  # noqa: E402
-from speed_report import COLUMNS, _load, render, targets  # noqa: E402,F401  (COLUMNS: for the tests)
+from benchmarks.common import load, load_text, parser, provenance, render_source, write_report
+from benchmarks.speed_probes import worker_main
+from benchmarks.speed_report import render, targets
 
 #: imported once by the fork server, so every worker starts with them loaded and none of their memory in its delta
 PRELOAD = ["torch", "timm", "timm.data", "peft", "accelerate", "pefs", "pefs.runtime.task", "pefs.runtime.engine"]
@@ -76,7 +81,8 @@ DEFAULT_OPTIONS = ["vpt.mode=pixel"]
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawTextHelpFormatter)
+    """The command line (``--tiny`` fills smaller defaults in :func:`settings`)."""
+    p = parser(__doc__, "benchmarks/speed.json", formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument("--tiny", action="store_true", help="tiny random model, 32 px, 1 episode, 1 epoch, no compile")
     p.add_argument("--model", help="pefs model name (default efficientnet_lite0.offline; --tiny: test_efficientnet)")
     p.add_argument("--img-size", type=int, help="input side in pixels (default 128; --tiny: 32)")
@@ -117,8 +123,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--json", type=Path, help="write every measurement here (default: beside --markdown, .json)")
     p.add_argument("--markdown", type=Path, help="write the report here (also printed)")
-    p.add_argument("--render", "--from-json", dest="from_json", type=Path, metavar="JSON",
-                   help="measure nothing: render the report of an earlier run's --json output")
     return p.parse_args(argv)
 
 
@@ -195,15 +199,18 @@ class Worker:
         return out
 
     def ask(self, job: dict[str, Any], timeout: float | None = None) -> dict[str, Any]:
+        """Send one job and wait for its answer."""
         self.conn.send(job)
         return self._recv(timeout)
 
     def close(self) -> dict[str, Any]:
+        """Stop the worker; its final report (peak memory, set-up)."""
         out = self.ask({"kind": "stop"})
         self.proc.join(30)
         return out
 
     def kill(self) -> None:
+        """End the worker process now, whatever it is doing."""
         if self.proc.is_alive():
             self.proc.terminate()  # only this worker, which this script started
         self.proc.join(10)
@@ -214,13 +221,14 @@ def plan(s: dict[str, Any], info: dict[str, Any]) -> tuple[list[dict[str, Any]],
     wanted = AUTO if s["strategies"] == "auto" else [n.strip() for n in s["strategies"].split(",") if n.strip()]
     runs, skipped = [], []
     frozen = s["frozen_epochs"] or info["default_epochs"]
+    streamed = set(s["stream_strategies"]) if s["stream_episodes"] else set()  # --stream-episodes 0: no protocol run
     for name in wanted:
         if name == "prototype":
             if "prototype" not in info["heads"]:
                 skipped.append("prototype: pefs has no prototype head (pefs.heads.registry)")
                 continue
             runs.append({"name": name, "strategy": "linear", "head": "prototype", "options": {}, "ref": "prototype",
-                         "epochs": 0, "stream": name in s["stream_strategies"],
+                         "epochs": 0, "stream": name in streamed,
                          "overrides": {"inference_precision": "no"}, "pefs_options": "head prototype, fp32 no-grad"})
             continue
         if name not in info["strategies"]:
@@ -230,7 +238,7 @@ def plan(s: dict[str, Any], info: dict[str, Any]) -> tuple[list[dict[str, Any]],
         label = name + "".join(f" {k}={v}" for k, v in opts.items())
         ref = name if name in ("linear", "lora", "full", "last-k") else "wrap"
         runs.append({"name": label, "strategy": name, "head": SAME_FUNCTION["head"], "options": opts, "ref": ref,
-                     "epochs": frozen if name in FROZEN else s["epochs"], "stream": name in s["stream_strategies"],
+                     "epochs": frozen if name in FROZEN else s["epochs"], "stream": name in streamed,
                      "overrides": {"inference_precision": SAME_FUNCTION["inference_precision"]},
                      "pefs_options": "head linear, fp32 no-grad"})
         if name in s["checkpointed"]:  # the same job with pefs trading time for memory
@@ -269,11 +277,13 @@ def compare(ctx, s: dict[str, Any], run: dict[str, Any], a: tuple[str, dict], b:
 
 
 def _median(rows: list[dict[str, Any]], key: str) -> float | None:
+    """The median of ``key`` over the rows that have a number there."""
     vals = [r[key] for r in rows if r.get(key) is not None and not (isinstance(r[key], float) and math.isnan(r[key]))]
     return statistics.median(vals) if vals else None
 
 
 def _mean(rows: list[dict[str, Any]], key: str) -> float | None:
+    """The mean of ``key`` over the rows."""
     vals = [r[key] for r in rows]
     return sum(vals) / len(vals) if vals else None
 
@@ -353,8 +363,9 @@ def agreement(ref: list[dict[str, Any]], pf: list[dict[str, Any]], p: str) -> di
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    if args.from_json:
-        md = render(json.loads(args.from_json.read_text()))
+    data = render_source(args, Path(__file__).with_suffix(".json"))
+    if data is not None:
+        md = render(json.loads(data.read_text()))
         print(md)
         if args.markdown:
             write_report(args.markdown, md, "speed.py")
@@ -368,11 +379,8 @@ def main(argv: list[str] | None = None) -> int:
     t_start = time.perf_counter()
     ctx = mp.get_context("forkserver")
     ctx.set_forkserver_preload(PRELOAD)
-    command = " ".join(shlex.quote(a) for a in [".venv/bin/python", "benchmarks/speed.py",
-                                                  *(sys.argv[1:] if argv is None else argv)])
-    result: dict[str, Any] = {"command": command, "git_commit": git_commit(), "settings": s,
-                              "load_start": list(os.getloadavg()),
-                              "rows": [], "bf16": []}
+    result: dict[str, Any] = {**provenance(__file__, argv), "settings": s, "load_start": load(), "rows": [],
+                              "bf16": []}
     with tempfile.TemporaryDirectory(prefix="pefs-speed-") as tmp:
         s["checkpoint"] = str(Path(tmp) / "backbone.pth")
         offline = s["model"].endswith(".offline")
@@ -391,7 +399,7 @@ def main(argv: list[str] | None = None) -> int:
                 probe = Worker(ctx, "probe", s)
         protocols = ("episode", "kshot") if s["kshot_runs"] else ("episode",)
         for run in runs:
-            _say(f"{run['name']}: reference vs pefs, load {_load(list(os.getloadavg()))}")
+            _say(f"{run['name']}: reference vs pefs, load {load_text(load())}")
             try:
                 wanted = protocols + (("stream",) if run.get("stream") and s["stream_episodes"] else ())
                 res = compare(ctx, s, run, ("ref", {}), ("pefs", run.get("overrides", {})), wanted, probe)
@@ -400,7 +408,7 @@ def main(argv: list[str] | None = None) -> int:
                 row = {"name": run["name"], "strategy": run["strategy"], "error": str(e)}
                 if not probe.proc.is_alive():
                     probe = Worker(ctx, "probe", s)
-            row["load"] = list(os.getloadavg())
+            row["load"] = load()
             result["rows"].append(row)
         probe.close()
         by_name = {run["strategy"]: run for run in runs if run["head"] == "linear" and not run.get("checkpointed")}
@@ -430,7 +438,7 @@ def main(argv: list[str] | None = None) -> int:
     result["gpu"] = ("CUDA available: the workers chose torch.device('cuda') (memory = "
                      "torch.cuda.max_memory_allocated)." if info["cuda"] else
                      "Skipped: torch.cuda.is_available() is False on this machine; no GPU number is reported.")
-    result["load_end"] = list(os.getloadavg())
+    result["load_end"] = load()
     result["wall_s"] = time.perf_counter() - t_start
     result["targets"] = targets(result)
     md = render(result)
@@ -451,6 +459,7 @@ _T0 = time.perf_counter()
 
 
 def _say(msg: str) -> None:
+    """A progress line on stderr, with the seconds since the script started."""
     print(f"[speed {time.perf_counter() - _T0:5.0f} s] {msg}", file=sys.stderr, flush=True)
 
 

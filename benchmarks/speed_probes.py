@@ -3,14 +3,22 @@
 from __future__ import annotations
 
 import os
-import platform
 import statistics
 import time
 import traceback
 from collections.abc import Callable
 from typing import Any
 
-from speed_sides import SideWorker, _cnn, _decode, _model_kwargs, _plain_model, _tasks, _transform
+from benchmarks.common import machine
+from benchmarks.speed_sides import (
+    SideWorker,
+    decode,
+    is_cnn,
+    model_kwargs,
+    plain_model,
+    protocol_tasks,
+    reference_transform,
+)
 
 
 class ProbeWorker:
@@ -21,15 +29,15 @@ class ProbeWorker:
 
         self.s = s
         self.dev = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-        self.base = _plain_model(s, s["ways"]).eval().to(self.dev)
-        self.cl = _cnn(self.base) and self.dev.type == "cpu"
+        self.base = plain_model(s, s["ways"]).eval().to(self.dev)
+        self.cl = is_cnn(self.base) and self.dev.type == "cpu"
         if self.cl:
             self.base = self.base.to(memory_format=torch.channels_last)
-        self.tf = _transform(s, self.base)
+        self.tf = reference_transform(s, self.base)
         from pefs.runtime.engine import native_bf16
 
         self.bf16 = native_bf16(self.dev.type)
-        self.tasks = {p: _tasks(s, p) for p in ("episode", "kshot")}
+        self.tasks = {p: protocol_tasks(s, p) for p in ("episode", "kshot")}
         self._images: dict[tuple[str, int], Any] = {}
 
     def images(self, protocol: str, index: int):
@@ -38,7 +46,7 @@ class ProbeWorker:
         key = (protocol, index)
         if key not in self._images:
             support, query, _, _ = self.tasks[protocol][index]
-            self._images[key] = torch.cat([_decode(support, self.tf)[0], _decode(query, self.tf)[0]])
+            self._images[key] = torch.cat([decode(support, self.tf)[0], decode(query, self.tf)[0]])
         return self._images[key]
 
     def _layout(self, x):
@@ -113,7 +121,7 @@ class ProbeWorker:
         cl = self._layout
         out: dict[str, Any] = {"device": self.dev.type, "threads": torch.get_num_threads(),
                                "cpu_capability": torch.backends.cpu.get_cpu_capability()}
-        if _cnn(self.base):
+        if is_cnn(self.base):
             nchw = copy.deepcopy(self.base).to(memory_format=torch.contiguous_format)
             base_cl = self.base.to(memory_format=torch.channels_last)
             xe_cl = xe.contiguous(memory_format=torch.channels_last)
@@ -213,7 +221,7 @@ def _info(s: dict[str, Any]) -> dict[str, Any]:
         net = pefs.load(s["model"]).model  # the packaged weights, as a plain timm state dict
     else:
         torch.manual_seed(s["seed"])
-        net = timm.create_model(s["model"], pretrained=False, **_model_kwargs(s))  # a random-weight model
+        net = timm.create_model(s["model"], pretrained=False, **model_kwargs(s))  # a random-weight model
     torch.save(net.state_dict(), s["checkpoint"])
     try:
         from pefs.heads.registry import HEADS
@@ -221,23 +229,17 @@ def _info(s: dict[str, Any]) -> dict[str, Any]:
         heads = sorted(HEADS)
     except ImportError:
         heads = []
-    cpu = platform.processor() or platform.machine()
-    try:
-        with open("/proc/cpuinfo") as f:
-            cpu = next((ln.split(":", 1)[1].strip() for ln in f if ln.startswith("model name")), cpu)
-    except OSError:
-        pass
-    cuda = torch.cuda.is_available()
-    from pefs.runtime.engine import TrainConfig, inference_precision
+    m = machine()  # in the worker: its threads are the ones every timed task ran with
+    from pefs.config import TrainConfig
+    from pefs.runtime.engine import inference_precision
 
-    return {"strategies": sorted(STRATEGIES), "heads": heads, "cuda": cuda, "default_epochs": TrainConfig().epochs,
-            "pefs_inference_precision": inference_precision(TrainConfig(), torch.device("cuda" if cuda else "cpu")),
+    return {**m, "strategies": sorted(STRATEGIES), "heads": heads, "default_epochs": TrainConfig().epochs,
+            "pefs_inference_precision": inference_precision(TrainConfig(), torch.device("cuda" if m["cuda"] else
+                                                                                        "cpu")),
             "default_eval_batch_size": TrainConfig().eval_batch_size,
-            "device": torch.cuda.get_device_name(0) if cuda else "cpu", "cpu": cpu, "cores": os.cpu_count(),
-            "threads": torch.get_num_threads(), "cpu_capability": torch.backends.cpu.get_cpu_capability(),
-            "versions": {"python": platform.python_version(), "torch": torch.__version__, "timm": timm.__version__,
-                         "peft": peft.__version__, "accelerate": accelerate.__version__,
-                         "pefs": pefs.__version__}}
+            "cpu_capability": torch.backends.cpu.get_cpu_capability(),
+            "versions": {"python": m["python"], "torch": m["torch"], "timm": timm.__version__,
+                         "peft": peft.__version__, "accelerate": accelerate.__version__, "pefs": pefs.__version__}}
 
 
 def worker_main(conn, role: str, s: dict[str, Any], run: dict[str, Any] | None, overrides: dict[str, Any]) -> None:

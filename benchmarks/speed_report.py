@@ -6,6 +6,8 @@ import math
 import statistics
 from typing import Any
 
+from benchmarks.common import load_text
+
 COLUMNS = ["strategy", "epochs", "trainable", "ref s/episode", "pefs s/episode", "speed-up", "pefs ÷ fwd limit",
            "pefs ÷ bf16 fwd limit",
            "ref s/K-shot", "pefs s/K-shot", "ref img/s", "pefs img/s", "ref peak MB", "pefs peak MB",
@@ -15,6 +17,7 @@ TARGET_SPEEDUP, TARGET_LIMIT, TARGET_TRAIN, TARGET_MEMORY = 5.0, 1.3, 1.0, 0.5
 
 
 def _f(v: float | None, fmt: str = "{:.2f}") -> str:
+    """A number in ``fmt``, or a dash for none."""
     return "–" if v is None or (isinstance(v, float) and math.isnan(v)) else fmt.format(v)
 
 
@@ -23,15 +26,16 @@ def render(r: dict[str, Any]) -> str:
     s, info = r["settings"], r["info"]
     mem = "peak allocated on the GPU" if info["cuda"] else "peak RSS growth of the worker process"
     ep_images = s["ways"] * (s["shots"] + s["queries"])
+    cpus = info.get("cpus", info.get("cores"))  # records before benchmarks/common.py: "cores"
     lines = [
         "## pefs vs the plain timm + peft pipeline",
         "",
-        f"- machine: {info['cpu']}, {info['cores']} cores, {info['threads']} torch threads, device "
+        f"- machine: {info['cpu']}, {cpus} cores, {info['threads']} torch threads, device "
         f"{info['device']} (CPU capability {info['cpu_capability']}); python {info['versions']['python']}, "
         f"torch {info['versions']['torch']}, timm {info['versions']['timm']}, peft {info['versions']['peft']}, "
         f"accelerate {info['versions']['accelerate']}",
-        f"- load average (1/5/15 min): {_load(r['load_start'])} at the start, {_load(r['load_end'])} at the end; "
-        f"wall time {r['wall_s']:.0f} s",
+        f"- load average (1/5/15 min): {load_text(r['load_start'])} at the start, {load_text(r['load_end'])} at the "
+        f"end; wall time {r['wall_s']:.0f} s",
         f"- command: `{r['command']}` at commit `{r.get('git_commit', 'not recorded')}`",
         f"- model {s['model']} at {s['img_size']} px; episode = {s['ways']}-way {s['shots']}-shot, {s['queries']} "
         f"queries per class ({ep_images} images), median of {s['episodes']}; K-shot run = {s['kshot_shots']} "
@@ -105,10 +109,6 @@ def _trainable(row: dict[str, Any]) -> str:
     if n is None:
         return "–"
     return f"{n:,}" + (f" (ref {ref:,})" if ref is not None and ref != n and row["name"] != "prototype" else "")
-
-
-def _load(v: list[float]) -> str:
-    return "/".join(f"{x:.2f}" for x in v)
 
 
 def _breakdown(r: dict[str, Any]) -> list[str]:

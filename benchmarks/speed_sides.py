@@ -13,7 +13,7 @@ from collections.abc import Callable
 from typing import Any
 
 
-def _tasks(s: dict[str, Any], protocol: str):
+def protocol_tasks(s: dict[str, Any], protocol: str):
     """The ImageSets of every timed task of ``protocol``: (support, query, seed, ways) per task."""
     from pefs.data import episodes, kshot_split, load_default
 
@@ -35,27 +35,30 @@ def _tasks(s: dict[str, Any], protocol: str):
 
 
 def _timm_name(s: dict[str, Any]) -> str:
+    """The timm architecture behind the run's pefs model name."""
     from pefs.backbones import OFFLINE_MODELS
 
     return OFFLINE_MODELS[s["model"]].timm_name if s["model"] in OFFLINE_MODELS else s["model"]
 
 
-def _model_kwargs(s: dict[str, Any]) -> dict[str, Any]:
-    from pefs.runtime.task import _takes_img_size
+def model_kwargs(s: dict[str, Any]) -> dict[str, Any]:
+    """The timm constructor's extra arguments: the image size, for models that take one (ViTs)."""
+    from pefs.backbones import takes_img_size
 
-    return {"img_size": s["img_size"]} if _takes_img_size(s["model"]) else {}
+    return {"img_size": s["img_size"]} if takes_img_size(s["model"]) else {}
 
 
-def _plain_model(s: dict[str, Any], classes: int):
+def plain_model(s: dict[str, Any], classes: int):
     """What a timm user writes: the architecture, the checkpoint, a fresh ``classes``-way head."""
     import timm
 
-    model = timm.create_model(_timm_name(s), checkpoint_path=s["checkpoint"], **_model_kwargs(s))
+    model = timm.create_model(_timm_name(s), checkpoint_path=s["checkpoint"], **model_kwargs(s))
     model.reset_classifier(classes)
     return model
 
 
-def _transform(s: dict[str, Any], model) -> Callable:
+def reference_transform(s: dict[str, Any], model) -> Callable:
+    """timm's eval transform for ``model`` at the run's image size (what a timm user writes)."""
     from timm.data import create_transform, resolve_data_config
 
     cfg = resolve_data_config({}, model=model)
@@ -63,7 +66,8 @@ def _transform(s: dict[str, Any], model) -> Callable:
     return create_transform(**cfg, is_training=False)
 
 
-def _decode(images, tf: Callable):
+def decode(images, tf: Callable):
+    """Every image of an ImageSet through ``tf``, stacked, and its labels."""
     import numpy as np
     import torch
 
@@ -78,10 +82,10 @@ def _classifier(model):
 
 def _channels_last(s: dict[str, Any], model) -> bool:
     """Whether the reference runs ``model`` channels-last: a CNN, as pefs does, unless the run asks for NCHW."""
-    return s.get("ref_layout", "channels-last") != "nchw" and _cnn(model)
+    return s.get("ref_layout", "channels-last") != "nchw" and is_cnn(model)
 
 
-def _cnn(model) -> bool:
+def is_cnn(model) -> bool:
     """pefs' own test (the backbone kind it describes): a ViT's patch-embedding conv does not make it a CNN."""
     from pefs.backbones.describe import describe_timm
 
@@ -96,7 +100,7 @@ class RefSide:
     def __init__(self, s: dict[str, Any], run: dict[str, Any], overrides: dict[str, Any]) -> None:
         import torch
 
-        from pefs.runtime.engine import TrainConfig
+        from pefs.config import TrainConfig
 
         self.s, self.run, self.kind = s, run, run["ref"]
         self.train = TrainConfig()  # the same learning rates and weight decay pefs uses
@@ -118,8 +122,8 @@ class RefSide:
 
             return pefs.wrap(self.s["model"], self.run["strategy"], num_classes=classes,
                              pretrained=self.s["pretrained"], checkpoint=self.s["pefs_checkpoint"],
-                             model_kwargs=_model_kwargs(self.s), **self.run["options"])
-        model = _plain_model(self.s, classes)
+                             model_kwargs=model_kwargs(self.s), **self.run["options"])
+        model = plain_model(self.s, classes)
         for p in model.parameters():
             p.requires_grad_(self.kind == "full")
         if self.kind == "lora":
@@ -129,7 +133,7 @@ class RefSide:
                        or (isinstance(m, nn.Conv2d) and m.groups == 1)]
             if c.targets:
                 targets = [t for t in targets if any(t.endswith("." + x) for x in c.targets)]
-            elif not _cnn(model):
+            elif not is_cnn(model):
                 targets = [t for t in targets if t.endswith(".qkv")] or targets
             peft.inject_adapter_in_model(peft.LoraConfig(r=c.r, lora_alpha=c.alpha, lora_dropout=c.dropout,
                                                          target_modules=targets), model)
@@ -166,7 +170,7 @@ class RefSide:
             model.to(memory_format=torch.channels_last)
         start = {k: v.clone() for k, v in model.state_dict().items()}
         net = getattr(model, "net", model)
-        self.models[protocol] = (model, start, _transform(self.s, net))
+        self.models[protocol] = (model, start, reference_transform(self.s, net))
         return {"trainable": sum(p.numel() for p in model.parameters() if p.requires_grad),
                 "channels_last": self.channels_last}
 
@@ -176,8 +180,8 @@ class RefSide:
 
         model, start, tf = self.models[protocol]
         t0 = time.perf_counter()
-        xs, ys = _decode(support, tf)
-        xq, yq = _decode(query, tf)
+        xs, ys = decode(support, tf)
+        xq, yq = decode(query, tf)
         if self.channels_last:
             xs, xq = (x.contiguous(memory_format=torch.channels_last) for x in (xs, xq))
         t1 = time.perf_counter()
@@ -257,7 +261,7 @@ class PefsSide:
     """pefs' own path: one :class:`pefs.runtime.task.TaskRunner` per protocol, ``run`` per task."""
 
     def __init__(self, s: dict[str, Any], run: dict[str, Any], overrides: dict[str, Any]) -> None:
-        from pefs.runtime.engine import TrainConfig
+        from pefs.config import TrainConfig
 
         self.s, self.run = s, run
         ebs = {"eval_batch_size": s["pefs_eval_batch_size"]} if s["pefs_eval_batch_size"] else {}
@@ -328,9 +332,10 @@ class SideWorker:
 
         self.s = s
         self.side = (RefSide if role == "ref" else PefsSide)(s, run, overrides)
-        self.tasks = {p: _tasks(s, p) for p in ("episode", "kshot", "stream") if p != "stream" or run.get("stream")}
-        warm = _tasks(s, "warmup")[0]
-        from live_memory import PeakMemory  # imports torch: worker side only
+        self.tasks = {p: protocol_tasks(s, p) for p in ("episode", "kshot", "stream")
+                      if p != "stream" or run.get("stream")}
+        warm = protocol_tasks(s, "warmup")[0]
+        from benchmarks.live_memory import PeakMemory  # imports torch: worker side only
 
         self.memory = PeakMemory(torch.cuda.is_available())
         # warm-up: a separate model on a separate task, one epoch (kernels, lazy imports, Accelerate state)
@@ -355,7 +360,7 @@ class SideWorker:
         out = {"peak_mb": self.memory.delta_mb(), "memory_method": self.memory.how, "setup": self.info}
         if not self.memory.cuda and self.tasks["episode"]:
             # the CPU analogue of max_memory_allocated: the first episode again, counting live tensors
-            from live_memory import LiveTensors
+            from benchmarks.live_memory import LiveTensors
 
             support, query, seed, _ = self.tasks["episode"][0]
             with LiveTensors() as live:  # cold, as every timed episode: pefs' side takes a fresh runner
@@ -365,10 +370,11 @@ class SideWorker:
         out["gc_collect_s"] = _time_median(gc.collect, self.s["repeats"])  # Accelerate's free_memory() after a fit
         runner = getattr(self.side, "runners", {}).get("episode")
         if runner is not None:
-            from pefs.runtime.task import fingerprint
+            from pefs.model.directory import weights_fingerprint
 
-            out["restore_s"] = _time_median(lambda: runner.model.load_state_dict(runner.start), self.s["repeats"])
-            out["fingerprint_s"] = _time_median(lambda: fingerprint(runner.model), self.s["repeats"])
+            out["restore_s"] = _time_median(runner.start.restore, self.s["repeats"])  # restores and fingerprints
+            out["fingerprint_s"] = _time_median(
+                lambda: weights_fingerprint(list(runner.model.state_dict().items())), self.s["repeats"])
         return out
 
 

@@ -1,7 +1,7 @@
 """The table of ``strategies.md``, rendered from the sweep store ``strategies/results.jsonl``.
 
-    .venv/bin/python benchmarks/strategies_table.py --render      # rewrites the table in benchmarks/strategies.md
-    .venv/bin/python benchmarks/strategies_table.py                # prints it
+    .venv/bin/python -m benchmarks.strategies_table --render      # rewrites the table in benchmarks/strategies.md
+    .venv/bin/python -m benchmarks.strategies_table               # prints it
 
 One row per strategy (store order): trainable parameters (% of the backbone), accuracy at each shot count as the
 mean over seeds with each seed in brackets (seed order), and the mean wall seconds of one ``tune`` run. The page
@@ -10,15 +10,20 @@ keeps its hand-written prose outside the markers; only the part between them is 
 
 from __future__ import annotations
 
-import argparse
+if __name__ == "__main__" and not __package__:  # started as a file: rerun as `python -m benchmarks.strategies_table`
+    import common
+
+    common.run_as_module(__file__)
+
 import json
 import sys
 from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
+from benchmarks.common import parser, render_source, write_section
+
 HERE = Path(__file__).resolve().parent
-BEGIN, END = "<!-- strategies_table.py: begin (generated) -->", "<!-- strategies_table.py: end -->"
 
 
 def load(store: Path) -> list[dict[str, Any]]:
@@ -39,6 +44,7 @@ def load(store: Path) -> list[dict[str, Any]]:
 
 
 def _label(rec: dict[str, Any]) -> str:
+    """The row's name: the strategy and its options."""
     opts = rec["config"].get("options") or {}
     return rec["strategy"] + (f" ({', '.join(f'{k}={v}' for k, v in sorted(opts.items()))})" if opts else "")
 
@@ -71,24 +77,15 @@ def table(records: list[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
-def render_into(page: Path, body: str) -> None:
-    """Replace the generated part of ``page`` (between this script's markers) with ``body``; refuse a page
-    without them."""
-    from provenance import replace_generated
-
-    if not replace_generated(page, body, "strategies_table.py"):
-        sys.exit(f"strategies_table.py: {page} lacks the markers {BEGIN!r} ... {END!r}")
-
-
 def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p = parser(__doc__, "--store; without --render the table is printed")
     p.add_argument("--store", type=Path, default=HERE / "strategies" / "results.jsonl")
-    p.add_argument("--page", type=Path, default=HERE / "strategies.md")
-    p.add_argument("--render", action="store_true", help="write the table into --page (else print it)")
+    p.add_argument("--page", type=Path, default=HERE / "strategies.md", help="the page --render writes into")
     a = p.parse_args()
-    body = table(load(a.store))
-    if a.render:
-        render_into(a.page, body)
+    source = render_source(a, a.store)
+    body = table(load(source or a.store))
+    if source is not None:
+        write_section(a.page, body, "strategies_table.py")
     else:
         print(body)
 

@@ -1,7 +1,7 @@
 """A frozen-prefix sweep with and without the on-disk feature store: wall time and trunk forward passes.
 
-    PYTHONPATH=. OMP_NUM_THREADS=1 python benchmarks/sweep_store.py        # measure, write sweep_store.json + .md
-    PYTHONPATH=. python benchmarks/sweep_store.py --render                 # re-render sweep_store.md
+    OMP_NUM_THREADS=1 .venv/bin/python -m benchmarks.sweep_store   # measure, write sweep_store.json + .md
+    .venv/bin/python -m benchmarks.sweep_store --render            # re-render sweep_store.md
 
 The sweep: 3 shots (1, 5, 10) x 3 seeds (0-2) x {linear probe (head linear), prototype head}, on
 efficientnet_lite0.offline, one ``pefs sweep`` command per head (so 2 processes and 18 cells per condition),
@@ -12,18 +12,21 @@ wrote. Trunk passes: images run through the trunk (``trunk_images`` of every run
 
 from __future__ import annotations
 
-import argparse
+if __name__ == "__main__" and not __package__:  # started as a file: rerun as `python -m benchmarks.sweep_store`
+    import common
+
+    common.run_as_module(__file__)
+
 import json
-import os
 import shutil
 import subprocess
 import sys
 import time
 from pathlib import Path
 
+from benchmarks.common import load, machine, module_env, parser, provenance, render_source
+
 HERE = Path(__file__).parent
-sys.path.insert(0, str(HERE))
-from provenance import args_without_note  # noqa: E402  (a sibling module, found through HERE)
 
 HEADS = ("linear", "prototype")
 
@@ -36,7 +39,7 @@ def sweep(data: Path, work: Path, head: str, store: Path | None, args) -> dict:
            "--img-size", str(args.img_size), "--workers", str(args.workers), "--store", str(results), "-q"]
     if store is not None:
         cmd += ["--feature-cache", str(store)]
-    env = {**os.environ, "PYTHONPATH": str(HERE.parent)}
+    env = module_env(__file__)  # pefs from this repository
     env.pop("PEFS_FEATURE_CACHE", None)
     t0 = time.perf_counter()
     res = subprocess.run(cmd, capture_output=True, text=True, env=env)
@@ -53,7 +56,8 @@ def sweep(data: Path, work: Path, head: str, store: Path | None, args) -> dict:
 
 
 def measure(args) -> dict:
-    import fmnist
+    """Both sweeps without the store, then both with one store: each sweep's :func:`sweep` result."""
+    from benchmarks import fmnist
 
     data = fmnist.write_folder(Path(args.work) / "data", args.n_test)
     out = {}
@@ -72,6 +76,7 @@ def render(d: dict) -> str:
     tot = {c: (sum(r["process_wall_s"] for r in d["results"][c]), sum(r["cells_wall_s"] for r in d["results"][c]),
                sum(r["trunk_images"] for r in d["results"][c])) for c in ("without", "with")}
     same = all(a["accuracies"] == b["accuracies"] for a, b in zip(d["results"]["without"], d["results"]["with"]))
+    cpus = d["machine"]["cpus"] if "machine" in d else d["nproc"]  # records before benchmarks/common.py: nproc
     lines = ["# A frozen-prefix sweep with and without the feature store", "",
              f"shots {d['shots']} x seeds {d['seeds']} x {{linear probe, prototype head}} = "
              f"{sum(r['cells'] for r in d['results']['with'])} cells, "
@@ -79,7 +84,7 @@ def render(d: dict) -> str:
              f"one torch thread; data: {d['n_test']:,} Fashion-MNIST test images + 20 train images per class, "
              "as PNG files. One `pefs sweep` process per head; with the store both get the same "
              "`--feature-cache DIR`, empty at the start.", "",
-             f"Measured {d['measured_at']} on a {d['nproc']}-core machine. {d.get('note', '')}", "",
+             f"Measured {d['measured_at']} on a {cpus}-core machine. {d.get('note', '')}", "",
              "Reproduce: `" + d["command"] + "`", "",
              "| | sweep processes, wall (s) | cells' own wall (s) | trunk forward passes (images) |",
              "|---|---:|---:|---:|"]
@@ -101,7 +106,7 @@ def render(d: dict) -> str:
 
 
 def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p = parser(__doc__, "--out")
     p.add_argument("--n-test", type=int, default=2000)
     p.add_argument("--shots", default="1,5,10")
     p.add_argument("--seeds", default="0-2")
@@ -109,17 +114,18 @@ def main() -> None:
     p.add_argument("--workers", type=int, default=1)
     p.add_argument("--work", default="/tmp/pefs-sweep-store")
     p.add_argument("--out", default=str(HERE / "sweep_store.json"))
-    p.add_argument("--note", default="")
-    p.add_argument("--render", action="store_true")
+    p.add_argument("--note", default="", help="what else ran on the machine while measuring")
     a = p.parse_args()
-    if not a.render:
-        d = {"command": " ".join(["PYTHONPATH=. OMP_NUM_THREADS=1 python benchmarks/sweep_store.py",
-                                 *args_without_note(sys.argv[1:])]),
-             "measured_at": time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime()), "nproc": os.cpu_count(),
+    source = render_source(a, a.out)
+    if source is None:
+        start = load()
+        results = measure(a)
+        d = {**provenance(__file__), "machine": machine(), "load_start": start, "load_end": load(),
              "n_test": a.n_test, "shots": a.shots, "seeds": a.seeds, "img_size": a.img_size, "workers": a.workers,
-             "note": a.note, "results": measure(a)}
+             "note": a.note, "results": results}
         Path(a.out).write_text(json.dumps(d, indent=2) + "\n")
-    (HERE / "sweep_store.md").write_text(render(json.loads(Path(a.out).read_text())))
+        source = Path(a.out)
+    (HERE / "sweep_store.md").write_text(render(json.loads(source.read_text())))
 
 
 if __name__ == "__main__":

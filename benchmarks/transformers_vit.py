@@ -2,8 +2,9 @@
 
 A ``transformers`` ViT next to the timm ViT of the same size, one row per strategy, with identical weights.
 
-    .venv/bin/python benchmarks/transformers_vit.py                    # benchmarks/transformers_vit.json + .md
-    .venv/bin/python benchmarks/transformers_vit.py --shots 1 --epochs 2 --out -   # a quick look, printed
+    .venv/bin/python -m benchmarks.transformers_vit                    # benchmarks/transformers_vit.json + .md
+    .venv/bin/python -m benchmarks.transformers_vit --shots 1 --epochs 2 --out -   # a quick look, printed
+    .venv/bin/python -m benchmarks.transformers_vit --render           # re-renders the .md from the .json
 
 A random-weight timm ``vit_tiny_patch16_224`` (at the embedded data's 128 px) is saved as a checkpoint and
 converted exactly (:func:`pefs.backbones.convert.timm_vit_to_transformers`) into a ``transformers``
@@ -17,15 +18,20 @@ train alike); the time columns compare the two implementations under pefs.
 
 from __future__ import annotations
 
-import argparse
+if __name__ == "__main__" and not __package__:  # started as a file: rerun as `python -m benchmarks.transformers_vit`
+    import common
+
+    common.run_as_module(__file__)
+
 import json
 import os
-import platform
 import sys
 import tempfile
 import time
 from pathlib import Path
 from typing import Any
+
+from benchmarks.common import load, machine, parser, provenance, render_source
 
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -59,11 +65,11 @@ def make_models(root: Path) -> tuple[str, str]:
 
 
 def run(shots: int, epochs: int, seeds: tuple[int, ...]) -> dict[str, Any]:
+    """Every strategy on both families, one ``tune`` each: accuracy, trainable parameters, times."""
     import torch
 
-    from pefs.config import TuneConfig
+    from pefs.config import TrainConfig, TuneConfig
     from pefs.protocols.run import tune
-    from pefs.runtime.engine import TrainConfig
 
     torch.set_num_threads(int(os.environ.get("BENCH_THREADS", "2")))
     rows = []
@@ -85,9 +91,7 @@ def run(shots: int, epochs: int, seeds: tuple[int, ...]) -> dict[str, Any]:
             rows.append(row)
     return {"shots": shots, "epochs": epochs, "seeds": list(seeds), "img_size": IMG, "model": TIMM_NAME,
             "weights": "random (seeded), identical in both families via exact conversion",
-            "machine": {"platform": platform.platform(), "cpus": os.cpu_count(), "threads": torch.get_num_threads(),
-                        "torch": torch.__version__, "python": sys.version.split()[0]},
-            "rows": rows}
+            "machine": machine(), "rows": rows}
 
 
 def render(data: dict[str, Any]) -> str:
@@ -97,7 +101,7 @@ def render(data: dict[str, Any]) -> str:
         "",
         f"`{data['model']}` at {data['img_size']} px, {data['weights']}; the embedded Fashion-MNIST subset, "
         f"{data['shots']}-shot, {data['epochs']} epochs, seeds {data['seeds']}. Reproduce with "
-        "`.venv/bin/python benchmarks/transformers_vit.py` (raw numbers: `benchmarks/transformers_vit.json`).",
+        "`.venv/bin/python -m benchmarks.transformers_vit` (raw numbers: `benchmarks/transformers_vit.json`).",
         "",
         "**Accuracy is not meaningful here** (random weights, no pretraining): it is shown only to check that "
         "both families train alike on the same weights. **Time is**: seconds per task (decode + frozen prefix + "
@@ -132,24 +136,26 @@ def render(data: dict[str, Any]) -> str:
 
 
 def main() -> int:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p = parser(__doc__, "OUT.json")
     p.add_argument("--shots", type=int, default=2)
     p.add_argument("--epochs", type=int, default=10)
     p.add_argument("--seeds", default="0")
     p.add_argument("--out", default="benchmarks/transformers_vit", help="path stem for .json and .md, or - to print")
     p.add_argument("--note", default="", help="what else ran on the machine (it is shared)")
-    p.add_argument("--render-only", action="store_true", help="re-render the .md from the existing .json")
     a = p.parse_args()
-    if a.render_only:
-        print(render(json.loads(Path(a.out + ".json").read_text())), file=open(a.out + ".md", "w"))
-        return 0
-    data = run(a.shots, a.epochs, tuple(int(s) for s in a.seeds.split(",")))
-    data["note"] = a.note
+    source = render_source(a, a.out + ".json")
+    if source is not None:
+        data = json.loads(source.read_text())
+    else:
+        start = load()
+        data = run(a.shots, a.epochs, tuple(int(s) for s in a.seeds.split(",")))
+        data.update(provenance(__file__), note=a.note, load_start=start, load_end=load())
+        if a.out != "-":
+            Path(a.out + ".json").write_text(json.dumps(data, indent=2))
     if a.out == "-":
         print(render(data))
-        return 0
-    Path(a.out + ".json").write_text(json.dumps(data, indent=2))
-    Path(a.out + ".md").write_text(render(data))
+    else:  # the page a fresh run writes and the page --render writes are the same bytes
+        Path(a.out + ".md").write_text(render(data) + "\n")
     return 0
 
 

@@ -14,7 +14,7 @@ ROOT = Path(__file__).resolve().parents[1]
 def test_tiny_memory_run_reports_every_strategy(tmp_path):
     out_md, out_json = tmp_path / "memory.md", tmp_path / "memory.json"
     env = dict(os.environ, HF_HUB_OFFLINE="1", OMP_NUM_THREADS="1")
-    proc = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "memory.py"), "--tiny", "--markdown",
+    proc = subprocess.run([sys.executable, "-m", "benchmarks.memory", "--tiny", "--markdown",
                            str(out_md), "--json", str(out_json)], cwd=ROOT, env=env, capture_output=True, text=True,
                           timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:] + proc.stdout[-2000:]
@@ -40,7 +40,7 @@ def test_tiny_memory_run_reports_every_strategy(tmp_path):
     assert f"| full | {rows['full']['trainable']:,} | {peak['full']:.0f} | – | – |" in md
     # the report is a function of the data alone: --render of the written JSON writes the same page
     again = tmp_path / "again.md"
-    proc = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "memory.py"), "--render", str(out_json),
+    proc = subprocess.run([sys.executable, "-m", "benchmarks.memory", "--render", str(out_json),
                            "--markdown", str(again)], cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert again.read_text() == md

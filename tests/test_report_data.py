@@ -21,13 +21,14 @@ COPIED = {"scale_vs_shots.md"}
 #: summary pages whose table (between the script's markers) a script renders from the page's sweep store
 TABLE_REPORTS = {"strategies.md": "strategies_table.py"}
 #: script reports: the page, and the script whose ``--render DATA`` writes its generated part from ``page.json``
+#: (every script runs as ``python -m benchmarks.NAME``, as its page says: :func:`_module`)
 SCRIPT_REPORTS = {"speed.md": "speed.py", "memory.md": "memory.py", "episodic.md": "episodic.py"}
 #: reports whose numbers come from runs whose raw data was never committed (it lived in /tmp); they get their
 #: ``.json`` when rerun on the final code with ``--markdown``/``--out`` beside the page
 MISSING_DATA: set[str] = set()
 #: reports whose script re-renders the page in place from the JSON beside it: (script, its render flags)
 IN_PLACE_REPORTS = {"scale.md": ("scale.py", "--render"),
-                    "transformers_vit.md": ("transformers_vit.py", "--render-only"),
+                    "transformers_vit.md": ("transformers_vit.py", "--render"),
                     "linear_probe.md": ("linear_probe.py", "--render"),
                     "masked_views.md": ("masked_views.py", "--render"),
                     "sweep_store.md": ("sweep_store.py", "--render"),
@@ -35,6 +36,12 @@ IN_PLACE_REPORTS = {"scale.md": ("scale.py", "--render"),
                     "fingerprint.md": ("fingerprint.py", "--render")}
 #: reports with committed data whose script has no render-only mode yet (it renders as it measures)
 NO_RENDER_MODE: set[str] = set()
+
+
+def _module(script: str) -> list[str]:
+    """The command that runs benchmark ``script`` (``speed.py``) as its page documents: ``python -m
+    benchmarks.speed``, the package found from the working folder."""
+    return [sys.executable, "-m", f"benchmarks.{Path(script).stem}"]
 
 
 def _generated(text: str) -> str:
@@ -91,7 +98,7 @@ def test_script_report_rerenders_from_its_data(page, tmp_path):
         pytest.skip(f"benchmarks/{data.name} is not committed yet (MISSING_DATA): rerun the benchmark")
     out = tmp_path / "rendered.md"
     flag = "--out" if page == "episodic.md" else "--markdown"
-    r = subprocess.run([sys.executable, str(BENCH / SCRIPT_REPORTS[page]), "--render", str(data), flag, str(out)],
+    r = subprocess.run([*_module(SCRIPT_REPORTS[page]), "--render", str(data), flag, str(out)],
                        cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stderr[-2000:]
     assert out.read_text() in (BENCH / page).read_text(), f"benchmarks/{page} differs from its data"
@@ -99,15 +106,16 @@ def test_script_report_rerenders_from_its_data(page, tmp_path):
 
 @pytest.mark.parametrize("page", sorted(IN_PLACE_REPORTS))
 def test_in_place_report_rerenders_from_its_data(page, tmp_path):
-    """The script's render-only mode, run on a copy of benchmarks/, writes the committed page from the committed
-    JSON (the copy keeps the repository's files untouched)."""
+    """The script's render-only mode, run on a copy of benchmarks/ (``python -m benchmarks.NAME`` in the copy's
+    parent, so the copy's modules run), writes the committed page from the committed JSON (the copy keeps the
+    repository's files untouched)."""
     import shutil
 
     copy = tmp_path / "benchmarks"
     shutil.copytree(BENCH, copy, ignore=shutil.ignore_patterns("*.png", "__pycache__"))
     (copy / page).unlink()
     script, flag = IN_PLACE_REPORTS[page]
-    r = subprocess.run([sys.executable, str(copy / script), flag], cwd=tmp_path, capture_output=True, text=True,
+    r = subprocess.run([*_module(script), flag], cwd=tmp_path, capture_output=True, text=True,
                        timeout=300, env={**__import__("os").environ, "PYTHONPATH": str(ROOT)})
     assert r.returncode == 0, r.stderr[-2000:]
     assert _generated((copy / page).read_text()) == _generated((BENCH / page).read_text()), \
@@ -126,16 +134,17 @@ def test_summary_table_rerenders_from_its_store(page, tmp_path):
     copy = tmp_path / page
     copy.write_text(f"{pre}{begin}\n{end}{rest.split(end, 1)[1]}")
     assert "| " not in copy.read_text().split(begin, 1)[1].split(end, 1)[0]
-    r = subprocess.run([sys.executable, str(BENCH / TABLE_REPORTS[page]), "--render", "--page", str(copy),
+    r = subprocess.run([*_module(TABLE_REPORTS[page]), "--render", "--page", str(copy),
                         "--store", str(BENCH / SWEEP_REPORTS[page] / "results.jsonl")],
                        cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stderr[-2000:]
     assert copy.read_text() == text, f"benchmarks/{page}'s table differs from its store"
 
 
-def _run(args: list[str], cwd: Path = ROOT) -> None:
+def _run(script: str, args: list[str], cwd: Path = ROOT) -> None:
+    """Run benchmark ``script`` as a module with ``args``; it must succeed."""
     env = {**__import__("os").environ, "PYTHONPATH": str(ROOT), "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
-    r = subprocess.run([sys.executable, *args], cwd=cwd, capture_output=True, text=True, timeout=300, env=env)
+    r = subprocess.run([*_module(script), *args], cwd=cwd, capture_output=True, text=True, timeout=300, env=env)
     assert r.returncode == 0, r.stderr[-2000:]
 
 
@@ -145,25 +154,25 @@ def test_prefix_vs_forward_section_rerenders_from_its_data(tmp_path):
     page, data = tmp_path / "speed.md", tmp_path / "pvf.json"
     original = (BENCH / "speed.md").read_text()
     page.write_text(original)
-    _run([str(BENCH / "prefix_vs_forward.py"), "--episodes", "1", "--json", str(data), "--page", str(page)])
+    _run("prefix_vs_forward.py", ["--episodes", "1", "--json", str(data), "--page", str(page)])
     written = page.read_text()
     begin, end = "<!-- prefix_vs_forward.py: begin (generated) -->", "<!-- prefix_vs_forward.py: end -->"
     assert written.split(begin)[0] == original.split(begin)[0] and written.split(end)[1] == original.split(end)[1]
     assert "| median |" in written and "at commit `" in written and data.exists()
     page.write_text(original)
-    _run([str(BENCH / "prefix_vs_forward.py"), "--render", "--json", str(data), "--page", str(page)])
+    _run("prefix_vs_forward.py", ["--render", "--json", str(data), "--page", str(page)])
     assert page.read_text() == written
 
 
 def test_episodic_short_run_rerenders_from_its_data(tmp_path):
     """A 2-episode episodic.py run writes its page and JSON; --render of the JSON writes the same page."""
     out = tmp_path / "episodic.md"
-    _run([str(BENCH / "episodic.py"), "--episodes", "2", "--shots", "1", "--only", "prototype", "--records",
-          str(tmp_path / "records"), "--out", str(out)])
+    _run("episodic.py", ["--episodes", "2", "--shots", "1", "--only", "prototype", "--records",
+                         str(tmp_path / "records"), "--out", str(out)])
     md = out.read_text()
     assert "| 5-way 1-shot | prototype (ProtoNet) |" in md and "at commit `" in md
     again = tmp_path / "again.md"
-    _run([str(BENCH / "episodic.py"), "--render", str(tmp_path / "episodic.json"), "--out", str(again)])
+    _run("episodic.py", ["--render", str(tmp_path / "episodic.json"), "--out", str(again)])
     assert again.read_text() == md
 
 
@@ -173,6 +182,6 @@ def test_summary_table_refuses_a_store_with_a_cell_twice(tmp_path):
     lines = store.read_text().splitlines()
     dup = tmp_path / "results.jsonl"
     dup.write_text("\n".join([*lines, lines[0]]) + "\n")
-    r = subprocess.run([sys.executable, str(BENCH / "strategies_table.py"), "--store", str(dup)], cwd=ROOT,
+    r = subprocess.run([*_module("strategies_table.py"), "--store", str(dup)], cwd=ROOT,
                        capture_output=True, text=True, timeout=120)
     assert r.returncode != 0 and "twice" in r.stderr and "| linear |" not in r.stdout

@@ -3,7 +3,7 @@ query by query, and every timed cold task is cold on both sides (no timing asser
 
 from __future__ import annotations
 
-import importlib.util
+import importlib
 import json
 import os
 import subprocess
@@ -11,14 +11,13 @@ import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-SCRIPT = ROOT / "benchmarks" / "speed.py"
+#: how speed.md says to run it, from the repository root
+SCRIPT = [sys.executable, "-m", "benchmarks.speed"]
 
 
 def _speed_module():
-    spec = importlib.util.spec_from_file_location("pefs_speed_benchmark", SCRIPT)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)  # top level is standard library only: cheap
-    return mod
+    """benchmarks.speed, imported (its top level is standard library and benchmarks.common only: cheap)."""
+    return importlib.import_module("benchmarks.speed")
 
 
 def _table(md: str) -> tuple[list[str], list[list[str]]]:
@@ -36,25 +35,27 @@ def _table(md: str) -> tuple[list[str], list[list[str]]]:
 
 def test_tiny_run_reports_every_column(tmp_path):
     mod = _speed_module()
+    from benchmarks.speed_report import COLUMNS
+
     out_md, out_json = tmp_path / "speed.md", tmp_path / "speed.json"
     env = dict(os.environ, HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1")
-    proc = subprocess.run([sys.executable, str(SCRIPT), "--tiny", "--markdown", str(out_md), "--json", str(out_json)],
+    proc = subprocess.run([*SCRIPT, "--tiny", "--markdown", str(out_md), "--json", str(out_json)],
                           cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:] + proc.stdout[-2000:]
     md = out_md.read_text()
     assert md in proc.stdout  # the report is printed too
 
     header, rows = _table(md)
-    assert header == mod.COLUMNS
+    assert header == COLUMNS
     result = json.loads(out_json.read_text())
     names = [r["name"] for r in result["rows"]]
     expected = [n for n in mod.TINY if n in names or not any(n in s for s in result["skipped"])]
     assert names == expected and {"linear", "lora", "full"} <= set(names)
     assert [r[0].split(" (pefs: ")[0] for r in rows] == names
-    bf16_limit = mod.COLUMNS.index("pefs ÷ bf16 fwd limit")
+    bf16_limit = COLUMNS.index("pefs ÷ bf16 fwd limit")
     native = bool(result["rows"][0].get("limit_bf16_episode_s"))  # measured only where bf16 is native
     for row in rows:
-        assert len(row) == len(mod.COLUMNS)
+        assert len(row) == len(COLUMNS)
         filled = [c for i, c in enumerate(row) if i >= 3 and (native or i != bf16_limit)]
         assert all(cell and cell != "–" for cell in filled), row  # every measurement is filled in
         assert "NO" not in row[-1], f"reference and pefs disagree: {row}"
@@ -88,7 +89,7 @@ def test_tiny_run_reports_every_column(tmp_path):
         assert "Skipped: torch.cuda.is_available() is False" in md and "ran on the GPU" not in md
     # the report is a function of the data alone: --render of the written JSON writes the same page
     again = tmp_path / "again.md"
-    proc = subprocess.run([sys.executable, str(SCRIPT), "--render", str(out_json), "--markdown", str(again)],
+    proc = subprocess.run([*SCRIPT, "--render", str(out_json), "--markdown", str(again)],
                           cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert again.read_text() == md
