@@ -89,10 +89,10 @@ def test_disk_full_leaves_no_partial_record(tmp_path, monkeypatch):
         raise OSError(errno.ENOSPC, "No space left on device")
 
     out = tmp_path / "out"
-    monkeypatch.setattr(tune_mod.os, "fsync", full)
+    monkeypatch.setattr(os, "fsync", full)  # the one atomic writer (pefs.config.files) fsyncs before renaming
     with pytest.raises(PefsError, match="cannot write the result record.*No space left on device"):
         tune_mod.write_record({"model": "m", "strategy": "s", "shots": 1, "config_hash": "0" * 16}, out)
-    monkeypatch.setattr(tune_mod.os, "fsync", real_fsync)
+    monkeypatch.setattr(os, "fsync", real_fsync)
     assert list(out.iterdir()) == []  # neither a record nor a temp file
 
 

@@ -13,7 +13,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from pefs.backbones.layout import BlockRoles, TokenLayout
+from pefs.backbones.layout import TIMM_LAYER_NAMES, BlockRoles, LayerNames, TokenLayout
 from pefs.errors import PefsError
 
 IMAGENET_DATA_CONFIG: dict[str, Any] = {
@@ -69,6 +69,11 @@ class Backbone:
     def lora_targets(self) -> tuple[str, ...]:
         """Default LoRA targets relative to each block (empty: no convention for this backbone)."""
         return self.roles.lora_default() if self.roles else ()
+
+    @property
+    def layer_names(self) -> LayerNames | None:
+        """Layer names by convention for a transformer without :attr:`roles` (strategies' fallback), else None."""
+        return TIMM_LAYER_NAMES if self.kind == "transformer" else None
 
     @property
     def token_width(self) -> int:

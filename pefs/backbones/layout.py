@@ -16,6 +16,28 @@ from torch import nn
 
 
 @dataclass(frozen=True)
+class LayerNames:
+    """Layer names by convention, relative to each block, for a transformer whose blocks pefs cannot describe role
+    by role (timm's Swin, EVA, ...): what strategies fall back to when a Backbone has no :class:`BlockRoles`."""
+
+    qkv: str
+    out: str
+    fc1: str
+    fc2: str
+    norm1: str
+    norm2: str
+    #: outside the blocks: the patch embedding and the final norms
+    outer: tuple[str, ...]
+
+    def ssf_default(self) -> tuple[str, ...]:
+        return (self.qkv, self.out, self.fc1, self.fc2, self.norm1, self.norm2)
+
+
+#: timm's naming inside transformer blocks (the convention most timm transformers share)
+TIMM_LAYER_NAMES = LayerNames("qkv", "proj", "fc1", "fc2", "norm1", "norm2", ("patch_embed.proj", "norm", "fc_norm"))
+
+
+@dataclass(frozen=True)
 class BlockRoles:
     """Names, relative to each transformer block, of the layers strategies reach into (None: absent)."""
 

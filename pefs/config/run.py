@@ -114,7 +114,7 @@ class TuneConfig:
     img_size: int | None = setting(None, "input resolution (default: the data's suggestion, else the model's "
                                    "own data config)")
     options: dict[str, Any] = setting(
-        help="strategy option, repeatable: -o r=8 -o targets=qkv,proj (lora.r=8 for one of several)",
+        help="strategy option, repeatable: -o r=8 -o alpha=16 (lora.r=8 for one of several)",
         flags=("--opt", "-o"), metavar="KEY=VALUE", default_factory=dict)
     head: str = setting(DEFAULT_HEAD, "classifier head",
                         choices_from="pefs.heads.registry:HEADS")

@@ -82,8 +82,8 @@ def default_targets(bb: Backbone, suffixes: tuple[str, ...] = (), what: str = "L
         chosen = [n for n in adaptable if n.replace(".base_layer", "") in wanted]
         if chosen:
             return chosen
-    if bb.kind == "transformer":
-        chosen = [n for n in adaptable if n.endswith(".qkv")]
+    if bb.layer_names is not None:
+        chosen = [n for n in adaptable if n.endswith("." + bb.layer_names.qkv)]
         if chosen:
             return chosen
     if not adaptable:

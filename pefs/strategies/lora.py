@@ -39,7 +39,8 @@ class LoraConfig(StrategyConfig):
 @register
 class Lora(PeftTuner):
     name = "lora"
-    summary = "low-rank updates (peft) on qkv (timm ViT), query+value (transformers) or pointwise convs (CNN)"
+    summary = ("low-rank updates (peft) on attention q/k/v (fused in timm, query+value in transformers) or pointwise "
+               "convs (CNN)")
     config_class = LoraConfig
     peft_type = "LORA"
 

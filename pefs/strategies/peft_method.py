@@ -149,8 +149,8 @@ class PeftMethodStrategy(PeftTuner):
             # IA3 rescales keys, values and the feed-forward input: fused qkv (or k and v), and the MLP's fc2
             suffixes = (roles.qkv,) if roles.qkv else (roles.k, roles.v)  # type: ignore[assignment]
             suffixes += (roles.fc2,)
-        elif not suffixes and ia3 and bb.kind == "transformer":
-            suffixes = ("qkv", "fc2")
+        elif not suffixes and ia3 and bb.layer_names is not None:
+            suffixes = (bb.layer_names.qkv, bb.layer_names.fc2)
         names = default_targets(bb, suffixes, what=self.name)
         modules = dict(bb.model.named_modules())
         fit = [n for n in names if _fits(modules[n], self.spec.convs)]
@@ -161,8 +161,8 @@ class PeftMethodStrategy(PeftTuner):
             raise PefsError(f"{self.name} adapts {kinds} through peft, not {bad} ({modules[bad]}) of {bb.name}; "
                             f"choose other targets=, or a method that adapts any Conv2d: {conv}")
         names = fit
-        fc2 = roles.fc2 if roles is not None and roles.fc2 else "fc2"
-        ff = [n for n in names if n.endswith("." + fc2)] if ia3 and bb.kind == "transformer" else []
+        fc2 = roles.fc2 if roles is not None and roles.fc2 else bb.layer_names.fc2 if bb.layer_names else None
+        ff = [n for n in names if n.endswith("." + fc2)] if ia3 and fc2 else []
         if ia3 and "feedforward_modules" in self.fields:  # suffixes -> the full names peft checks against targets
             given = self.fields["feedforward_modules"]
             given = [given] if isinstance(given, str) else list(given)

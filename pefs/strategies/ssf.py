@@ -22,11 +22,6 @@ from pefs.strategies.base import Strategy, StrategyConfig, set_trainable
 from pefs.strategies.common import match_targets, norm_types
 from pefs.strategies.registry import register
 
-#: default targets on transformer blocks (module-name suffixes), as in the paper
-VIT_TARGETS = ("qkv", "proj", "fc1", "fc2", "norm1", "norm2")
-#: and outside the blocks: patch embedding, final norm (timm ViTs use ``norm`` or ``fc_norm``)
-VIT_OUTER = ("patch_embed.proj", "norm", "fc_norm")
-
 
 class SSF(nn.Module):
     """Per-channel ``x * scale + shift`` along dimension ``dim`` (1 for NCHW maps, -1 for channels-last)."""
@@ -120,11 +115,12 @@ def ssf_targets(bb: Backbone, suffixes: tuple[str, ...] = ()) -> dict[str, nn.Mo
         if chosen:
             outer = {n: cands[n] for n in bb.outer_layers if n in cands and not isinstance(target_info(cands[n]), str)}
             return {**outer, **chosen}
-    if bb.kind == "transformer":
-        chosen = {n: m for n, m in in_blocks.items() if n.rsplit(".", 1)[-1] in VIT_TARGETS
+    if bb.layer_names is not None:  # the paper's targets, by the family's naming convention
+        names = bb.layer_names
+        chosen = {n: m for n, m in in_blocks.items() if n.rsplit(".", 1)[-1] in names.ssf_default()
                   and not isinstance(target_info(m), str)}
         if chosen:
-            outer = {n: cands[n] for n in VIT_OUTER if n in cands and not isinstance(target_info(cands[n]), str)}
+            outer = {n: cands[n] for n in names.outer if n in cands and not isinstance(target_info(cands[n]), str)}
             return {**outer, **chosen}
     chosen = {n: m for n, m in in_blocks.items() if isinstance(m, (nn.Linear, nn.modules.conv._ConvNd))
               and not isinstance(target_info(m), str)}
@@ -143,7 +139,7 @@ class SSFConfig(StrategyConfig):
 @register
 class Ssf(Strategy):
     name = "ssf"
-    summary = "per-channel scale and shift after qkv/proj/MLP/norms (ViT) or convs (CNN); merges"
+    summary = "per-channel scale and shift after attention, MLP and norm layers (transformers) or convs (CNN); merges"
     config_class = SSFConfig
     mergeable = True
     #: folds into the layer it follows, so it merges before strategies that rewrite that layer's weights
