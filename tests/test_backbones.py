@@ -27,7 +27,7 @@ def test_offline_model_is_really_pretrained():
     from skimage import data
 
     bb = load("efficientnet_lite0.offline")
-    assert bb.pretrained == "offline"
+    assert bb.source == "offline"
     cats = {281, 282, 283, 284, 285}  # tabby, tiger cat, Persian, Siamese, Egyptian cat
     assert _classify(bb, data.chelsea())[0] in cats
     assert _classify(bb, data.coffee())[0] == 967  # espresso
@@ -125,7 +125,7 @@ def test_checkpoint_round_trip(tmp_path):
     ref = src.model.eval()(x)
     for p in (path, tmp_path / "w.pth"):
         bb = load("resnet18", checkpoint=p)
-        assert bb.pretrained.startswith("checkpoint:")
+        assert bb.source.startswith("checkpoint:")
         assert torch.allclose(bb.model.eval()(x), ref)
 
 

@@ -91,7 +91,7 @@ def test_lite1_and_lite2_load_offline_and_classify_real_photos(name):
     from pefs.data import eval_transform
 
     bb = load(name)
-    assert bb.pretrained == "offline"
+    assert bb.source == "offline"
     side = {"efficientnet_lite1.offline": 240, "efficientnet_lite2.offline": 260}[name]
     assert bb.data_config["input_size"] == (3, side, side)
     top = []

@@ -66,7 +66,7 @@ def test_hf_local_directory_loads_offline_with_its_processor_config(tmp_path):
         {"image_mean": [0.1, 0.2, 0.3], "image_std": [0.9, 0.8, 0.7], "size": {"height": IMG, "width": IMG},
          "resample": 3, "image_processor_type": "ViTImageProcessor"}))
     bb = load(f"hf:{tmp_path / 'tiny-vit'}")
-    assert bb.family == "hf-vit" and bb.pretrained == "local"
+    assert bb.family == "hf-vit" and bb.source == "local"
     assert bb.data_config["mean"] == (0.1, 0.2, 0.3) and bb.data_config["interpolation"] == "bicubic"
     with torch.no_grad():
         torch.testing.assert_close(bb.model(images()), vit(images()).logits)

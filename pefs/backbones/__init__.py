@@ -113,7 +113,7 @@ def load(model: str | nn.Module, pretrained: bool = True, checkpoint: str | Path
             inner = bb.model.hf if isinstance(bb.model, HFVisionModel) else bb.model
             prefix = "hf." if inner is not bb.model else ""
             load_checkpoint(inner, checkpoint, bb.head_name.removeprefix(prefix))
-            bb.pretrained = f"checkpoint:{checkpoint}"
+            bb.source = f"checkpoint:{checkpoint}"
         return bb
     if not isinstance(model, str):
         raise PefsError(f"model must be a model name or an nn.Module, got {type(model).__name__}")

@@ -58,7 +58,8 @@ class Backbone:
     width: int
     head_name: str
     data_config: dict[str, Any]
-    pretrained: str = "random"  # "hub", "offline", "checkpoint:<path>" or "random"
+    #: where the weights came from: "hub", "offline", "local", "checkpoint:<path>" or "random"
+    source: str = "random"
     block_names: list[str] = field(default_factory=list)
     revision: str | None = None  #: the hub revision (commit) of ``hf:`` models, when known
     roles: BlockRoles | None = None
@@ -141,7 +142,7 @@ class Backbone:
             "name": self.name, "family": self.family, "kind": self.kind, "width": self.width,
             "num_blocks": len(self.block_names), "blocks": self.block_names[:3] + (
                 ["..."] if len(self.block_names) > 4 else []) + self.block_names[-1:] * (len(self.block_names) > 3),
-            "head": self.head_name, "params": self.num_params(), "pretrained": self.pretrained,
+            "head": self.head_name, "params": self.num_params(), "pretrained": self.source,
             "input_size": list(self.input_size),
             "lora_targets": list(self.lora_targets),
             "prefix_tokens": self.tokens.num_prefix if self.tokens else None,
@@ -204,7 +205,7 @@ def describe_timm(model: nn.Module, name: str, pretrained: str) -> Backbone:
         data_config["input_size"] = (3, *img_size)
     return Backbone(
         model=model, name=name, family=family, kind=_kind(model, family), width=int(model.num_features),
-        head_name=head_name, data_config=data_config, pretrained=pretrained,
+        head_name=head_name, data_config=data_config, source=pretrained,
         block_names=blocks, **(_timm_vit_layout(model, blocks) if family == "vit" else {}),
     )
 
@@ -279,7 +280,7 @@ def describe_module(module: nn.Module, name: str = "custom", head_name: str | No
         family, blocks = _find_blocks(module)
         blocks = [b for b in blocks if b != head_name]
     return Backbone(model=model, name=name, family=family, kind=_kind(model, family), width=int(width),
-                    head_name=head_name, data_config=config, pretrained="user", block_names=blocks)
+                    head_name=head_name, data_config=config, source="user", block_names=blocks)
 
 
 def _get(module: nn.Module, dotted: str) -> nn.Module | None:

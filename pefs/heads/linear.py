@@ -21,8 +21,8 @@ class LinearProtoHead(Head):
     uses_prototypes = True
     #: a prototype-initialised head is already a good classifier, and its weights are small (about
     #: PROTO_SCALE / (|f| sqrt(D)), ~0.01 for EfficientNet's 1280-d features); Adam's first steps move each
-    #: weight by about the learning rate, so at head_lr=1e-2 they erase the init. Measured on 60 5-way 5-shot
-    #: episodes (frozen EfficientNet-Lite0 features, 6 steps): 74.7% at 1e-2, 83.2% at 1e-3 (prototype 82.8%).
+    #: weight by about the learning rate, so at head_lr=1e-2 they erase the init; a tenth of it keeps the
+    #: prototype classifier's accuracy and refines it (benchmarks/episodic.md compares the heads).
     head_lr_factor = 0.1
 
     def init_linear(self, head: nn.Module, support: torch.Tensor | None, labels: torch.Tensor,

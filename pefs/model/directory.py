@@ -78,7 +78,7 @@ def save_model(model: PefsModel, directory: str | Path) -> Path:
         "options": {f"{s.name}.{k}" if len(model.strategies) > 1 else k: v
                     for s in model.strategies for k, v in strategy_options(s).items()},
         "backbone": {"name": bb.name, "params": model.backbone_params, "fingerprint": model.base_fingerprint,
-                     "source": bb.pretrained, "family": bb.family, "rebuildable": rebuildable(bb.name),
+                     "source": bb.source, "family": bb.family, "rebuildable": rebuildable(bb.name),
                      "revision": bb.revision},
         "load": model.load_info, "class_names": model.class_names,
         "preprocessing": model.preprocessing, "tune_config": model.tune_config,

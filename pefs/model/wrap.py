@@ -120,7 +120,7 @@ class PefsModel(nn.Module):
     @contextlib.contextmanager
     def merged_view(self) -> typing.Iterator[None]:
         """Inside the block, strategies that fold into weights (LoRA, peft tuners) are merged, so inference
-        runs at the backbone's own cost (a LoRA-wrapped EfficientNet-Lite0 evaluates 2.2x faster merged);
+        runs at the backbone's own cost (benchmarks/speed.md measures what merging saves);
         on exit they are unmerged and the base weights restored exactly. Others keep running as they are."""
         with contextlib.ExitStack() as stack:
             if not self.merged:

@@ -53,7 +53,7 @@ def accelerator():
 
     Models and batches are moved with ``.to(acc.device)`` rather than ``acc.prepare``: a few-shot task is a
     handful of batches, data-parallel wrapping only adds cost, and ``prepare``/``free_memory`` keep references
-    and run ``gc.collect()`` (a third of a cached episode's time on a CPU)."""
+    and run ``gc.collect()`` (benchmarks/speed.md times it)."""
     from accelerate import Accelerator
 
     if "acc" not in _ACCELERATORS:
@@ -136,7 +136,7 @@ def seed_everything(seed: int) -> None:
 
 
 def _channels_last(model: nn.Module) -> bool:
-    """CNNs run markedly faster on CPU in channels-last layout (measured 1.5-2.4x on EfficientNet-Lite0)."""
+    """CNNs run faster in channels-last layout (benchmarks/speed.md, its "layout" probe, measures by how much)."""
     bb = getattr(model, "backbone", None)
     return bb is not None and bb.kind == "cnn"
 

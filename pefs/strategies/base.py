@@ -5,8 +5,8 @@ A strategy mutates a freshly loaded :class:`~pefs.backbones.Backbone` in place: 
 (adapters, prompts, LoRA layers) and it marks *its own* parameters ``requires_grad``, never anyone else's
 (``pefs.model.wrap.wrap`` checks that and trains the head). It declares which leading blocks it leaves untouched
 (``frozen_blocks``: the engine caches their output), whether it reruns the blocks itself
-(``checkpointing_target``: where gradient checkpointing is switched on), whether it trains the backbone's own
-weights (``trains_backbone_weights``: then merging is trivially nothing), how it merges, and which base
+(``checkpointing_target``: where gradient checkpointing is switched on), whether it keeps the backbone's own
+architecture (``keeps_architecture``: then merging is trivially nothing), how it merges, and which base
 weights it relies on staying frozen (``frozen_base``). What strategies share lives in
 :mod:`pefs.strategies.common`.
 """
@@ -100,9 +100,9 @@ class Strategy:
     #: merge order, lowest first: a strategy that folds into the layer it follows (ssf) merges before one
     #: that rewrites that layer's weights (peft merges W + dW in place)
     merge_order: ClassVar[int] = 0
-    #: True when what trains is weights the backbone already has (biases, norms, blocks; the head): the tuned
-    #: model keeps the backbone's own architecture, so there is nothing to merge
-    trains_backbone_weights: ClassVar[bool] = False
+    #: True when the strategy adds no module: what trains is weights the backbone already has (biases, norms,
+    #: blocks, or only the head), so the tuned model keeps the backbone's own architecture and merging is nothing
+    keeps_architecture: ClassVar[bool] = False
     #: learning rate of this strategy's parameters when ``--lr`` is not given; a strategy moves off 1e-3 only when
     #: validation data says so (benchmarks/selection.md, "Default learning rates")
     default_lr: ClassVar[float] = 1e-3
@@ -139,7 +139,7 @@ class Strategy:
         """Fold the strategy's weights into the backbone so inference costs nothing extra (nothing to do when
         it trains the backbone's own weights); refuses a strategy that adds computation with no weight
         equivalent."""
-        if not self.trains_backbone_weights:
+        if not self.keeps_architecture:
             raise PefsError(f"strategy {self.name!r} cannot be merged into the backbone weights")
 
     def merged_view(self, bb: Backbone) -> contextlib.AbstractContextManager[None]:

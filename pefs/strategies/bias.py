@@ -32,7 +32,7 @@ class Bias(Strategy):
     summary = "BitFit: every bias term (Linear, Conv, norm) trains"
     config_class = BiasConfig
     mergeable = True
-    trains_backbone_weights = True
+    keeps_architecture = True
 
     def apply(self, bb: Backbone) -> None:
         found = bias_parameters(bb)

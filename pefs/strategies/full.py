@@ -20,9 +20,9 @@ class Full(Strategy):
     summary = "every parameter trains (baseline)"
     config_class = FullConfig
     mergeable = True
-    trains_backbone_weights = True
-    #: on validation images (10 seeds, EfficientNet-Lite0): +10.0 ± 9.5 points over 1e-3 at 5 shots, +0.6 ± 4.1
-    #: at 1 shot; 1e-3 diverged or collapsed in several seeds (benchmarks/selection.md, "Default learning rates")
+    keeps_architecture = True
+    #: chosen on validation images over 1e-3, at which full fine-tuning diverged or collapsed in several seeds
+    #: (benchmarks/selection.md, "Default learning rates", has the figures)
     default_lr = 1e-4
 
     def apply(self, bb: Backbone) -> None:

@@ -43,7 +43,7 @@ class LastK(Strategy):
     summary = "the last k blocks + final norm train (partial fine-tuning); the frozen prefix is cached"
     config_class = LastKConfig
     mergeable = True
-    trains_backbone_weights = True
+    keeps_architecture = True
 
     def check(self, bb: Backbone) -> None:
         super().check(bb)

@@ -21,7 +21,7 @@ class Linear(Strategy):
     config_class = LinearConfig
     frozen_prefix = True
     mergeable = True
-    trains_backbone_weights = True
+    keeps_architecture = True
 
     def apply(self, bb: Backbone) -> None:
         """Nothing beyond the head trains, and ``wrap`` always trains the head."""

@@ -22,7 +22,7 @@ from pefs.strategies.registry import register
 
 
 @dataclass
-class LoraConfig(StrategyConfig):
+class LoraStrategyConfig(StrategyConfig):
     r: int = 8
     alpha: int = 16
     dropout: float = 0.0
@@ -41,12 +41,12 @@ class Lora(PeftTuner):
     name = "lora"
     summary = ("low-rank updates (peft) on attention q/k/v (fused in timm, query+value in transformers) or pointwise "
                "convs (CNN)")
-    config_class = LoraConfig
+    config_class = LoraStrategyConfig
     peft_type = "LORA"
 
     def peft_config_for(self, bb: Backbone) -> tuple[Any, list[str]]:
         import peft
 
-        c: LoraConfig = self.config  # type: ignore[assignment]
+        c: LoraStrategyConfig = self.config  # type: ignore[assignment]
         names = default_targets(bb, c.targets)
         return peft.LoraConfig(r=c.r, lora_alpha=c.alpha, lora_dropout=c.dropout, target_modules=names), names

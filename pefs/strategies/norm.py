@@ -51,7 +51,7 @@ class Norm(Strategy):
     summary = "affine scale/shift of LayerNorm / BatchNorm / GroupNorm layers train"
     config_class = NormConfig
     mergeable = True
-    trains_backbone_weights = True
+    keeps_architecture = True
 
     def apply(self, bb: Backbone) -> None:
         c: NormConfig = self.config  # type: ignore[assignment]

@@ -23,7 +23,7 @@ from pefs.strategies.common import match_targets, norm_types
 from pefs.strategies.registry import register
 
 
-class SSF(nn.Module):
+class ScaleShift(nn.Module):
     """Per-channel ``x * scale + shift`` along dimension ``dim`` (1 for NCHW maps, -1 for channels-last)."""
 
     def __init__(self, channels: int, dim: int, device: torch.device | None = None,
@@ -75,7 +75,7 @@ def _candidates(bb: Backbone) -> dict[str, nn.Module]:
     wrappers: dict[str, str] = {}  # wrapper name -> its innermost base layer's name
     out: dict[str, nn.Module] = {}
     for name, m in bb.model.named_modules():
-        if not name or isinstance(m, SSF) or any(name == s or name.startswith(s + ".") for s in skip):
+        if not name or isinstance(m, ScaleShift) or any(name == s or name.startswith(s + ".") for s in skip):
             continue
         if any(name.startswith(w + ".") and not name.startswith(b + ".") for w, b in wrappers.items()):
             continue  # the wrapper's own modules (adapter, LoRA factors) or its base layer itself
@@ -149,11 +149,11 @@ class Ssf(Strategy):
         c: SSFConfig = self.config  # type: ignore[assignment]
         targets = ssf_targets(bb, c.targets)
         for m in targets.values():
-            if isinstance(getattr(m, "ssf", None), SSF):
+            if isinstance(getattr(m, "ssf", None), ScaleShift):
                 continue
             channels, dim = target_info(m)  # type: ignore[misc]
             w = m.weight
-            m.ssf = SSF(channels, dim, device=w.device, dtype=w.dtype)
+            m.ssf = ScaleShift(channels, dim, device=w.device, dtype=w.dtype)
             m.register_forward_hook(_ssf_hook)
             set_trainable(m.ssf.parameters())
         self.target_names = list(targets)
@@ -162,7 +162,7 @@ class Ssf(Strategy):
         """Fold each scale/shift into the preceding layer: W <- s*W, b <- s*b + t; then drop the SSF modules."""
         for m in list(bb.model.modules()):
             ssf = getattr(m, "ssf", None)
-            if not isinstance(ssf, SSF):
+            if not isinstance(ssf, ScaleShift):
                 continue
             with torch.no_grad():
                 s, t = ssf.scale.detach(), ssf.shift.detach()

@@ -326,5 +326,5 @@ def describe_hf(model: nn.Module, name: str | None = None, pretrained: str = "us
         data_config["input_size"] = (3, int(img_size), int(img_size))
     return Backbone(model=net, name=name or cls, family=family, kind="cnn" if spec.cnn else "transformer",
                     width=spec.width, head_name=net.head_name, data_config=data_config,
-                    pretrained=pretrained, block_names=blocks, **extra)
+                    source=pretrained, block_names=blocks, **extra)
 
