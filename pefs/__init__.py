@@ -15,7 +15,7 @@ from typing import Any
 
 from pefs.errors import PefsError
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"
 #: public name -> the module that defines it
 _LAZY = {"Backbone": "pefs.backbones", "list_models": "pefs.backbones", "load": "pefs.backbones",
          "PefsModel": "pefs.model", "wrap": "pefs.model", "list_strategies": "pefs.strategies",
