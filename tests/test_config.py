@@ -1,12 +1,9 @@
-"""Configs as data: one definition, stable hashes, no torch for reading results, imports that point down."""
+"""Configs as data: one definition, stable hashes (the architecture rules: tests/test_architecture.py)."""
 
 from __future__ import annotations
 
-import ast
 import copy
 import dataclasses
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -21,63 +18,6 @@ from pefs.config import (
 from pefs.errors import PefsError
 
 PACKAGE = Path(__file__).resolve().parents[1] / "pefs"
-
-
-def test_reading_results_imports_no_torch():
-    code = ("import sys, pefs.results.report.markdown, pefs.results.store, pefs.sweep.recipe, pefs.config.run, "
-            "pefs.results.aggregate, pefs.results.report.plots; "
-            "print(sorted(m for m in ('torch', 'timm', 'transformers', 'accelerate') if m in sys.modules))")
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
-    assert out.strip() == "[]"
-
-
-def _type_checking_blocks(tree: ast.AST) -> set[int]:
-    """ids of the import nodes under ``if TYPE_CHECKING:`` (annotations only, never run)."""
-    return {id(n) for node in ast.walk(tree) if isinstance(node, ast.If) and "TYPE_CHECKING" in ast.unparse(node.test)
-            for stmt in node.body for n in ast.walk(stmt)}
-
-
-def _imports() -> dict[str, list[tuple[str, str]]]:
-    """Module -> [(imported pefs module, imported name)] for every import in pefs/ that runs, at any depth."""
-    mods = {".".join(p.relative_to(PACKAGE.parent).with_suffix("").parts).removesuffix(".__init__"): p
-            for p in PACKAGE.rglob("*.py")}
-    out: dict[str, list[tuple[str, str]]] = {m: [] for m in mods}
-    for m, p in mods.items():
-        tree = ast.parse(p.read_text())
-        typing_only = _type_checking_blocks(tree)
-        for node in ast.walk(tree):
-            if id(node) in typing_only:
-                continue
-            if isinstance(node, ast.ImportFrom) and (node.module or "").startswith("pefs"):
-                for a in node.names:
-                    full = f"{node.module}.{a.name}"
-                    out[m].append((full, "") if full in mods else (node.module, a.name))
-            elif isinstance(node, ast.Import):
-                out[m] += [(a.name, "") for a in node.names if a.name.startswith("pefs")]
-    return out
-
-
-def test_no_module_imports_another_modules_private_names():
-    bad = [(m, f"{target}.{name}") for m, imports in _imports().items() for target, name in imports
-           if name.startswith("_")]
-    assert bad == []
-
-
-def test_no_import_cycles():
-    graph = {m: {t for t, _ in imports if t != m and not t.startswith(m + ".")} for m, imports in _imports().items()}
-    state: dict[str, int] = {}
-
-    def visit(m: str, path: list[str]) -> None:
-        state[m] = 1
-        for t in graph.get(m, ()):
-            assert state.get(t) != 1, "import cycle: " + " -> ".join([*path[path.index(t):], t])
-            if t in graph and not state.get(t):
-                visit(t, [*path, t])
-        state[m] = 2
-
-    for m in graph:
-        if not state.get(m):
-            visit(m, [m])
 
 
 def test_head_names_are_the_registry_and_each_names_its_class():
@@ -135,9 +75,15 @@ def test_tune_records_the_callers_config_and_the_resolved_one(tmp_path):
     # the strategy's default learning rate is resolved too: linear's 1e-3, the value lr held before defaults
     # became per strategy, so results stored before still resume
     assert cfg.train.lr is None and rec["resolved"]["train"]["lr"] == 1e-3
-    assert rec["config_hash"] == resolved(cfg, img_size=128, train={"lr": 1e-3}).hash() == TuneConfig(
-        **{**before.__dict__, "img_size": 128, "train": TrainConfig(progress=False, inference_precision="no",
-                                                                    lr=1e-3)}).hash()
+    # and so is mixed_precision "auto": fp32 ("no") on a CPU, the value it held before "auto" existed; bf16 on a
+    # CUDA GPU that computes it natively
+    from pefs.runtime import engine
+
+    mp = "bf16" if engine.native_bf16("cuda") else "no"
+    assert rec["resolved"]["train"]["mixed_precision"] == mp
+    assert rec["config_hash"] == resolved(cfg, img_size=128, train={"lr": 1e-3, "mixed_precision": mp}).hash() \
+        == TuneConfig(**{**before.__dict__, "img_size": 128, "train": TrainConfig(
+            progress=False, inference_precision="no", mixed_precision=mp, lr=1e-3)}).hash()
 
 
 @pytest.mark.parametrize("kw, message", [({"seeds": (0, 0)}, "repeat 0"),

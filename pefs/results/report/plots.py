@@ -8,6 +8,7 @@ import re
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from pefs.config.files import atomic_path
 from pefs.results.aggregate import fmt_count
 
 if TYPE_CHECKING:
@@ -16,6 +17,18 @@ if TYPE_CHECKING:
     from pefs.results.aggregate import Group
 
 MARKERS = "osD^vP*Xh<>"
+
+
+def _save(fig: Figure, path: Path) -> Path:
+    """Lay out ``fig``, write it to ``path`` as a PNG whole or not at all, and free it."""
+    plt = _pyplot()
+    fig.tight_layout()
+    try:
+        with atomic_path(path, "plot") as tmp:
+            fig.savefig(tmp, dpi=120, format="png")
+    finally:
+        plt.close(fig)
+    return path
 
 
 def _pyplot():
@@ -74,10 +87,7 @@ def accuracy_vs_shots(groups: list[Group], path: Path, title: str) -> Path:
     for ax in list(axes.flat)[len(strategies):]:
         ax.set_visible(False)
     fig.suptitle(f"Accuracy vs shots{_random_note(gs)}\n{title}")
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
+    return _save(fig, path)
 
 
 def accuracy_vs_params(groups: list[Group], path: Path, title: str) -> Path:
@@ -122,10 +132,7 @@ def accuracy_vs_params(groups: list[Group], path: Path, title: str) -> Path:
     for ax in list(axes.flat)[len(shots) + 1:]:
         ax.set_visible(False)
     fig.suptitle(f"Accuracy vs trainable parameters{_random_note(gs)}\n{title}")
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
+    return _save(fig, path)
 
 
 def shots_params_heatmap(groups: list[Group], path: Path, title: str) -> Path:
@@ -160,10 +167,7 @@ def shots_params_heatmap(groups: list[Group], path: Path, title: str) -> Path:
     ax.set_ylabel("strategy · model (trainable params), fewest first")
     fig.colorbar(im, ax=ax, label="accuracy (%), mean")
     ax.set_title(f"Accuracy by shots and trainable parameters{_random_note(gs)}\n{title}", fontsize=10)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
+    return _save(fig, path)
 
 
 def plot_names(groups: list[Group]) -> dict[str, list[str]]:
@@ -207,11 +211,7 @@ def bars_3d_data(groups: list[Group]) -> tuple[list[int], list[str], list[tuple[
 
 def shots_params_accuracy_3d(groups: list[Group], path: Path, title: str) -> Path:
     """Shots × trainable parameters × accuracy as 3-D bars, written to ``path`` (see :func:`figure_3d`)."""
-    plt = _pyplot()
-    fig = figure_3d(groups, title)
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
+    return _save(figure_3d(groups, title), path)
 
 
 def figure_3d(groups: list[Group], title: str) -> Figure:
