@@ -93,3 +93,13 @@ def cfg(**kw):
     from pefs.config import TrainConfig
 
     return TrainConfig(**{"epochs": 3, "batch_size": 4, "progress": False, "inference_precision": "no", **kw})
+
+
+def decode(images, transform):
+    """Every image of an ImageSet through ``transform``, stacked, and its labels (the plain way, for comparisons)."""
+    import torch
+
+    if len(images) == 0:
+        return torch.empty(0), torch.empty(0, dtype=torch.long)
+    x = torch.stack([transform(images.image(i)) for i in range(len(images))])
+    return x, torch.as_tensor(np.asarray(images.labels), dtype=torch.long)

@@ -12,7 +12,6 @@ from PIL import Image
 from pefs.backbones.describe import IMAGENET_DATA_CONFIG
 from pefs.config import TrainConfig, TuneConfig
 from pefs.data import (
-    decode,
     episodes,
     eval_transform,
     extra_views,
@@ -28,6 +27,7 @@ from pefs.results.stats import mean_ci95
 from pefs.runtime import engine
 from pefs.runtime.start import changeable
 from pefs.runtime.task import TaskRunner
+from tests.conftest import decode
 
 TINY = "vit_tiny_patch16_224"
 

@@ -25,10 +25,10 @@ from pefs.data.sources import (
                                load_folder,
                                load_hf,
 )
-from pefs.data.transforms import augment_transform, decode, eval_transform
+from pefs.data.transforms import augment_transform, eval_transform
 from pefs.data.views import extra_views, mask_patches
 
-__all__ = ["DEFAULT_DATASET", "Dataset", "Episode", "FewShotSplit", "ImageSet", "augment_transform", "decode",
+__all__ = ["DEFAULT_DATASET", "Dataset", "Episode", "FewShotSplit", "ImageSet", "augment_transform",
            "decode_image",
            "episodes", "eval_transform", "from_arrays", "hold_out", "kshot_split", "load_dataset", "load_default",
            "load_folder", "load_hf", "mask_patches", "extra_views", "stratified_split",

@@ -5,11 +5,6 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-import numpy as np
-import torch
-
-from pefs.data.sources import ImageSet
-
 
 def eval_transform(data_config: dict[str, Any], img_size: int | None = None) -> Callable:
     """timm's eval pipeline (resize, centre crop, normalise) for this backbone, optionally at ``img_size``."""
@@ -33,11 +28,3 @@ def augment_transform(data_config: dict[str, Any], img_size: int | None = None) 
         T.ToTensor(),
         T.Normalize(data_config["mean"], data_config["std"]),
     ])
-
-
-def decode(images: ImageSet, transform: Callable) -> tuple[torch.Tensor, torch.Tensor]:
-    """Decode and transform every image once: (N, C, H, W) float tensor and (N,) labels."""
-    if len(images) == 0:
-        return torch.empty(0), torch.empty(0, dtype=torch.long)
-    x = torch.stack([transform(images.image(i)) for i in range(len(images))])
-    return x, torch.as_tensor(np.asarray(images.labels), dtype=torch.long)

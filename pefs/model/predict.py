@@ -21,7 +21,7 @@ import numpy as np
 from pefs.data import ImageSet
 from pefs.data.sources import IMAGE_SUFFIXES
 from pefs.errors import PefsError
-from pefs.model.inference import Predictions, class_names_of, predict_images, stream  # noqa: F401
+from pefs.model.inference import Predictions, class_names_of, stream
 
 if TYPE_CHECKING:
     from pefs.model.wrap import PefsModel
