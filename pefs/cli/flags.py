@@ -117,8 +117,8 @@ def config_from_args(a: argparse.Namespace):
     """The :class:`~pefs.config.run.TuneConfig` that ``pefs tune``'s parsed flags ``a`` describe."""
     from pefs.config import TrainConfig, TuneConfig
 
-    train = TrainConfig(**_config_values(a, TrainConfig), progress=not getattr(a, "quiet", False))
-    return TuneConfig(**_config_values(a, TuneConfig), train=train, output=a.output, save_adapter=_model_dir(a),
+    train = TrainConfig(**_config_values(a, TrainConfig))
+    return TuneConfig(**{**_config_values(a, TuneConfig), "save_adapter": _model_dir(a)}, train=train,
                       final=bool(getattr(a, "final", None)))
 
 

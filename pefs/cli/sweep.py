@@ -10,6 +10,8 @@ from pefs.results.store import DEFAULT_STORE
 
 #: run fields whose single-value flags the grid's comma-list flags replace (--models, --strategies, ...)
 GRID_FIELDS = ("model", "strategy", "shots", "seeds")
+#: run settings the sweep sets itself: records go beside the store, no model directories, its own --quiet
+SWEEP_OWN = ("output", "save_adapter", "progress")
 
 
 def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
@@ -21,7 +23,7 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
                        "store keyed by the cell's config hash. Rerun the same command to resume: finished cells "
                        "are skipped. Under `accelerate launch` each process takes every n-th cell. Flags override "
                        "the recipe; run flags apply to every cell.")
-    added = add_tune_args(s, skip=GRID_FIELDS)
+    added = add_tune_args(s, skip=GRID_FIELDS + SWEEP_OWN)
     g = s.add_argument_group("grid (comma lists; each overrides the recipe)")
     added += [
         g.add_argument("--recipe", metavar="FILE", help="YAML recipe of sweep settings (see recipes/)"),

@@ -13,11 +13,9 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
                        description="Sample K images per class (or N-way K-shot episodes), tune, evaluate on "
                        "held-out images, print accuracy ± 95% CI and write a JSON result record.", epilog=EPILOG)
     add_tune_args(t)
-    t.add_argument("--output", default="runs", help="folder for the JSON result record (default runs/)")
-    t.add_argument("--save-adapter", metavar="DIR", help="save a model directory per seed here (DIR/seedN)")
+    # --final DIR sets two settings at once (final=True, save_adapter=DIR), so it is the one flag written here
     t.add_argument("--final", metavar="DIR", help="train on every training image (no K-shot sampling) and save "
                    "the model directory in DIR for pefs predict / pefs export")
-    t.add_argument("--quiet", "-q", action="store_true", help="no progress bars")
     return t
 
 

@@ -61,7 +61,7 @@ class TrainConfig:
         flags=("--no-cache", "--no-cache-features"))
     eval_batch_size: int = setting(16, "evaluation batch size (benchmarks/speed.md measures the choice)",
                                    neutral=True)
-    progress: bool = setting(True, "progress bars", neutral=True, cli=False)
+    progress: bool = setting(True, "progress bars", neutral=True, flags=("--quiet", "-q"))
     num_workers: int = setting(0, "DataLoader processes decoding images beside the forward pass (0: in this "
                                "process)", flags=("--workers",), metavar="N", neutral=True)
     cache_mb: float = setting(512, "budget of the run's decoded-image / activation cache in MiB (pooled features "
@@ -136,9 +136,9 @@ class TuneConfig:
         "random", "which patches a ViT's masked view drops: random, or block-wise rectangles of neighbours",
         added_later=True)
     train: TrainConfig = setting(help="training settings", cli=False, default_factory=TrainConfig)
-    output: str = setting("runs", "folder for the JSON result record", neutral=True, cli=False)
-    save_adapter: str | None = setting(None, "save each seed's tuned model directory here", neutral=True,
-                                       cli=False)
+    output: str = setting("runs", "folder for the JSON result record", neutral=True, metavar="DIR")
+    save_adapter: str | None = setting(None, "save a model directory per seed here (DIR/seedN)", neutral=True,
+                                       metavar="DIR")
     final: bool = setting(False, "train on every image of the training split and save a model directory to "
                           "save_adapter (pefs tune --final DIR)", added_later=True, cli=False)
     feature_cache: str | None = setting(None, "on-disk store of frozen features shared by runs (default "
@@ -228,7 +228,9 @@ def resolved(cfg: TuneConfig, **values: Any) -> TuneConfig:
 
 #: TuneConfig fields that are not settings shared by every cell (the grid axes, or where output goes)
 NOT_RUN_KEYS = ("model", "strategy", "shots", "seeds", "options", "train", "output", "save_adapter")
+#: TrainConfig fields that are not recipe settings (how a run looks, not what it computes)
+NOT_TRAIN_KEYS = ("progress",)
 #: one run's protocol and model settings (TuneConfig's other fields: data, ways, pretrained, ...), with types
 RUN_KEYS: dict[str, tuple[type, ...]] = setting_types(TuneConfig, NOT_RUN_KEYS)
 #: training settings: TrainConfig's fields (progress bars are not a setting of the result)
-TRAIN_KEYS: dict[str, tuple[type, ...]] = setting_types(TrainConfig, ())
+TRAIN_KEYS: dict[str, tuple[type, ...]] = setting_types(TrainConfig, NOT_TRAIN_KEYS)
