@@ -1,8 +1,9 @@
 """A uniform view of any backbone: family, ordered blocks, feature width, head and data config.
 
 timm models of every family expose the same few facts in different places (``blocks`` on ViTs,
-``stages[i].blocks`` on ConvNeXt, ``layer1..4`` on ResNet, nested ``blocks`` on EfficientNet);
-:class:`Backbone` gathers them so strategies never special-case a model class themselves.
+``stages[i].blocks`` on ConvNeXt, ``layer1..4`` on ResNet, nested ``blocks`` on EfficientNet); the family registry
+(:mod:`pefs.backbones.families`) knows where, and :class:`Backbone` gathers them so strategies never special-case
+a model class themselves.
 """
 
 from __future__ import annotations
@@ -13,6 +14,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from pefs.backbones.families import family_for
+from pefs.backbones.families.base import submodule_or_none
 from pefs.backbones.layout import TIMM_LAYER_NAMES, BlockRoles, LayerNames, TokenLayout
 from pefs.errors import PefsError
 
@@ -150,48 +153,12 @@ class Backbone:
         }
 
 
-def _children_names(prefix: str, container: nn.Module) -> list[str]:
-    return [f"{prefix}.{n}" for n, _ in container.named_children()]
-
-
-def _find_blocks(model: nn.Module) -> tuple[str, list[str]]:
-    """Return (family, ordered block names) for timm families, else ("custom", top-level children)."""
-    cls = type(model).__name__.lower()
-    if hasattr(model, "patch_embed") and isinstance(getattr(model, "blocks", None), (nn.Sequential, nn.ModuleList)):
-        return "vit", _children_names("blocks", model.blocks)
-    if "convnext" in cls and hasattr(model, "stages"):
-        return "convnext", [f"stages.{i}.blocks.{j}" for i, s in enumerate(model.stages) for j in range(len(s.blocks))]
-    if all(hasattr(model, f"layer{i}") for i in range(1, 5)):
-        return "resnet", [n for i in range(1, 5) for n in _children_names(f"layer{i}", getattr(model, f"layer{i}"))]
-    if "efficientnet" in cls or "mobilenet" in cls:
-        blocks = model.blocks
-        return "efficientnet", [f"blocks.{i}.{j}" for i, s in enumerate(blocks) for j in range(len(s))]
-    if hasattr(model, "stages"):
-        names = []
-        for i, s in enumerate(model.stages):
-            inner = getattr(s, "blocks", None)
-            names += _children_names(f"stages.{i}.blocks", inner) if inner is not None else [f"stages.{i}"]
-        return "cnn", names
-    if isinstance(getattr(model, "blocks", None), (nn.Sequential, nn.ModuleList)):
-        return "cnn", _children_names("blocks", model.blocks)
-    return "custom", [n for n, c in model.named_children() if any(True for _ in c.parameters())]
-
-
-def _kind(model: nn.Module, family: str) -> str:
-    if family == "vit":
-        return "transformer"
-    if any(isinstance(m, nn.Conv2d) for m in model.modules()):
-        return "cnn"
-    if any(isinstance(m, nn.MultiheadAttention) for m in model.modules()):
-        return "transformer"
-    return "other"
-
-
 def describe_timm(model: nn.Module, name: str, pretrained: str) -> Backbone:
     """Describe a timm model (any family)."""
     from timm.data import resolve_data_config
 
-    family, blocks = _find_blocks(model)
+    family = family_for(model)
+    blocks = family.block_names(model)
     head_name = model.pretrained_cfg.get("classifier", "head") if hasattr(model, "pretrained_cfg") else "head"
     if isinstance(head_name, (list, tuple)):  # distilled models have two heads; the first is the class head
         head_name = head_name[0]
@@ -204,36 +171,10 @@ def describe_timm(model: nn.Module, name: str, pretrained: str) -> Backbone:
     if img_size:  # a ViT built at another resolution (img_size=...) only accepts that size
         data_config["input_size"] = (3, *img_size)
     return Backbone(
-        model=model, name=name, family=family, kind=_kind(model, family), width=int(model.num_features),
+        model=model, name=name, family=family.name, kind=family.kind(model), width=int(model.num_features),
         head_name=head_name, data_config=data_config, source=pretrained,
-        block_names=blocks, **(_timm_vit_layout(model, blocks) if family == "vit" else {}),
+        block_names=blocks, **family.describe_extra(model, blocks),
     )
-
-
-def _timm_vit_layout(model: nn.Module, blocks: list[str]) -> dict[str, Any]:
-    """roles / tokens / outer_layers of a timm VisionTransformer whose blocks are all timm ``Block``s."""
-    first = model.get_submodule(blocks[0]) if blocks else None
-    attn = getattr(first, "attn", None)
-    out: dict[str, Any] = {"outer_layers": tuple(n for n in ("patch_embed.proj", "norm", "fc_norm")
-                                                 if isinstance(_get(model, n), nn.Module))}
-    needed = ("qkv", "proj", "num_heads", "head_dim")
-    if (attn is None or not all(hasattr(attn, a) for a in needed) or not hasattr(first, "norm1")
-            or any(type(model.get_submodule(b)) is not type(first) for b in blocks)):
-        return out
-    mlp = getattr(first, "mlp", None)
-    has = lambda m, a: isinstance(getattr(m, a, None), nn.Module)  # noqa: E731
-    out["roles"] = BlockRoles(
-        attn="attn", mlp="mlp", norm1="norm1", norm2="norm2", out="attn.proj", qkv="attn.qkv",
-        num_heads=int(attn.num_heads), head_dim=int(attn.head_dim),
-        fc1="mlp.fc1" if has(mlp, "fc1") else None, fc2="mlp.fc2" if has(mlp, "fc2") else None,
-        ls1="ls1" if has(first, "ls1") else None, q_norm="attn.q_norm" if has(attn, "q_norm") else None,
-        k_norm="attn.k_norm" if has(attn, "k_norm") else None, attn_norm="attn.norm" if has(attn, "norm") else None,
-        gate="attn.gate" if has(attn, "gate") else None)
-    if type(getattr(model, "blocks", None)) is nn.Sequential and hasattr(model, "num_prefix_tokens"):
-        patch = tuple(getattr(getattr(model, "patch_embed", None), "patch_size", (16, 16)))
-        out["tokens"] = TokenLayout("blocks", int(model.num_prefix_tokens), int(getattr(model, "num_reg_tokens", 0)),
-                                    patch)  # type: ignore[arg-type]
-    return out
 
 
 def is_timm_model(module: nn.Module) -> bool:
@@ -253,7 +194,7 @@ def describe_module(module: nn.Module, name: str = "custom", head_name: str | No
     """
     if head_name is None:
         head_name = next((a for a in HEAD_ATTRS if isinstance(getattr(module, a, None), nn.Linear)), None)
-    elif not isinstance(_get(module, head_name), nn.Linear):
+    elif not isinstance(submodule_or_none(module, head_name), nn.Linear):
         raise PefsError(f"head_name {head_name!r} is not an nn.Linear in {type(module).__name__}")
     config = dict(IMAGENET_DATA_CONFIG, input_size=tuple(input_size), **(data_config or {}))
     if head_name is None:
@@ -273,18 +214,11 @@ def describe_module(module: nn.Module, name: str = "custom", head_name: str | No
                 f"one of {', '.join(HEAD_ATTRS)} (or pass head_name=)")
         model: nn.Module = HeadedModule(module, out.shape[1], 0)
         width, head_name = out.shape[1], "head"
-        family, blocks = _find_blocks(module)
-        blocks = [f"body.{b}" for b in blocks]
+        family = family_for(module)
+        blocks = [f"body.{b}" for b in family.block_names(module)]
     else:
-        model, width = module, _get(module, head_name).in_features
-        family, blocks = _find_blocks(module)
-        blocks = [b for b in blocks if b != head_name]
-    return Backbone(model=model, name=name, family=family, kind=_kind(model, family), width=int(width),
+        model, width = module, submodule_or_none(module, head_name).in_features
+        family = family_for(module)
+        blocks = [b for b in family.block_names(module) if b != head_name]
+    return Backbone(model=model, name=name, family=family.name, kind=family.kind(model), width=int(width),
                     head_name=head_name, data_config=config, source="user", block_names=blocks)
-
-
-def _get(module: nn.Module, dotted: str) -> nn.Module | None:
-    try:
-        return module.get_submodule(dotted)
-    except AttributeError:
-        return None

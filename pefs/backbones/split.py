@@ -6,27 +6,21 @@ A backbone is a list of stages: ``stem``, one stage per block (``Backbone.block_
 0 is the image, :attr:`Stages.tokens` the feature map / token sequence, :attr:`Stages.pooled` the pooled
 features and :attr:`Stages.logits` the output. ``run(h, a, b)`` maps level ``a`` to level ``b``.
 
-Families with a known layout (timm ViT, EfficientNet/MobileNet, ResNet, ConvNeXt; ``transformers`` encoders,
-whose wrapper exposes ``forward_stem`` / ``forward_neck``) get one stage per block; any other model gets only
-``[features, head]``, enough to cache pooled features for a linear probe.
+Families that can run a model in pieces (``Family.splits``; see :mod:`pefs.backbones.families`) and
+``transformers`` encoders (whose wrapper exposes ``forward_stem`` / ``forward_neck``) get one stage per block;
+any other model gets only ``[features, head]``, enough to cache pooled features for a linear probe.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
-from torch import nn
 
 from pefs.backbones.describe import Backbone
+from pefs.backbones.families import Stage, family_of
 from pefs.backbones.layout import enter_block
 from pefs.errors import PefsError
-
-Stage = Callable[[torch.Tensor], torch.Tensor]
-#: timm classes whose forward_features is exactly stem -> blocks -> neck, as laid out below
-SPLIT_CLASSES = {"vit": ("VisionTransformer",), "efficientnet": ("EfficientNet",),
-                 "resnet": ("ResNet",), "convnext": ("ConvNeXt",)}
 
 
 @dataclass
@@ -66,39 +60,18 @@ class Stages:
         return h
 
 
-def _seq(*mods: nn.Module) -> Stage:
-    def run(x: torch.Tensor) -> torch.Tensor:
-        for m in mods:
-            x = m(x)
-        return x
-    return run
-
-
 def _stem_and_neck(bb: Backbone) -> tuple[Stage, Stage]:
-    m = bb.model
     if _staged(bb):
-        return m.forward_stem, m.forward_neck
-    if bb.family == "vit":
-        return (lambda x: m.norm_pre(m.patch_drop(m._pos_embed(m.patch_embed(x))))), m.norm
-    if bb.family == "efficientnet":
-        return _seq(m.conv_stem, m.bn1), _seq(m.conv_head, m.bn2)
-    if bb.family == "resnet":
-        return _seq(m.conv1, m.bn1, m.act1, m.maxpool), nn.Identity()
-    return m.stem, m.norm_pre  # convnext
+        return bb.model.forward_stem, bb.model.forward_neck
+    return family_of(bb).stem_and_neck(bb.model)
 
 
 def _block_stages(bb: Backbone) -> list[Stage]:
-    """One callable per block; a ConvNeXt stage's downsample runs with that stage's first block."""
-    out: list[Stage] = []
-    for name, block in zip(bb.block_names, bb.blocks):
-        parts = name.split(".")
-        if bb.family == "convnext" and parts[-1] == "0":
-            out.append(_seq(bb.model.stages[int(parts[1])].downsample, block))
-        elif _staged(bb):
-            out.append(lambda h, b=block: enter_block(b, h, bb.tokens))
-        else:
-            out.append(block)
-    return out
+    """One callable per block, as the family lays them out (or, for a model that runs itself in pieces, each
+    block entered the way its model does)."""
+    if _staged(bb):
+        return [lambda h, b=block: enter_block(b, h, bb.tokens) for block in bb.blocks]
+    return family_of(bb).block_stages(bb.model, bb.block_names, bb.blocks)
 
 
 def _staged(bb: Backbone) -> bool:
@@ -109,7 +82,8 @@ def _staged(bb: Backbone) -> bool:
 
 def supports_blocks(bb: Backbone) -> bool:
     """True when pefs knows how to run this backbone block by block."""
-    known = type(bb.model).__name__ in SPLIT_CLASSES.get(bb.family, ()) or _staged(bb)
+    family = family_of(bb)
+    known = (family is not None and family.splits(bb.model)) or _staged(bb)
     return known and bool(bb.block_names)
 
 
@@ -130,8 +104,10 @@ def patch_tokens(bb: Backbone, t: torch.Tensor) -> torch.Tensor:
     dropped) or, for CNNs, one token per feature-map position."""
     if bb.tokens is not None:
         return t[:, bb.tokens.num_prefix:]
-    if bb.family == "vit":
-        return t[:, getattr(bb.model, "num_prefix_tokens", 1):]
+    family = family_of(bb)
+    prefix = family.num_prefix_tokens(bb.model) if family is not None else None
+    if prefix is not None:
+        return t[:, prefix:]
     if t.ndim == 4:
         return t.flatten(2).transpose(1, 2)
     raise PefsError(f"cannot read patch tokens from {bb.name}: its feature output has shape {tuple(t.shape)}; "

@@ -14,21 +14,22 @@ import math
 import torch
 
 from pefs.backbones.describe import Backbone
+from pefs.backbones.families import family_of
 from pefs.errors import PefsError
 
 MASK_MODES = ("random", "block")
 
 
 def supports_token_masks(bb: Backbone) -> bool:
-    """True for timm VisionTransformers (patch embedding, position embedding and blocks pefs can run)."""
-    m = bb.model
-    return (bb.family == "vit" and type(m).__name__ == "VisionTransformer" and hasattr(m, "patch_embed")
-            and not getattr(m, "dynamic_img_size", False))
+    """True when the backbone's family can drop patch tokens before the blocks (timm VisionTransformers: patch
+    embedding, position embedding and blocks pefs can run)."""
+    family = family_of(bb)
+    return family is not None and family.token_masks(bb.model)
 
 
 def grid_size(bb: Backbone) -> tuple[int, int]:
     """Patch grid (rows, columns) of the ViT at its configured image size."""
-    return tuple(int(g) for g in bb.model.patch_embed.grid_size)  # type: ignore[return-value]
+    return family_of(bb).patch_grid(bb.model)
 
 
 def keep_indices(batch: int, grid: tuple[int, int], ratio: float, mode: str,
@@ -75,15 +76,7 @@ def masked_tokens(bb: Backbone, x: torch.Tensor, keep: torch.Tensor) -> torch.Te
     if not supports_token_masks(bb):
         raise PefsError(f"token masking needs a timm VisionTransformer; {bb.name} is a {bb.family} model: "
                         "masked views of CNNs are made in pixels")
-    m = bb.model
-    prefix = int(getattr(m, "num_prefix_tokens", 1))
-    t = m._pos_embed(m.patch_embed(x))  # prefix tokens + every patch token, position embeddings added
-    if keep.shape[0] != t.shape[0] or int(keep.max()) >= t.shape[1] - prefix:
-        raise PefsError(f"keep indices {tuple(keep.shape)} do not fit {t.shape[0]} images of "
-                        f"{t.shape[1] - prefix} patches")
-    patches = torch.gather(t[:, prefix:], 1, keep.to(t.device)[..., None].expand(-1, -1, t.shape[-1]))
-    t = m.norm_pre(torch.cat([t[:, :prefix], patches], dim=1))
-    return m.norm(m.blocks(t))
+    return family_of(bb).masked_tokens(bb.model, x, keep)
 
 
 def masked_pooled(bb: Backbone, x: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
