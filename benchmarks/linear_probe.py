@@ -61,8 +61,9 @@ def run(shots_list: list[int], seeds: list[int], size: int) -> dict:
 
     from pefs.config import TrainConfig
     from pefs.data import kshot_split
-    from pefs.heads import registry as heads
+    from pefs.heads.base import proto_init
     from pefs.heads.logistic import LogisticProbe
+    from pefs.heads.prototype import PrototypeHead
     from pefs.runtime import engine
 
     ds, model, feats = features(size)
@@ -88,13 +89,13 @@ def run(shots_list: list[int], seeds: list[int], size: int) -> dict:
                 chosen[m] = p.l2
             model.load_state_dict(start)
             t0 = time.perf_counter()
-            heads.proto_init(model.head, xs, ys, 10)
+            proto_init(model.head, xs, ys, 10)
             cfg = TrainConfig(progress=False, inference_precision="no", head_lr=1e-3)  # linear-proto: 0.1 x 1e-2
             engine.fit(model, xs, ys, cfg, seed=seed, start=pooled)
-            pred = engine.predict(model, None, cfg, features=xte)
+            pred = engine.outputs(model, xte, cfg, pooled, "logits").argmax(-1)
             res[METHODS[3]] = (engine.accuracy(pred, yte), time.perf_counter() - t0)
             t0 = time.perf_counter()
-            pred = heads.PrototypeHead().classify(xs, ys, xte, 10).argmax(-1)
+            pred = PrototypeHead().classify(xs, ys, xte, 10).argmax(-1)
             res[METHODS[4]] = (engine.accuracy(pred, yte), time.perf_counter() - t0)
             for m, (a, s) in res.items():
                 rows.append({"shots": shots, "seed": seed, "method": m, "accuracy": a, "seconds": s,

@@ -130,7 +130,8 @@ def _after_each_task(cfg: TuneConfig, runner: TaskRunner | None) -> Callable[[Ta
 def finish(cfg: TuneConfig, dataset: Dataset, run: ProtocolRun, runner: TaskRunner | None,
            requested: TuneConfig | None = None, extra: dict[str, Any] | None = None) -> dict[str, Any]:
     """Assemble the record (mean and 95% CI over seeds/episodes) and write it as JSON. ``cfg`` is the resolved
-    config the run used, ``requested`` the caller's (default: the same)."""
+    config the run used, ``requested`` the caller's (default: the same); ``extra`` holds the run's memory figures
+    (:meth:`pefs.runtime.memory.RunMemory.figures`) and whatever else the record carries."""
     model = runner.model if runner is not None else None
     accs = run.accuracies
     mean, ci = mean_ci95(accs) if accs and run.status == "ok" else (None, None)
@@ -138,8 +139,7 @@ def finish(cfg: TuneConfig, dataset: Dataset, run: ProtocolRun, runner: TaskRunn
     params = runner.param_report() if runner is not None else None
     prints = run_fingerprints(cfg.data, cfg.checkpoint)
     extra = dict(extra or {})
-    peak = extra.pop("peak_memory_mb", None)  # the run's own peak (RunMemory), else the process's
-    peak = engine.peak_memory_mb() if peak is None else peak
+    peak = extra.pop("peak_memory_mb")  # the run's own peak (RunMemory.figures(), which tune() passes)
     rec = RunRecord(
         config=(requested or cfg).to_dict(), resolved=cfg.to_dict(), config_hash=cfg.hash(), schema=SCHEMA_VERSION,
         protocol=cfg.protocol, model=cfg.model, strategy=cfg.strategy, head=cfg.head, shots=cfg.shots, ways=cfg.ways,

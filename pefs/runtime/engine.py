@@ -430,22 +430,5 @@ class NonFiniteLoss(PefsError):
                          "--mixed-precision no")
 
 
-def predict(model: nn.Module, x: torch.Tensor, cfg: TrainConfig, features: torch.Tensor | None = None,
-            start: int = 0) -> torch.Tensor:
-    """Predicted class per image: from ``x`` at level ``start`` (0 = images), or from pooled ``features``."""
-    if features is not None:
-        return outputs(model, features, cfg, level_of(model, "pooled"), "logits").argmax(-1)
-    return outputs(model, x, cfg, start, "logits", desc="evaluate").argmax(-1)
-
-
 def accuracy(pred: torch.Tensor, y: torch.Tensor) -> float:
     return float((pred == y).float().mean()) if len(y) else float("nan")
-
-
-def peak_memory_mb() -> float:
-    """Peak memory of this process: max allocated on the GPU when there is one, else peak RSS."""
-    if torch.cuda.is_available():
-        return torch.cuda.max_memory_allocated() / 2**20
-    import resource
-
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
