@@ -15,8 +15,14 @@ import torch
 from torch import nn
 
 from pefs.backbones.families import family_for
-from pefs.backbones.families.base import submodule_or_none
-from pefs.backbones.layout import TIMM_LAYER_NAMES, BlockRoles, LayerNames, TokenLayout
+from pefs.backbones.layout import (
+    TIMM_LAYER_NAMES,
+    BlockRoles,
+    LayerNames,
+    TokenLayout,
+    replace_module,
+    submodule_or_none,
+)
 from pefs.errors import PefsError
 
 IMAGENET_DATA_CONFIG: dict[str, Any] = {
@@ -118,10 +124,8 @@ class Backbone:
         if hasattr(self.model, "reset_classifier"):
             self.model.reset_classifier(num_classes)
         else:
-            parent_name, _, attr = self.head_name.rpartition(".")
-            parent = self.model.get_submodule(parent_name) if parent_name else self.model
-            new = nn.Linear(self.width, num_classes) if num_classes > 0 else nn.Identity()
-            setattr(parent, attr, new)
+            replace_module(self.model, self.head_name,
+                           nn.Linear(self.width, num_classes) if num_classes > 0 else nn.Identity())
 
     def features(self, x: torch.Tensor) -> torch.Tensor:
         """Pooled pre-logit features, (B, width)."""
@@ -130,14 +134,11 @@ class Backbone:
             return m.forward_head(m.forward_features(x), pre_logits=True)
         if isinstance(m, HeadedModule):
             return m.body(x)
-        head = self.head
-        parent_name, _, attr = self.head_name.rpartition(".")
-        parent = m.get_submodule(parent_name) if parent_name else m
-        setattr(parent, attr, nn.Identity())
+        head = replace_module(m, self.head_name, nn.Identity())
         try:
             return m(x)
         finally:
-            setattr(parent, attr, head)
+            replace_module(m, self.head_name, head)
 
     def describe(self) -> dict[str, Any]:
         """A JSON-friendly summary (what ``pefs models --describe`` prints)."""

@@ -93,6 +93,23 @@ def enter_block(block: nn.Module, x: torch.Tensor, layout: TokenLayout | None) -
     return first_tensor(block(x, **dict(layout.block_kwargs)) if layout is not None else block(x))
 
 
+def submodule_or_none(module: nn.Module, dotted: str) -> nn.Module | None:
+    """``module.get_submodule(dotted)``, or None where there is no such submodule."""
+    try:
+        return module.get_submodule(dotted)
+    except AttributeError:
+        return None
+
+
+def replace_module(model: nn.Module, dotted: str, new: nn.Module) -> nn.Module:
+    """Put ``new`` where the module at ``dotted`` was inside ``model``; the module it replaced."""
+    parent_name, _, attr = dotted.rpartition(".")
+    parent = model.get_submodule(parent_name) if parent_name else model
+    old = getattr(parent, attr)
+    setattr(parent, attr, new)
+    return old
+
+
 def sub(block: nn.Module, name: str | None) -> nn.Module:
     """The submodule ``name`` of ``block`` (nn.Identity for None)."""
     return nn.Identity() if name is None else block.get_submodule(name)

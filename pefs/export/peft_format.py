@@ -19,6 +19,7 @@ import torch
 from torch import nn
 
 from pefs.backbones.families.hf import HFVisionModel
+from pefs.backbones.layout import replace_module
 from pefs.errors import PefsError
 from pefs.model.wrap import PefsModel, wrap
 
@@ -39,8 +40,7 @@ def _without_tuners(module: nn.Module) -> nn.Module:
     clean = copy.deepcopy(module)
     for name, m in list(clean.named_modules()):
         if isinstance(m, BaseTunerLayer):
-            parent, _, attr = name.rpartition(".")
-            setattr(clean.get_submodule(parent) if parent else clean, attr, m.get_base_layer())
+            replace_module(clean, name, m.get_base_layer())
     for p in clean.parameters():
         p.requires_grad_(False)
     return clean

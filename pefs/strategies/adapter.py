@@ -21,17 +21,10 @@ import torch
 from torch import nn
 
 from pefs.backbones import Backbone
-from pefs.backbones.layout import first_tensor
+from pefs.backbones.layout import first_tensor, replace_module, submodule_or_none
 from pefs.errors import PefsError
 from pefs.strategies.base import Strategy, StrategyConfig, set_trainable
-from pefs.strategies.common import (
-    Wrapped,
-    probe_shapes,
-    reference_device_dtype,
-    replace_module,
-    select_blocks,
-    submodule_or_none,
-)
+from pefs.strategies.common import Wrapped, probe_shapes, reference_device_dtype, select_blocks
 from pefs.strategies.registry import register
 
 #: on CNNs the adapter's hidden width is at most a quarter of the block's output channels

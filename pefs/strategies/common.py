@@ -109,13 +109,6 @@ class Wrapped(nn.Module):
             return getattr(base, name)
 
 
-def replace_module(model: nn.Module, name: str, new: nn.Module) -> None:
-    """Put ``new`` where the dotted ``name`` was inside ``model``."""
-    parent_name, _, attr = name.rpartition(".")
-    parent = model.get_submodule(parent_name) if parent_name else model
-    setattr(parent, attr, new)
-
-
 def select_blocks(bb: Backbone, indices: tuple[int, ...], strategy: str, option: str = "blocks") -> list[int]:
     """Resolve block indices (negative counts from the end; empty = all) to sorted positions."""
     n = len(bb.block_names)
@@ -128,14 +121,6 @@ def select_blocks(bb: Backbone, indices: tuple[int, ...], strategy: str, option:
         raise PefsError(f"option {option}={','.join(map(str, indices))} of strategy {strategy!r} names block "
                         f"{bad[0]}, but {bb.name} has {n} blocks; valid indices: 0..{n - 1} (or -{n}..-1)")
     return sorted({i % n for i in indices})
-
-
-def submodule_or_none(module: nn.Module, name: str) -> nn.Module | None:
-    """``module.get_submodule(name)``, or None where there is no such submodule."""
-    try:
-        return module.get_submodule(name)
-    except AttributeError:
-        return None
 
 
 def reference_device_dtype(model: nn.Module) -> tuple[torch.device, torch.dtype]:

@@ -12,9 +12,9 @@ from typing import Any, ClassVar
 from torch import nn
 
 from pefs.backbones import Backbone
+from pefs.backbones.layout import replace_module
 from pefs.errors import PefsError
 from pefs.strategies.base import Strategy, set_trainable, tuner_layers_merged
-from pefs.strategies.common import replace_module
 
 
 def adapter_prefix(peft_type: str) -> str:

@@ -26,18 +26,10 @@ import torch.nn.functional as F
 from torch import nn
 
 from pefs.backbones import Backbone
-from pefs.backbones.layout import BlockRoles, TokenLayout, attend_to
+from pefs.backbones.layout import BlockRoles, TokenLayout, attend_to, replace_module
 from pefs.errors import PefsError
 from pefs.strategies.base import Strategy, StrategyConfig, set_trainable
-from pefs.strategies.common import (
-    RerunBlocks,
-    Wrapped,
-    probe_shapes,
-    reference_device_dtype,
-    replace_module,
-    select_blocks,
-    vit_blocks,
-)
+from pefs.strategies.common import RerunBlocks, Wrapped, probe_shapes, reference_device_dtype, select_blocks, vit_blocks
 from pefs.strategies.registry import register
 
 

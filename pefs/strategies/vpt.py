@@ -22,10 +22,10 @@ import torch.nn.functional as F
 from torch import nn
 
 from pefs.backbones import Backbone
-from pefs.backbones.layout import TokenLayout
+from pefs.backbones.layout import TokenLayout, replace_module
 from pefs.errors import PefsError
 from pefs.strategies.base import Strategy, StrategyConfig, set_trainable
-from pefs.strategies.common import RerunBlocks, Wrapped, reference_device_dtype, replace_module, vit_blocks
+from pefs.strategies.common import RerunBlocks, Wrapped, reference_device_dtype, vit_blocks
 from pefs.strategies.registry import register
 
 #: Bahng et al. pad 30 pixels on 224-pixel images; the default keeps that fraction at other sizes

@@ -38,14 +38,6 @@ def is_block_list(obj: Any) -> bool:
     return isinstance(obj, (nn.Sequential, nn.ModuleList))
 
 
-def submodule_or_none(module: nn.Module, dotted: str) -> nn.Module | None:
-    """The submodule at ``dotted``, or None when there is none."""
-    try:
-        return module.get_submodule(dotted)
-    except AttributeError:
-        return None
-
-
 class Family:
     """One backbone family. Subclass it in one file under ``pefs/backbones/families/`` and register one instance.
 

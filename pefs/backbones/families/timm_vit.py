@@ -12,8 +12,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from pefs.backbones.families.base import Family, Stage, children_names, is_block_list, submodule_or_none
-from pefs.backbones.layout import BlockRoles, TokenLayout
+from pefs.backbones.families.base import Family, Stage, children_names, is_block_list
+from pefs.backbones.layout import BlockRoles, TokenLayout, submodule_or_none
 from pefs.errors import PefsError
 
 
