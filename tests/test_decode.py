@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import shutil
 import struct
 import zlib
@@ -161,3 +162,16 @@ def test_image_loader_errors_name_the_image():
     images = ImageSet(["a"], np.array([0]), ["lost.png"], gone)
     with pytest.raises(PefsError, match="lost.png"):
         images.image(0)
+
+
+def test_a_runs_image_limit_holds_for_the_run_only(tmp_path, image_folder, monkeypatch):
+    """``TuneConfig.max_image_pixels`` (``--max-image-pixels``) guards a library run too, and the process's limit
+    is back as it was afterwards."""
+    monkeypatch.delenv(ENV_MAX_PIXELS, raising=False)
+    cfg = TuneConfig(data=str(image_folder), model="resnet18", pretrained=False, shots=2, img_size=32,
+                     max_image_pixels=10, output=str(tmp_path / "out"), train=TrainConfig(epochs=1, progress=False))
+    with pytest.raises(PefsError, match=r"over the limit of 10 "):
+        tune(cfg)
+    assert ENV_MAX_PIXELS not in os.environ
+    with pytest.raises(PefsError, match="max image pixels must be a whole number >= 1, got 0"):
+        TuneConfig(max_image_pixels=0).validate()

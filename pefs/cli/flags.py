@@ -89,18 +89,7 @@ def add_tune_args(p: argparse.ArgumentParser, skip: Collection[str] = ()) -> lis
 
     g = p.add_argument_group("model, data and protocol")
     added = add_config_args(g, TuneConfig, skip)
-    added.append(g.add_argument("--max-image-pixels", type=int, metavar="N", help="refuse images larger than N "
-                                "pixels (default 89,478,485: a guard against decompression bombs); raise it for "
-                                "genuine large images"))
     return added + add_config_args(p.add_argument_group("training"), TrainConfig, skip)
-
-
-def apply_image_limit(a: argparse.Namespace) -> None:
-    """Set the decoder's image-size guard from ``--max-image-pixels``, when given."""
-    if getattr(a, "max_image_pixels", None) is not None:
-        from pefs.data.decoding import set_max_image_pixels
-
-        set_max_image_pixels(a.max_image_pixels)
 
 
 def _config_values(a: argparse.Namespace, cls: type) -> dict:

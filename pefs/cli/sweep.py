@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from pefs.cli.flags import EPILOG, add_tune_args, apply_image_limit
+from pefs.cli.flags import EPILOG, add_tune_args
 from pefs.results.store import DEFAULT_STORE
 
 #: run fields whose single-value flags the grid's comma-list flags replace (--models, --strategies, ...)
@@ -80,7 +80,6 @@ def run(a: argparse.Namespace) -> int:
     from pefs.sweep import run as sweep
     from pefs.sweep.recipe import load_recipe
 
-    apply_image_limit(a)
     recipe = load_recipe(a.recipe) if a.recipe else {}
     flags = _sweep_settings(a)
     settings = {**recipe, **flags, "options": {**(recipe.get("options") or {}), **flags.get("options", {})}}

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from pefs.cli.flags import EPILOG, add_tune_args, apply_image_limit, config_from_args
+from pefs.cli.flags import EPILOG, add_tune_args, config_from_args
 
 
 def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
@@ -23,7 +23,6 @@ def run(a: argparse.Namespace) -> int:
     """Run the tune ``a`` describes and print its summary: accuracy, parameters, time, the record's path."""
     from pefs.protocols.run import tune
 
-    apply_image_limit(a)
     cfg = config_from_args(a)
     rec = tune(cfg)
     unit = "episodes" if rec["protocol"] == "episodic" else "seeds"

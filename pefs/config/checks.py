@@ -61,6 +61,13 @@ def check_writable_file(path: str | Path, what: str, flag: str) -> None:
         raise PefsError(f"{what} {str(path)!r} is not writable: {e.strerror or e}; choose another with {flag}") from e
 
 
+def check_max_pixels(n: object) -> int:
+    """``n`` as an image-size limit in pixels (a whole number >= 1), or a PefsError naming it."""
+    if isinstance(n, bool) or not isinstance(n, numbers.Integral) or n < 1:
+        raise PefsError(f"max image pixels must be a whole number >= 1, got {n!r}")
+    return int(n)
+
+
 #: ``--budget`` units in seconds
 BUDGET_UNITS = {"s": 1, "m": 60, "h": 3600}
 

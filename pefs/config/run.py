@@ -16,7 +16,7 @@ import math
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from pefs.config.checks import check_seeds, parse_budget
+from pefs.config.checks import check_max_pixels, check_seeds, parse_budget
 from pefs.config.fields import check_choice, choices, setting, setting_types
 from pefs.config.identity import config_hash
 from pefs.errors import PefsError, unknown
@@ -141,6 +141,9 @@ class TuneConfig:
                                        metavar="DIR")
     final: bool = setting(False, "train on every image of the training split and save a model directory to "
                           "save_adapter (pefs tune --final DIR)", added_later=True, cli=False)
+    max_image_pixels: int | None = setting(
+        None, "refuse images larger than N pixels (default 89,478,485: a guard against decompression bombs); raise "
+        "it for genuine large images", metavar="N", neutral=True, added_later=True)
     feature_cache: str | None = setting(None, "on-disk store of frozen features shared by runs (default "
                                         "$PEFS_FEATURE_CACHE, else none); delete DIR to clear it", metavar="DIR",
                                         neutral=True)
@@ -171,6 +174,8 @@ class TuneConfig:
         if self.feature_cache is not None and not isinstance(self.feature_cache, str):
             raise PefsError(f"feature_cache must be a directory path, got {self.feature_cache!r}")
         check_views(self)
+        if self.max_image_pixels is not None:
+            check_max_pixels(self.max_image_pixels)
         if self.head not in choices(TuneConfig, "head"):
             raise unknown("head", self.head, choices(TuneConfig, "head"))
         self.train.validate()

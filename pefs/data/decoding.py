@@ -17,16 +17,19 @@ What it does, so no image is silently changed:
 
 from __future__ import annotations
 
+import contextlib
 import io
 import os
 import threading
 import warnings
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
+from pefs.config.checks import check_max_pixels
 from pefs.errors import PefsError
 
 #: colour transparent pixels are composited on
@@ -50,16 +53,27 @@ def max_image_pixels() -> int:
         raise PefsError(f"{ENV_MAX_PIXELS}={raw!r} must be a whole number of pixels >= 1") from None
 
 
-def check_max_pixels(n: Any) -> int:
-    """``n`` as a pixel limit, or a PefsError naming it."""
-    if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n < 1:
-        raise PefsError(f"max image pixels must be a whole number >= 1, got {n!r}")
-    return int(n)
-
-
 def set_max_image_pixels(n: int) -> None:
     """Raise (or lower) the size limit for this process and the processes it starts."""
     os.environ[ENV_MAX_PIXELS] = str(check_max_pixels(n))
+
+
+@contextlib.contextmanager
+def image_limit(n: int | None) -> Iterator[None]:
+    """The size limit ``n`` (None: leave it as it is) for the duration of a run, the run's DataLoader workers
+    included; the previous limit afterwards."""
+    if n is None:
+        yield
+        return
+    saved = os.environ.get(ENV_MAX_PIXELS)
+    set_max_image_pixels(n)
+    try:
+        yield
+    finally:
+        if saved is None:
+            os.environ.pop(ENV_MAX_PIXELS, None)
+        else:
+            os.environ[ENV_MAX_PIXELS] = saved
 
 
 def _open(source: str | Path | bytes, name: str) -> Image.Image:

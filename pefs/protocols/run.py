@@ -21,6 +21,7 @@ from pefs.config.checks import check_classes
 from pefs.config.files import write_text
 from pefs.config.identity import file_digest
 from pefs.data import Dataset, load_dataset
+from pefs.data.decoding import image_limit
 from pefs.data.fingerprint import data_fingerprint
 from pefs.errors import PefsError
 from pefs.protocols.final import check_final, describe_model, final_summary, save_final
@@ -83,12 +84,19 @@ class RunDiverged(NonFiniteLoss):
 def tune(cfg: TuneConfig) -> dict[str, Any]:
     """Run the configured protocol (K-shot over seeds, episodes, or the final fit); return the result record
     (also on disk). The record holds the caller's ``config`` and the ``resolved`` one it ran with; its
-    ``config_hash`` and ``key`` are the resolved one's. A diverged task raises :class:`RunDiverged`."""
+    ``config_hash`` and ``key`` are the resolved one's. A diverged task raises :class:`RunDiverged`. Images over
+    ``cfg.max_image_pixels`` are refused for the run's duration (its DataLoader workers too)."""
     cfg.validate()
     check_writable(cfg.output)  # before any compute, not after it
     if cfg.checkpoint:
         check_checkpoint_path(cfg.checkpoint)
     check_final(cfg)
+    with image_limit(cfg.max_image_pixels):
+        return _tune(cfg)
+
+
+def _tune(cfg: TuneConfig) -> dict[str, Any]:
+    """:func:`tune` after its up-front checks."""
     memory = RunMemory()  # this run's peak, not the process's running maximum
     dataset = load_dataset(cfg.data)
     check_classes(len(dataset.classes), dataset.name)
