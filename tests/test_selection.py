@@ -86,7 +86,7 @@ def test_held_out_support_is_disjoint_from_the_episode_queries(image_folder, tmp
     picked = []
     selector.runners.get = lambda c: picked.append(c) or _Scorer()  # score without training
     for task in tasks(cfg, load_dataset(cfg.data), validate=True):
-        _, info = selector(task)
+        info = selector(task).info
         held = set(info["val_names"])
         assert len(held) == 2 and held <= set(task.support.names) and not held & set(task.query.names)
 
@@ -94,7 +94,7 @@ def test_held_out_support_is_disjoint_from_the_episode_queries(image_folder, tmp
 class _Scorer:
     """A runner stand-in that records the images it was asked to train on and score."""
 
-    def run(self, support, query, seed):
+    def run(self, support, query, seed, train=None):
         from types import SimpleNamespace
         assert not set(support.names) & set(query.names)  # the held-out images never train the scored setting
         return SimpleNamespace(accuracy=0.5)

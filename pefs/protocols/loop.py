@@ -14,11 +14,11 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 from tqdm.auto import tqdm
 
-from pefs.config import TuneConfig
+from pefs.config import TrainConfig, TuneConfig
 from pefs.data import Dataset, ImageSet, episodes, kshot_split
 from pefs.results.records import ProtocolRun, TaskResult
 from pefs.runtime.engine import NonFiniteLoss
@@ -80,8 +80,17 @@ def check_sampling(cfg: TuneConfig, dataset: Dataset, validate: bool = False) ->
     next(tasks(cfg, dataset, validate))
 
 
-#: picks the runner (and so the setting) a task trains with, and what its record entry says about the choice
-Choose = Callable[[Task], tuple[TaskRunner, dict[str, Any]]]
+class Choice(NamedTuple):
+    """What a selector chose for a task: the runner (model part of the setting), the training values, and what
+    the task's record entry says about the choice."""
+
+    runner: TaskRunner
+    train: TrainConfig
+    info: dict[str, Any]
+
+
+#: picks the setting a task trains with (``--search``, ``--strategy auto``)
+Choose = Callable[[Task], Choice]
 
 
 def run_protocol(cfg: TuneConfig, dataset: Dataset, runner: TaskRunner | None,
@@ -98,10 +107,11 @@ def run_protocol(cfg: TuneConfig, dataset: Dataset, runner: TaskRunner | None,
     for task in tqdm(tasks(cfg, dataset, choose is not None), total=n, desc="tasks",
                      disable=not cfg.train.progress or n == 1):
         chosen: dict[str, Any] = {}
+        train = None  # the run's own training values, unless a selector chose others
         try:
             if choose is not None:
-                runner, chosen = choose(task)
-            result = runner.run(task.support, task.query, task.seed)
+                runner, train, chosen = choose(task)
+            result = runner.run(task.support, task.query, task.seed, train)
         except NonFiniteLoss as e:
             out.status, out.error = "diverged", f"{task.label()}: {e}"
             out.failed_task = {"episode": task.info["episode"]} if "episode" in task.info else {"seed": task.seed}

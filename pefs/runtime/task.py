@@ -18,7 +18,7 @@ import torch
 
 from pefs.backbones import takes_img_size, token_mask
 from pefs.backbones.split import patch_tokens
-from pefs.config import TuneConfig
+from pefs.config import TrainConfig, TuneConfig
 from pefs.data import ImageSet, augment_transform, eval_transform
 from pefs.data.loading import Decoder, decoded_batches
 from pefs.data.views import extra_views
@@ -121,9 +121,10 @@ class TaskRunner:
     def _head_view(self, out: torch.Tensor) -> torch.Tensor:
         return patch_tokens(self.model.backbone, out) if self.head.reads == "tokens" else out
 
-    def _fit(self, xs: torch.Tensor, ys: torch.Tensor, seed: int, t: dict[str, float]) -> engine.FitStats:
+    def _fit(self, xs: torch.Tensor, ys: torch.Tensor, seed: int, t: dict[str, float],
+             cfg: TrainConfig) -> engine.FitStats:
         """Initialise the head (from the support's prototypes when it uses them) and train on the support."""
-        cfg, model = self.cfg.train, self.model
+        model = self.model
         t0 = time.perf_counter()
         pooled = engine.outputs(model, xs, cfg, self.level, "pooled", desc="head init") \
             if self.head.uses_prototypes else None
@@ -135,27 +136,29 @@ class TaskRunner:
         t["train_s"] += stats.train_s
         return stats
 
-    def _score(self, xs: torch.Tensor, ys: torch.Tensor, query: ImageSet, t: dict[str, float]) -> torch.Tensor:
+    def _score(self, xs: torch.Tensor, ys: torch.Tensor, query: ImageSet, t: dict[str, float],
+               cfg: TrainConfig) -> torch.Tensor:
         """Scores (queries, classes): the queries stream, decoded and scored batch by batch (a head scores each
         query on its own), so only the scores are kept."""
         t0 = time.perf_counter()
         before = t["decode_s"] + t["extract_s"]
         n = self.n_classes
-        with self.model.merged_view() if self.cfg.train.merge_for_eval else contextlib.nullcontext():
+        with self.model.merged_view() if cfg.merge_for_eval else contextlib.nullcontext():
             sup = self.read(xs, "support") if self.head.reads != "logits" else xs[:0]
             scores = self.frozen.stream(query, self.head.reads, t,
                                         each=lambda q: self.head.classify(sup, ys, self._head_view(q), n))
         t["eval_s"] += time.perf_counter() - t0 - (t["decode_s"] + t["extract_s"] - before)
         return scores
 
-    def run(self, support: ImageSet, query: ImageSet, seed: int) -> TaskResult:
-        """Tune on ``support`` from the run's start, score ``query``; the task's accuracy, timings and steps."""
-        t, cfg = _timings(), self.cfg.train
+    def run(self, support: ImageSet, query: ImageSet, seed: int, train: TrainConfig | None = None) -> TaskResult:
+        """Tune on ``support`` from the run's start, score ``query``; the task's accuracy, timings and steps.
+        ``train``: this task's training values (a searched setting's), else the run's."""
+        t, cfg = _timings(), train or self.cfg.train
         start_state = self.start.restore()
         engine.seed_everything(seed)
         xs, ys = self.support(support, seed, t)
-        stats = self._fit(xs, ys, seed, t) if self.trains else engine.FitStats(cached=self.level > 0)
-        pred = self._score(xs, ys, query, t).argmax(-1)
+        stats = self._fit(xs, ys, seed, t, cfg) if self.trains else engine.FitStats(cached=self.level > 0)
+        pred = self._score(xs, ys, query, t, cfg).argmax(-1)
         yq = torch.as_tensor(query.labels, dtype=torch.long)
         t["decoded"] = int(t["decoded"])  # images decoded for this task (the rest came from the run's cache)
         t["trunk_images"] = int(t["trunk_images"])  # images run through the trunk from pixels, without grad

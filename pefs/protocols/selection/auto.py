@@ -102,10 +102,11 @@ class AutoSelector(Selector):
                 table.append({"setting": setting, "val_accuracy": None, "seconds": 0.0, "trainable": None,
                               "status": f"skipped (budget: ~{expected:.1f} s expected, {max(left, 0):.1f} s left)"})
                 continue
-            runner = self.runners.get(self.fixed(setting))
+            fixed = self.fixed(setting)
+            runner = self.runners.get(fixed)
             t0 = time.perf_counter()
             try:
-                acc = runner.run(support, val, seed).accuracy
+                acc = runner.run(support, val, seed, fixed.train).accuracy
                 status = "ok"
             except NonFiniteLoss as e:
                 acc, status = None, f"diverged: {e}"

@@ -20,7 +20,7 @@ from typing import Any
 from pefs.config import TuneConfig
 from pefs.data import ImageSet, hold_out
 from pefs.errors import PefsError
-from pefs.protocols.loop import Task
+from pefs.protocols.loop import Choice, Task
 from pefs.protocols.selection.search import SearchSpace, apply, parse_search, run_search
 from pefs.runtime.engine import NonFiniteLoss
 from pefs.runtime.task import TaskRunner
@@ -47,9 +47,7 @@ class _Runners:
             self.by_key[key] = TaskRunner(cfg, self.n_classes)
             if self.describe is not None:
                 self.describe(self.by_key[key])
-        runner = self.by_key[key]
-        runner.cfg = cfg  # the training values of this setting (the model part is the same by the key)
-        return runner
+        return self.by_key[key]  # a setting's training values go to each run (TaskRunner.run's ``train``)
 
 
 class Selector:
@@ -84,15 +82,16 @@ class Selector:
     def search(self, support: ImageSet, val: ImageSet, seed: int) -> tuple[dict[str, Any], list[dict[str, Any]]]:
         """Every setting tuned on ``support`` and scored on ``val``: the chosen setting and the table."""
         def score(setting: dict[str, Any]) -> float:
+            fixed = self.fixed(setting)
             try:
-                return self.runners.get(self.fixed(setting)).run(support, val, seed).accuracy
+                return self.runners.get(fixed).run(support, val, seed, fixed.train).accuracy
             except NonFiniteLoss:
                 return float("nan")
 
         result = run_search(self.space, score)
         return result.chosen, result.table
 
-    def __call__(self, task: Task) -> tuple[TaskRunner, dict[str, Any]]:
+    def __call__(self, task: Task) -> Choice:
         support, val = task.support, task.val
         if val is None and self.held_out:
             support, val = hold_out(task.support, self.held_out, task.seed)
@@ -102,12 +101,13 @@ class Selector:
         else:
             chosen, table = self.search(support, val, task.seed)
             n_val = len(val)
-        self.runner = self.runners.get(self.fixed(chosen))
+        fixed = self.fixed(chosen)
+        self.runner = self.runners.get(fixed)
         self.summary["chosen"].append(chosen)
         info = {"chosen": chosen, "search_s": time.perf_counter() - t0, "val_images": n_val, "search": table}
         if val is not None and task.val is None:
             info["val_names"] = list(val.names)  # held out of the episode's support: never among its queries
-        return self.runner, info
+        return Choice(self.runner, fixed.train, info)
 
 
 def _fixed(base: TuneConfig, space: SearchSpace, setting: dict[str, Any]) -> TuneConfig:
