@@ -5,7 +5,7 @@ STAMP   = $(VENV)/.pefs-installed
 export HF_HUB_OFFLINE ?= 1
 export HF_DATASETS_OFFLINE ?= 1
 
-.PHONY: demo test lint install clean
+.PHONY: demo test test-oldest lint install clean
 
 $(STAMP): setup.cfg pyproject.toml
 	test -x $(PY) || python3 -m venv $(VENV)
@@ -24,8 +24,30 @@ test: $(STAMP)
 	$(VENV)/bin/ruff check .
 	$(PY) -m pytest -q tests
 
+## the backbone / strategy / transformers tests on the oldest timm, peft, transformers and accelerate that
+## setup.cfg allows (each ``NAME>=X`` there is installed as ``NAME==X``), in a separate venv .venv-oldest.
+## torch/torchvision are pinned to 2.14.1/0.29.1, not to setup.cfg's lower bounds: pip on these machines is
+## capped at torch<=2.14.1 and PyPI's torchvision imports only beside torch 2.14.1 + torchvision 0.29.1, so the
+## torch lower bound is not exercised here.
+OLDEST      = .venv-oldest
+OLDEST_PINS = $(shell sed -n 's/^ *\(timm\|peft\|transformers\|accelerate\)>=\([0-9.]*\) *$$/\1==\2/p' setup.cfg) \
+              torch==2.14.1 torchvision==0.29.1
+OLDEST_TESTS = tests/test_backbones.py tests/test_strategies.py tests/test_transformers.py \
+               tests/test_transformers_loading.py tests/test_peft_format.py
+
+$(OLDEST)/.pefs-installed: setup.cfg pyproject.toml Makefile
+	test -x $(OLDEST)/bin/python || python3 -m venv $(OLDEST)
+	$(OLDEST)/bin/python -m pip install --quiet --upgrade pip
+	$(OLDEST)/bin/python -m pip install --quiet -e '.[dev]' $(OLDEST_PINS)
+	touch $@
+
+test-oldest: $(OLDEST)/.pefs-installed
+	$(OLDEST)/bin/python -c 'import timm, peft, transformers, accelerate, torch; \
+	    print(*(f"{m.__name__} {m.__version__}" for m in (timm, peft, transformers, accelerate, torch)), sep=", ")'
+	$(OLDEST)/bin/python -m pytest -q $(OLDEST_TESTS)
+
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .
 
 clean:
-	rm -rf $(VENV) runs build *.egg-info
+	rm -rf $(VENV) $(OLDEST) runs build *.egg-info

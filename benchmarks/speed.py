@@ -121,6 +121,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--no-compile", action="store_true", help="skip the torch.compile probe")
     p.add_argument("--compile-timeout", type=float, default=240.0, help="seconds before a compile probe is abandoned")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--deterministic", action="store_true",
+                   help="pefs' side with TrainConfig(deterministic=True): fp32 throughout, no TF32, deterministic "
+                        "GPU algorithms (the same numbers as on a CPU; slower on a GPU)")
     p.add_argument("--json", type=Path, help="write every measurement here (default: beside --markdown, .json)")
     p.add_argument("--markdown", type=Path, help="write the report here (also printed)")
     return p.parse_args(argv)
@@ -155,6 +158,7 @@ def settings(a: argparse.Namespace) -> dict[str, Any]:
         "stream_strategies": [x for x in pick(a.stream_strategies, "prototype", "linear").split(",") if x],
         "checkpointed": [x for x in pick(a.checkpointed, "lora", "").split(",") if x],
         "compile": not (a.no_compile or tiny), "compile_timeout": a.compile_timeout, "seed": a.seed,
+        "deterministic": a.deterministic,
     }
 
 

@@ -265,7 +265,8 @@ class PefsSide:
 
         self.s, self.run = s, run
         ebs = {"eval_batch_size": s["pefs_eval_batch_size"]} if s["pefs_eval_batch_size"] else {}
-        self.train = TrainConfig(epochs=s["epochs"], batch_size=s["batch_size"], progress=False, **ebs, **overrides)
+        self.train = TrainConfig(epochs=s["epochs"], batch_size=s["batch_size"], progress=False,
+                                 deterministic=s.get("deterministic", False), **ebs, **overrides)
         self.runners: dict[str, Any] = {}
         self.made: dict[str, tuple[int, int | None]] = {}  # protocol -> (classes, epochs) of its runner
         self.scores: list[Any] = []

@@ -23,9 +23,24 @@ ROOT = Path(__file__).resolve().parents[1]
 FAST = ["-q", "--img-size", "32", "--epochs", "2"]
 
 
+def subprocess_env(*, repo: bool = True, **extra: str) -> dict[str, str]:
+    """The environment for a python subprocess a test starts: ``os.environ`` plus ``extra``, with the repository
+    root PREPENDED to whatever PYTHONPATH holds (entries already there, such as carried wheels on a GPU machine,
+    stay); ``repo=False`` takes the root off PYTHONPATH instead, keeping the other entries."""
+    env = dict(os.environ, **extra)
+    parts = [p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p and Path(p).resolve() != ROOT]
+    if repo:
+        parts.insert(0, str(ROOT))
+    if parts:
+        env["PYTHONPATH"] = os.pathsep.join(parts)
+    else:
+        env.pop("PYTHONPATH", None)
+    return env
+
+
 def cli(*args: str, cwd: Path | None = None, **kw) -> subprocess.CompletedProcess:
     """Run ``python -m pefs.cli ARGS`` in a subprocess (one OpenMP thread), capturing its output."""
-    env = dict(os.environ, OMP_NUM_THREADS="1")
+    env = subprocess_env(OMP_NUM_THREADS="1")
     return subprocess.run([sys.executable, "-m", "pefs.cli", *args], capture_output=True, text=True, timeout=600,
                           cwd=cwd, env=env, **kw)
 
@@ -89,10 +104,47 @@ def batch(n: int = 12, classes: int = 3, size: int = 32):
 
 def cfg(**kw):
     """A short TrainConfig with fp32 no-grad passes unless asked: these tests compare paths that must agree to
-    1e-4, and "auto" would run the cached prefix in bf16 on a CPU that has it (test_speed_options covers that)."""
+    1e-4, and "auto" would run the cached prefix in bf16 on a CPU that has it (test_speed_options covers that).
+    Where CUDA is available it is also ``deterministic`` (fp32 throughout, no TF32, deterministic kernels), so the
+    same comparisons hold there; on a CPU that setting changes no number, and it is left unset."""
     from pefs.config import TrainConfig
 
-    return TrainConfig(**{"epochs": 3, "batch_size": 4, "progress": False, "inference_precision": "no", **kw})
+    gpu = {"deterministic": True} if on_cuda() else {}
+    return TrainConfig(**{"epochs": 3, "batch_size": 4, "progress": False, "inference_precision": "no", **gpu, **kw})
+
+
+def on_cuda() -> bool:
+    """Whether pefs' engine would move models to a CUDA GPU here (and leave them there after ``fit``)."""
+    import torch
+
+    return torch.cuda.is_available()
+
+
+#: tolerance of comparisons that may have one side computed on a CUDA GPU under TF32 / bf16 autocast
+GPU_ATOL = GPU_RTOL = 2e-2
+
+
+def close(a, b, atol: float = 0.0, rtol: float = 0.0) -> bool:
+    """``a`` and ``b`` (tensors, on any device; compared as CPU copies) agree: on a CPU exactly as asked (the
+    default 0, 0 is bit for bit), where CUDA is available within at least GPU_ATOL / GPU_RTOL (TF32 matmuls and
+    bf16 autocast, pefs' GPU defaults, change low bits). Never looser than asked on a CPU."""
+    import torch
+
+    a, b = a.detach().cpu(), b.detach().cpu()
+    if on_cuda():
+        return a.shape == b.shape and torch.allclose(a.float(), b.float(), atol=max(atol, GPU_ATOL),
+                                                     rtol=max(rtol, GPU_RTOL))
+    if atol == rtol == 0:
+        return torch.equal(a, b)
+    return torch.allclose(a, b, atol=atol, rtol=rtol)
+
+
+def same(a, b) -> bool:
+    """Bit-for-bit equality of two tensors wherever each lives (weights pefs' engine left on the GPU against CPU
+    copies taken before): for values that are copied or restored, never recomputed."""
+    import torch
+
+    return torch.equal(a.detach().cpu(), b.detach().cpu())
 
 
 def decode(images, transform):

@@ -17,9 +17,13 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def start(hold_at: int, *args: str, env: dict[str, str] | None = None) -> subprocess.Popen:
-    """Start ``pefs args`` held at its ``hold_at``-th tune call; returns once it is held there."""
+    """Start ``pefs args`` held at its ``hold_at``-th tune call; returns once it is held there. ``env``: variables
+    to set on top of the test's environment (see tests.conftest.subprocess_env)."""
     # SIGINT as a terminal delivers it: a test run started in the background (``pytest &``) inherits SIGINT
     # ignored, and Python then installs no KeyboardInterrupt handler in the child
+    from tests.conftest import subprocess_env
+
+    env = subprocess_env(**(env or {}))
     proc = subprocess.Popen([sys.executable, "-m", "tests.held_cli", str(hold_at), *args], cwd=ROOT, env=env,
                             stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                             preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))

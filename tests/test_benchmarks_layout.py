@@ -5,12 +5,13 @@ script started as a file still runs."""
 from __future__ import annotations
 
 import ast
-import os
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+
+from tests.conftest import subprocess_env
 
 ROOT = Path(__file__).resolve().parents[1]
 BENCH = ROOT / "benchmarks"
@@ -91,7 +92,7 @@ def test_every_script_reruns_itself_as_a_module_when_started_as_a_file(path):
 def test_a_script_started_as_a_file_runs(tmp_path):
     """``python benchmarks/strategies_table.py`` from another folder, without the repository on PYTHONPATH: it
     re-executes itself as ``python -m benchmarks.strategies_table`` and prints its table."""
-    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    env = subprocess_env(repo=False)
     r = subprocess.run([sys.executable, str(BENCH / "strategies_table.py")], cwd=tmp_path, env=env,
                        capture_output=True, text=True, timeout=120)
     assert r.returncode == 0, r.stderr[-2000:]

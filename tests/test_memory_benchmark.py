@@ -3,17 +3,18 @@
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 from pathlib import Path
+
+from tests.conftest import subprocess_env
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
 def test_tiny_memory_run_reports_every_strategy(tmp_path):
     out_md, out_json = tmp_path / "memory.md", tmp_path / "memory.json"
-    env = dict(os.environ, HF_HUB_OFFLINE="1", OMP_NUM_THREADS="1")
+    env = subprocess_env(HF_HUB_OFFLINE="1", OMP_NUM_THREADS="1")
     proc = subprocess.run([sys.executable, "-m", "benchmarks.memory", "--tiny", "--markdown",
                            str(out_md), "--json", str(out_json)], cwd=ROOT, env=env, capture_output=True, text=True,
                           timeout=300)

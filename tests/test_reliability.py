@@ -22,7 +22,7 @@ from pefs.config import TrainConfig, TuneConfig
 from pefs.errors import PefsError
 from pefs.protocols.run import tune
 from pefs.runtime.engine import NonFiniteLoss
-from tests.conftest import FAST, assert_user_error, cli
+from tests.conftest import FAST, assert_user_error, cli, subprocess_env
 
 
 @pytest.mark.parametrize("args, fragments", [
@@ -146,7 +146,7 @@ def test_sweep_killed_by_a_signal_then_resumed(tmp_path, sig):
             "--output", str(tmp_path / "records")]
     from tests import held_cli
 
-    proc = held_cli.start(2, *args, env=dict(os.environ, OMP_NUM_THREADS="1"))  # held inside its second cell
+    proc = held_cli.start(2, *args, env={"OMP_NUM_THREADS": "1"})  # held inside its second cell
     proc.send_signal(sig)
     _, err = proc.communicate(timeout=120)
     assert proc.returncode == 130 and "Traceback" not in err
@@ -163,7 +163,7 @@ def test_sweep_killed_by_a_signal_then_resumed(tmp_path, sig):
 
 
 def test_tune_killed_leaves_no_partial_record(tmp_path):
-    env = dict(os.environ, OMP_NUM_THREADS="1")
+    env = subprocess_env(OMP_NUM_THREADS="1")
     proc = subprocess.Popen([sys.executable, "-m", "pefs.cli", "tune", "--strategy", "lora", "--epochs", "200",
                              "--img-size", "32", "--output", str(tmp_path)], stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, env=env)

@@ -11,6 +11,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.conftest import subprocess_env
+
 ROOT = Path(__file__).resolve().parents[1]
 BENCH = ROOT / "benchmarks"
 #: sweep reports rendered by ``pefs report`` from a committed store: (summary page, report folder)
@@ -116,7 +118,7 @@ def test_in_place_report_rerenders_from_its_data(page, tmp_path):
     (copy / page).unlink()
     script, flag = IN_PLACE_REPORTS[page]
     r = subprocess.run([*_module(script), flag], cwd=tmp_path, capture_output=True, text=True,
-                       timeout=300, env={**__import__("os").environ, "PYTHONPATH": str(ROOT)})
+                       timeout=300, env=subprocess_env())
     assert r.returncode == 0, r.stderr[-2000:]
     assert _generated((copy / page).read_text()) == _generated((BENCH / page).read_text()), \
         f"benchmarks/{page} differs from its data"
@@ -143,7 +145,7 @@ def test_summary_table_rerenders_from_its_store(page, tmp_path):
 
 def _run(script: str, args: list[str], cwd: Path = ROOT) -> None:
     """Run benchmark ``script`` as a module with ``args``; it must succeed."""
-    env = {**__import__("os").environ, "PYTHONPATH": str(ROOT), "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
+    env = subprocess_env(HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1")
     r = subprocess.run([*_module(script), *args], cwd=cwd, capture_output=True, text=True, timeout=300, env=env)
     assert r.returncode == 0, r.stderr[-2000:]
 

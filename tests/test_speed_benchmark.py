@@ -5,10 +5,11 @@ from __future__ import annotations
 
 import importlib
 import json
-import os
 import subprocess
 import sys
 from pathlib import Path
+
+from tests.conftest import subprocess_env
 
 ROOT = Path(__file__).resolve().parents[1]
 #: how speed.md says to run it, from the repository root
@@ -38,7 +39,7 @@ def test_tiny_run_reports_every_column(tmp_path):
     from benchmarks.speed_report import COLUMNS
 
     out_md, out_json = tmp_path / "speed.md", tmp_path / "speed.json"
-    env = dict(os.environ, HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1")
+    env = subprocess_env(HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1")
     proc = subprocess.run([*SCRIPT, "--tiny", "--markdown", str(out_md), "--json", str(out_json)],
                           cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:] + proc.stdout[-2000:]

@@ -20,6 +20,7 @@ from pefs.results import claims, store
 from pefs.results.aggregate import aggregate, current_rows
 from pefs.results.report.markdown import build_report
 from pefs.sweep import run as sweep
+from tests.conftest import subprocess_env
 
 SWEEP = ["sweep", "--models", "resnet18", "--no-pretrained", "--strategies", "linear", "--shots", "1",
          "--img-size", "32", "--epochs", "1", "-q"]
@@ -74,7 +75,7 @@ def test_stale_claims_are_taken_over_live_ones_respected(tmp_path):
 
 
 def _start(store_path: Path, out: Path, seeds: str) -> subprocess.Popen:
-    env = dict(os.environ, OMP_NUM_THREADS="1")
+    env = subprocess_env(OMP_NUM_THREADS="1")
     return subprocess.Popen([sys.executable, "-m", "pefs.cli", *SWEEP, "--seeds", seeds, "--store", str(store_path),
                              "--output", str(out)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
 

@@ -106,7 +106,6 @@ def test_grid_2x2x2_end_to_end_then_torn_line_is_reported(tmp_path, image_folder
 def test_kill_after_first_cell_then_resume(tmp_path, image_folder, monkeypatch):
     """A real SIGKILL (no handler runs) of a ``pefs sweep`` process held inside its second cell: the first cell's
     line survives whole, and the rerun runs the other three only."""
-    import os
     import signal
 
     from tests import held_cli
@@ -114,7 +113,7 @@ def test_kill_after_first_cell_then_resume(tmp_path, image_folder, monkeypatch):
     st = tmp_path / "results.jsonl"
     args = ["sweep", "--models", "vit_tiny_patch16_224", "--strategies", "linear,lora", "--shots", "1,2",
             "--data", str(image_folder), "--store", str(st), *TINY]
-    proc = held_cli.start(2, *args, env=dict(os.environ, OMP_NUM_THREADS="1"))
+    proc = held_cli.start(2, *args, env={"OMP_NUM_THREADS": "1"})
     proc.send_signal(signal.SIGKILL)
     proc.communicate(timeout=120)
     assert proc.returncode == -signal.SIGKILL

@@ -141,10 +141,13 @@ def expect_ssf(model, original):
         layers = [n for n in mods if isinstance(mods[n], (nn.Linear, nn.Conv2d))
                   and any(n.startswith(b + ".") for b in original.block_names)]
         return under(model, layers, ".ssf.")
-    leaves = ("q_proj", "k_proj", "v_proj", "o_proj", "out_proj", "fc1", "fc2", "layernorm_before", "layernorm_after",
-              "norm1", "norm2", "layer_norm1", "layer_norm2")
+    # the SSF paper's layers under every layout the describer knows: transformers' newest names, and DINOv2's
+    # attention.attention.query/key/value + attention.output.dense up to transformers 5.17
+    tails = ("q_proj", "k_proj", "v_proj", "o_proj", "out_proj", "fc1", "fc2", "layernorm_before", "layernorm_after",
+             "norm1", "norm2", "layer_norm1", "layer_norm2", "attention.query", "attention.key", "attention.value",
+             "attention.output.dense")
     layers = [n for n, _ in original.model.named_modules()
-              if any(n.startswith(b + ".") for b in original.block_names) and n.rsplit(".", 1)[-1] in leaves]
+              if any(n.startswith(b + ".") for b in original.block_names) and any(n.endswith("." + t) for t in tails)]
     outer = [n for n, m in original.model.named_modules() if isinstance(m, nn.Conv2d)]  # the patch embedding
     outer += [n for n, _ in original.model.named_modules() if n.rsplit(".", 1)[-1] in ("layernorm", "pre_layrnorm")]
     return under(model, layers + outer, ".ssf.")
@@ -160,7 +163,11 @@ def expect_self_prompt(model, original):
 
 
 def expect_ia3(model, original):
-    layers = [f"{b}.{r}" for b in original.block_names for r in ("attention.k_proj", "attention.v_proj", "mlp.fc2")]
+    # keys, values and fc2: attention.k_proj / v_proj, or DINOv2's attention.attention.key / value up to 5.17
+    tails = ("attention.k_proj", "attention.v_proj", "attention.attention.key", "attention.attention.value", "mlp.fc2")
+    layers = [n for n, _ in original.model.named_modules()
+              if any(n.startswith(b + ".") for b in original.block_names) and any(n.endswith("." + t) for t in tails)]
+    assert len(layers) == 3 * len(original.block_names), layers
     return under(model, layers, "ia3_l")
 
 
@@ -256,7 +263,8 @@ def test_last_k_caches_the_frozen_prefix_and_trains_as_uncached():
         bb = hf_backbone("vit")
         torch.manual_seed(0)  # the same fresh head both times
         model = wrap(bb, "last-k", num_classes=3, k=1)
-        cfg = TrainConfig(epochs=2, batch_size=3, progress=False, cache_features=cache, inference_precision="no")
+        cfg = TrainConfig(epochs=2, batch_size=3, progress=False, cache_features=cache, inference_precision="no",
+                          deterministic=True)
         if cache:
             assert frozen_level(model, cfg) == stages(model.backbone).block(LAYERS - 1)
         stats = fit(model, x, y, cfg)
@@ -273,7 +281,7 @@ def test_training_lowers_the_loss_and_checkpointing_changes_nothing(spec):
         bb = hf_backbone("vit")
         torch.manual_seed(0)  # the same fresh head and prompts both times
         model = wrap(bb, spec, num_classes=3)
-        cfg = TrainConfig(epochs=8, batch_size=6, lr=1e-2, progress=False, grad_checkpointing=ckpt)
+        cfg = TrainConfig(epochs=8, batch_size=6, lr=1e-2, progress=False, grad_checkpointing=ckpt, deterministic=True)
         runs.append(fit(model, x, y, cfg).losses)
     assert runs[0][-1] < runs[0][0]
     torch.testing.assert_close(torch.tensor(runs[0]), torch.tensor(runs[1]), atol=1e-5, rtol=1e-4)
@@ -295,3 +303,56 @@ def test_checkpointing_goes_through_the_models_own_switch():
 def test_patch_tokens_level_for_patch_matching():
     model = wrap(hf_backbone("clip"), "linear", num_classes=3)
     assert level_of(model, "tokens") == stages(model.backbone).tokens
+
+
+class _OldDinov2Layer(nn.Module):
+    """A DINOv2 layer as transformers up to 5.17 lays it out: attention.attention.query/key/value,
+    attention.output.dense, an mlp with fc1/fc2, layer scales, and a forward that takes the tokens alone."""
+
+    def __init__(self, d: int = D) -> None:
+        super().__init__()
+        self.norm1, self.norm2 = nn.LayerNorm(d), nn.LayerNorm(d)
+        self.attention = nn.Module()
+        self.attention.attention = nn.Module()
+        for n in ("query", "key", "value"):
+            setattr(self.attention.attention, n, nn.Linear(d, d))
+        self.attention.output = nn.Module()
+        self.attention.output.dense = nn.Linear(d, d)
+        self.layer_scale1, self.layer_scale2 = nn.Identity(), nn.Identity()
+        self.mlp = nn.Sequential()
+        self.mlp.fc1, self.mlp.fc2 = nn.Linear(d, 2 * d), nn.Linear(2 * d, d)
+
+    def forward(self, hidden_states):
+        return hidden_states
+
+
+class _OldViTLayer(nn.Module):
+    """A ViT layer as transformers up to 5.8 lays it out: the MLP split into intermediate/output."""
+
+    def __init__(self, d: int = D) -> None:
+        super().__init__()
+        self.attention = _OldDinov2Layer(d).attention
+        self.intermediate, self.output = nn.Linear(d, 2 * d), nn.Linear(2 * d, d)
+        self.layernorm_before, self.layernorm_after = nn.LayerNorm(d), nn.LayerNorm(d)
+
+    def forward(self, hidden_states, head_mask=None, output_attentions=False):
+        return hidden_states
+
+
+def test_describer_reads_the_older_dinov2_layout_and_names_the_transformers_it_needs_for_old_vits():
+    """Whatever transformers is installed: the block layouts of older releases (checked against 5.9, 5.17, 4.57)."""
+    from types import SimpleNamespace
+
+    from pefs.backbones.families import hf
+
+    roles = hf._roles(_OldDinov2Layer(), SimpleNamespace(num_attention_heads=HEADS), "old DINOv2")
+    assert (roles.q, roles.k, roles.v, roles.out) == ("attention.attention.query", "attention.attention.key",
+                                                      "attention.attention.value", "attention.output.dense")
+    assert (roles.attn, roles.mlp, roles.fc1, roles.fc2, roles.ls1) == ("attention", "mlp", "mlp.fc1", "mlp.fc2",
+                                                                       "layer_scale1")
+    assert roles.head_dim == D // HEADS
+    assert hf._block_kwargs(_OldDinov2Layer()) == ()  # its forward takes no attention_mask
+    assert hf._block_kwargs(hf_backbone("vit").blocks[0]) == (("attention_mask", None),)
+    with pytest.raises(PefsError, match=f"splits the MLP into intermediate/output .* upgrade transformers to "
+                                        f"{hf.MIN_TRANSFORMERS} or newer"):
+        hf._roles(_OldViTLayer(), SimpleNamespace(num_attention_heads=HEADS), "old ViT")

@@ -11,6 +11,7 @@ and the frozen-prefix cache can enter any block. :func:`describe_hf` fills the s
 from __future__ import annotations
 
 import dataclasses
+import inspect
 from dataclasses import dataclass
 from typing import Any
 
@@ -33,13 +34,18 @@ SUPPORTED = tuple(ENCODERS) + CNNS
 #: position embeddings of these are fixed to config.image_size (DINOv2 interpolates them)
 FIXED_SIZE = ("vit", "deit", "clip_vision_model")
 CLIP_MEAN, CLIP_STD = (0.48145466, 0.4578275, 0.40821073), (0.26862954, 0.26130258, 0.27577711)
-#: leaf names of each block role, first match wins (transformers 5 names, then the 4.x ones)
+#: names of each block role, matched against the end of a dotted name inside the block, first match wins: the
+#: newest layout first, then the older ones. DINOv2 (with registers) kept ``attention.attention.query/key/value``
+#: and ``attention.output.dense`` up to transformers 5.17 (``o_proj`` etc. from 5.18); ViT and DeiT moved from
+#: that layout plus ``intermediate``/``output`` (an MLP split in two, the residual added inside) to ``mlp`` in 5.9.
 ROLE_NAMES = {
     "attn": ("attention", "self_attn"), "mlp": ("mlp",), "norm1": ("layernorm_before", "norm1", "layer_norm1"),
     "norm2": ("layernorm_after", "norm2", "layer_norm2"), "q": ("q_proj", "query"), "k": ("k_proj", "key"),
-    "v": ("v_proj", "value"), "out": ("o_proj", "out_proj"), "fc1": ("fc1",), "fc2": ("fc2",),
-    "ls1": ("layer_scale1",),
+    "v": ("v_proj", "value"), "out": ("o_proj", "out_proj", "attention.output.dense"), "fc1": ("fc1",),
+    "fc2": ("fc2",), "ls1": ("layer_scale1",),
 }
+#: the oldest transformers whose ViT / DeiT layers pefs can describe (they have an ``mlp``; see ROLE_NAMES)
+MIN_TRANSFORMERS = "5.9"
 
 
 @dataclass(frozen=True)
@@ -160,8 +166,8 @@ def is_hf_model(module: nn.Module) -> bool:
 
 def _find(block: nn.Module, role: str) -> str | None:
     names = [n for n, _ in block.named_modules() if n]
-    for leaf in ROLE_NAMES[role]:
-        hit = next((n for n in names if n.rsplit(".", 1)[-1] == leaf), None)
+    for tail in ROLE_NAMES[role]:
+        hit = next((n for n in names if n == tail or n.endswith("." + tail)), None)
         if hit is not None:
             return hit
     return None
@@ -170,6 +176,10 @@ def _find(block: nn.Module, role: str) -> str | None:
 def _roles(block: nn.Module, config: Any, what: str) -> BlockRoles:
     found = {r: _find(block, r) for r in ROLE_NAMES}
     missing = [r for r in ("attn", "mlp", "norm1", "norm2", "q", "k", "v", "out") if found[r] is None]
+    if missing == ["mlp"] and all(hasattr(block, n) for n in ("intermediate", "output")):
+        raise PefsError(f"pefs cannot describe {what} under transformers {_version()}: its {type(block).__name__} "
+                        "splits the MLP into intermediate/output (the layout before transformers "
+                        f"{MIN_TRANSFORMERS}); upgrade transformers to {MIN_TRANSFORMERS} or newer")
     if missing:
         raise PefsError(f"pefs cannot describe {what}: its block {type(block).__name__} has children "
                         f"{', '.join(n for n, _ in block.named_children())}; expected an attention with separate "
@@ -183,6 +193,22 @@ def _roles(block: nn.Module, config: Any, what: str) -> BlockRoles:
                       fc1=found["fc1"] if found["fc1"] and found["fc1"].startswith(mlp + ".") else None,
                       fc2=found["fc2"] if found["fc2"] and found["fc2"].startswith(mlp + ".") else None,
                       ls1=found["ls1"])
+
+
+def _version() -> str:
+    import transformers
+
+    return transformers.__version__
+
+
+def _block_kwargs(block: nn.Module) -> tuple[tuple[str, object], ...]:
+    """``attention_mask=None`` where the block's forward takes one (ViT, CLIP); DINOv2's layers up to transformers
+    5.17 take the tokens alone."""
+    try:
+        params = inspect.signature(block.forward).parameters
+    except (TypeError, ValueError):
+        return ()
+    return (("attention_mask", None),) if "attention_mask" in params else ()
 
 
 def _head_of(model: nn.Module) -> str | None:
@@ -317,7 +343,7 @@ def describe_hf(model: nn.Module, name: str | None = None, pretrained: str = "us
                  "tokens": TokenLayout(f"{prefix}{spec.container}", spec.num_prefix,
                                        int(getattr(hf.config, "num_register_tokens", 0) or 0),
                                        (patch, patch) if isinstance(patch, int) else tuple(patch),
-                                       block_kwargs=(("attention_mask", None),)),
+                                       block_kwargs=_block_kwargs(container[0])),
                  "outer_layers": outer}
         net.layout = extra["tokens"]
     family = "hf-" + spec.model_type.replace("_vision_model", "").replace("_with_registers", "")
