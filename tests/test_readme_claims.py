@@ -144,8 +144,8 @@ def test_kshot_seed_starts_from_the_loaded_weights_even_after_training(tmp_path,
     seen: list[str] = []
     real = pefs.runtime.task.TaskRunner.run
 
-    def run(self, support, query, seed):
-        result = real(self, support, query, seed)
+    def run(self, support, query, seed, train=None):
+        result = real(self, support, query, seed, train)
         seen.append(weights_fingerprint(list(changeable(self.model).items())))  # the state this task left behind
         return result
 
