@@ -95,7 +95,7 @@ def decoded_batches(images: ImageSet, indices: Sequence[int], decoder: Decoder, 
     if not len(indices):
         return
     if len(indices) < MIN_PARALLEL:
-        num_workers = 0  # starting worker processes (~0.3 s) costs more than they save on a few images
+        num_workers = 0  # starting worker processes costs more than they save on a few images (benchmarks/scale.md)
     # a private generator: starting the iterator draws a seed from it, never from the global RNG, so how (and
     # whether) images are loaded cannot change a run's head init or shuffling
     loader = DataLoader(DecodedImages(images, indices, decoder), batch_size=batch_size, shuffle=False,
