@@ -194,3 +194,19 @@ def test_default_lr_of_a_composition_is_its_smallest_part():
     assert default_lr("norm+full") == 1e-4
     with pytest.raises(PefsError, match="unknown strategy 'nope'"):
         default_lr("nope")
+
+
+def test_decode_workers_are_sized_to_the_machine_unless_given(monkeypatch):
+    """Workers decode beside a GPU (half the cores, at most 8) and not beside a CPU's own compute; a given
+    --workers wins; decoded batches are pinned only for a GPU."""
+    import os
+
+    from pefs.config import TrainConfig
+
+    cpu, gpu = torch.device("cpu"), torch.device("cuda", 0)
+    monkeypatch.setattr(engine, "default_device", lambda: cpu)
+    assert engine.decode_workers(TrainConfig()) == 0 and not engine.pin_memory()
+    assert engine.decode_workers(TrainConfig(num_workers=3)) == 3
+    monkeypatch.setattr(engine, "default_device", lambda: gpu)
+    assert engine.decode_workers(TrainConfig()) == min(8, (os.cpu_count() or 2) // 2) and engine.pin_memory()
+    assert engine.decode_workers(TrainConfig(num_workers=0)) == 0

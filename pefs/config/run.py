@@ -62,8 +62,10 @@ class TrainConfig:
     eval_batch_size: int = setting(16, "evaluation batch size (benchmarks/speed.md measures the choice)",
                                    neutral=True)
     progress: bool = setting(True, "progress bars", neutral=True, flags=("--quiet", "-q"))
-    num_workers: int = setting(0, "DataLoader processes decoding images beside the forward pass (0: in this "
-                               "process)", flags=("--workers",), metavar="N", neutral=True)
+    num_workers: int | None = setting(
+        None, "DataLoader processes decoding images beside the forward pass (0: in this process); default: sized to "
+        "the machine, half its cores (at most 8) beside a CUDA GPU, 0 on a CPU alone (decoding would take cores "
+        "from the forward pass)", flags=("--workers",), metavar="N", neutral=True)
     cache_mb: float = setting(512, "budget of the run's decoded-image / activation cache in MiB (pooled features "
                               "are kept outside it)", metavar="MIB", neutral=True)
 
@@ -84,7 +86,8 @@ class TrainConfig:
         if not (isinstance(self.weight_decay, (int, float)) and math.isfinite(self.weight_decay)
                 and self.weight_decay >= 0):
             raise PefsError(f"weight_decay must be >= 0 and finite, got {self.weight_decay!r}")
-        if isinstance(self.num_workers, bool) or not isinstance(self.num_workers, int) or self.num_workers < 0:
+        if self.num_workers is not None and (isinstance(self.num_workers, bool) or not isinstance(
+                self.num_workers, int) or self.num_workers < 0):
             raise PefsError(f"num_workers must be a whole number >= 0, got {self.num_workers!r}")
         if not isinstance(self.cache_mb, (int, float)) or not self.cache_mb >= 0 or not math.isfinite(self.cache_mb):
             raise PefsError(f"cache_mb must be a number of MiB >= 0, got {self.cache_mb!r}")

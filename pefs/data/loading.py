@@ -88,10 +88,11 @@ def _collate(items: list) -> torch.Tensor | _Failed:
 
 
 def decoded_batches(images: ImageSet, indices: Sequence[int], decoder: Decoder, batch_size: int,
-                    num_workers: int = 0) -> Iterator[torch.Tensor]:
+                    num_workers: int = 0, pin_memory: bool = False) -> Iterator[torch.Tensor]:
     """Batches of ``images[indices]`` in order, decoded by ``num_workers`` processes (0: this one) ahead of use;
-    uint8 when ``decoder.uint8``. An undecodable image raises the PefsError that names it. Fewer than
-    ``MIN_PARALLEL`` images (a support set, an episode) decode in this process."""
+    uint8 when ``decoder.uint8``; in page-locked memory with ``pin_memory`` (the runtime asks for it beside a GPU).
+    An undecodable image raises the PefsError that names it. Fewer than ``MIN_PARALLEL`` images (a support set,
+    an episode) decode in this process."""
     if not len(indices):
         return
     if len(indices) < MIN_PARALLEL:
@@ -100,7 +101,8 @@ def decoded_batches(images: ImageSet, indices: Sequence[int], decoder: Decoder, 
     # whether) images are loaded cannot change a run's head init or shuffling
     loader = DataLoader(DecodedImages(images, indices, decoder), batch_size=batch_size, shuffle=False,
                         num_workers=num_workers, collate_fn=_collate, generator=torch.Generator().manual_seed(0),
-                        prefetch_factor=4 if num_workers else None, persistent_workers=False)
+                        prefetch_factor=4 if num_workers else None, persistent_workers=False,
+                        pin_memory=pin_memory)
     for batch in loader:
         if isinstance(batch, _Failed):
             raise PefsError(batch.message)

@@ -83,7 +83,8 @@ class FrozenInputs:
         run through the frozen prefix batch by batch, kept in the run's caches (and the store)."""
         cfg = self.cfg.train
         prefix = engine.no_grad_pass(self.model, cfg, 0, self.level) if self.level else None
-        batches = decoded_batches(images, missing, self.decoder, cfg.eval_batch_size, cfg.num_workers)
+        batches = decoded_batches(images, missing, self.decoder, cfg.eval_batch_size, engine.decode_workers(cfg),
+                                  engine.pin_memory())
         done, new_keys, new_feats = 0, [], []
         while True:
             t0 = time.perf_counter()

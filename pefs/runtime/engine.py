@@ -111,6 +111,19 @@ def default_device() -> torch.device:
     return torch.device("cpu")
 
 
+def decode_workers(cfg: TrainConfig) -> int:
+    """DataLoader worker processes for decoding: ``cfg.num_workers``, or by default half the machine's cores (at
+    most 8) when a CUDA GPU does the compute, none on a CPU alone (the cores are the compute there)."""
+    if cfg.num_workers is not None:
+        return cfg.num_workers
+    return min(8, (os.cpu_count() or 2) // 2) if default_device().type == "cuda" else 0
+
+
+def pin_memory() -> bool:
+    """Whether decoded batches go to page-locked memory (copies to a CUDA GPU then overlap compute)."""
+    return default_device().type == "cuda"
+
+
 def configure_backends(cfg: TrainConfig, device: torch.device) -> None:
     """The GPU settings a practitioner would choose, or the strict ones of ``deterministic``. On CUDA: TF32
     matmuls and convolutions and cuDNN's autotuner by default; deterministic: fp32 throughout, deterministic
