@@ -210,3 +210,18 @@ def test_decode_workers_are_sized_to_the_machine_unless_given(monkeypatch):
     monkeypatch.setattr(engine, "default_device", lambda: gpu)
     assert engine.decode_workers(TrainConfig()) == min(8, (os.cpu_count() or 2) // 2) and engine.pin_memory()
     assert engine.decode_workers(TrainConfig(num_workers=0)) == 0
+
+
+def test_a_training_set_too_big_for_the_device_goes_over_batch_by_batch_with_the_same_result(monkeypatch):
+    """A support set moves to the device once; a larger one (``--final`` on a big split) stays on the host and is
+    copied per batch: the same batches, the same trained weights."""
+    x, y = batch()
+    weights = []
+    for limit in (engine.SUPPORT_ON_DEVICE_BYTES, 0):
+        monkeypatch.setattr(engine, "SUPPORT_ON_DEVICE_BYTES", limit)
+        torch.manual_seed(0)
+        m = tiny("resnet", "lora")
+        stats = engine.fit(m, x, y, cfg(cache_features=False), seed=3)
+        weights.append((stats.losses, {n: p.detach().cpu().clone() for n, p in m.trainable_state().items()}))
+    assert weights[0][0] == weights[1][0]
+    assert all(torch.equal(weights[0][1][n], weights[1][1][n]) for n in weights[0][1])

@@ -350,6 +350,9 @@ def _train_mode(model: nn.Module, cfg: TrainConfig) -> None:
                 m.eval()
 
 
+#: a training set up to this size moves to the device once and is batched there; a larger one (``--final`` on
+#: every image of a big split, uncached) stays on the host and goes over batch by batch
+SUPPORT_ON_DEVICE_BYTES = 1 << 30
 #: optimizer steps between reads of the loss on a GPU: each read waits for the GPU, so the loop reads (and checks
 #: for NaN/inf) every this many steps there; a CPU has nothing to wait for and reads every step, before its update
 GPU_LOSS_EVERY = 16
@@ -357,7 +360,7 @@ GPU_LOSS_EVERY = 16
 
 def _train_steps(model: nn.Module, trained: nn.Module, x: torch.Tensor, y: torch.Tensor, cfg: TrainConfig,
                  seed: int, cl: bool, stats: FitStats) -> None:
-    """The optimizer steps. The support moves to the device once and batches are indexed there (the shuffled
+    """The optimizer steps. A support set moves to the device once and batches are indexed there (the shuffled
     order is a seeded DataLoader's, so it repeats); losses are read in groups (:data:`GPU_LOSS_EVERY`)."""
     acc = accelerator()
     device = acc.device
@@ -369,14 +372,16 @@ def _train_steps(model: nn.Module, trained: nn.Module, x: torch.Tensor, y: torch
     total = cfg.steps or cfg.epochs * per_epoch  # --steps: a fixed count, passes repeat until it is reached
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 0.5 * (1 + math.cos(math.pi * min(s, total) / total)))
     order = _loader(torch.arange(len(x)), batch_size=cfg.batch_size, shuffle=True, seed=seed)
-    x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+    if x.numel() * x.element_size() <= SUPPORT_ON_DEVICE_BYTES:  # a support set: one copy, batches indexed there
+        x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
     losses = _LossReader(stats, cfg, total, GPU_LOSS_EVERY if device.type == "cuda" else 1)
     try:
         for epoch in range(math.ceil(total / per_epoch)):
             for (idx,) in itertools.islice(order, total - stats.steps):
-                idx = idx.to(device, non_blocking=True)
+                xb, yb = x[idx.to(x.device)], y[idx.to(y.device)]
+                xb, yb = xb.to(device, non_blocking=True), yb.to(device, non_blocking=True)
                 with autocast(device, precision):
-                    loss = nn.functional.cross_entropy(trained(_layout(x[idx], cl)).float(), y[idx])
+                    loss = nn.functional.cross_entropy(trained(_layout(xb, cl)).float(), yb)
                 losses.add(loss, epoch + 1)  # raises at a NaN/inf loss when it reads it
                 opt.zero_grad(set_to_none=True)
                 acc.backward(scaler.scale(loss))
