@@ -121,6 +121,28 @@ def load_text(reading: list[float] | str | None) -> str:
     return "/".join(f"{x:.2f}" for x in reading)
 
 
+def machine_load(data: dict[str, Any]) -> str:
+    """One sentence on where a run's numbers come from, from its data alone: the machine it recorded and the load
+    average at its start and end (``load_start`` / ``load_end``; data from before runs recorded load says so)."""
+    m = data.get("machine") or {}
+    start, end = data.get("load_start"), data.get("load_end")
+    load = ("the load average was not recorded by this run" if start is None and end is None else
+            f"load average {load_text(start)} at the start, {load_text(end)} at the end")
+    return (f"Machine: {m.get('cpus', '?')} CPUs, {m.get('threads', '?')} torch thread(s), Python "
+            f"{m.get('python', '?')}, torch {m.get('torch', '?')}; {load}. Seconds depend on the load; accuracies "
+            "do not.")
+
+
+# ------------------------------------------------------------------------------------------------ numbers
+
+
+def pm(summary: Any, sign: bool = False) -> str:
+    """``mean ± half-width`` to one decimal of a :class:`pefs.results.stats.Summary` (``+`` on the mean with
+    ``sign``); one value has no interval, and says so."""
+    mean = f"{summary.mean:+.1f}" if sign else f"{summary.mean:.1f}"
+    return mean + (" (one seed, no CI)" if summary.half_width is None else f" ± {summary.half_width:.1f}")
+
+
 # ------------------------------------------------------------------------------------------------ provenance
 
 

@@ -80,16 +80,21 @@ def run(row: Row, shots: int, args: argparse.Namespace) -> dict[str, Any]:
 
 
 def render(data: dict[str, Any]) -> str:
-    """The Markdown table of a run, from its JSON data alone (``--json`` writes it, ``--render`` reads it)."""
+    """The Markdown table of a run, from its JSON data alone (``--json`` writes it, ``--render`` reads it); each
+    row's mean and t 95% interval are computed from its record's episode accuracies."""
+    from pefs.results.stats import mean_ci
+
     ways = data["settings"]["ways"]
     lines = ["| setting | strategy | head | features | epochs | trainable params | accuracy % (± 95% CI) "
              "| s / episode | run wall s |", "|---|---|---|---|---:|---:|---|---:|---:|"]
     for r in data["rows"]:
         rec = r["record"]
         feats = "cached" if rec["cached"] else "uncached"
+        acc = mean_ci(rec["accuracies"]).scaled(100)  # t interval, whatever interval the record stored
         lines.append(f"| {ways}-way {r['shots']}-shot | {r['label']} | {r['head']} | {feats} | {r['epochs'] or '-'} "
-                     f"| {rec['params']['trainable']:,} | {100 * rec['accuracy_mean']:.2f} ± "
-                     f"{100 * rec['accuracy_ci95']:.2f} | {rec['seconds_per_task']:.3f} | {rec['wall_s']:.1f} |")
+                     f"| {rec['params']['trainable']:,} | {acc.mean:.2f} "
+                     + ("(one episode, no CI)" if acc.half_width is None else f"± {acc.half_width:.2f}")
+                     + f" | {rec['seconds_per_task']:.3f} | {rec['wall_s']:.1f} |")
     m = data["machine"]
     return "\n".join(lines) + (f"\n\nPython {m['python']}, torch {m['torch']}, {m['threads']} threads, "
                                f"{m['cpus']} CPUs; load average {load_text(data['load'])} at the start, "

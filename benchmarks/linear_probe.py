@@ -23,7 +23,7 @@ import time
 import warnings
 from pathlib import Path
 
-from benchmarks.common import load, machine, parser, provenance, render_source
+from benchmarks.common import load, machine, machine_load, parser, pm, provenance, render_source
 
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -109,54 +109,75 @@ def render(data: dict) -> str:
     """The page, from the JSON data alone."""
     import numpy as np
 
-    from pefs.results.stats import mean_ci95
+    from pefs.results.stats import mean_ci
 
     shots = sorted({r["shots"] for r in data["rows"]})
     seeds = sorted({r["seed"] for r in data["rows"]})
     lines = ["# Linear probe: pefs' converged logistic probe vs scikit-learn", "",
              f"Frozen {data['model']} (ImageNet weights) pooled features of `{data['dataset']}` at "
              f"{data['img_size']} px; K-shot supports from `kshot_split` (seeds {seeds[0]}-{seeds[-1]}), "
-             f"scored on all {data['test_images']} test images. Accuracy in %, mean ± 95% CI over seeds; "
-             "fit seconds per task (mean) in brackets. Rendered from `linear_probe.json` by `linear_probe.py`.",
+             f"scored on all {data['test_images']} test images. Accuracy in %, mean ± 95% CI over seeds (Student's "
+             "t); fit seconds per task (mean) in brackets. Rendered from `linear_probe.json` by `linear_probe.py`.",
              "", "| method | " + " | ".join(f"{k}-shot" for k in shots) + " |",
              "|---|" + "---|" * len(shots)]
-    by = {}
+    by: dict[tuple[str, int], list[dict]] = {}
     for r in data["rows"]:
         by.setdefault((r["method"], r["shots"]), []).append(r)
     for m in METHODS:
         cells = []
         for k in shots:
             rs = by.get((m, k), [])
-            mean, ci = mean_ci95([100 * r["accuracy"] for r in rs])
-            cells.append(f"{mean:.1f} ± {ci:.1f} ({np.mean([r['seconds'] for r in rs]):.2f} s)")
+            s = mean_ci([100 * r["accuracy"] for r in rs])
+            cells.append(f"{pm(s)} ({np.mean([r['seconds'] for r in rs]):.2f} s)")
         lines.append(f"| {m} | " + " | ".join(cells) + " |")
     lines += ["", "Paired difference, pefs logistic (held-out loss) minus sklearn default, in points:", "",
               "| shots | mean ± 95% CI | seeds where pefs ≥ sklearn |", "|---|---|---|"]
-    for k in shots:
-        ours = [r["accuracy"] for r in by[(METHODS[1], k)]]
-        theirs = [r["accuracy"] for r in by[(METHODS[0], k)]]
-        d = [100 * (a - b) for a, b in zip(ours, theirs)]
-        mean, ci = mean_ci95(d)
-        lines.append(f"| {k} | {mean:+.1f} ± {ci:.1f} | {sum(x >= -1e-9 for x in d)}/{len(d)} |")
-    l2 = {}
+    vs_sklearn = {k: _paired(by, METHODS[1], METHODS[0], k) for k in shots}
+    for k, (s, d) in vs_sklearn.items():
+        lines.append(f"| {k} | {pm(s, sign=True)} | {sum(x >= -1e-9 for x in d)}/{len(d)} |")
+    l2: dict[int, list[float]] = {}
     for r in data["rows"]:
         if r["method"] == METHODS[1]:
             l2.setdefault(r["shots"], []).append(r["l2"])
     lines += ["", "L2 strengths chosen (held-out loss): " + "; ".join(
         f"{k}-shot: {', '.join(f'{v:g}' for v in l2[k])}" for k in shots) + ".", ""]
-    worst = min(mean_ci95([100 * (a["accuracy"] - b["accuracy"]) for a, b in
-                           zip(by[(METHODS[1], k)], by[(METHODS[0], k)])])[0] for k in shots)
-    lines += ["## Reading", "",
-              f"The converged probe and scikit-learn's default agree to within {abs(worst):.1f} points on average at "
-              "every shot count, and every paired CI covers 0: on the same features and supports they are the same "
-              "classifier family solved to (near) convergence, and choosing L2 on held-out support data neither "
-              "gains nor loses measurably here. Selecting by held-out accuracy instead of loss is noisier (it "
-              "loses ground at 5 and 10 shots), which is why `--head logistic` selects by loss. With one shot "
-              "nothing can be held out and the fixed default L2 applies. The probe is slower than sklearn at 2+ "
-              "shots because it fits every grid value once per fold (up to 5 folds x 7 values).", "",
-              "Machine: 2 shared CPU cores; other developers' test suites and benchmarks ran at the same time, so "
-              "the seconds are indicative only (accuracies do not depend on load).", ""]
+    by_acc = {k: _paired(by, METHODS[2], METHODS[1], k)[0] for k in shots}
+    lines += ["## Reading", "", _reading(vs_sklearn, by_acc), "", machine_load(data), ""]
     return "\n".join(lines) + "\n"
+
+
+def _paired(by: dict, a: str, b: str, k: int):
+    """Method ``a`` minus method ``b`` at ``k`` shots, paired by seed, in points: the summary and the differences."""
+    from pefs.results.stats import mean_ci
+
+    theirs = {r["seed"]: r["accuracy"] for r in by[(b, k)]}
+    d = [100 * (r["accuracy"] - theirs[r["seed"]]) for r in by[(a, k)] if r["seed"] in theirs]
+    return mean_ci(d), d
+
+
+def _reading(vs_sklearn: dict, by_acc: dict) -> str:
+    """The reading, every claim from the paired intervals: pefs' probe against sklearn, and selection by held-out
+    accuracy against selection by held-out loss."""
+    worst = max(abs(s.mean) for s, _ in vs_sklearn.values())
+    resolved = [f"{k} shot{'s' * (k > 1)} ({pm(s, sign=True)})" for k, (s, _) in vs_sklearn.items()
+                if s.direction() in ("above 0", "below 0")]
+    first = (f"The converged probe and scikit-learn's default agree to within {worst:.1f} points on average at "
+             "every shot count, and " + ("every paired CI covers 0: on the same features and supports they are the "
+                                         "same classifier family solved to (near) convergence, and choosing L2 on "
+                                         "held-out support data neither gains nor loses measurably here."
+                                         if not resolved else "the paired CI excludes 0 at " + ", ".join(resolved)
+                                         + "."))
+    diffs = ", ".join(f"{pm(s, sign=True)} at {k} shot{'s' * (k > 1)}" for k, s in by_acc.items())
+    apart = [k for k, s in by_acc.items() if s.direction() in ("above 0", "below 0")]
+    second = (f"Selecting L2 by held-out accuracy instead of loss, paired (accuracy − loss, points): {diffs}; "
+              + ("every interval covers 0, so these seeds do not show either criterion to be better. "
+                 if not apart else "the interval excludes 0 at " + ", ".join(f"{k} shot{'s' * (k > 1)}" for k in apart)
+                 + ". ")
+              + "`--head logistic` selects by loss" + ("; that choice does not rest on these data." if not apart
+                                                       else "."))
+    return (f"{first} {second} With one shot nothing can be held out and the fixed default L2 applies (the two "
+            "criteria then give the same classifier). The probe is slower than sklearn at 2+ shots because it fits "
+            "every grid value once per fold (up to 5 folds x 7 values).")
 
 
 def main() -> None:

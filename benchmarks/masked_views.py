@@ -23,7 +23,7 @@ import os
 import time
 from pathlib import Path
 
-from benchmarks.common import load, machine, parser, provenance, render_source
+from benchmarks.common import load, machine, machine_load, parser, pm, provenance, render_source
 
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -79,30 +79,27 @@ def cost_rows(repeats: int = 3) -> list[dict]:
 
 def render(data: dict) -> str:
     """The page, from the JSON data alone."""
-    from pefs.results.stats import mean_ci95
+    from pefs.results.stats import mean_ci, paired_diff
 
     lines = ["# Masked extra views at 1-5 shots, and the cost of MAE-style token dropping", "",
              "Rendered from `masked_views.json` by `masked_views.py` (the command is in its docstring).", "",
              "## Accuracy (EfficientNet-Lite0, pixel masks)", "",
              f"`pefs tune` defaults (linear strategy, linear-proto head, 30 epochs) on `fashion-mnist-small`, seeds "
-             f"{data['seeds'][0]}-{data['seeds'][-1]}; accuracy in %, mean ± 95% CI over seeds; paired difference "
+             f"{data['seeds'][0]}-{data['seeds'][-1]}; accuracy in %, mean ± 95% CI over seeds (Student's t); paired "
+             "difference "
              "against one clean view.", "",
              "| shots | 1 clean view | clean + 3 masked views (50%) | masked − clean (paired) "
              "| s / task (clean, masked) |",
              "|---|---|---|---|---|"]
     by = {(r["shots"], r["views"]): r for r in data["accuracy"]}
-    verdicts = []
+    diffs = {}
     for k in sorted({r["shots"] for r in data["accuracy"]}):
         a, b = by[(k, "1 clean view")], by[(k, "clean + 3 masked views (50%)")]
-        ma, ca = mean_ci95([100 * v for v in a["accuracies"]])
-        mb, cb = mean_ci95([100 * v for v in b["accuracies"]])
-        md, cd = mean_ci95([100 * (y - x) for x, y in zip(a["accuracies"], b["accuracies"])])
-        lines.append(f"| {k} | {ma:.1f} ± {ca:.1f} | {mb:.1f} ± {cb:.1f} | {md:+.1f} ± {cd:.1f} | "
+        sa, sb = mean_ci([100 * v for v in a["accuracies"]]), mean_ci([100 * v for v in b["accuracies"]])
+        diffs[k] = paired_diff([100 * v for v in b["accuracies"]], [100 * v for v in a["accuracies"]])
+        lines.append(f"| {k} | {pm(sa)} | {pm(sb)} | {pm(diffs[k], sign=True)} | "
                      f"{a['seconds_per_task']:.1f}, {b['seconds_per_task']:.1f} |")
-        word = "helped" if md - cd > 0 else "hurt" if md + cd < 0 else "made no difference the CI can resolve"
-        verdicts.append(f"at {k} shot{'s' * (k > 1)} they {word} ({md:+.1f} ± {cd:.1f} points)")
-    lines += ["", "In plain words, pixel-masked extra views on this CNN: " + "; ".join(verdicts) + ". The mean "
-              "change is negative at every shot count measured, so masking is not a default here."]
+    lines += ["", _verdicts(diffs)]
     lines += ["", "## Cost of a masked view on a ViT-S/16 (224 px, random weights, 75% masked)", "",
               "| method | ms per view |", "|---|---|"]
     for r in data["cost"]:
@@ -111,9 +108,27 @@ def render(data: dict) -> str:
     lines += ["", f"Dropping the masked tokens makes a masked view {c['painted pixels'] / c['dropped tokens']:.1f}x "
               "cheaper than painting them out and running every token. Whether dropped-token views help accuracy "
               "needs pretrained ViT weights, which cannot be installed offline here: not measured.", "",
-              "Machine: 2 shared CPU cores, other developers' jobs running at the same time; seconds are "
-              "indicative (accuracies do not depend on load).", ""]
+              machine_load(data), ""]
     return "\n".join(lines) + "\n"
+
+
+def _verdicts(diffs: dict) -> str:
+    """The plain-words answer, from each shot count's paired interval (masked − clean)."""
+    words = {"above 0": "helped", "below 0": "hurt", "covers 0": "made no difference the CI can resolve",
+             "one value": "cannot be judged from one seed"}
+    parts = [f"at {k} shot{'s' * (k > 1)} they {words[s.direction()]} ({pm(s, sign=True)} points)"
+             for k, s in diffs.items()]
+    signs = {(s.mean > 0) - (s.mean < 0) for s in diffs.values()}
+    resolved = [s.direction() for s in diffs.values() if s.direction() in ("above 0", "below 0")]
+    mean_word = ("negative" if signs == {-1} else "positive" if signs == {1} else "of mixed sign")
+    if not resolved:
+        tail = (f"The mean change is {mean_word} across the shot counts measured, but no interval excludes 0: these "
+                "seeds cannot tell masked views from one clean view.")
+    elif set(resolved) == {"below 0"}:
+        tail = f"The mean change is {mean_word} across the shot counts measured, so masking is not a default here."
+    else:
+        tail = "Where an interval excludes 0, the direction above is what these seeds support."
+    return "In plain words, pixel-masked extra views on this CNN: " + "; ".join(parts) + ". " + tail
 
 
 def main() -> None:

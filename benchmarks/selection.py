@@ -25,7 +25,8 @@ from collections import Counter, defaultdict
 from pathlib import Path
 
 from benchmarks.common import load, load_text, machine, now, parser, provenance, render_source
-from pefs.results.stats import mean_ci95_t
+from pefs.results.report.sections import holm_line
+from pefs.results.stats import Summary, holm_directions, mean_ci
 
 HERE = Path(__file__).parent
 ROOT = HERE.parent
@@ -77,10 +78,10 @@ def acc(row: dict) -> float:
     return 100 * row["record"]["accuracies"][0]
 
 
-def fmt(mean: float, ci: float | None, n: int, sign: bool = False) -> str:
-    """``mean ± ci (n=N)``, or says there is no interval."""
-    m = f"{mean:+.1f}" if sign else f"{mean:.1f}"
-    return f"{m} ± {ci:.1f} (n={n})" if ci is not None else f"{m} (n={n}, no CI)"
+def fmt(s: Summary, sign: bool = False) -> str:
+    """``mean ± half-width (n=N)``, or says there is no interval."""
+    m = f"{s.mean:+.1f}" if sign else f"{s.mean:.1f}"
+    return f"{m} ± {s.half_width:.1f} (n={s.n})" if s.half_width is not None else f"{m} (n={s.n}, no CI)"
 
 
 def chosen(rows: dict[int, dict]) -> str:
@@ -96,15 +97,14 @@ def paired(a: dict[int, dict], b: dict[int, dict]) -> tuple[list[float], list[in
     return [acc(a[s]) - acc(b[s]) for s in seeds], seeds
 
 
-def verdict(mean: float, ci: float | None) -> str:
+def verdict(s: Summary) -> str:
     """better / worse when the whole interval lies on that side of 0, else no difference (or one seed)."""
-    if ci is None:
-        return "one seed"
-    if mean - ci > 0:
-        return "better"
-    if mean + ci < 0:
-        return "worse"
-    return "no difference"
+    return {"one value": "one seed", "above 0": "better", "below 0": "worse"}.get(s.direction(), "no difference")
+
+
+def accs(rows: dict[int, dict]) -> Summary:
+    """The rows' test accuracies (%), summarised."""
+    return mean_ci([acc(r) for r in rows.values()])
 
 
 def render_steps(cells: dict, shots: list[int]) -> list[str]:
@@ -118,21 +118,23 @@ def render_steps(cells: dict, shots: list[int]) -> list[str]:
              "| strategy | shots | 10 epochs (%) | steps selected (%) | selected − 10 epochs (points) | chosen |",
              "|---|---|---|---|---|---|"]
     verdicts: dict[str, list[str]] = defaultdict(list)
+    named: list[tuple[str, Summary]] = []
     for name in names:
         for k in shots:
             sel, ship = cells.get((name, "steps", k), {}), cells.get((name, "", k), {})
             if not sel or not ship:
                 continue
-            d, _ = paired(sel, ship)
-            verdicts[verdict(*mean_ci95_t(d))].append(f"{name} at {k} shot{'s' if k > 1 else ''}")
-            lines.append(f"| {name} | {k} | {fmt(*mean_ci95_t([acc(r) for r in ship.values()]), len(ship))} | "
-                         f"{fmt(*mean_ci95_t([acc(r) for r in sel.values()]), len(sel))} | "
-                         f"{fmt(*mean_ci95_t(d), len(d), sign=True)} | {chosen(sel)} |")
+            d = mean_ci(paired(sel, ship)[0])
+            verdicts[verdict(d)].append(f"{name} at {k} shot{'s' if k > 1 else ''}")
+            named.append((f"{name} at {k} shot{'s' if k > 1 else ''}", d))
+            lines.append(f"| {name} | {k} | {fmt(accs(ship))} | {fmt(accs(sel))} | {fmt(d, sign=True)} | "
+                         f"{chosen(sel)} |")
     lines += ["", "Choosing the step count on validation, paired against 10 epochs on the same seeds: better for "
               + (", ".join(verdicts["better"]) or "none") + "; worse for " + (", ".join(verdicts["worse"]) or "none")
               + "; no difference at 95% for " + (", ".join(verdicts["no difference"]) or "none") + ". Where no row "
               "is better, these data give no reason to replace epochs by a fixed step count as the default (1 shot "
-              "is not starved at 10 steps here); `--steps N` stays an option and a searchable setting."]
+              "is not starved at 10 steps here); `--steps N` stays an option and a searchable setting.",
+              "", holm_line(named, "paired comparisons (steps selected − 10 epochs)")]
     return lines
 
 
@@ -150,7 +152,9 @@ def render_defaults(cells: dict, shots: list[int]) -> list[str]:
              "rows above ran at it.", "",
              "| strategy | shots | validation % per rate | other rate − shipped rate (points, paired) | default now |",
              "|---|---|---|---|---|"]
-    evidence: dict[tuple[str, float], list[tuple[float, float | None]]] = defaultdict(list)
+    evidence: dict[tuple[str, float], list[Summary]] = defaultdict(list)
+    named: list[tuple[str, Summary]] = []
+    keys: list[tuple[str, float]] = []  # (strategy, rate) of each of named
     for name in sorted({k[0] for k in cells if k[1] == "rates"}, key=lambda n: (n != BASELINE, n)):
         for k in shots:
             rows = cells.get((name, "rates", k), {})
@@ -169,21 +173,31 @@ def render_defaults(cells: dict, shots: list[int]) -> list[str]:
             for r, v in sorted(by_rate.items()):
                 if r == ref:
                     continue
-                d = [v[s] - by_rate[ref][s] for s in sorted(set(v) & set(by_rate[ref]))]
-                evidence[(name, r)].append(mean_ci95_t(d))
-                diffs.append(f"{r:g}: {fmt(*mean_ci95_t(d), len(d), sign=True)}")
+                d = mean_ci([v[s] - by_rate[ref][s] for s in sorted(set(v) & set(by_rate[ref]))])
+                evidence[(name, r)].append(d)
+                named.append((f"{name} at {k} shot{'s' if k > 1 else ''} ({axis} {r:g})", d))
+                keys.append((name, r))
+                diffs.append(f"{r:g}: {fmt(d, sign=True)}")
             now = f"head_lr {ref:g}" if axis == "head_lr" else f"lr {default_lr(name.split()[0]):g}"
             lines.append(f"| {name} | {k} | {axis} {per_rate} | {'; '.join(diffs)} | {now} |")
     met = [(n, r) for (n, r), ev in sorted(evidence.items()) if len(ev) == len(shots)
-           and all(m > 0 for m, _ in ev) and any(ci is not None and m - ci > 0 for m, ci in ev)]
+           and all(e.mean > 0 for e in ev) and any(e.direction() == "above 0" for e in ev)]
+    holm = defaultdict(list)  # the same rule with Holm-adjusted intervals over every comparison of the table
+    for key, d in zip(keys, holm_directions([d for _, d in named])):
+        holm[key].append(d)
+    met_holm = [(n, r) for n, r in met if "above 0" in holm[(n, r)]]
     lines += ["", "Met the rule: " + (", ".join(f"{n} at {r:g}" for n, r in met) or "none") + "; every other "
-              "strategy keeps its rate (no other rate is better at every shot count, or none excludes 0)."]
+              "strategy keeps its rate (no other rate is better at every shot count, or none excludes 0). "
+              + holm_line(named, "paired comparisons on validation (other rate − shipped rate)") + " With Holm's "
+              "correction in the rule, it is met by: " + (", ".join(f"{n} at {r:g}" for n, r in met_holm) or "none")
+              + (" (a default moved on evidence that does not survive the correction)" if met != met_holm else "")
+              + "."]
     for name, old in sorted({(k[0].rsplit(" lr=", 1)[0], k[0]) for k in cells if " lr=" in k[0] and not k[1]}):
         checks = []
         for k in shots:
             d, _ = paired(cells.get((name, "", k), {}), cells.get((old, "", k), {}))
             if d:
-                checks.append(f"{fmt(*mean_ci95_t(d), len(d), sign=True)} at {k} shot{'s' if k > 1 else ''}")
+                checks.append(f"{fmt(mean_ci(d), sign=True)} at {k} shot{'s' if k > 1 else ''}")
         lines.append(f"- Checked on test once the default moved: `{name}` at its new default minus `{old}`, "
                      f"paired: {', '.join(checks)}.")
     return lines
@@ -200,17 +214,17 @@ def render_scale(cells: dict) -> list[str]:
              "[selection_scale/report.md](selection_scale/report.md).", "",
              "| model | shots | linear probe (%) | LoRA (%) | LoRA − linear (points) | verdict | LoRA chose |",
              "|---|---|---|---|---|---|---|"]
+    named: list[tuple[str, Summary]] = []
     for m in models:
         for k in shots:
             lin, lora = cells.get((m, BASELINE, "rates", k), {}), cells.get((m, "lora", "rates", k), {})
             if not lin or not lora:
                 continue
-            d, _ = paired(lora, lin)
-            mean, ci = mean_ci95_t(d)
-            lines.append(f"| {m} | {k} | {fmt(*mean_ci95_t([acc(r) for r in lin.values()]), len(lin))} | "
-                         f"{fmt(*mean_ci95_t([acc(r) for r in lora.values()]), len(lora))} | "
-                         f"{fmt(mean, ci, len(d), sign=True)} | {verdict(mean, ci)} | {chosen(lora)} |")
-    return lines
+            d = mean_ci(paired(lora, lin)[0])
+            named.append((f"{m} at {k} shot{'s' if k > 1 else ''}", d))
+            lines.append(f"| {m} | {k} | {fmt(accs(lin))} | {fmt(accs(lora))} | {fmt(d, sign=True)} | {verdict(d)} | "
+                         f"{chosen(lora)} |")
+    return [*lines, "", holm_line(named, "paired comparisons (LoRA − linear probe)")]
 
 
 def machine_text(m: dict | str) -> str:
@@ -255,10 +269,10 @@ def render(cells: dict, meta: dict, scale: dict | None = None) -> str:
             if any_row is None:
                 continue
             trainable = any_row["record"]["params"]["trainable"]
-            a = fmt(*mean_ci95_t([acc(r) for r in ship.values()]), len(ship)) if ship else "–"
-            b = fmt(*mean_ci95_t([acc(r) for r in sel.values()]), len(sel)) if sel else "–"
+            a = fmt(accs(ship)) if ship else "–"
+            b = fmt(accs(sel)) if sel else "–"
             d, _ = paired(sel, ship)
-            dd = fmt(*mean_ci95_t(d), len(d), sign=True) if d else "–"
+            dd = fmt(mean_ci(d), sign=True) if d else "–"
             cost = (f"{statistics.fmean(r['record']['runs'][0]['search_s'] for r in sel.values()):.1f}"
                     if sel else "–")
             lines.append(f"| {name} | {k} | {trainable:,} | {a} | {b} | {dd} | {chosen(sel) if sel else '–'} | "
@@ -268,6 +282,7 @@ def render(cells: dict, meta: dict, scale: dict | None = None) -> str:
               "| strategy | " + " | ".join(f"{k}-shot Δ (points) | verdict" for k in shots) + " |",
               "|---|" + "---|---|" * len(shots)]
     by_shot: dict[int, dict[str, list[str]]] = {k: defaultdict(list) for k in shots}
+    vs_probe: list[tuple[str, Summary]] = []
     for name in names:
         if name == BASELINE:
             continue
@@ -279,37 +294,41 @@ def render(cells: dict, meta: dict, scale: dict | None = None) -> str:
             if not mine or not base:
                 row += ["–", "–"]
                 continue
-            d, _ = paired(mine, base)
-            mean, ci = mean_ci95_t(d)
-            v = verdict(mean, ci)
+            d = mean_ci(paired(mine, base)[0])
+            v = verdict(d)
             by_shot[k][v].append(name)
-            row += [fmt(mean, ci, len(d), sign=True), v]
+            vs_probe.append((f"{name} at {k} shot{'s' if k > 1 else ''}", d))
+            row += [fmt(d, sign=True), v]
         if any(c != "–" for c in row[1:]):
             answer.append("| " + " | ".join(row) + " |")
-    lines += answer
+    lines += [*answer, "", holm_line(vs_probe, "paired comparisons against the linear probe")]
     lines += ["", "## The answer, in plain words", ""]
     for k in shots:
         b = by_shot[k]
         base = cells.get((BASELINE, "rates", k), {})
-        m, ci = mean_ci95_t([acc(r) for r in base.values()]) if base else (float("nan"), None)
-        parts = [f"**{k} shot{'s' if k > 1 else ''}** (linear probe {fmt(m, ci, len(base))}):"]
+        parts = [f"**{k} shot{'s' if k > 1 else ''}** (linear probe {fmt(accs(base))}):"]
         parts.append("better than the linear probe: " + (", ".join(b["better"]) or "none") + ";")
         parts.append("worse: " + (", ".join(b["worse"]) or "none") + ";")
         parts.append("no difference at 95%: " + (", ".join(b["no difference"]) or "none") + ".")
         lines.append("- " + " ".join(parts))
     helped: dict[str, list[str]] = {"helped": [], "hurt": []}
+    vs_default: list[tuple[str, Summary]] = []
     for name in names:
         for k in shots:
             d, _ = paired(cells.get((name, "rates", k), {}), cells.get((name, "", k), {}))
-            mean, ci = mean_ci95_t(d) if len(d) > 1 else (0.0, None)
-            v = verdict(mean, ci)
+            if len(d) < 2:
+                continue
+            s = mean_ci(d)
+            vs_default.append((f"{name} at {k} shot{'s' if k > 1 else ''}", s))
+            v = verdict(s)
             if v in ("better", "worse"):
                 helped["helped" if v == "better" else "hurt"].append(f"{name} at {k} shot{'s' if k > 1 else ''} "
-                                                                     f"({fmt(mean, ci, len(d), sign=True)})")
+                                                                     f"({fmt(s, sign=True)})")
     lines.append("- **Did choosing the learning rate on validation help?** Selected − default, paired: helped "
                  + (", ".join(helped["helped"]) or "nowhere") + "; hurt " + (", ".join(helped["hurt"]) or "nowhere")
                  + "; everywhere else the interval covers 0 (the \"selected − default\" column). Where it helped, "
-                 "the chosen values say which default would have been better (the \"chosen\" column).")
+                 "the chosen values say which default would have been better (the \"chosen\" column). "
+                 + holm_line(vs_default, "paired comparisons (selected − default)"))
     lines += ["", "The study store's own `pefs report` (search tables per cell, paired table, the shots × trainable "
               "parameters × accuracy 3-D plot): [selection/report.md](selection/report.md), "
               "[3-D plot](selection/shots_params_accuracy_3d.png)."]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import statistics
 
 import numpy as np
 import pytest
@@ -23,7 +24,7 @@ from pefs.errors import PefsError
 from pefs.model.directory import weights_fingerprint
 from pefs.protocols.loop import run_protocol
 from pefs.protocols.run import tune
-from pefs.results.stats import mean_ci95
+from pefs.results.stats import mean_ci
 from pefs.runtime import engine
 from pefs.runtime.start import changeable
 from pefs.runtime.task import TaskRunner
@@ -79,10 +80,15 @@ def test_bad_episode_settings(ways, shots, queries, message):
 
 
 def test_ci95_on_known_numbers():
-    mean, ci = mean_ci95([0.5, 0.7, 0.6, 0.8])
-    assert mean == pytest.approx(0.65)
-    assert ci == pytest.approx(1.96 * math.sqrt(((0.15**2 + 0.05**2) * 2) / 3) / 2)  # 1.96 * std(ddof=1) / sqrt(4)
-    assert mean_ci95([0.3]) == (0.3, 0.0)
+    """The t interval, checked against scipy's t quantile (an independent computation): t(3) · std(ddof=1) / √4."""
+    from scipy.stats import t
+
+    s = mean_ci([0.5, 0.7, 0.6, 0.8])
+    sd = math.sqrt((0.15**2 + 0.05**2) * 2 / 3)
+    assert s.n == 4 and s.mean == pytest.approx(0.65) and s.sd == pytest.approx(sd) and s.method == "t"
+    assert s.half_width == pytest.approx(t.ppf(0.975, 3) * sd / 2, rel=1e-9)
+    one = mean_ci([0.3])
+    assert (one.n, one.mean, one.sd, one.half_width) == (1, 0.3, None, None)  # one seed has no interval
 
 
 def test_episodes_start_from_identical_weights(folder, tmp_path, monkeypatch):
@@ -109,8 +115,13 @@ def test_episodes_start_from_identical_weights(folder, tmp_path, monkeypatch):
 def test_episodic_record(folder, tmp_path):
     rec = tune(config(folder, tmp_path, strategy="last-k", ways=3, shots=1, queries=3, episodes=4))
     assert rec["protocol"] == "episodic" and rec["status"] == "ok" and len(rec["accuracies"]) == 4
-    mean, ci = mean_ci95(rec["accuracies"])
-    assert rec["accuracy_mean"] == pytest.approx(mean) and rec["accuracy_ci95"] == pytest.approx(ci)
+    from scipy.stats import t
+
+    a = rec["accuracies"]
+    sd = statistics.stdev(a)
+    assert rec["accuracy_mean"] == pytest.approx(statistics.mean(a)) and rec["accuracy_sd"] == pytest.approx(sd)
+    assert rec["accuracy_ci95"] == pytest.approx(t.ppf(0.975, 3) * sd / 2, rel=1e-9)  # t(3) over 4 episodes
+    assert rec["accuracy_n"] == 4 and rec["ci_method"] == "t"
     assert all(r["cached"] and r["support"] == 3 and r["query"] == 9 for r in rec["runs"])
     assert rec["frozen_level"] == 1 + 10  # the input of block 10 of 12: last-k (k=2) caches blocks 0-9
 

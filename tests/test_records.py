@@ -10,9 +10,11 @@ from pefs.protocols.run import tune
 from pefs.results import store
 from pefs.results.report.markdown import build_report
 
-#: the record's keys, in order, as ``finish`` wrote them before the record was typed (K-shot, no search)
+#: the record's keys, in order, as ``finish`` wrote them before the record was typed (K-shot, no search), with the
+#: interval's n, sd and method after ``accuracy_ci95`` since intervals are Student-t
 KEYS = ["pefs_record", "config", "resolved", "config_hash", "schema", "protocol", "model", "strategy", "head",
-        "shots", "ways", "dataset", "backbone", "accuracy_mean", "accuracy_ci95", "accuracies", "runs", "params",
+        "shots", "ways", "dataset", "backbone", "accuracy_mean", "accuracy_ci95", "accuracy_n", "accuracy_sd",
+        "ci_method", "accuracies", "runs", "params",
         "time_s", "wall_s", "seconds_per_task", "status", "error", "failed_task", "cached", "frozen_level",
         "peak_memory_mb", "machine", "fingerprints", "key", "finished_at", "peak_memory_growth_mb",
         "peak_memory_measure", "cache", "feature_store", "path"]
@@ -27,6 +29,7 @@ def test_record_keeps_its_keys_and_reads_in_a_report(image_folder, tmp_path):
     assert list(rec["machine"]) == ["python", "torch", "cuda", "threads", "inference_precision"]
     assert rec["peak_memory_mb"] > 0 and rec["peak_memory_measure"]  # the run's own peak, not the process's
     assert len(rec["accuracies"]) == 2 and rec["accuracy_ci95"] is not None
+    assert rec["accuracy_n"] == 2 and rec["ci_method"] == "t" and rec["accuracy_sd"] is not None
     on_disk = json.loads(Path(rec["path"]).read_text())
     assert on_disk == json.loads(json.dumps({k: v for k, v in rec.items() if k != "path"}, default=str))
     cell = {"model": cfg.model, "strategy": cfg.strategy, "options": {}, "shots": 2, "seed": 0, "ways": None,

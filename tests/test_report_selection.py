@@ -10,7 +10,7 @@ import pytest
 from pefs.results.aggregate import aggregate, paired
 from pefs.results.report.markdown import markdown, write_csv
 from pefs.results.report.plots import bars_3d_data, shots_params_accuracy_3d
-from pefs.results.stats import mean_ci95_t
+from pefs.results.stats import mean_ci
 
 
 def _row(strategy: str, shots: int, seed: int, acc: float, trainable: int, chosen: dict | None = None) -> dict:
@@ -38,9 +38,9 @@ def test_paired_differences_pair_seeds_and_use_t_intervals(rows):
     pairs = {(g.strategy, g.shots): d for g, _, d in paired(aggregate(rows), "linear")}
     assert set(pairs) == {("lora", 1), ("lora", 5)}
     assert pairs["lora", 5] == pytest.approx([5.0, 5.1, 5.2])
-    mean, ci = mean_ci95_t(pairs["lora", 5])
-    assert mean == pytest.approx(5.1) and ci == pytest.approx(4.303 * 0.1 / 3 ** 0.5, rel=1e-3)
-    assert mean_ci95_t([1.0]) == (1.0, None)
+    s = mean_ci(pairs["lora", 5])
+    assert s.mean == pytest.approx(5.1) and s.half_width == pytest.approx(4.303 * 0.1 / 3 ** 0.5, rel=1e-3)
+    assert mean_ci([1.0]).half_width is None
 
 
 def test_report_shows_chosen_values_and_which_strategies_differ(rows):

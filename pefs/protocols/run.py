@@ -29,7 +29,7 @@ from pefs.protocols.loop import Task, check_sampling, run_protocol
 from pefs.protocols.selection.auto import AutoSelector
 from pefs.protocols.selection.selector import Selector, search_space
 from pefs.results.records import Accuracy, DatasetInfo, Machine, ProtocolRun, RunRecord, TaskResult
-from pefs.results.stats import mean_ci95
+from pefs.results.stats import mean_ci
 from pefs.runtime import engine
 from pefs.runtime.engine import NonFiniteLoss
 from pefs.runtime.memory import RunMemory
@@ -137,13 +137,13 @@ def _after_each_task(cfg: TuneConfig, runner: TaskRunner | None) -> Callable[[Ta
 
 def finish(cfg: TuneConfig, dataset: Dataset, run: ProtocolRun, runner: TaskRunner | None,
            requested: TuneConfig | None = None, extra: dict[str, Any] | None = None) -> dict[str, Any]:
-    """Assemble the record (mean and 95% CI over seeds/episodes) and write it as JSON. ``cfg`` is the resolved
+    """Assemble the record (mean and t 95% CI over seeds/episodes) and write it as JSON. ``cfg`` is the resolved
     config the run used, ``requested`` the caller's (default: the same); ``extra`` holds the run's memory figures
     (:meth:`pefs.runtime.memory.RunMemory.figures`) and whatever else the record carries."""
     model = runner.model if runner is not None else None
     accs = run.accuracies
-    mean, ci = mean_ci95(accs) if accs and run.status == "ok" else (None, None)
-    ci = ci if len(accs) > 1 else None  # one seed (episode) has no interval; 0.0 would claim no uncertainty
+    # the mean and its t 95% interval; one seed (episode) has no interval (None: 0.0 would claim no uncertainty)
+    summary = mean_ci(accs) if accs and run.status == "ok" else None
     params = runner.param_report() if runner is not None else None
     prints = run_fingerprints(cfg.data, cfg.checkpoint)
     extra = dict(extra or {})
@@ -152,7 +152,7 @@ def finish(cfg: TuneConfig, dataset: Dataset, run: ProtocolRun, runner: TaskRunn
         config=(requested or cfg).to_dict(), resolved=cfg.to_dict(), config_hash=cfg.hash(), schema=SCHEMA_VERSION,
         protocol=cfg.protocol, model=cfg.model, strategy=cfg.strategy, head=cfg.head, shots=cfg.shots, ways=cfg.ways,
         dataset=DatasetInfo(dataset.name, len(dataset.classes), dataset.licence, dataset.source),
-        backbone=model.backbone.describe() if model is not None else None, accuracy=Accuracy(mean, ci, accs),
+        backbone=model.backbone.describe() if model is not None else None, accuracy=Accuracy.of(summary, accs),
         run=run, params=params, cached=runner is not None and runner.level > 0,
         frozen_level=runner.level if runner is not None else None, peak_memory_mb=peak,
         machine=Machine(platform.python_version(), torch.__version__, torch.cuda.is_available(),

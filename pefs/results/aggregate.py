@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from pefs.config import RUN_KEYS
-from pefs.results.stats import mean_ci95
+from pefs.results.stats import Summary, mean_ci
 
 
 @dataclass
@@ -44,12 +44,17 @@ class Group:
     def n(self) -> int:
         return len(self.seeds)
 
+    def summary(self) -> Summary:
+        """The accuracies in percent: mean, sd and t 95% interval (:func:`pefs.results.stats.mean_ci`)."""
+        return mean_ci(self.accuracies).scaled(100)
+
     def mean_ci(self) -> tuple[float | None, float | None]:
-        """Mean and 95% CI half-width in percent (None when every seed failed)."""
+        """Mean and t 95% CI half-width in percent (both None when every seed failed; the half-width None for
+        one seed: it has no interval)."""
         if not self.accuracies:
             return None, None
-        mean, ci = mean_ci95(self.accuracies)
-        return 100 * mean, 100 * ci
+        s = self.summary()
+        return s.mean, s.half_width
 
 
 def _config(row: dict[str, Any]) -> dict[str, Any]:

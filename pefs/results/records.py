@@ -10,6 +10,8 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Any
 
+from pefs.results.stats import METHOD, Summary
+
 #: the timed phases of a task, in the order they happen
 PHASES = ("decode_s", "extract_s", "train_s", "eval_s")
 
@@ -84,17 +86,31 @@ class Machine:
 
 @dataclass
 class Accuracy:
-    """Accuracy over the tasks: each task's, their mean and 95% CI (None when not meaningful)."""
+    """Accuracy over the tasks: each task's, their mean and the half-width of its 95% interval (None when not
+    meaningful), how many tasks the mean is over (None without a mean), their sample standard deviation and how
+    the interval was computed (``"t"``: Student's t, :func:`pefs.results.stats.mean_ci`)."""
 
     mean: float | None
     ci95: float | None
     each: list[float]
+    n: int | None = None
+    sd: float | None = None
+    method: str = METHOD
+
+    @classmethod
+    def of(cls, summary: Summary | None, each: list[float]) -> Accuracy:
+        """From the summary of ``each`` (None: nothing to summarise, a failed run)."""
+        if summary is None:
+            return cls(None, None, each)
+        return cls(summary.mean, summary.half_width, each, summary.n, summary.sd, summary.method)
 
 
 @dataclass
 class RunRecord:
     """One ``tune`` run's result record, assembled from typed parts; :meth:`to_dict` is the JSON record (the
-    same keys, in the same order, as every stored record in ``benchmarks/``)."""
+    keys of every stored record in ``benchmarks/``, in the same order; records since the t interval also carry
+    ``accuracy_n``, ``accuracy_sd`` and ``ci_method`` after ``accuracy_ci95``: older ones lack them, and their
+    ``accuracy_ci95`` used the normal quantile, narrower than t at few seeds)."""
 
     config: dict[str, Any]  #: the caller's config
     resolved: dict[str, Any]  #: the config the run used (image size, precision filled in)
@@ -129,6 +145,7 @@ class RunRecord:
             "schema": self.schema, "protocol": self.protocol, "model": self.model, "strategy": self.strategy,
             "head": self.head, "shots": self.shots, "ways": self.ways, "dataset": dataclasses.asdict(self.dataset),
             "backbone": self.backbone, "accuracy_mean": self.accuracy.mean, "accuracy_ci95": self.accuracy.ci95,
+            "accuracy_n": self.accuracy.n, "accuracy_sd": self.accuracy.sd, "ci_method": self.accuracy.method,
             "accuracies": self.accuracy.each, "runs": [r.to_dict() for r in run.runs], "params": self.params,
             "time_s": run.seconds(), "wall_s": run.wall_s,
             "seconds_per_task": run.wall_s / len(run.runs) if run.runs else None,

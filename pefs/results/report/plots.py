@@ -44,6 +44,12 @@ def _ok(groups: list[Group]) -> list[Group]:
     return [g for g in groups if g.mean_ci()[0] is not None]
 
 
+def _err(g: Group) -> float:
+    """A group's error bar: its t 95% half-width; nan (no bar) for one seed, which has no interval."""
+    ci = g.mean_ci()[1]
+    return float("nan") if ci is None else ci
+
+
 def _random_note(groups: list[Group]) -> str:
     return " (random weights)" if any(g.pretrained == "random" for g in groups) else ""
 
@@ -76,7 +82,7 @@ def accuracy_vs_shots(groups: list[Group], path: Path, title: str) -> Path:
                 continue
             dodge = 2 ** (0.05 * (i - (len(models) - 1) / 2))  # side by side, so error bars do not hide each other
             ax.errorbar([g.shots * dodge for g in pts], [g.mean_ci()[0] for g in pts],
-                        yerr=[g.mean_ci()[1] for g in pts],
+                        yerr=[_err(g) for g in pts],
                         marker=MARKERS[i % len(MARKERS)], capsize=3, label=_model_label(pts[0]))
         _shots_axis(ax, shots)
         ax.set_title(strategy)
@@ -107,7 +113,7 @@ def accuracy_vs_params(groups: list[Group], path: Path, title: str) -> Path:
     lo, hi = min(g.trainable for g in gs), max(g.trainable for g in gs)
     for ax, k in zip(axes.flat, shots):
         for g in (g for g in gs if g.shots == k):
-            ax.errorbar(g.trainable, g.mean_ci()[0], yerr=g.mean_ci()[1], capsize=3, linestyle="none",
+            ax.errorbar(g.trainable, g.mean_ci()[0], yerr=_err(g), capsize=3, linestyle="none",
                         marker=MARKERS[models.index(g.model) % len(MARKERS)], markersize=7,
                         color=colours(strategies.index(g.strategy) % 10))
         ax.set_xscale("log")
@@ -149,7 +155,7 @@ def shots_params_heatmap(groups: list[Group], path: Path, title: str) -> Path:
     for g in gs:
         i, j = rows.index((g.strategy, g.model)), shots.index(g.shots)
         mean, ci = g.mean_ci()
-        grid[i, j], text[i][j] = mean, f"{mean:.1f}\n±{ci:.1f}"
+        grid[i, j], text[i][j] = mean, f"{mean:.1f}\n" + ("one seed" if ci is None else f"±{ci:.1f}")
     labels = [f"{s} · {m} ({fmt_count(first[s, m].trainable)})" for s, m in rows]
     fig, ax = plt.subplots(figsize=(1.3 * len(shots) + 5.5, 0.55 * len(rows) + 2.0))
     im = ax.imshow(grid, cmap="viridis", aspect="auto")

@@ -15,7 +15,7 @@ from typing import Any
 
 from pefs.errors import PefsError
 from pefs.results.aggregate import Group, fmt_chosen, fmt_setting, paired, printable, unpaired
-from pefs.results.stats import mean_ci95_t
+from pefs.results.stats import Summary, holm_directions, mean_ci
 
 #: the strategy paired against when ``--baseline`` is not given (skipped quietly when the store has none)
 DEFAULT_BASELINE = "linear"
@@ -97,8 +97,8 @@ def search_sections(gs: list[Group]) -> list[str]:
 
 
 def paired_table(gs: list[Group], baseline: str | None) -> list[str]:
-    """Each strategy minus ``baseline`` on the same seeds, mean ± t-based 95% CI, and whether it differs; then
-    the cells left unpaired and why."""
+    """Each strategy minus ``baseline`` on the same seeds, mean ± t-based 95% CI, and whether it differs; the
+    multiple-comparison line (:func:`holm_line`); then the cells left unpaired and why."""
     if baseline is None:
         return []
     pairs, alone = paired(gs, baseline), unpaired(gs, baseline)
@@ -106,22 +106,43 @@ def paired_table(gs: list[Group], baseline: str | None) -> list[str]:
         return []
     lines = [f"### Paired differences against {baseline}", "",
              f"Accuracy of the strategy minus `{baseline}`'s on the same seed (same K shots), in points; 95% CI "
-             "t(n−1)·sd/√n over the paired seeds (few seeds: the normal 1.96 would be too narrow).", "",
+             "t(n−1)·sd/√n over the paired seeds (Student's t: with few seeds a normal interval would be too "
+             "narrow).", "",
              "| strategy | model | shots | Δ points | seeds | differs? |", "|---|---|---:|---:|---:|---|"]
+    named = []
     for g, _, diffs in sorted(pairs, key=lambda p: (p[0].strategy, p[0].model, p[0].shots)):
-        mean, ci = mean_ci95_t(diffs)
-        if ci is None:
-            cell, verdict = f"{mean:+.1f}", "one seed, no CI"
+        s = mean_ci(diffs)
+        named.append((f"{g.strategy} ({g.model}, {g.shots} shot{'s' if g.shots > 1 else ''})", s))
+        if s.half_width is None:
+            cell, verdict = f"{s.mean:+.1f}", "one seed, no CI"
         else:
-            cell = f"{mean:+.1f} ± {ci:.1f}"
-            verdict = "better" if mean - ci > 0 else "worse" if mean + ci < 0 else "no (CI covers 0)"
+            cell = f"{s.mean:+.1f} ± {s.half_width:.1f}"
+            verdict = {"above 0": "better", "below 0": "worse"}.get(s.direction(), "no (CI covers 0)")
         lines.append(f"| {g.strategy} | {g.model} | {g.shots} | {cell} | {len(diffs)} | {verdict} |")
+    if len(named) > 1:
+        lines += ["", holm_line(named)]
     if alone:
         lines += ["", f"Not paired (only cells with the same finished seeds as `{baseline}` are):", "",
                   "| strategy | model | shots | why |", "|---|---|---:|---|"]
         lines += [f"| {g.strategy} | {g.model} | {g.shots} | {why} |"
                   for g, why in sorted(alone, key=lambda p: (p[0].strategy, p[0].model, p[0].shots))]
     return [*lines, ""]
+
+
+def holm_line(named: list[tuple[str, Summary]], what: str = "paired comparisons") -> str:
+    """One sentence on many comparisons at 95%: how many there are, how many would exclude 0 by chance alone,
+    how many do unadjusted, and which still do after Holm's correction over all of them (family-wise 5%)."""
+    counted = [(name, s) for name, s in named if s.half_width is not None]
+    raw = sum(s.direction() in ("above 0", "below 0") for _, s in counted)
+    after = holm_directions([s for _, s in counted])
+    above = [name for (name, _), d in zip(counted, after) if d == "above 0"]
+    below = [name for (name, _), d in zip(counted, after) if d == "below 0"]
+    kept = "".join(f" — {side}: {'; '.join(names)}" for side, names in (("above 0", above), ("below 0", below))
+                   if names)
+    after_text = (f"{len(above) + len(below)} still exclude 0{kept}" if kept else "none excludes 0")
+    return (f"Multiple comparisons: {len(counted)} {what} at 95% here, so about {0.05 * len(counted):.1f} would "
+            f"exclude 0 by chance alone if nothing differed; {raw} exclude 0 unadjusted. After Holm's correction "
+            f"over all {len(counted)} (family-wise error 5%): {after_text}.")
 
 
 SEARCH_CSV_COLUMNS = ("setting", "model", "strategy", "shots", "searched", "val_accuracy_mean_pct", "tasks_ran",
