@@ -104,3 +104,11 @@ def test_patch_tokens_of_vit_and_cnn():
     assert patch_tokens(vit.backbone, t).shape == (2, 4, 192)  # 2x2 patches, class token dropped
     cnn = tiny("resnet")
     assert patch_tokens(cnn.backbone, torch.zeros(2, 512, 3, 4)).shape == (2, 12, 512)  # one per map position
+
+
+def test_each_frozen_head_says_how_it_classifies():
+    """A record's parameter note names what the head does: class means for prototypes, Hungarian matching of
+    patch tokens for patch-match (not the prototype sentence it used to inherit)."""
+    assert "class means" in heads.build("prototype").fitted_parameters(8, 3)[1]
+    count, note = heads.build("patch-match").fitted_parameters(8, 3)
+    assert count == 0 and "Hungarian" in note and "class means" not in note

@@ -18,6 +18,10 @@ class PatchMatchHead(PrototypeHead):
     summary = "one-to-one Hungarian matching of query patch tokens to each class's support patch tokens"
     reads = "tokens"
 
+    def fitted_parameters(self, features: int, n_classes: int) -> tuple[int, str]:
+        return 0, ("the patch-match head trains nothing: it matches each query's patch tokens one-to-one (Hungarian "
+                   "assignment) to each class's support patch tokens")
+
     def classify(self, support: torch.Tensor, labels: torch.Tensor, query: torch.Tensor,
                  n_classes: int) -> torch.Tensor:
         return patch_match_scores(support, labels, query, n_classes)
