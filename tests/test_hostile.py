@@ -288,12 +288,13 @@ def test_several_label_columns_are_refused_unless_one_is_named(tmp_path, capsys,
 # -- one prediction path ---------------------------------------------------------------------------------------------
 
 def _tied_model_dir(tmp_path):
-    """A model directory whose head scores every image exactly [0, 1, 1]: a tie between classes 1 and 2."""
-    model = pefs.wrap("resnet18", "linear", num_classes=3, pretrained=False)
+    """A model directory whose head scores every image exactly [0, 1, 1, 0, 1, 0]: a three-way tie, which
+    torch.topk (what pefs predict ranked with) breaks towards class 2 and torch.argmax (tune) towards class 1."""
+    model = pefs.wrap("resnet18", "linear", num_classes=6, pretrained=False)
     with torch.no_grad():
         model.head.weight.zero_()
-        model.head.bias.copy_(torch.tensor([0.0, 1.0, 1.0]))
-    model.class_names = ["ant", "bee", "cow"]
+        model.head.bias.copy_(torch.tensor([0.0, 1.0, 1.0, 0.0, 1.0, 0.0]))
+    model.class_names = ["ant", "bee", "cow", "dog", "eel", "fox"]
     model.preprocessing = pefs.model.directory.preprocessing(model.backbone.data_config, 32)
     model.save(tmp_path / "m")
     image = tmp_path / "x.png"
@@ -307,17 +308,17 @@ def test_an_exact_tie_gets_the_same_label_in_tune_predict_and_the_library(tmp_pa
     from pefs.model import inference
     from pefs.runtime import task
 
-    scores = torch.randint(0, 3, (500, 7)).float()  # many ties
-    assert torch.equal(inference.predicted(scores), scores.argmax(-1))
-    assert task.predicted is inference.predicted  # tune's evaluation ranks with the same function
     model, d, image = _tied_model_dir(tmp_path)
-    assert model.predict([image]).labels == ["bee"] and model.predict([image]).top(2)[0][0][0] == "bee"
     for precision in ([], ["--precision", "no"], ["--precision", "bf16"]):
         out = tmp_path / "p.csv"
         assert main(["predict", str(d), str(image), "--out", str(out), "--top-k", "3", "--allow-different-base",
                      "-q", *precision]) == 0
         row = out.read_text().splitlines()[1].split(",")
-        assert row[1::2][:3] == ["bee", "cow", "ant"], row
+        assert row[1::2][:3] == ["bee", "cow", "eel"], row  # topk said cow
+    assert model.predict([image]).labels == ["bee"] and model.predict([image]).top(2)[0][0][0] == "bee"
+    scores = torch.randint(0, 3, (500, 7)).float()  # many ties
+    assert torch.equal(inference.predicted(scores), scores.argmax(-1))
+    assert task.predicted is inference.predicted  # tune's evaluation ranks with the same function
     capsys.readouterr()
     with pytest.raises(SystemExit):
         main(["predict", str(d), str(image), "--precision", "fp64", "-q"])
@@ -410,11 +411,12 @@ def _enospc(*_a, **_k):
     raise OSError(errno.ENOSPC, "No space left on device")
 
 
-@pytest.mark.parametrize("where", ["tensors", "fsync", "rename-in"])
+@pytest.mark.parametrize("where", ["tensors", "fsync", "config", "rename-in"])
 def test_a_failed_resave_leaves_the_previous_model_loadable(tmp_path, monkeypatch, where):
     """Promise: re-saving into an existing model directory replaces it whole or not at all: a failure while
-    writing the tensors, while syncing them, or while renaming the new folder in leaves the previous model
-    exactly loadable and no temporary folder behind; one PefsError line says what failed."""
+    writing the tensors, syncing them, writing the config after them (which used to leave new tensors beside
+    the old config: neither model loadable) or renaming the new folder in leaves the previous model exactly
+    loadable and no temporary folder behind; one PefsError line says what failed."""
     import os
 
     d = tmp_path / "m"
@@ -424,6 +426,16 @@ def test_a_failed_resave_leaves_the_previous_model_loadable(tmp_path, monkeypatc
         monkeypatch.setattr("safetensors.torch.save_file", _enospc)
     elif where == "fsync":
         monkeypatch.setattr(os, "fsync", _enospc)
+    elif where == "config":
+        real_fsync, synced = os.fsync, []
+
+        def config_fails(fd):  # the tensor file syncs, the config after it does not
+            synced.append(fd)
+            if len(synced) == 2:
+                _enospc()
+            real_fsync(fd)
+
+        monkeypatch.setattr(os, "fsync", config_fails)
     else:
         real, calls = os.rename, []
 
