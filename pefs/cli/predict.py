@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import argparse
 
+from pefs.config import TrainConfig
+from pefs.config.fields import choices
+
 
 def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     """Add ``predict`` and its flags to ``sub``."""
@@ -22,6 +25,9 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
                    "(<root>/<class>/<image>): also print accuracy and a confusion matrix")
     p.add_argument("--allow-different-base", action="store_true", help="load even if the backbone's weights "
                    "differ from those the model was trained on (the results will differ)")
+    p.add_argument("--precision", choices=choices(TrainConfig, "inference_precision"), help="autocast of the "
+                   "forward passes, as tune's --inference-precision (default: what tune used, recorded in "
+                   "MODEL_DIR, else auto)")
     p.add_argument("--quiet", "-q", action="store_true", help="no progress bar")
     return p
 
@@ -31,4 +37,4 @@ def run(a: argparse.Namespace) -> int:
     from pefs.model.predict import predict_command
 
     return predict_command(a.model_dir, a.images, a.out, a.format, a.top_k, a.batch_size, a.labels,
-                           a.allow_different_base, not a.quiet)
+                           a.allow_different_base, not a.quiet, a.precision)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import shutil
 from collections.abc import Iterator
 from pathlib import Path
 from typing import IO
@@ -48,6 +49,40 @@ def atomic_write(path: str | Path, what: str = "file", binary: bool = False,
         with open(tmp, **mode) as f:
             yield f
             f.flush()
+
+
+@contextlib.contextmanager
+def atomic_dir(path: str | Path, what: str = "folder") -> Iterator[Path]:
+    """A temporary folder beside ``path`` to fill; when the block ends without an error it replaces ``path``
+    whole: the old folder is renamed away, the new one renamed in, then the old one removed. Any failure before
+    that leaves ``path`` as it was (the new folder is removed; a failed rename-in puts the old one back)."""
+    path = Path(path)
+    new = path.with_name(f".{path.name}.{os.getpid()}.new")
+    old = path.with_name(f".{path.name}.{os.getpid()}.old")
+    try:
+        shutil.rmtree(new, ignore_errors=True)
+        new.mkdir(parents=True)
+        yield new
+        _swap(new, path, old)
+    except OSError as e:
+        raise PefsError(f"cannot write the {what} {str(path)!r}: {e.strerror or e}") from e
+    finally:
+        shutil.rmtree(new, ignore_errors=True)
+
+
+def _swap(new: Path, path: Path, old: Path) -> None:
+    """Put folder ``new`` at ``path``; an existing ``path`` goes to ``old`` first and is removed last."""
+    if not (path.exists() or path.is_symlink()):
+        os.rename(new, path)
+        return
+    shutil.rmtree(old, ignore_errors=True)
+    os.rename(path, old)
+    try:
+        os.rename(new, path)
+    except OSError:
+        os.rename(old, path)
+        raise
+    shutil.rmtree(old, ignore_errors=True)
 
 
 def write_bytes(path: str | Path, data: bytes, what: str = "file") -> None:

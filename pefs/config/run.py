@@ -109,6 +109,9 @@ class TuneConfig:
                                      flags=("--seeds", "--seed"), default_factory=lambda: (0,))
     data: str | None = setting(None, "image folder (<root>/<class>/*.jpg), Hugging Face dataset name or local "
                                "path; default: the embedded fashion-mnist-small")
+    label_column: str | None = setting(
+        None, "the label column of a Hugging Face dataset (--data) with several candidates (fine_label, coarse_label); "
+        "default: its one ClassLabel column, else 'label'", metavar="COLUMN", added_later=True)
     ways: int | None = setting(None, "N: switch to N-way K-shot episodes")
     queries: int = setting(15, "query images per class in an episode")
     episodes: int = setting(100, "number of episodes")
@@ -174,6 +177,8 @@ class TuneConfig:
             raise PefsError(f"ways must be a whole number >= 2 for an episode, got {self.ways!r}")
         if self.ways is not None and len(self.seeds) > 1:
             raise PefsError(f"episodes draw their own tasks from one seed; give one seed, got {list(self.seeds)}")
+        if self.label_column is not None and (not isinstance(self.label_column, str) or not self.label_column):
+            raise PefsError(f"label_column must name a column, got {self.label_column!r}")
         if self.feature_cache is not None and not isinstance(self.feature_cache, str):
             raise PefsError(f"feature_cache must be a directory path, got {self.feature_cache!r}")
         check_views(self)

@@ -6,6 +6,7 @@ Every source becomes a :class:`Dataset` holding a ``train`` and (when the data h
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -131,7 +132,12 @@ def _folder_set(root: Path, classes: list[str] | None = None) -> ImageSet:
 
 def load_hf(name: str, image_column: str | None = None, label_column: str | None = None,
             train_split: str = "train", test_split: str | None = "test") -> Dataset:
-    """A Hugging Face ``datasets`` dataset by hub name or local path (offline needs a local copy)."""
+    """A Hugging Face ``datasets`` dataset by hub name or local path (offline needs a local copy).
+
+    Every split's labels are read by class NAME against one class list, the train split's (a ClassLabel's names
+    in its order, else the sorted distinct values): a split class-encoded on its own (other names, another
+    order) still scores against the right classes. Classes of a ClassLabel with no training image (a dataset
+    filtered to some classes) are dropped, with a note; a test class the train split lacks is refused."""
     import datasets
 
     try:
@@ -143,26 +149,19 @@ def load_hf(name: str, image_column: str | None = None, label_column: str | None
     if train_split not in dd:
         raise PefsError(f"dataset {name!r} has no split {train_split!r}; splits: {', '.join(dd)}")
     train = dd[train_split]
-    image_column = image_column or _detect(train, name, "image", datasets.Image)
-    label_column = label_column or _detect(train, name, "label", datasets.ClassLabel)
-    for col in (image_column, label_column):
-        if col not in train.column_names:
-            raise PefsError(f"dataset {name!r} has no column {col!r}; columns: {', '.join(train.column_names)}")
-    feat = train.features[label_column]
-    if isinstance(feat, datasets.ClassLabel):
-        classes, by_value = list(feat.names), False
-    else:  # plain values (ints or strings): the sorted distinct values of the train split are the classes
-        values = [v for v in train[label_column]]
-        bad = next((v for v in values if not isinstance(v, (str, int, np.integer)) or isinstance(v, bool)), None)
-        if bad is not None or any(v is None for v in values):
-            raise PefsError(f"label column {label_column!r} of dataset {name!r} holds {bad!r} "
-                            f"({type(bad).__name__}); labels must be class names (str) or integers")
-        if len({type(v) for v in values}) > 1:
-            raise PefsError(f"label column {label_column!r} of dataset {name!r} mixes strings and integers")
-        classes, by_value = sorted(set(values)), True
     test = dd[test_split] if test_split and test_split in dd else None
-    return Dataset(Path(name).name, _hf_set(train, image_column, label_column, classes, train_split, by_value, name),
-                   _hf_set(test, image_column, label_column, classes, test_split, by_value, name)
+    image_column = image_column or _detect(train, name, "image", datasets.Image)
+    label_column = label_column or _detect_label(train, name)
+    for split, ds in ((train_split, train), (test_split, test)):
+        for col in (image_column, label_column) if ds is not None else ():
+            if col not in ds.column_names:
+                raise PefsError(f"split {split!r} of dataset {name!r} has no column {col!r}; columns: "
+                                f"{', '.join(ds.column_names)}")
+    train_keys = _label_keys(train, label_column, train_split, name)
+    classes = _classes(train, label_column, train_keys, name)
+    return Dataset(Path(name).name, _hf_set(train, image_column, classes, train_split, train_keys, name),
+                   _hf_set(test, image_column, classes, test_split or "test",
+                           _label_keys(test, label_column, test_split or "test", name), name)
                    if test is not None else None, source=TABLE)
 
 
@@ -186,25 +185,67 @@ def _detect(ds, name: str, what: str, feature_type) -> str:
                     f"(Dataset.rename_column), or pass {what}_column= to pefs.data.load_hf")
 
 
-def _hf_set(ds, image_column: str, label_column: str, classes: list, split: str, by_value: bool,
-            name: str) -> ImageSet:
-    """One split; labels are indices into ``classes`` (``by_value``: looked up by value), checked here."""
+def _detect_label(ds, name: str) -> str:
+    """The one label column: the ClassLabel column, else the column named ``label``; several candidates (a
+    fine and a coarse ClassLabel, a ClassLabel beside a ``label`` column) are refused, listing them."""
     import datasets
 
-    raw = ds[label_column]
-    if by_value:
-        index = {v: i for i, v in enumerate(classes)}
-        unknown_values = sorted({str(v) for v in raw if v not in index})
-        if unknown_values:
-            raise PefsError(f"split {split!r} of dataset {name!r} has labels {', '.join(unknown_values[:5])} that "
-                            f"the train split lacks; classes: {', '.join(map(str, classes[:20]))}")
-        labels = np.array([index[v] for v in raw], dtype=int)
-    else:
-        labels = np.array(raw, dtype=int)
-        bad = labels[(labels < 0) | (labels >= len(classes))]
-        if len(bad):
-            raise PefsError(f"split {split!r} of dataset {name!r} has label {int(bad[0])} in column {label_column!r}, "
-                            f"outside its ClassLabel's 0..{len(classes) - 1} (-1 marks an unlabelled image)")
+    candidates = [c for c, f in ds.features.items() if isinstance(f, datasets.ClassLabel)]
+    candidates += [c for c in ("label", "labels") if c in ds.column_names and c not in candidates]
+    if len(candidates) > 1:
+        raise PefsError(f"dataset {name!r} has several label columns ({', '.join(candidates)}); name the one to "
+                        f"classify by with --label-column (label_column= in pefs.data.load_hf)")
+    return candidates[0] if candidates else _detect(ds, name, "label", datasets.ClassLabel)
+
+
+def _label_keys(ds, column: str, split: str, name: str) -> list:
+    """Each image's class as a key: its ClassLabel NAME (so splits encoded apart still agree), else its value."""
+    import datasets
+
+    feat, raw = ds.features[column], ds[column]
+    if isinstance(feat, datasets.ClassLabel):
+        bad = [v for v in raw if v is None or not 0 <= v < len(feat.names)]
+        if bad:
+            raise PefsError(f"split {split!r} of dataset {name!r} has label {bad[0]} in column {column!r}, outside its "
+                            f"ClassLabel's 0..{len(feat.names) - 1} (-1 marks an unlabelled image)")
+        return [feat.names[v] for v in raw]
+    bad = next((v for v in raw if not isinstance(v, (str, int, np.integer)) or isinstance(v, bool)), None)
+    if bad is not None or any(v is None for v in raw):
+        raise PefsError(f"label column {column!r} of dataset {name!r} holds {bad!r} ({type(bad).__name__}); "
+                        "labels must be class names (str) or integers")
+    if len({type(v) for v in raw}) > 1:
+        raise PefsError(f"label column {column!r} of dataset {name!r} mixes strings and integers")
+    return list(raw)
+
+
+def _classes(train, column: str, keys: list, name: str) -> list:
+    """The class list: the train split's ClassLabel names in their order, less those with no training image
+    (said in a note), else the sorted distinct training values."""
+    import datasets
+
+    feat, present = train.features[column], set(keys)
+    if not isinstance(feat, datasets.ClassLabel):
+        return sorted(present)
+    dropped = [c for c in feat.names if c not in present]
+    if dropped:
+        print(f"note: {len(dropped)} of the {len(feat.names)} classes of dataset {name!r} have no training image "
+              f"and are left out ({', '.join(dropped[:5])}{', ...' if len(dropped) > 5 else ''}); "
+              f"{len(feat.names) - len(dropped)} classes remain", file=sys.stderr)
+    return [c for c in feat.names if c in present]
+
+
+def _hf_set(ds, image_column: str, classes: list, split: str, keys: list, name: str) -> ImageSet:
+    """One split; ``keys`` (class names or values) become indices into ``classes``, or a split with a class
+    the train split lacks is refused, naming it."""
+    import datasets
+
+    index = {v: i for i, v in enumerate(classes)}
+    unknown = sorted({str(v) for v in keys if v not in index})
+    if unknown:
+        raise PefsError(f"split {split!r} of dataset {name!r} has images of {len(unknown)} class(es) the train "
+                        f"split has no image of ({', '.join(unknown[:5])}); train classes: "
+                        f"{', '.join(map(str, classes[:20]))}{', ...' if len(classes) > 20 else ''}")
+    labels = np.array([index[v] for v in keys], dtype=int)
     if isinstance(ds.features[image_column], datasets.Image):  # pefs decodes: one decoder for every source
         ds = ds.cast_column(image_column, datasets.Image(decode=False))
     column = ds.with_format(None)
@@ -215,17 +256,27 @@ def _hf_set(ds, image_column: str, label_column: str, classes: list, split: str,
     return ImageSet([str(c) for c in classes], labels, [f"{split}[{i}]" for i in range(len(labels))], loader)
 
 
-def load_dataset(spec: str | Dataset | None = None, **hf_kwargs) -> Dataset:
+def load_dataset(spec: str | Dataset | None = None, label_column: str | None = None, **hf_kwargs) -> Dataset:
     """Resolve a data spec: None or ``fashion-mnist-small`` (embedded), an image folder
     (``root/<class>/*.jpg``), a saved/local Hugging Face dataset folder, or a hub name ``user/name``.
-    A folder's loader is chosen by its top-level layout (:mod:`pefs.data.layout`); ``Dataset.source`` says which."""
+    A folder's loader is chosen by its top-level layout (:mod:`pefs.data.layout`); ``Dataset.source`` says which.
+    ``label_column`` (``--label-column``) names a Hugging Face dataset's label column."""
     if isinstance(spec, Dataset):
         return spec
+    if label_column is not None:
+        hf_kwargs["label_column"] = label_column
     if spec is None or spec == DEFAULT_DATASET:
+        if label_column is not None:
+            raise PefsError(f"--label-column {label_column} names a column of a Hugging Face dataset; the embedded "
+                            f"{DEFAULT_DATASET} has none (give --data a dataset)")
         return load_default()
     path = Path(spec)
     if path.is_dir():
-        if hf_kwargs or data_layout(path, IMAGE_SUFFIXES) == TABLE:
+        layout = data_layout(path, IMAGE_SUFFIXES)
+        if label_column is not None and layout != TABLE:
+            raise PefsError(f"--label-column {label_column} names a column of a Hugging Face dataset; {spec!r} is an "
+                            "image folder, whose class folders are the labels (drop --label-column)")
+        if hf_kwargs or layout == TABLE:
             return load_hf(spec, **hf_kwargs)
         return load_folder(path)
     if path.exists():

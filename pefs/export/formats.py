@@ -15,8 +15,10 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
+from pefs.config.checks import check_writable_file
+from pefs.config.files import atomic_path
 from pefs.errors import PefsError
-from pefs.model.directory import usual_mode
+from pefs.model.directory import ADAPTER_FILE, CONFIG_FILE, MERGED_FILE, usual_mode
 
 if TYPE_CHECKING:
     from pefs.model.wrap import PefsModel
@@ -76,54 +78,65 @@ def export_merged(model: PefsModel, out: str | Path) -> Path:
             "class_names": json.dumps(model.class_names), "preprocessing": json.dumps(model.preprocessing),
             "model_kwargs": json.dumps((model.load_info or {}).get("model_kwargs") or {})}
     out = _writable(out)
-    save_file(state, str(out), metadata=meta)
-    usual_mode(out)
-    kwargs = json.loads(meta["model_kwargs"])
-    plain = timm.create_model(name, pretrained=False, num_classes=model.num_classes, **kwargs).eval()
-    plain.load_state_dict(_read(out), strict=True)
-    x = sample_input(model)
-    with torch.no_grad():
-        ours, theirs = model.eval()(x), plain(x)
-    if not torch.allclose(ours, theirs, atol=ONNX_ATOL, rtol=ONNX_RTOL):
-        out.unlink(missing_ok=True)
-        raise PefsError(f"timm's {name} loaded from the merged tensors gives different logits (max difference "
-                        f"{(ours - theirs).abs().max():.3g}); nothing written")
+    with atomic_path(out, "merged checkpoint") as tmp:  # an existing file is replaced only by a checked one
+        save_file(state, str(tmp), metadata=meta)
+        usual_mode(tmp)
+        kwargs = json.loads(meta["model_kwargs"])
+        plain = timm.create_model(name, pretrained=False, num_classes=model.num_classes, **kwargs).eval()
+        plain.load_state_dict(_read(tmp), strict=True)
+        x = sample_input(model)
+        with torch.no_grad():
+            ours, theirs = model.eval()(x), plain(x)
+        if not torch.allclose(ours, theirs, atol=ONNX_ATOL, rtol=ONNX_RTOL):
+            raise PefsError(f"timm's {name} loaded from the merged tensors gives different logits (max difference "
+                            f"{(ours - theirs).abs().max():.3g}); nothing written")
     return out
 
 
 def export_onnx(model: PefsModel, out: str | Path) -> tuple[Path, float]:
     """Trace the model to ONNX (input ``images``, output ``logits``, dynamic batch), then run it with
-    onnxruntime beside PyTorch; returns the file and the largest logit difference, or refuses."""
-    import warnings
-
-    import onnxruntime
-
+    onnxruntime beside PyTorch; returns the file and the largest logit difference, or refuses. The graph is
+    written under a temporary name and replaces ``out`` only once checked: a failure leaves ``out`` as it was."""
     out = _writable(out)
     net = model.cpu().net.eval()
-    x = sample_input(model)
+    with atomic_path(out, "ONNX export") as tmp:
+        _trace_onnx(model, net, tmp)
+        worst = _check_onnx(model, net, tmp)
+    return out, worst
+
+
+def _trace_onnx(model: PefsModel, net: torch.nn.Module, path: Path) -> None:
+    import warnings
+
     try:
         with warnings.catch_warnings(), torch.no_grad():
             warnings.simplefilter("ignore")
-            torch.onnx.export(net, (x,), str(out), input_names=["images"], output_names=["logits"],
-                              dynamic_axes={"images": {0: "batch"}, "logits": {0: "batch"}}, dynamo=False,
-                              opset_version=17)
+            torch.onnx.export(net, (sample_input(model),), str(path), input_names=["images"],
+                              output_names=["logits"], dynamic_axes={"images": {0: "batch"}, "logits": {0: "batch"}},
+                              dynamo=False, opset_version=17)
+    except OSError:
+        raise  # a full disk or a lost folder: said by the writer as a write failure, not as a tracing one
     except Exception as e:  # noqa: BLE001 - any tracing failure means "this forward does not export"
-        out.unlink(missing_ok=True)
         raise PefsError(f"the forward of {model.spec!r} on {model.backbone.name} does not trace to ONNX: "
-                        f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}") from e
-    session = onnxruntime.InferenceSession(str(out), providers=["CPUExecutionProvider"])
-    x2 = sample_input(model, batch=3, seed=1)  # another batch size: the batch axis really is dynamic
+                        f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}; nothing written") from e
+
+
+def _check_onnx(model: PefsModel, net: torch.nn.Module, path: Path) -> float:
+    """The largest logit difference between onnxruntime on ``path`` and PyTorch, on two batch sizes; refuses
+    a graph outside tolerance."""
+    import onnxruntime
+
+    session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     worst = 0.0
-    for inp in (x, x2):
+    for inp in (sample_input(model), sample_input(model, batch=3, seed=1)):  # the batch axis really is dynamic
         with torch.no_grad():
             ref = net(inp)
         got = torch.from_numpy(session.run(["logits"], {"images": inp.numpy()})[0])
         worst = max(worst, float((got - ref).abs().max()))
         if got.shape != ref.shape or not torch.allclose(got, ref, atol=ONNX_ATOL, rtol=ONNX_RTOL):
-            out.unlink(missing_ok=True)
             raise PefsError(f"the ONNX graph of {model.spec!r} gives different logits from PyTorch under "
                             f"onnxruntime (max difference {worst:.3g}); nothing written")
-    return out, worst
+    return worst
 
 
 def sample_input(model: PefsModel, batch: int = 2, seed: int = 0) -> torch.Tensor:
@@ -139,6 +152,7 @@ def export_command(model_dir: str, fmt: str = "merged", out: str | None = None,
 
     if fmt not in FORMATS:
         raise PefsError(f"unknown export format {fmt!r}; valid choices: {', '.join(FORMATS)}")
+    check_out(model_dir, out)
     model = PefsModel.load(model_dir, allow_different_base=allow_different_base)
     if fmt == "merged":
         path = export_merged(model, out or Path(model_dir) / "model.safetensors")
@@ -161,14 +175,22 @@ def export_command(model_dir: str, fmt: str = "merged", out: str | None = None,
 
 
 def _writable(out: str | Path) -> Path:
+    """``out`` once its folder exists and takes new files; nothing is created at ``out`` itself."""
     out = Path(out)
-    try:
-        out.parent.mkdir(parents=True, exist_ok=True)
-        with open(out, "ab"):
-            pass
-    except OSError as e:
-        raise PefsError(f"cannot write the export to {str(out)!r}: {e.strerror or e}") from e
+    if out.is_dir():
+        raise PefsError(f"export --out {str(out)!r} is a folder; name a file")
+    check_writable_file(out, "export", "--out")
     return out
+
+
+def check_out(model_dir: str | Path, out: str | Path | None) -> None:
+    """Refuse an ``--out`` that would overwrite the model directory or one of its own files."""
+    if out is None:
+        return
+    d, o = Path(model_dir).resolve(), Path(out).resolve()
+    if o == d or (o.parent == d and o.name in (CONFIG_FILE, ADAPTER_FILE, MERGED_FILE)):
+        raise PefsError(f"export --out {str(out)!r} would overwrite the model directory {str(model_dir)!r} it "
+                        "exports; choose another path")
 
 
 def _read(path: Path) -> dict[str, Any]:

@@ -20,6 +20,7 @@ from torch import nn
 
 from pefs.backbones.families.hf import HFVisionModel
 from pefs.backbones.layout import replace_module
+from pefs.config.files import atomic_dir, write_text
 from pefs.errors import PefsError
 from pefs.model.wrap import PefsModel, wrap
 
@@ -89,14 +90,15 @@ def save_peft_adapter(model: PefsModel, directory: str | Path) -> Path:
     if missing:
         raise PefsError(f"{len(missing)} trained tensors have no place in peft's format (e.g. {missing[0]})")
     d = Path(directory)
-    try:
-        peft_model.save_pretrained(str(d))
-        written = json.loads((d / "adapter_config.json").read_text())
+    if d.is_dir() and any(d.iterdir()) and not (d / "adapter_config.json").is_file():
+        raise PefsError(f"{str(d)!r} holds files that are not a peft adapter; the export replaces the folder whole: "
+                        "choose a new or empty folder (--out)")
+    with atomic_dir(d, "peft adapter") as new:  # the previous adapter stays until the new one is whole
+        peft_model.save_pretrained(str(new))
+        written = json.loads((new / "adapter_config.json").read_text())
         written["base_model_name_or_path"] = written.get("base_model_name_or_path") or cfg.base_model_name_or_path
         written["revision"] = written.get("revision") or cfg.revision
-        (d / "adapter_config.json").write_text(json.dumps(written, indent=2, sort_keys=True))
-    except OSError as e:
-        raise PefsError(f"cannot save to {str(d)!r}: {e.strerror or e}") from e
+        write_text(new / "adapter_config.json", json.dumps(written, indent=2, sort_keys=True), "peft adapter config")
     return d
 
 

@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from pefs.config import checks
-from pefs.config.files import atomic_path, write_text
+from pefs.config.files import atomic_dir, atomic_path, write_text
 from pefs.errors import PefsError
 
 if TYPE_CHECKING:
@@ -65,15 +65,45 @@ def check_writable_dir(path: str | Path, flag: str) -> None:
     checks.check_writable_dir(path, f"{flag} folder", flag)
 
 
+def check_replaceable(path: str | Path, flag: str) -> None:
+    """Refuse a folder a save would replace whole when it holds files but no pefs model (a save must never delete
+    the user's other files); a missing or empty folder, or a model directory, is fine."""
+    d = Path(path)
+    if d.is_dir() and not (d / CONFIG_FILE).is_file() and any(d.iterdir()):
+        names = sorted(p.name for p in d.iterdir())
+        raise PefsError(f"{flag} folder {str(d)!r} holds files that are not a pefs model ({', '.join(names[:3])}"
+                        f"{', ...' if len(names) > 3 else ''}); a save replaces the folder whole: choose a new or "
+                        "empty folder, or a model directory to overwrite")
+
+
 def save_model(model: PefsModel, directory: str | Path) -> Path:
-    """Write the model directory (tensor file first, then the config that names it and its checksum)."""
+    """Write the model directory whole: into a temporary sibling folder (tensor file, then the config that names it
+    and its checksum), swapped in for ``directory`` only once complete, so a failure at any point leaves the
+    previous model there and loadable (:func:`pefs.config.files.atomic_dir`)."""
     from safetensors.torch import save_file
 
     d = Path(directory)
+    check_replaceable(d, "model directory")
     name = MERGED_FILE if model.merged else ADAPTER_FILE
     tensors = {k: v.detach().contiguous().cpu().clone() for k, v in saved_state(model).items()}
+    config = _config(model, name, len(tensors))
+    try:
+        d.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise PefsError(f"cannot save to {str(d)!r}: {e.strerror or e}") from e
+    with atomic_dir(d, "model directory") as new:
+        with atomic_path(new / name, "model tensors") as tmp:
+            save_file(tensors, str(tmp))
+            usual_mode(tmp)
+            config["tensors"]["sha256"] = _sha256(tmp)
+        write_text(new / CONFIG_FILE, json.dumps(config, indent=2, default=str), "model config")
+    return d
+
+
+def _config(model: PefsModel, tensor_file: str, count: int) -> dict[str, Any]:
+    """``pefs_config.json`` of ``model`` (the tensor file's checksum is added once it is written)."""
     bb = model.backbone
-    config = {
+    return {
         "format": FORMAT_VERSION, "spec": model.spec, "num_classes": model.num_classes, "merged": model.merged,
         "options": {f"{s.name}.{k}" if len(model.strategies) > 1 else k: v
                     for s in model.strategies for k, v in strategy_options(s).items()},
@@ -82,20 +112,8 @@ def save_model(model: PefsModel, directory: str | Path) -> Path:
                      "revision": bb.revision},
         "load": model.load_info, "class_names": model.class_names,
         "preprocessing": model.preprocessing, "tune_config": model.tune_config,
-        "tensors": {"file": name, "count": len(tensors)},
+        "tensors": {"file": tensor_file, "count": count},
     }
-    try:
-        d.mkdir(parents=True, exist_ok=True)
-    except OSError as e:
-        raise PefsError(f"cannot save to {str(d)!r}: {e.strerror or e}") from e
-    with atomic_path(d / name, "model tensors") as tmp:
-        save_file(tensors, str(tmp))
-        usual_mode(tmp)
-        config["tensors"]["sha256"] = _sha256(tmp)
-    write_text(d / CONFIG_FILE, json.dumps(config, indent=2, default=str), "model config")
-    stale = MERGED_FILE if name == ADAPTER_FILE else ADAPTER_FILE
-    (d / stale).unlink(missing_ok=True)  # only once the new model is whole: a failed save keeps the old one
-    return d
 
 
 def read_config(directory: str | Path) -> dict[str, Any]:

@@ -17,26 +17,57 @@ import numpy as np
 import torch
 from PIL import Image
 
+from pefs.config import TrainConfig
+from pefs.config.fields import choices
 from pefs.data import ImageSet, eval_transform
 from pefs.errors import PefsError
 
 if TYPE_CHECKING:
     from pefs.model.wrap import PefsModel
 
+#: ``--precision`` of ``pefs predict``: the autocast of its passes, tune's ``--inference-precision`` choices
+PRECISIONS: tuple[str, ...] = choices(TrainConfig, "inference_precision") or ()
+
+
+def top_classes(scores: torch.Tensor, k: int = 1) -> torch.Tensor:
+    """Indices (N, k) of each row's ``k`` highest scores, best first: the one scoring rule of pefs (tune's
+    evaluation, ``PefsModel.predict``, ``pefs predict``). Equal scores rank the lower class index first, so the
+    top-1 is exactly ``torch.argmax`` (the first maximum) and the same image gets the same label everywhere."""
+    return torch.sort(scores, dim=-1, descending=True, stable=True).indices[..., :k]
+
+
+def predicted(scores: torch.Tensor) -> torch.Tensor:
+    """The top-1 class index of each row of ``scores`` (:func:`top_classes`)."""
+    return top_classes(scores, 1)[..., 0]
+
+
 @dataclass
 class Predictions:
-    """Probabilities (N, classes) over ``class_names``; ``labels`` are the top-1 class names."""
+    """Probabilities (N, classes) over ``class_names``; ``labels`` are the top-1 class names. Classes are ranked
+    by ``scores`` (the logits) when given, else by ``probs``, with :func:`top_classes`' tie rule."""
 
     class_names: list[str]
     probs: torch.Tensor
+    scores: torch.Tensor | None = None
+
+    @classmethod
+    def from_scores(cls, class_names: list[str], scores: torch.Tensor) -> Predictions:
+        """Predictions from logits: probabilities are their softmax, the ranking is theirs (two logits that
+        differ may round to one probability)."""
+        scores = scores.float()
+        return cls(class_names, scores.softmax(-1), scores)
+
+    def _ranking(self, k: int) -> torch.Tensor:
+        return top_classes(self.scores if self.scores is not None else self.probs, k)
 
     @property
     def labels(self) -> list[str]:
-        return [self.class_names[i] for i in self.probs.argmax(-1).tolist()]
+        return [self.class_names[i] for i in self._ranking(1)[:, 0].tolist()]
 
     def top(self, k: int = 1) -> list[list[tuple[str, float]]]:
         """The ``k`` most probable (class name, probability) pairs of each image, best first."""
-        p, i = self.probs.topk(min(k, self.probs.shape[-1]), dim=-1)
+        i = self._ranking(min(k, self.probs.shape[-1]))
+        p = self.probs.gather(-1, i)
         return [[(self.class_names[c], float(q)) for c, q in zip(ci.tolist(), pi.tolist())] for pi, ci in zip(p, i)]
 
 
@@ -45,12 +76,17 @@ def class_names_of(model: PefsModel) -> list[str]:
     return list(model.class_names) if model.class_names else [str(i) for i in range(model.num_classes)]
 
 
-def _inference_config(model: PefsModel):
-    from pefs.config import TrainConfig
-
+def _inference_config(model: PefsModel, precision: str | None = None):
+    """The training config the model was tuned with (its no-grad passes run as tune's did); ``precision``
+    overrides its inference precision (default: the one tune used, recorded in the model directory)."""
+    if precision is not None and precision not in PRECISIONS:
+        raise PefsError(f"unknown precision {precision!r}; valid choices: {', '.join(PRECISIONS)}")
     train = dict((model.tune_config or {}).get("train") or {})
     names = {f.name for f in dataclasses.fields(TrainConfig)}
-    return TrainConfig(**{k: v for k, v in train.items() if k in names and k != "progress"}, progress=False)
+    cfg = TrainConfig(**{k: v for k, v in train.items() if k in names and k != "progress"}, progress=False)
+    if precision is not None:
+        cfg.inference_precision = precision
+    return cfg
 
 
 def _as_image_set(images: Any) -> ImageSet:
@@ -64,28 +100,30 @@ def _as_image_set(images: Any) -> ImageSet:
                     lambda i: items[i])  # ImageSet.image decodes a path or a PIL image (pefs.data.decode)
 
 
-def predict_images(model: PefsModel, images: Any, batch_size: int = 16) -> Predictions:
+def predict_images(model: PefsModel, images: Any, batch_size: int = 16, precision: str | None = None) -> Predictions:
     """Probabilities for PIL images, image paths or an ImageSet; an undecodable image is a PefsError naming it."""
-    probs = []
-    with contextlib.closing(stream(model, _as_image_set(images), batch_size)) as batches:  # unmerges on error
-        for _, p, failed in batches:
+    scores = []
+    with contextlib.closing(stream(model, _as_image_set(images), batch_size, precision=precision)) as batches:
+        for _, s, failed in batches:  # closing: a merged view is unmerged on error
             if failed:
                 raise PefsError(failed[0][1])
-            probs.append(p)
-    return Predictions(class_names_of(model), torch.cat(probs) if probs else torch.empty(0, model.num_classes))
+            scores.append(s)
+    return Predictions.from_scores(class_names_of(model),
+                                   torch.cat(scores) if scores else torch.empty(0, model.num_classes))
 
 
-def stream(model: PefsModel, images: ImageSet, batch_size: int = 16,
-           progress: bool = False) -> Iterator[tuple[list[int], torch.Tensor, list[tuple[str, str]]]]:
-    """Batch by batch: (indices decoded, their probabilities, [(name, reason)] of those that failed to decode).
-    Runs as ``pefs tune`` evaluates: the saved preprocessing, precision and merged evaluation."""
+def stream(model: PefsModel, images: ImageSet, batch_size: int = 16, progress: bool = False,
+           precision: str | None = None) -> Iterator[tuple[list[int], torch.Tensor, list[tuple[str, str]]]]:
+    """Batch by batch: (indices decoded, their logits (float32), [(name, reason)] of those that failed to decode).
+    Runs as ``pefs tune`` evaluates: the saved preprocessing, precision (unless ``precision`` is given) and
+    merged evaluation; rank the logits with :func:`top_classes` (or :meth:`Predictions.from_scores`)."""
     from tqdm import tqdm
 
     from pefs.runtime import engine
 
     if batch_size < 1:
         raise PefsError(f"batch size must be >= 1, got {batch_size}")
-    cfg = _inference_config(model)
+    cfg = _inference_config(model, precision)
     pre = dict(model.preprocessing)
     pre["input_size"] = tuple(pre["input_size"])
     transform = eval_transform(pre)
@@ -99,7 +137,7 @@ def stream(model: PefsModel, images: ImageSet, batch_size: int = 16,
                     ok.append(i)
                 except PefsError as e:
                     failed.append((images.names[i], str(e)))
-            probs = (engine.outputs(model, torch.stack(xs), cfg, 0, "logits").float().softmax(-1) if xs
-                     else torch.empty(0, model.num_classes))
-            yield ok, probs, failed
+            scores = (engine.outputs(model, torch.stack(xs), cfg, 0, "logits").float() if xs
+                      else torch.empty(0, model.num_classes))
+            yield ok, scores, failed
             bar.update(len(ok) + len(failed))

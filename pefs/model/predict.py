@@ -18,10 +18,11 @@ from typing import IO, TYPE_CHECKING, Any
 
 import numpy as np
 
+from pefs.config.files import atomic_write
 from pefs.data import ImageSet
 from pefs.data.sources import IMAGE_SUFFIXES
 from pefs.errors import PefsError
-from pefs.model.inference import Predictions, class_names_of, stream
+from pefs.model.inference import PRECISIONS, Predictions, class_names_of, predicted, stream
 
 if TYPE_CHECKING:
     from pefs.model.wrap import PefsModel
@@ -89,8 +90,10 @@ def true_labels(paths: list[Path], class_names: list[str]) -> np.ndarray:
 
 
 def run_predict(model: PefsModel, paths: list[Path], out: IO[str], fmt: str = "csv", top_k: int = 1,
-                batch_size: int = 16, labels: np.ndarray | None = None, progress: bool = True) -> PredictSummary:
-    """Predict ``paths`` batch by batch, writing one row per image to ``out`` as it goes (CSV or JSON Lines)."""
+                batch_size: int = 16, labels: np.ndarray | None = None, progress: bool = True,
+                precision: str | None = None) -> PredictSummary:
+    """Predict ``paths`` batch by batch, writing one row per image to ``out`` as it goes (CSV or JSON Lines).
+    Classes are ranked as ``pefs tune`` scores (:func:`pefs.model.inference.top_classes`)."""
     if fmt not in FORMATS:
         raise PefsError(f"unknown output format {fmt!r}; valid choices: {', '.join(FORMATS)}")
     names = class_names_of(model)
@@ -105,14 +108,15 @@ def run_predict(model: PefsModel, paths: list[Path], out: IO[str], fmt: str = "c
     if writer is not None:
         writer.writerow(["path"] + [f"{w}_{j}" for j in range(1, k + 1) for w in ("class", "prob")]
                         + (["label"] if labels is not None else []))
-    with contextlib.closing(stream(model, images, batch_size, progress)) as batches:  # unmerges on error
-        for idx, probs, failed in batches:
+    with contextlib.closing(stream(model, images, batch_size, progress, precision)) as batches:  # unmerges on error
+        for idx, scores, failed in batches:
             summary.failed += failed
             summary.predicted += len(idx)
-            for i, top in zip(idx, Predictions(names, probs).top(k)):
+            pred = Predictions.from_scores(names, scores)
+            for i, top, best in zip(idx, pred.top(k), predicted(scores).tolist()):
                 truth = names[labels[i]] if labels is not None else None
                 if truth is not None:
-                    confusion[labels[i], names.index(top[0][0])] += 1
+                    confusion[labels[i], best] += 1
                 _write_row(out, writer, images.names[i], top, truth)
             out.flush()
     if labels is not None and summary.predicted:
@@ -147,10 +151,27 @@ def report_failures(summary: PredictSummary, stream_out: IO[str] | None = None) 
             print(f"  {reason}", file=stream_out)
 
 
+def check_out(out: str, model_dir: str | Path, inputs: Sequence[str | Path], paths: list[Path]) -> None:
+    """Refuse, before anything is written, an output that is or sits inside one of the inputs: the model
+    directory, an image, or a list of images (writing it would destroy what is being read)."""
+    o = Path(out).resolve()
+    d = Path(model_dir).resolve()
+    if o == d or d in o.parents:
+        raise PefsError(f"--out {out!r} lies inside the model directory {str(model_dir)!r}, which predict reads; "
+                        "write the predictions elsewhere")
+    read = {p.resolve() for p in paths} | {Path(i).resolve() for i in inputs if Path(i).is_file()}
+    if o in read:
+        raise PefsError(f"--out {out!r} is one of the images or image lists being predicted; writing it would "
+                        "destroy it: choose another output file")
+    if o.is_dir():
+        raise PefsError(f"--out {out!r} is a folder; name a file (or - for stdout)")
+
+
 def predict_command(model_dir: str, inputs: Sequence[str], out: str = "predictions.csv", fmt: str | None = None,
                     top_k: int = 1, batch_size: int = 16, labels: bool = False, allow_different_base: bool = False,
-                    progress: bool = True) -> int:
-    """``pefs predict``: load, collect the images, write the rows, print the summary; 1 if any image failed."""
+                    progress: bool = True, precision: str | None = None) -> int:
+    """``pefs predict``: check every input and the output, load, write the rows (the output file replaced whole
+    when done, :func:`pefs.config.files.atomic_write`), print the summary; 1 if any image failed."""
     from pefs.model.wrap import PefsModel
 
     fmt = fmt or ("jsonl" if str(out).endswith((".jsonl", ".json")) else "csv")
@@ -158,19 +179,17 @@ def predict_command(model_dir: str, inputs: Sequence[str], out: str = "predictio
         raise PefsError(f"unknown output format {fmt!r}; valid choices: {', '.join(FORMATS)}")
     if top_k < 1 or batch_size < 1:
         raise PefsError(f"--top-k and --batch-size must be >= 1, got {top_k} and {batch_size}")
-    model = PefsModel.load(model_dir, allow_different_base=allow_different_base)
-    paths = collect_images(inputs)
-    truth = true_labels(paths, class_names_of(model)) if labels else None
+    if precision is not None and precision not in PRECISIONS:
+        raise PefsError(f"unknown --precision {precision!r}; valid choices: {', '.join(PRECISIONS)}")
     to_stdout = out == "-"
-    try:
-        handle = sys.stdout if to_stdout else open(out, "w", newline="")  # noqa: SIM115
-    except OSError as e:
-        raise PefsError(f"cannot write predictions to {out!r}: {e.strerror or e}") from e
-    try:
-        summary = run_predict(model, paths, handle, fmt, top_k, batch_size, truth, progress)
-    finally:
-        if not to_stdout:
-            handle.close()
+    paths = collect_images(inputs)
+    if not to_stdout:
+        check_out(out, model_dir, inputs, paths)
+    model = PefsModel.load(model_dir, allow_different_base=allow_different_base)
+    truth = true_labels(paths, class_names_of(model)) if labels else None
+    with contextlib.ExitStack() as stack:
+        handle = sys.stdout if to_stdout else stack.enter_context(atomic_write(out, "predictions", newline=""))
+        summary = run_predict(model, paths, handle, fmt, top_k, batch_size, truth, progress, precision)
     info = sys.stderr if to_stdout else sys.stdout
     print(f"predicted {summary.predicted} of {len(paths)} images" + ("" if to_stdout else f": {out}"), file=info)
     if summary.accuracy is not None:

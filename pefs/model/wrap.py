@@ -98,11 +98,12 @@ class PefsModel(nn.Module):
             self._base_fingerprint = pefs_io.weights_fingerprint(self._base_params)
         return self._base_fingerprint
 
-    def predict(self, images: Any, batch_size: int = 16) -> Predictions:
-        """Class names and probabilities for ``images`` (PIL images, paths, or an ImageSet), batch by batch."""
+    def predict(self, images: Any, batch_size: int = 16, precision: str | None = None) -> Predictions:
+        """Class names and probabilities for ``images`` (PIL images, paths, or an ImageSet), batch by batch;
+        ``precision`` (auto, no, bf16, fp16) overrides the inference precision the model was tuned with."""
         from pefs.model.inference import predict_images
 
-        return predict_images(self, images, batch_size=batch_size)
+        return predict_images(self, images, batch_size=batch_size, precision=precision)
 
     def merge(self) -> PefsModel:
         """Fold every strategy into the backbone weights (in place); refuses strategies that cannot merge."""
@@ -137,7 +138,8 @@ class PefsModel(nn.Module):
     def load(cls, directory: str | Path, backbone: str | nn.Module | Backbone | None = None,
              allow_different_base: bool = False) -> PefsModel:
         """Rebuild a saved model exactly (same backbone and weights, every tensor present) or refuse with the
-        reason (:mod:`pefs.model.directory` describes the directory and its checks)."""
+        reason (:mod:`pefs.model.directory` describes the directory and its checks). A refusal leaves a
+        ``backbone`` module the caller passed as it was: structure, weights and ``requires_grad`` flags."""
         d = Path(directory)
         cfg = pefs_io.read_config(d)
         saved_bb = cfg["backbone"]
@@ -145,43 +147,100 @@ class PefsModel(nn.Module):
             raise PefsError(f"{str(d)!r} was trained on your own module {saved_bb['name']!r}, which pefs cannot "
                             f"rebuild by name; pass it: PefsModel.load({str(d)!r}, backbone=<the same module, same "
                             "weights>)")
+        check_not_wrapped(backbone)
+        tensors = pefs_io.read_tensors(d, cfg)  # present and intact, before anything is built
         source = backbone if backbone is not None else saved_bb["name"]
         load_kwargs = dict(cfg["load"]) if backbone is None else {}
-        model = wrap(source, cfg["spec"], num_classes=cfg["num_classes"], **load_kwargs, **cfg["options"])
-        if model.backbone_params != saved_bb["params"] or (backbone is None
-                                                           and model.backbone.name != saved_bb["name"]):
-            raise PefsError(f"adapter in {str(d)!r} was trained on {saved_bb['name']} ({saved_bb['params']:,} "
-                            f"params); it cannot load onto {model.backbone.name} ({model.backbone_params:,} params)")
-        if model.base_fingerprint != saved_bb["fingerprint"] and not allow_different_base:
-            why = (" (it was trained on random weights, --no-pretrained, which cannot be rebuilt: pass the same "
-                   "backbone object)" if saved_bb.get("source") == "random" else "")
-            raise PefsError(f"adapter in {str(d)!r} was trained on different weights of {saved_bb['name']}{why}: "
-                            f"base fingerprint {saved_bb['fingerprint'][:12]} saved, {model.base_fingerprint[:12]} "
-                            "here; it would not give the saved model. Pass allow_different_base=True "
-                            "(--allow-different-base) to load it anyway")
-        saved_rev, rev = saved_bb.get("revision"), model.backbone.revision
-        if saved_rev and rev and saved_rev != rev:
-            raise PefsError(f"adapter in {str(d)!r} was trained on {saved_bb['name']} at revision {saved_rev}; "
-                            f"the backbone given is at revision {rev}: load that revision (revision=) instead")
-        if cfg["merged"]:
-            model.merge()  # the merged structure (tuner layers folded away), then the saved merged tensors
-        tensors = pefs_io.read_tensors(d, cfg)
-        expected = {k: v.shape for k, v in pefs_io.saved_state(model).items()}
-        missing = sorted(set(expected) - set(tensors))
-        extra = sorted(set(tensors) - set(expected))
-        wrong = sorted(k for k in set(expected) & set(tensors) if tuple(tensors[k].shape) != tuple(expected[k]))
-        if missing or extra or wrong:
-            parts = [f"{len(missing)} missing (e.g. {', '.join(missing[:3])})" if missing else "",
-                     f"{len(extra)} unexpected (e.g. {', '.join(extra[:3])})" if extra else "",
-                     f"{len(wrong)} of the wrong shape (e.g. {', '.join(wrong[:3])})" if wrong else ""]
-            raise PefsError(f"{cfg['tensors']['file']} in {str(d)!r} does not match {cfg['spec']} on "
-                            f"{model.backbone.name}: " + "; ".join(p for p in parts if p)
-                            + f" of {len(expected)} expected tensors; refusing a partial load")
-        model.net.load_state_dict(tensors, strict=cfg["merged"])
+        with unchanged_on_error(_modules_of(backbone), values=bool(cfg["merged"])):
+            model = wrap(source, cfg["spec"], num_classes=cfg["num_classes"], **load_kwargs, **cfg["options"])
+            _check_base(model, d, saved_bb, backbone is None, allow_different_base)
+            if cfg["merged"]:
+                model.merge()  # the merged structure (tuner layers folded away), then the saved merged tensors
+            _check_tensors(model, d, cfg, tensors)
+            model.net.load_state_dict(tensors, strict=cfg["merged"])
         model.class_names = cfg.get("class_names")
         model.preprocessing = cfg.get("preprocessing") or model.preprocessing
         model.tune_config = cfg.get("tune_config")
         return model
+
+
+def _check_base(model: PefsModel, d: Path, saved_bb: dict[str, Any], by_name: bool,
+                allow_different_base: bool) -> None:
+    """Refuse a backbone other than the one the saved model was trained on (size, name, weights, revision)."""
+    if model.backbone_params != saved_bb["params"] or (by_name and model.backbone.name != saved_bb["name"]):
+        raise PefsError(f"adapter in {str(d)!r} was trained on {saved_bb['name']} ({saved_bb['params']:,} "
+                        f"params); it cannot load onto {model.backbone.name} ({model.backbone_params:,} params)")
+    if model.base_fingerprint != saved_bb["fingerprint"] and not allow_different_base:
+        why = (" (it was trained on random weights, --no-pretrained, which cannot be rebuilt: pass the same "
+               "backbone object)" if saved_bb.get("source") == "random" else "")
+        raise PefsError(f"adapter in {str(d)!r} was trained on different weights of {saved_bb['name']}{why}: "
+                        f"base fingerprint {saved_bb['fingerprint'][:12]} saved, {model.base_fingerprint[:12]} "
+                        "here; it would not give the saved model. Pass allow_different_base=True "
+                        "(--allow-different-base) to load it anyway")
+    saved_rev, rev = saved_bb.get("revision"), model.backbone.revision
+    if saved_rev and rev and saved_rev != rev:
+        raise PefsError(f"adapter in {str(d)!r} was trained on {saved_bb['name']} at revision {saved_rev}; "
+                        f"the backbone given is at revision {rev}: load that revision (revision=) instead")
+
+
+def _check_tensors(model: PefsModel, d: Path, cfg: dict[str, Any], tensors: dict[str, torch.Tensor]) -> None:
+    """Refuse a tensor file that is not exactly the model's saved state (missing, unexpected, reshaped)."""
+    expected = {k: v.shape for k, v in pefs_io.saved_state(model).items()}
+    missing = sorted(set(expected) - set(tensors))
+    extra = sorted(set(tensors) - set(expected))
+    wrong = sorted(k for k in set(expected) & set(tensors) if tuple(tensors[k].shape) != tuple(expected[k]))
+    if missing or extra or wrong:
+        parts = [f"{len(missing)} missing (e.g. {', '.join(missing[:3])})" if missing else "",
+                 f"{len(extra)} unexpected (e.g. {', '.join(extra[:3])})" if extra else "",
+                 f"{len(wrong)} of the wrong shape (e.g. {', '.join(wrong[:3])})" if wrong else ""]
+        raise PefsError(f"{cfg['tensors']['file']} in {str(d)!r} does not match {cfg['spec']} on "
+                        f"{model.backbone.name}: " + "; ".join(p for p in parts if p)
+                        + f" of {len(expected)} expected tensors; refusing a partial load")
+
+
+#: attribute ``wrap`` leaves on a module it has wrapped (its strategy spec): wrapping it again is refused
+WRAPPED = "pefs_wrapped"
+
+
+def check_not_wrapped(model: Any) -> None:
+    """Refuse a module (or Backbone, or PefsModel) that ``wrap`` has already wrapped: its head and strategies
+    are in place, and wrapping it again would stack strategies on strategies."""
+    net = model.net if isinstance(model, PefsModel) else model.model if isinstance(model, Backbone) else model
+    spec = getattr(net, WRAPPED, None) if isinstance(net, nn.Module) else None
+    if spec is not None:
+        raise PefsError(f"this module is already wrapped by pefs.wrap (strategy {spec!r}); pass a fresh copy of the "
+                        "backbone (copy.deepcopy it before wrapping), or use the PefsModel you have")
+
+
+def _modules_of(model: Any) -> list[nn.Module]:
+    """The caller's own modules in ``model`` (none for a name: pefs builds that one itself)."""
+    if isinstance(model, Backbone):
+        return [model.model]
+    return [model] if isinstance(model, nn.Module) else []
+
+
+@contextlib.contextmanager
+def unchanged_on_error(modules: list[nn.Module], values: bool = False) -> typing.Iterator[None]:
+    """On an error inside the block, put every module under ``modules`` back as it was: its children, parameters,
+    buffers, hooks and attributes (each module's own dictionaries), every ``requires_grad`` flag and, with
+    ``values``, every tensor's values. So a refusal never leaves the caller's module half wrapped."""
+    mods = list({id(m): m for root in modules for m in root.modules()}.values())
+    saved = [(m, {k: (v.copy() if isinstance(v, dict) else v) for k, v in vars(m).items()}) for m in mods]
+    flags = [(p, p.requires_grad) for m in mods for p in m.parameters(recurse=False)]
+    tensors = [(t, t.detach().clone()) for m in mods for t in (*m.parameters(recurse=False),
+                                                                 *m.buffers(recurse=False))] if values else []
+    try:
+        yield
+    except BaseException:
+        for m, attrs in saved:
+            vars(m).clear()
+            vars(m).update(attrs)
+        for p, flag in flags:
+            p.requires_grad_(flag)
+        with torch.no_grad():
+            for t, v in tensors:
+                t.copy_(v)
+        raise
 
 
 def _all_strategies() -> dict:
@@ -208,17 +267,34 @@ def wrap(model: str | nn.Module | Backbone, strategy: str = "linear", num_classe
     if not isinstance(num_classes, int) or num_classes < 1:
         raise PefsError(f"num_classes must be a whole number >= 1, got {num_classes!r}")
     strategies = build(strategy, **options)  # validate names/options before loading any weights
-    bb = backbones.load(model, pretrained=pretrained, checkpoint=checkpoint, **(model_kwargs or {}))
-    bb.reset_head(num_classes)
-    backbone_params = bb.num_params()
-    head_ids = {id(p) for p in bb.head.parameters()}
-    base = [(n, p) for n, p in bb.model.named_parameters() if id(p) not in head_ids]  # before any strategy
-    for p in bb.model.parameters():
-        p.requires_grad_(False)
+    check_not_wrapped(model)
+    with unchanged_on_error(_modules_of(model), values=checkpoint is not None):
+        bb = backbones.load(model, pretrained=pretrained, checkpoint=checkpoint, **(model_kwargs or {}))
+        for s in strategies:
+            s.check(bb)  # every kind check before the head is replaced or anything frozen
+        bb.reset_head(num_classes)
+        backbone_params = bb.num_params()
+        head_ids = {id(p) for p in bb.head.parameters()}
+        base = [(n, p) for n, p in bb.model.named_parameters() if id(p) not in head_ids]  # before any strategy
+        for p in bb.model.parameters():
+            p.requires_grad_(False)
+        _apply(bb, strategies, strategy)
+        for p in bb.head.parameters():
+            p.requires_grad_(True)
+    load_info = {"pretrained": pretrained, "checkpoint": str(checkpoint) if checkpoint else None,
+                 "model_kwargs": model_kwargs or {}}
+    base = [(n, p) for n, p in base if not p.requires_grad]  # what training never changes
+    for net in {id(m): m for m in (bb.model, model) if isinstance(m, nn.Module)}.values():
+        setattr(net, WRAPPED, strategy)
+    return PefsModel(bb, strategies, strategy, num_classes, backbone_params, load_info, base)
+
+
+def _apply(bb: Backbone, strategies: list[Strategy], strategy: str) -> None:
+    """Apply each strategy in turn, holding them to the contract: none freezes what another trains, and none
+    trains what another needs frozen."""
     claimed: dict[int, str] = {}  # id(param) -> strategy that made it trainable
     frozen: dict[str, str] = {}
     for s in strategies:
-        s.check(bb)
         before = {id(p) for p in bb.model.parameters() if p.requires_grad}
         s.apply(bb)
         now = {id(p): n for n, p in bb.model.named_parameters() if p.requires_grad}
@@ -236,9 +312,3 @@ def wrap(model: str | nn.Module | Backbone, strategy: str = "linear", num_classe
         if n in params and params[n].requires_grad and claimed.get(id(params[n])) != owner:
             raise PefsError(f"strategies conflict: {claimed[id(params[n])]!r} trains {n}, which {owner!r} needs "
                             f"frozen; drop one of them from {strategy!r}")
-    for p in bb.head.parameters():
-        p.requires_grad_(True)
-    load_info = {"pretrained": pretrained, "checkpoint": str(checkpoint) if checkpoint else None,
-                 "model_kwargs": model_kwargs or {}}
-    base = [(n, p) for n, p in base if not p.requires_grad]  # what training never changes
-    return PefsModel(bb, strategies, strategy, num_classes, backbone_params, load_info, base)

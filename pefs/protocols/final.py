@@ -33,6 +33,7 @@ def check_final(cfg: TuneConfig) -> None:
         return
     if not cfg.save_adapter:
         raise PefsError("--final saves a model directory: name it (pefs tune --final DIR; save_adapter=DIR)")
+    pefs_io.check_replaceable(cfg.save_adapter, "--final")
     if cfg.ways:
         raise PefsError(f"--final trains on every labelled image; it does not run episodes (drop --ways {cfg.ways})")
     if len(cfg.seeds) > 1:

@@ -98,7 +98,7 @@ def tune(cfg: TuneConfig) -> dict[str, Any]:
 def _tune(cfg: TuneConfig) -> dict[str, Any]:
     """:func:`tune` after its up-front checks."""
     memory = RunMemory()  # this run's peak, not the process's running maximum
-    dataset = load_dataset(cfg.data)
+    dataset = load_dataset(cfg.data, label_column=cfg.label_column)
     check_classes(len(dataset.classes), dataset.name)
     check_splits_disjoint(dataset)
     requested, cfg = cfg, resolve(cfg, dataset)

@@ -25,6 +25,7 @@ from pefs.data.views import extra_views
 from pefs.errors import PefsError
 from pefs.heads import registry as heads
 from pefs.model import PefsModel, wrap
+from pefs.model.inference import predicted
 from pefs.results.records import TaskResult
 from pefs.runtime import engine
 from pefs.runtime.caches import FrozenInputs
@@ -158,7 +159,7 @@ class TaskRunner:
         engine.seed_everything(seed)
         xs, ys = self.support(support, seed, t)
         stats = self._fit(xs, ys, seed, t, cfg) if self.trains else engine.FitStats(cached=self.level > 0)
-        pred = self._score(xs, ys, query, t, cfg).argmax(-1)
+        pred = predicted(self._score(xs, ys, query, t, cfg))  # the one scoring rule, as pefs predict's
         yq = torch.as_tensor(query.labels, dtype=torch.long)
         t["decoded"] = int(t["decoded"])  # images decoded for this task (the rest came from the run's cache)
         t["trunk_images"] = int(t["trunk_images"])  # images run through the trunk from pixels, without grad

@@ -165,7 +165,7 @@ def _check_data(spec: SweepSpec):
     images than a class has fails before any cell runs; the dataset, for resolving the cells' configs."""
     from pefs.data import episodes, kshot_split, load_dataset
 
-    dataset = load_dataset(spec.run.get("data"))
+    dataset = load_dataset(spec.run.get("data"), label_column=spec.run.get("label_column"))
     check_classes(len(dataset.classes), dataset.name)
     most = max(spec.shots)
     if spec.run.get("ways"):
