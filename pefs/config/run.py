@@ -105,7 +105,8 @@ class TuneConfig:
     seeds: tuple[int, ...] = setting(help="seed(s): 0 | 0,1,2 | 0-4; mean and 95% CI are over seeds",
                                      flags=("--seeds", "--seed"), default_factory=lambda: (0,))
     data: str | None = setting(None, "image folder (<root>/<class>/*.jpg), Hugging Face dataset name or local "
-                               "path; default: the embedded fashion-mnist-small")
+                               "path, or a benchmark layout: vtab1k:<root>/<task>, vtab1k-val:<root>/<task>, "
+                               "miniimagenet:<root>, fewshot:<root>; default: the embedded fashion-mnist-small")
     ways: int | None = setting(None, "N: switch to N-way K-shot episodes")
     queries: int = setting(15, "query images per class in an episode")
     episodes: int = setting(100, "number of episodes")

@@ -21,6 +21,8 @@ from pefs.errors import PefsError
 DEFAULT_DATASET = "fashion-mnist-small"
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff")
 ASSETS = Path(__file__).parent / "assets"
+#: ``NAME:PATH`` data specs read by other loaders: NAME -> loader(NAME, PATH) (:mod:`pefs.data.benchmarks` fills it)
+SPEC_LOADERS: dict[str, Callable[[str, str], Dataset]] = {}
 
 
 @dataclass
@@ -217,12 +219,15 @@ def _hf_set(ds, image_column: str, label_column: str, classes: list, split: str,
 
 def load_dataset(spec: str | Dataset | None = None, **hf_kwargs) -> Dataset:
     """Resolve a data spec: None or ``fashion-mnist-small`` (embedded), an image folder
-    (``root/<class>/*.jpg``), a saved/local Hugging Face dataset folder, or a hub name ``user/name``.
+    (``root/<class>/*.jpg``), a saved/local Hugging Face dataset folder, a hub name ``user/name``, or a
+    benchmark layout ``NAME:PATH`` (:data:`SPEC_LOADERS`, e.g. ``vtab1k:<root>/<task>``).
     A folder's loader is chosen by its top-level layout (:mod:`pefs.data.layout`); ``Dataset.source`` says which."""
     if isinstance(spec, Dataset):
         return spec
     if spec is None or spec == DEFAULT_DATASET:
         return load_default()
+    if isinstance(spec, str) and spec.split(":", 1)[0] in SPEC_LOADERS and ":" in spec:  # pefs.data.benchmarks
+        return SPEC_LOADERS[spec.split(":", 1)[0]](*spec.split(":", 1))
     path = Path(spec)
     if path.is_dir():
         if hf_kwargs or data_layout(path, IMAGE_SUFFIXES) == TABLE:
