@@ -108,7 +108,8 @@ class TuneConfig:
     seeds: tuple[int, ...] = setting(help="seed(s): 0 | 0,1,2 | 0-4; mean and 95% CI are over seeds",
                                      flags=("--seeds", "--seed"), default_factory=lambda: (0,))
     data: str | None = setting(None, "image folder (<root>/<class>/*.jpg), Hugging Face dataset name or local "
-                               "path; default: the embedded fashion-mnist-small")
+                               "path, or a benchmark layout: vtab1k:<root>/<task>, vtab1k-val:<root>/<task>, "
+                               "miniimagenet:<root>, fewshot:<root>; default: the embedded fashion-mnist-small")
     label_column: str | None = setting(
         None, "the label column of a Hugging Face dataset (--data) with several candidates (fine_label, coarse_label); "
         "default: its one ClassLabel column, else 'label'", metavar="COLUMN", added_later=True)

@@ -3,6 +3,8 @@
 * an image folder or local dataset folder: :func:`~pefs.config.identity.tree_digest` (paths, sizes, mtimes);
 * the embedded dataset (and any single file): the SHA-256 of its bytes;
 * a dataset built in Python: its image names and labels;
+* a benchmark spec (``vtab1k:PATH``, ...): its split files' SHA-256 and its root's tree digest
+  (:func:`pefs.data.benchmarks.fingerprint`), so an edited split file is a new run key;
 * a hub dataset name: the name itself (its content cannot be seen offline), marked ``"hub:"``.
 
 Replacing, adding, removing or touching any file changes the fingerprint, so the cell runs again.
@@ -16,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from pefs.config.identity import file_digest, tree_digest
+from pefs.data.benchmarks import fingerprint as benchmark_fingerprint
 from pefs.data.sources import ASSETS, DEFAULT_DATASET
 
 
@@ -30,6 +33,9 @@ def data_fingerprint(data: Any) -> str:
                 h.update("\0".join(part.names).encode("utf-8", "surrogateescape"))
                 h.update(bytes(str(list(part.labels)), "ascii"))
         return f"in-memory:{data.name}:{h.hexdigest()[:16]} (names and labels; pixels not read)"
+    benchmark = benchmark_fingerprint(data)
+    if benchmark is not None:
+        return benchmark
     path = Path(data)
     if path.is_dir():
         return "folder:" + tree_digest(path)

@@ -22,6 +22,8 @@ from pefs.errors import PefsError
 DEFAULT_DATASET = "fashion-mnist-small"
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff")
 ASSETS = Path(__file__).parent / "assets"
+#: ``NAME:PATH`` data specs read by other loaders: NAME -> loader(NAME, PATH) (:mod:`pefs.data.benchmarks` fills it)
+SPEC_LOADERS: dict[str, Callable[[str, str], Dataset]] = {}
 
 
 @dataclass
@@ -258,7 +260,8 @@ def _hf_set(ds, image_column: str, classes: list, split: str, keys: list, name: 
 
 def load_dataset(spec: str | Dataset | None = None, label_column: str | None = None, **hf_kwargs) -> Dataset:
     """Resolve a data spec: None or ``fashion-mnist-small`` (embedded), an image folder
-    (``root/<class>/*.jpg``), a saved/local Hugging Face dataset folder, or a hub name ``user/name``.
+    (``root/<class>/*.jpg``), a saved/local Hugging Face dataset folder, a hub name ``user/name``, or a
+    benchmark layout ``NAME:PATH`` (:data:`SPEC_LOADERS`, e.g. ``vtab1k:<root>/<task>``).
     A folder's loader is chosen by its top-level layout (:mod:`pefs.data.layout`); ``Dataset.source`` says which.
     ``label_column`` (``--label-column``) names a Hugging Face dataset's label column."""
     if isinstance(spec, Dataset):
@@ -270,6 +273,11 @@ def load_dataset(spec: str | Dataset | None = None, label_column: str | None = N
             raise PefsError(f"--label-column {label_column} names a column of a Hugging Face dataset; the embedded "
                             f"{DEFAULT_DATASET} has none (give --data a dataset)")
         return load_default()
+    if isinstance(spec, str) and spec.split(":", 1)[0] in SPEC_LOADERS and ":" in spec:  # pefs.data.benchmarks
+        if label_column is not None:
+            raise PefsError(f"--label-column {label_column} names a column of a Hugging Face dataset; {spec!r} is a "
+                            "benchmark whose split files give the labels (drop --label-column)")
+        return SPEC_LOADERS[spec.split(":", 1)[0]](*spec.split(":", 1))
     path = Path(spec)
     if path.is_dir():
         layout = data_layout(path, IMAGE_SUFFIXES)

@@ -21,6 +21,7 @@ from pefs.config.checks import check_classes
 from pefs.config.files import write_text
 from pefs.config.identity import file_digest
 from pefs.data import Dataset, load_dataset
+from pefs.data.benchmarks import provenance
 from pefs.data.decoding import image_limit
 from pefs.data.fingerprint import data_fingerprint
 from pefs.errors import PefsError
@@ -114,7 +115,7 @@ def _tune(cfg: TuneConfig) -> dict[str, Any]:
     runner = selector.runner if selector is not None else runner
     extra = {**memory.figures(), **(runner.cache_figures() if selector is None else {}),
              **({"selection": selector.summary} if selector is not None else {}),
-             **(final_summary(dataset, run) if cfg.final else {})}
+             **(final_summary(dataset, run) if cfg.final else {}), **provenance(dataset)}
     record = finish(cfg, dataset, run, runner, requested, extra)
     if diverged is not None:
         raise RunDiverged(diverged, record)
