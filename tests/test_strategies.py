@@ -323,3 +323,43 @@ def test_ssf_count_vit_b16(vit_b):
 def test_ia3_default_count_vit_b16(vit_b):
     # IA3 rescales qkv outputs (3D) and fc2 inputs (4D) per block
     assert trained_without_head(vit_b, "peft:ia3") == BLOCKS * (3 * D + 4 * D) == 64_512
+
+
+# -- DoRA (lora -o use_dora=true) ------------------------------------------------------------------------------
+
+def test_lora_dora_count_vit_b16(vit_b):
+    # LoRA's A (r x D) + B (3D x r) per qkv, plus DoRA's magnitude, one per output channel (3D)
+    assert trained_without_head(vit_b, "lora", r=8, use_dora=True) == BLOCKS * (8 * (D + 3 * D) + 3 * D) == 322_560
+
+
+def dora_targets(model: PefsModel) -> dict[str, nn.Module]:
+    return {n: m.base_layer for n, m in model.net.named_modules() if hasattr(m, "lora_magnitude_vector")
+            and "default" in m.lora_magnitude_vector}
+
+
+def test_lora_dora_on_pointwise_convs_counts_trains_and_merges(tmp_path):
+    """On a CNN the default targets are pointwise convs: per target r x (in + out) for LoRA's A and B plus a
+    magnitude of ``out``; a step changes the magnitudes; the battery's merge check holds (merged == unmerged)."""
+    model = wrap(tiny_backbone("efficientnet"), "lora", num_classes=3, use_dora=True)
+    targets = dora_targets(model)
+    assert targets and all(isinstance(m, nn.Conv2d) and m.kernel_size == (1, 1) for m in targets.values())
+    assert model.param_report()["trainable_without_head"] == sum(
+        8 * (m.in_channels + m.out_channels) + m.out_channels for m in targets.values())
+    magnitudes = {n: p.detach().clone() for n, p in model.net.named_parameters() if "lora_magnitude_vector" in n}
+    assert len(magnitudes) == len(targets) and all(p.requires_grad for n, p in model.net.named_parameters()
+                                                   if n in magnitudes)
+    opt = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=0.5)
+    nn.functional.cross_entropy(model(images()), torch.tensor([0, 1])).backward()
+    opt.step()
+    now = dict(model.net.named_parameters())
+    assert all(not torch.equal(now[n].detach(), before) for n, before in magnitudes.items())
+
+
+@pytest.mark.parametrize("family", ["vit", "resnet", "efficientnet"])
+def test_lora_dora_battery(family, tmp_path):
+    """Trains exactly LoRA's tensors plus the magnitudes, identity at init, a step moves them, saves and loads
+    back, merges (peft folds the magnitude into the weight) with the same outputs; resnet's targets include
+    3x3 convs."""
+    model = check_strategy("lora", family, expect_lora, tmp_path, use_dora=True)
+    assert model.merged and not dora_targets(model)
+    assert build("lora", use_dora="true")[0].config.use_dora and not build("lora")[0].config.use_dora  # -o

@@ -66,6 +66,26 @@ class TrainConfig:
         None, "DataLoader processes decoding images beside the forward pass (0: in this process); default: sized to "
         "the machine, half its cores (at most 8) beside a CUDA GPU, 0 on a CPU alone (decoding would take cores "
         "from the forward pass)", flags=("--workers",), metavar="N", neutral=True)
+    label_smoothing: float = setting(
+        0.0, "cross-entropy label smoothing: the target puts this much mass spread over every class (0: off)",
+        metavar="EPS", added_later=True)
+    warmup_steps: int = setting(
+        0, "optimizer steps of linear learning-rate warmup before the cosine decay (0: none)", metavar="N",
+        added_later=True)
+    mixup: float = setting(
+        0.0, "mixup alpha (timm's Mixup): train on images blended in pairs with blended soft targets (0: off); "
+        "needs image inputs (a frozen trunk's cached features cannot be mixed: add --no-cache-features)",
+        metavar="ALPHA", added_later=True)
+    cutmix: float = setting(
+        0.0, "cutmix alpha (timm's Mixup): paste a box of one image into another, targets by area (0: off; with "
+        "--mixup each batch takes one of the two at random)", metavar="ALPHA", added_later=True)
+    ema: float = setting(
+        0.0, "decay of an exponential moving average of the trained weights (timm's ModelEmaV3, e.g. 0.999); the "
+        "average replaces the weights after training, so it is what is evaluated and saved (0: off)",
+        metavar="DECAY", added_later=True)
+    layer_decay: float | None = setting(
+        None, "layer-wise learning-rate decay: block i of n trains at lr x D^(n-i), the stem (patch embedding) at "
+        "lr x D^(n+1), the head at head_lr (default: none, every block at lr)", metavar="D", added_later=True)
     cache_mb: float = setting(512, "budget of the run's decoded-image / activation cache in MiB (pooled features "
                               "are kept outside it)", metavar="MIB", neutral=True)
 
@@ -91,9 +111,29 @@ class TrainConfig:
             raise PefsError(f"num_workers must be a whole number >= 0, got {self.num_workers!r}")
         if not isinstance(self.cache_mb, (int, float)) or not self.cache_mb >= 0 or not math.isfinite(self.cache_mb):
             raise PefsError(f"cache_mb must be a number of MiB >= 0, got {self.cache_mb!r}")
+        check_recipe(self)
         check_choice(self, "bn_stats")
         check_choice(self, "mixed_precision")
         check_choice(self, "inference_precision")
+
+
+def check_recipe(cfg: TrainConfig) -> None:
+    """The training-recipe settings (label smoothing, warmup, mixup / cutmix, EMA, layer decay) lie in range."""
+
+    def number(value: Any) -> bool:
+        return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+    if not (number(cfg.label_smoothing) and 0 <= cfg.label_smoothing < 1):
+        raise PefsError(f"label_smoothing must lie in [0, 1), got {cfg.label_smoothing!r}")
+    if isinstance(cfg.warmup_steps, bool) or not isinstance(cfg.warmup_steps, int) or cfg.warmup_steps < 0:
+        raise PefsError(f"warmup_steps must be a whole number >= 0, got {cfg.warmup_steps!r}")
+    for name in ("mixup", "cutmix"):
+        if not (number(getattr(cfg, name)) and getattr(cfg, name) >= 0):
+            raise PefsError(f"{name} must be an alpha >= 0 and finite (0: off), got {getattr(cfg, name)!r}")
+    if not (number(cfg.ema) and 0 <= cfg.ema < 1):
+        raise PefsError(f"ema must be a decay in [0, 1) (0: off; e.g. 0.999), got {cfg.ema!r}")
+    if cfg.layer_decay is not None and not (number(cfg.layer_decay) and 0 < cfg.layer_decay <= 1):
+        raise PefsError(f"layer_decay must lie in (0, 1] (e.g. 0.75), or be unset, got {cfg.layer_decay!r}")
 
 
 @dataclass

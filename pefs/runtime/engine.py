@@ -29,6 +29,7 @@ from tqdm.auto import tqdm
 from pefs.backbones.split import Stages, stages
 from pefs.config import TrainConfig
 from pefs.errors import PefsError
+from pefs.runtime import recipe
 from pefs.strategies.spec import default_lr
 
 _ACCELERATORS: dict[str, Any] = {}
@@ -266,11 +267,8 @@ def strategy_lr(model: nn.Module, cfg: TrainConfig) -> float:
 
 
 def _optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
-    head = {id(p) for p in model.head.parameters()}
-    trainable = [p for p in model.parameters() if p.requires_grad]
-    groups = [{"params": [p for p in trainable if id(p) in head], "lr": cfg.head_lr},
-              {"params": [p for p in trainable if id(p) not in head], "lr": strategy_lr(model, cfg)}]
-    return torch.optim.AdamW([g for g in groups if g["params"]], weight_decay=cfg.weight_decay)
+    """AdamW: the head at ``head_lr``, the rest at the strategies' rate (per block with ``layer_decay``)."""
+    return torch.optim.AdamW(recipe.param_groups(model, cfg, strategy_lr(model, cfg)), weight_decay=cfg.weight_decay)
 
 
 def checkpointing_target(model: nn.Module) -> nn.Module:
@@ -303,7 +301,9 @@ def fit(model: nn.Module, x: torch.Tensor, y: torch.Tensor, cfg: TrainConfig, se
         start: int = 0) -> FitStats:
     """Train ``model`` (a PefsModel) on ``x`` (images, or activations at level ``start`` that the caller
     cached) with labels ``y``. A frozen prefix beyond ``start`` runs once here, then only the rest trains:
-    AdamW (head at ``head_lr``), cosine schedule over every step, shuffled batches seeded by ``seed``. The model
+    AdamW (head at ``head_lr``), cosine schedule over every step, shuffled batches seeded by ``seed``; the
+    recipe's opt-in parts (:mod:`pefs.runtime.recipe`: warmup, label smoothing, mixup / cutmix, EMA, layer
+    decay) where the config turns them on. The model
     stays on the training device afterwards (the accelerator's); what it returns from :func:`outputs` is on the
     CPU."""
     cfg.validate()
@@ -311,6 +311,8 @@ def fit(model: nn.Module, x: torch.Tensor, y: torch.Tensor, cfg: TrainConfig, se
     seed_everything(seed)
     stats = FitStats()
     level = max(start, frozen_level(model, cfg))
+    recipe.check_mixing(recipe.mixes(cfg), level)  # before any work: mixing needs images, and even batches
+    recipe.check_even_batches(cfg, len(x))
     if level > start:
         t0 = time.perf_counter()
         x = outputs(model, x, cfg, start, level, desc="frozen prefix")
@@ -370,7 +372,10 @@ def _train_steps(model: nn.Module, trained: nn.Module, x: torch.Tensor, y: torch
     scaler = torch.amp.GradScaler(device.type, enabled=precision == "fp16")
     per_epoch = math.ceil(len(x) / cfg.batch_size)
     total = cfg.steps or cfg.epochs * per_epoch  # --steps: a fixed count, passes repeat until it is reached
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 0.5 * (1 + math.cos(math.pi * min(s, total) / total)))
+    recipe.check_warmup(cfg, total)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, recipe.lr_factor(total, cfg.warmup_steps))
+    mix = recipe.Mixing(cfg, model.num_classes) if recipe.mixes(cfg) else None
+    ema = recipe.WeightAverage(model, cfg.ema) if cfg.ema else None
     order = _loader(torch.arange(len(x)), batch_size=cfg.batch_size, shuffle=True, seed=seed)
     if x.numel() * x.element_size() <= SUPPORT_ON_DEVICE_BYTES:  # a support set: one copy, batches indexed there
         x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
@@ -380,8 +385,9 @@ def _train_steps(model: nn.Module, trained: nn.Module, x: torch.Tensor, y: torch
             for (idx,) in itertools.islice(order, total - stats.steps):
                 xb, yb = x[idx.to(x.device)], y[idx.to(y.device)]
                 xb, yb = xb.to(device, non_blocking=True), yb.to(device, non_blocking=True)
+                xb, yb = mix(xb, yb) if mix else (xb, yb)
                 with autocast(device, precision):
-                    loss = nn.functional.cross_entropy(trained(_layout(xb, cl)).float(), yb)
+                    loss = recipe.loss(trained(_layout(xb, cl)).float(), yb, cfg)
                 losses.add(loss, epoch + 1)  # raises at a NaN/inf loss when it reads it
                 opt.zero_grad(set_to_none=True)
                 acc.backward(scaler.scale(loss))
@@ -395,7 +401,11 @@ def _train_steps(model: nn.Module, trained: nn.Module, x: torch.Tensor, y: torch
                 scaler.update()
                 sched.step()
                 stats.steps += 1
+                if ema:
+                    ema.update(stats.steps)
         losses.read()
+        if ema:
+            ema.copy_to()  # the average is what is evaluated and saved
     finally:
         losses.bar.close()
 

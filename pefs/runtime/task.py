@@ -27,7 +27,7 @@ from pefs.heads import registry as heads
 from pefs.model import PefsModel, wrap
 from pefs.model.inference import predicted
 from pefs.results.records import TaskResult
-from pefs.runtime import engine
+from pefs.runtime import engine, recipe
 from pefs.runtime.caches import FrozenInputs
 from pefs.runtime.start import StartState
 
@@ -60,6 +60,8 @@ class TaskRunner:
             engine.checkpointing_target(self.model)  # refuses, before any work, a model that cannot checkpoint
         #: level of the inputs fit/classify start from; everything before it is computed once per image
         self.level = engine.frozen_level(self.model, cfg.train, reads)
+        mixing = recipe.mixes(cfg.train) or bool({"mixup", "cutmix"} & set(cfg.search))  # searched ones too
+        recipe.check_mixing(self.trains and mixing, self.level, f"strategy {cfg.strategy!r} with head {cfg.head!r}")
         #: a ViT's masked views drop their masked patch tokens (MAE-style) instead of painting pixels
         self.token_masks = cfg.mask_ratio > 0 and token_mask.supports_token_masks(self.model.backbone)
         if self.token_masks and self.level != engine.level_of(self.model, "pooled"):

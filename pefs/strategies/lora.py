@@ -6,6 +6,10 @@ encoders (peft's image-classification recipe); add others (``proj``, ``fc1``, ``
 On CNNs every non-grouped Conv2d and Linear inside
 the blocks (pointwise and full convs, MLP linears), never a depthwise conv, which peft refuses unless
 the rank divides its groups.
+
+``use_dora=true``: DoRA (Liu et al. 2024, peft's ``use_dora``) splits each adapted weight into a magnitude per
+output channel (trained, initialised to the weight's column norms) and a direction that LoRA updates; on Linear
+and Conv2d targets alike, merged like LoRA.
 """
 
 from __future__ import annotations
@@ -28,6 +32,8 @@ class LoraStrategyConfig(StrategyConfig):
     dropout: float = 0.0
     #: module-name suffixes to adapt (e.g. "qkv,proj"); empty = the family default
     targets: tuple[str, ...] = ()
+    #: DoRA (weight-decomposed LoRA): a trained magnitude per output channel beside the low-rank direction update
+    use_dora: bool = False
 
     def validate(self, strategy: str) -> None:
         if self.r < 1:
@@ -49,4 +55,5 @@ class Lora(PeftTuner):
 
         c: LoraStrategyConfig = self.config  # type: ignore[assignment]
         names = default_targets(bb, c.targets)
-        return peft.LoraConfig(r=c.r, lora_alpha=c.alpha, lora_dropout=c.dropout, target_modules=names), names
+        return peft.LoraConfig(r=c.r, lora_alpha=c.alpha, lora_dropout=c.dropout, target_modules=names,
+                               use_dora=c.use_dora), names
