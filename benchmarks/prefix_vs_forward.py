@@ -40,7 +40,7 @@ def measure(episodes_n: int) -> dict[str, Any]:
 
     from pefs.config import TuneConfig
     from pefs.data import episodes, load_default
-    from pefs.runtime import engine
+    from pefs.runtime import engine, hardware
     from pefs.runtime.task import TaskRunner
 
     start, load_start = provenance(__file__), load()
@@ -49,7 +49,7 @@ def measure(episodes_n: int) -> dict[str, Any]:
                      train=engine.TrainConfig(progress=False))
     runner = TaskRunner(cfg, 5)
     net, device = runner.model.net, torch.device("cpu")
-    precision = engine.inference_precision(cfg.train, device)
+    precision = hardware.inference_precision(cfg.train, device)
 
     def bare(x: torch.Tensor) -> None:
         x = x.contiguous(memory_format=torch.channels_last)

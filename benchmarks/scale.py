@@ -48,7 +48,7 @@ def forward_only(ds, img_size: int, batch: int, workers: int) -> dict:
 
     from pefs.data import eval_transform
     from pefs.model.wrap import wrap
-    from pefs.runtime import engine
+    from pefs.runtime import engine, hardware
 
     model = wrap(MODEL, "linear", num_classes=10, pretrained=True)
     tf = eval_transform(model.backbone.data_config, img_size)
@@ -68,7 +68,7 @@ def forward_only(ds, img_size: int, batch: int, workers: int) -> dict:
     for xb in DataLoader(Plain(), batch_size=batch, num_workers=workers):
         n += len(run(xb))
     wall = time.perf_counter() - t0
-    return {"wall_s": wall, "images": n, "precision": engine.inference_precision(cfg, torch.device("cpu"))}
+    return {"wall_s": wall, "images": n, "precision": hardware.inference_precision(cfg, torch.device("cpu"))}
 
 
 def one(method: str, n_test: int, img_size: int, batch: int, workers: int, shots: int) -> dict:

@@ -283,10 +283,10 @@ class PefsSide:
                           img_size=self.s["img_size"], head=self.run["head"], train=train)
 
     def setup(self, protocol: str, classes: int, epochs: int | None = None) -> dict[str, Any]:
-        from pefs.runtime import engine
+        from pefs.runtime import hardware
         from pefs.runtime.task import TaskRunner
 
-        engine.seed_everything(self.s["seed"])
+        hardware.seed_everything(self.s["seed"])
         runner = TaskRunner(self.config(epochs), classes)
         classify = runner.head.classify
 

@@ -87,10 +87,10 @@ def image_folder(tmp_path):
 def tiny(family: str, strategy: str = "linear", classes: int = 3, **options):
     """A small random-weight model of ``family`` (see TINY_MODELS) wrapped with ``strategy``, seeded."""
     import pefs
-    from pefs.runtime import engine
+    from pefs.runtime import hardware
 
     name, kwargs = TINY_MODELS[family]
-    engine.seed_everything(0)
+    hardware.seed_everything(0)
     return pefs.wrap(name, strategy, num_classes=classes, pretrained=False, model_kwargs=kwargs, **options)
 
 

@@ -77,9 +77,10 @@ def test_tune_records_the_callers_config_and_the_resolved_one(tmp_path):
     assert cfg.train.lr is None and rec["resolved"]["train"]["lr"] == 1e-3
     # and so is mixed_precision "auto": fp32 ("no") on a CPU, the value it held before "auto" existed; bf16 on a
     # CUDA GPU that computes it natively
-    from pefs.runtime import engine
 
-    mp = "bf16" if engine.native_bf16("cuda") else "no"
+    from pefs.runtime import hardware
+
+    mp = "bf16" if hardware.native_bf16("cuda") else "no"
     assert rec["resolved"]["train"]["mixed_precision"] == mp
     assert rec["config_hash"] == resolved(cfg, img_size=128, train={"lr": 1e-3, "mixed_precision": mp}).hash() \
         == TuneConfig(**{**before.__dict__, "img_size": 128, "train": TrainConfig(

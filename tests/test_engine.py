@@ -11,7 +11,7 @@ import pefs
 from pefs.backbones.split import stages
 from pefs.config import TrainConfig
 from pefs.errors import PefsError
-from pefs.runtime import engine
+from pefs.runtime import engine, hardware
 from pefs.runtime.engine import NonFiniteLoss
 from pefs.strategies.last_k import final_norms
 from tests.conftest import TINY_MODELS, batch, cfg, tiny
@@ -204,12 +204,12 @@ def test_decode_workers_are_sized_to_the_machine_unless_given(monkeypatch):
     from pefs.config import TrainConfig
 
     cpu, gpu = torch.device("cpu"), torch.device("cuda", 0)
-    monkeypatch.setattr(engine, "default_device", lambda: cpu)
-    assert engine.decode_workers(TrainConfig()) == 0 and not engine.pin_memory()
-    assert engine.decode_workers(TrainConfig(num_workers=3)) == 3
-    monkeypatch.setattr(engine, "default_device", lambda: gpu)
-    assert engine.decode_workers(TrainConfig()) == min(8, (os.cpu_count() or 2) // 2) and engine.pin_memory()
-    assert engine.decode_workers(TrainConfig(num_workers=0)) == 0
+    monkeypatch.setattr(hardware, "default_device", lambda: cpu)
+    assert hardware.decode_workers(TrainConfig()) == 0 and not hardware.pin_memory()
+    assert hardware.decode_workers(TrainConfig(num_workers=3)) == 3
+    monkeypatch.setattr(hardware, "default_device", lambda: gpu)
+    assert hardware.decode_workers(TrainConfig()) == min(8, (os.cpu_count() or 2) // 2) and hardware.pin_memory()
+    assert hardware.decode_workers(TrainConfig(num_workers=0)) == 0
 
 
 def test_a_training_set_too_big_for_the_device_goes_over_batch_by_batch_with_the_same_result(monkeypatch):

@@ -25,7 +25,7 @@ from pefs.model.directory import weights_fingerprint
 from pefs.protocols.loop import run_protocol
 from pefs.protocols.run import tune
 from pefs.results.stats import mean_ci
-from pefs.runtime import engine
+from pefs.runtime import engine, hardware
 from pefs.runtime.start import changeable
 from pefs.runtime.task import TaskRunner
 from tests.conftest import decode, same
@@ -134,7 +134,7 @@ def test_kshot_record_and_same_seed_same_result(folder, tmp_path):
     assert len(a["accuracies"]) == 2 and a["accuracy_mean"] == pytest.approx(np.mean(a["accuracies"]))
     assert set(a["time_s"]) == {"decode_s", "extract_s", "train_s", "eval_s"} and a["peak_memory_mb"] > 0
     assert a["params"]["trainable"] > a["params"]["head"] > 0 and a["wall_s"] > 0
-    assert a["machine"]["inference_precision"] == ("bf16" if engine.native_bf16("cpu") else "no")
+    assert a["machine"]["inference_precision"] == ("bf16" if hardware.native_bf16("cpu") else "no")
     splits = [kshot_split(load_dataset(cfg.data), 2, seed=s) for s in (0, 1)]
     used = {n for sp in splits for n in sp.support.names + sp.query.names}
     assert sum(r["decoded"] for r in a["runs"]) == len(used) < sum(r["support"] + r["query"] for r in a["runs"])

@@ -8,7 +8,7 @@ import torch
 
 from pefs.config import TrainConfig
 from pefs.errors import PefsError
-from pefs.runtime import engine
+from pefs.runtime import engine, hardware
 from tests.conftest import batch, cfg, same, tiny
 
 CPU = torch.device("cpu")
@@ -20,7 +20,7 @@ CPU = torch.device("cpu")
 def test_inference_precision_resolves_by_hardware(monkeypatch, native, setting, mixed, expected):
     monkeypatch.setattr(engine, "native_bf16", lambda device_type: native)
     c = TrainConfig(inference_precision=setting, mixed_precision=mixed)
-    assert engine.inference_precision(c, CPU) == expected
+    assert hardware.inference_precision(c, CPU) == expected
 
 
 def test_native_bf16_reads_the_cpu_flags(monkeypatch, tmp_path):
@@ -32,13 +32,13 @@ def test_native_bf16_reads_the_cpu_flags(monkeypatch, tmp_path):
         info.write_text(f"processor\t: 0\nflags\t\t: {flags}\n")
         monkeypatch.setattr(builtins, "open", lambda p, *a, _i=info, **k: real_open(_i if p == "/proc/cpuinfo" else p,
                                                                                    *a, **k))
-        engine.native_bf16.cache_clear()
+        hardware.native_bf16.cache_clear()
         try:
-            assert engine.native_bf16("cpu") is expected, flags
+            assert hardware.native_bf16("cpu") is expected, flags
         finally:
             monkeypatch.setattr(builtins, "open", real_open)
-            engine.native_bf16.cache_clear()
-    assert engine.native_bf16("mps") is False
+            hardware.native_bf16.cache_clear()
+    assert hardware.native_bf16("mps") is False
 
 
 def test_bf16_inference_is_bf16_and_close_to_fp32():

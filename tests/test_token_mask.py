@@ -9,15 +9,15 @@ from pefs.backbones.token_mask import keep_indices, masked_pooled, masked_tokens
 from pefs.config import TrainConfig, TuneConfig
 from pefs.errors import PefsError
 from pefs.protocols.run import tune
+from pefs.runtime import hardware
 from pefs.runtime.task import TaskRunner
 
 
 def vit64():
     """A random-weight ViT-Tiny at 64 px: a 4x4 grid of 16 patch tokens plus the class token."""
     import pefs
-    from pefs.runtime import engine
 
-    engine.seed_everything(0)
+    hardware.seed_everything(0)
     return pefs.wrap("vit_tiny_patch16_224", "linear", num_classes=3, pretrained=False,
                      model_kwargs={"img_size": 64}).eval()
 

@@ -31,7 +31,7 @@ from pefs.protocols.selection.auto import AutoSelector
 from pefs.protocols.selection.selector import Selector, search_space
 from pefs.results.records import Accuracy, DatasetInfo, Machine, ProtocolRun, RunRecord, TaskResult
 from pefs.results.stats import mean_ci
-from pefs.runtime import engine
+from pefs.runtime import hardware
 from pefs.runtime.engine import NonFiniteLoss
 from pefs.runtime.memory import RunMemory
 from pefs.runtime.task import TaskRunner, build_model
@@ -63,9 +63,9 @@ def resolve(cfg: TuneConfig, dataset: Dataset | None) -> TuneConfig:
     values: dict[str, Any] = {}
     if cfg.img_size is None and dataset is not None and dataset.suggested_img_size:
         values["img_size"] = dataset.suggested_img_size
-    device = engine.default_device()
-    train: dict[str, Any] = {"inference_precision": engine.inference_precision(cfg.train, device),
-                             "mixed_precision": engine.training_precision(cfg.train, device)}
+    device = hardware.default_device()
+    train: dict[str, Any] = {"inference_precision": hardware.inference_precision(cfg.train, device),
+                             "mixed_precision": hardware.training_precision(cfg.train, device)}
     if cfg.train.lr is None and cfg.strategy != "auto" and "strategy" not in cfg.search:
         # one strategy: its default rate is part of the run's identity (searched strategies and auto resolve
         # each candidate's own default when they build it); an unknown strategy is refused here

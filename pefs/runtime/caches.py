@@ -20,7 +20,7 @@ from pefs.config import TuneConfig
 from pefs.data import ImageSet
 from pefs.data.loading import ByteCache, Decoder, decoded_batches
 from pefs.model import PefsModel
-from pefs.runtime import engine
+from pefs.runtime import engine, hardware
 from pefs.runtime.feature_store import FeatureStore, cache_dir, image_key, trunk_fingerprint
 
 #: images per shard of the on-disk feature store
@@ -44,7 +44,7 @@ class FrozenInputs:
         root = cache_dir(self.cfg.feature_cache)
         if root is None or self.level != self.pooled_level or self.level == 0:
             return None
-        precision = engine.inference_precision(self.cfg.train, engine.accelerator().device)
+        precision = hardware.inference_precision(self.cfg.train, hardware.accelerator().device)
         return FeatureStore(root, {"trunk": trunk_fingerprint(self.model), "model": str(self.cfg.model),
                                    "backbone": type(self.model.net).__name__, "transform": repr(self.decoder.transform),
                                    "precision": precision, "level": self.level})
@@ -83,8 +83,8 @@ class FrozenInputs:
         run through the frozen prefix batch by batch, kept in the run's caches (and the store)."""
         cfg = self.cfg.train
         prefix = engine.no_grad_pass(self.model, cfg, 0, self.level) if self.level else None
-        batches = decoded_batches(images, missing, self.decoder, cfg.eval_batch_size, engine.decode_workers(cfg),
-                                  engine.pin_memory())
+        batches = decoded_batches(images, missing, self.decoder, cfg.eval_batch_size, hardware.decode_workers(cfg),
+                                  hardware.pin_memory())
         done, new_keys, new_feats = 0, [], []
         while True:
             t0 = time.perf_counter()

@@ -27,7 +27,7 @@ from pefs.heads import registry as heads
 from pefs.model import PefsModel, wrap
 from pefs.model.inference import predicted
 from pefs.results.records import TaskResult
-from pefs.runtime import engine, recipe
+from pefs.runtime import engine, hardware, recipe
 from pefs.runtime.caches import FrozenInputs
 from pefs.runtime.start import StartState
 
@@ -49,7 +49,7 @@ class TaskRunner:
 
     def __init__(self, cfg: TuneConfig, num_classes: int) -> None:
         self.cfg, self.n_classes = cfg, num_classes
-        engine.seed_everything(cfg.seeds[0])  # random inits (new heads, adapters, --no-pretrained) repeat
+        hardware.seed_everything(cfg.seeds[0])  # random inits (new heads, adapters, --no-pretrained) repeat
         self.model = build_model(cfg, num_classes)
         self.head = heads.build(cfg.head)
         self.trains = self.head.trains(self.model.frozen_prefix)
@@ -158,7 +158,7 @@ class TaskRunner:
         ``train``: this task's training values (a searched setting's), else the run's."""
         t, cfg = _timings(), train or self.cfg.train
         start_state = self.start.restore()
-        engine.seed_everything(seed)
+        hardware.seed_everything(seed)
         xs, ys = self.support(support, seed, t)
         stats = self._fit(xs, ys, seed, t, cfg) if self.trains else engine.FitStats(cached=self.level > 0)
         pred = predicted(self._score(xs, ys, query, t, cfg))  # the one scoring rule, as pefs predict's
