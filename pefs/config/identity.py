@@ -28,6 +28,15 @@ _CHUNK = 1 << 20
 _FILE_CACHE: dict[tuple[str, int, int], str] = {}
 
 
+def sha256_file(path: str | Path) -> str:
+    """The SHA-256 (all 64 hex digits) of a file's bytes, read in chunks; the one file hash of pefs."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(_CHUNK):
+            h.update(chunk)
+    return h.hexdigest()
+
+
 def file_digest(path: str | Path) -> str:
     """SHA-256 (16 hex digits) of a file's bytes, cached per (path, size, mtime) within the process."""
     path = Path(path)
@@ -35,11 +44,7 @@ def file_digest(path: str | Path) -> str:
         st = path.stat()
         key = (str(path.resolve()), st.st_size, st.st_mtime_ns)
         if key not in _FILE_CACHE:
-            h = hashlib.sha256()
-            with open(path, "rb") as f:
-                while chunk := f.read(_CHUNK):
-                    h.update(chunk)
-            _FILE_CACHE[key] = h.hexdigest()[:16]
+            _FILE_CACHE[key] = sha256_file(path)[:16]
     except OSError as e:
         raise PefsError(f"cannot read {str(path)!r} to fingerprint it: {e.strerror or e}") from e
     return _FILE_CACHE[key]

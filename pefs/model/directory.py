@@ -19,6 +19,7 @@ import torch
 
 from pefs.config import checks
 from pefs.config.files import atomic_dir, atomic_path, write_text
+from pefs.config.identity import sha256_file
 from pefs.errors import PefsError
 
 if TYPE_CHECKING:
@@ -95,7 +96,7 @@ def save_model(model: PefsModel, directory: str | Path) -> Path:
         with atomic_path(new / name, "model tensors") as tmp:
             save_file(tensors, str(tmp))
             usual_mode(tmp)
-            config["tensors"]["sha256"] = _sha256(tmp)
+            config["tensors"]["sha256"] = sha256_file(tmp)
         write_text(new / CONFIG_FILE, json.dumps(config, indent=2, default=str), "model config")
     return d
 
@@ -150,7 +151,7 @@ def read_tensors(directory: str | Path, cfg: dict[str, Any]) -> dict[str, torch.
     path = Path(directory) / cfg["tensors"]["file"]
     if not path.is_file():
         raise PefsError(f"model directory {str(directory)!r} is incomplete: {path.name} is missing")
-    if cfg["tensors"].get("sha256") and _sha256(path) != cfg["tensors"]["sha256"]:
+    if cfg["tensors"].get("sha256") and sha256_file(path) != cfg["tensors"]["sha256"]:
         raise PefsError(f"{str(path)!r} is damaged: its checksum differs from the one saved with it "
                         "(truncated or altered); save the model again")
     try:
@@ -180,9 +181,3 @@ def strategy_options(s: Any) -> dict[str, Any]:
     return {k: (list(v) if isinstance(v, tuple) else v) for k, v in dataclasses.asdict(s.config).items()}
 
 
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()

@@ -14,10 +14,10 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, NamedTuple
 
-from pefs.config.identity import tree_digest
+from pefs.config.identity import sha256_file, tree_digest
 from pefs.data import sources
 from pefs.data.benchmarks import episodic, vtab
-from pefs.data.benchmarks.common import BenchmarkDataset, sha256_file
+from pefs.data.benchmarks.common import BenchmarkDataset
 
 
 class Benchmark(NamedTuple):

@@ -53,15 +53,6 @@ class BenchmarkDataset(Dataset):
                 "splits": {k: {"images": len(s), "classes": len(s.classes)} for k, s in self.splits.items()}}
 
 
-def sha256_file(path: Path) -> str:
-    """The SHA-256 (full hex) of a file's bytes."""
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 def sha256_text(text: str) -> str:
     return hashlib.sha256(text.encode("utf-8", "surrogateescape")).hexdigest()
 

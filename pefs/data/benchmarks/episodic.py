@@ -16,6 +16,7 @@ from __future__ import annotations
 import csv
 from pathlib import Path
 
+from pefs.config.identity import sha256_file
 from pefs.data.benchmarks.common import (
     BenchmarkDataset,
     check_disjoint,
@@ -23,7 +24,6 @@ from pefs.data.benchmarks.common import (
     image_set,
     require_dir,
     require_files,
-    sha256_file,
     sha256_text,
 )
 from pefs.data.sources import ImageSet

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from pefs.config.identity import sha256_file
 from pefs.data.benchmarks.common import (
     BenchmarkDataset,
     check_disjoint,
@@ -17,7 +18,6 @@ from pefs.data.benchmarks.common import (
     read_lines,
     require_dir,
     require_files,
-    sha256_file,
 )
 from pefs.data.sources import ImageSet
 from pefs.errors import PefsError
