@@ -34,7 +34,7 @@ class ProbeWorker:
         if self.cl:
             self.base = self.base.to(memory_format=torch.channels_last)
         self.tf = reference_transform(s, self.base)
-        from pefs.runtime.engine import native_bf16
+        from pefs.runtime.hardware import native_bf16
 
         self.bf16 = native_bf16(self.dev.type)
         self.tasks = {p: protocol_tasks(s, p) for p in ("episode", "kshot")}
@@ -231,7 +231,7 @@ def _info(s: dict[str, Any]) -> dict[str, Any]:
         heads = []
     m = machine()  # in the worker: its threads are the ones every timed task ran with
     from pefs.config import TrainConfig
-    from pefs.runtime.engine import inference_precision
+    from pefs.runtime.hardware import inference_precision
 
     return {**m, "strategies": sorted(STRATEGIES), "heads": heads, "default_epochs": TrainConfig().epochs,
             "pefs_inference_precision": inference_precision(TrainConfig(), torch.device("cuda" if m["cuda"] else

@@ -17,7 +17,7 @@ from torch import nn
 import pefs.runtime.task
 from pefs.cli.main import main
 from pefs.model.directory import weights_fingerprint
-from pefs.runtime import engine
+from pefs.runtime import engine, hardware
 from pefs.runtime.start import changeable
 from tests.conftest import colour_images
 
@@ -230,7 +230,7 @@ def test_channels_last_and_eval_batch_16_by_default(tmp_path, folder, monkeypatc
 def test_inference_precision_flag_sets_the_dtype_of_no_grad_passes(tmp_path, folder, monkeypatch):
     """README: no-grad passes run in bf16 where the hardware has it (here made to claim it); ``--inference-precision
     no`` runs fp32 everywhere; training stays fp32 unless ``--mixed-precision``."""
-    monkeypatch.setattr(engine, "native_bf16", lambda device_type: True)
+    monkeypatch.setattr(hardware, "native_bf16", lambda device_type: True)
     spy = LayerSpy(monkeypatch)
     record = tune(tmp_path, folder, "--strategy", "lora")
     assert record["machine"]["inference_precision"] == "bf16"
@@ -246,7 +246,7 @@ def test_inference_precision_flag_sets_the_dtype_of_no_grad_passes(tmp_path, fol
 
 def test_auto_precision_is_fp32_where_bf16_is_not_native(tmp_path, folder, monkeypatch):
     """README: bf16 only "where the hardware computes bf16 natively"; elsewhere everything stays fp32."""
-    monkeypatch.setattr(engine, "native_bf16", lambda device_type: False)
+    monkeypatch.setattr(hardware, "native_bf16", lambda device_type: False)
     spy = LayerSpy(monkeypatch)
     record = tune(tmp_path, folder, "--strategy", "lora")
     assert record["machine"]["inference_precision"] == "no"

@@ -18,7 +18,7 @@ CPU = torch.device("cpu")
     (True, "auto", "no", "bf16"), (False, "auto", "no", "no"), (False, "auto", "bf16", "bf16"),
     (True, "no", "no", "no"), (False, "bf16", "no", "bf16"), (True, "fp16", "bf16", "fp16")])
 def test_inference_precision_resolves_by_hardware(monkeypatch, native, setting, mixed, expected):
-    monkeypatch.setattr(engine, "native_bf16", lambda device_type: native)
+    monkeypatch.setattr(hardware, "native_bf16", lambda device_type: native)
     c = TrainConfig(inference_precision=setting, mixed_precision=mixed)
     assert hardware.inference_precision(c, CPU) == expected
 
