@@ -1,8 +1,9 @@
 """Every setting of a run as plain data: defaults, types and help text written once, here (stdlib only).
 
-The dataclasses below are the single source of truth: ``pefs.cli.main`` generates its flags from their fields
-(name, type, default, help, choices in the field metadata), ``pefs.sweep.recipe`` checks recipe keys against
-them, and :func:`config_hash` identifies results by them. Nothing here imports torch, so reading a results
+The dataclasses below are the single source of truth: ``pefs.cli.flags`` generates the flags from their fields
+(name, type, default, help, choices in the field metadata: :mod:`pefs.config.fields`), recipes check their keys
+against them (:data:`RUN_KEYS`, :data:`TRAIN_KEYS`), and :func:`pefs.config.identity.config_hash` identifies
+results by them. Nothing here imports torch, so reading a results
 store or writing a report stays light.
 
 A config is never changed by the code that runs it: values resolved at run time (the image size a dataset
@@ -235,7 +236,7 @@ class TuneConfig:
         return d
 
     def hash(self) -> str:
-        """The identity of this config's results: see :func:`config_hash`."""
+        """The identity of this config's results: see :func:`pefs.config.identity.config_hash`."""
         return config_hash(self)
 
 

@@ -62,12 +62,12 @@ class SweepSpec:
 @dataclass
 class Cell:
     """One planned run: its position in the grid, its TuneConfig (one seed) and its key
-    (:func:`pefs.config.run.run_key`)."""
+    (:func:`pefs.config.identity.run_key`)."""
 
     index: int
     config: TuneConfig
     hash: str
-    #: content fingerprints of the data and checkpoint (pefs.config.identity), part of ``hash``
+    #: content fingerprints of the data and checkpoint (:func:`pefs.protocols.run.run_fingerprints`), part of ``hash``
     fingerprints: dict[str, Any] = field(default_factory=dict)
 
     def describe(self) -> dict[str, Any]:
