@@ -97,7 +97,7 @@ def _as_image_set(images: Any) -> ImageSet:
     items = list(images)
     names = [str(x) if not isinstance(x, Image.Image) else f"image[{i}]" for i, x in enumerate(items)]
     return ImageSet([], np.zeros(len(items), dtype=int), names,
-                    lambda i: items[i])  # ImageSet.image decodes a path or a PIL image (pefs.data.decode)
+                    lambda i: items[i])  # ImageSet.image decodes a path or a PIL image (pefs.data.decoding)
 
 
 def predict_images(model: PefsModel, images: Any, batch_size: int = 16, precision: str | None = None) -> Predictions:
