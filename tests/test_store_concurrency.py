@@ -159,11 +159,12 @@ def test_changed_data_or_checkpoint_under_the_same_path_reruns(tmp_path, image_f
     assert len({r["cell"]["fingerprints"]["checkpoint"] for r in rows}) == 2
 
     _, problems = build_report(st, tmp_path / "rep", ("md",))
-    assert any("4 stored result(s) left out" in p for p in problems)
+    assert any("2 stored result(s) left out" in p for p in problems)  # same data, older checkpoint
     md = (tmp_path / "rep" / "report.md").read_text()
-    assert ": 2 finished cells" in md  # the two fresh seeds, not six pooled
-    (group,) = aggregate(current_rows(list(store.load(st).rows.values()))[0])
-    assert group.seeds == [0, 1] and group.accuracies == [0.55, 0.56]
+    assert ": 4 finished cells" in md  # each data version's two seeds, under its own identity, never pooled
+    old_data, new_data = aggregate(current_rows(list(store.load(st).rows.values()))[0])
+    assert {old_data.data, new_data.data} == {r["cell"]["fingerprints"]["data"] for r in rows}
+    assert sorted([old_data.accuracies, new_data.accuracies]) == [[0.51, 0.52], [0.55, 0.56]]
 
 
 def test_rows_that_are_json_but_not_rows_are_reported(tmp_path):

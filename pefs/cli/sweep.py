@@ -6,6 +6,7 @@ import argparse
 import sys
 
 from pefs.cli.flags import EPILOG, add_tune_args
+from pefs.errors import PefsError
 from pefs.results.store import DEFAULT_STORE
 
 #: run fields whose single-value flags the grid's comma-list flags replace (--models, --strategies, ...)
@@ -83,9 +84,15 @@ def run(a: argparse.Namespace) -> int:
     recipe = load_recipe(a.recipe) if a.recipe else {}
     flags = _sweep_settings(a)
     settings = {**recipe, **flags, "options": {**(recipe.get("options") or {}), **flags.get("options", {})}}
-    spec = sweep.spec_from_settings(settings, f"recipe {a.recipe!r} or the flags" if a.recipe else "the flags")
-    spec.progress = not a.quiet
-    cells = sweep.plan(spec)
+    where = f"recipe {a.recipe!r} or the flags" if a.recipe else "the flags"
+    try:
+        spec = sweep.spec_from_settings(settings, where)
+        spec.progress = not a.quiet
+        cells = sweep.plan(spec)
+    except PefsError as e:  # every refusal says where the bad value came from
+        if a.recipe and "recipe" not in str(e):
+            raise PefsError(f"{e} (set in {where})") from e
+        raise
     if a.dry_run:
         rows = store.load(store.check_store_path(spec.store)).rows
         for c in cells:

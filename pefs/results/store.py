@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from pefs.errors import PefsError
+from pefs.results.row_schema import row_problem
 
 #: where ``pefs sweep`` writes and ``pefs report`` reads when no --store is given
 DEFAULT_STORE = "runs/sweep/results.jsonl"
@@ -161,6 +162,12 @@ def read_file(path: Path, offset: int = 0) -> tuple[list[dict[str, Any]], list[s
             problems.append(f"{path} {where}: {what}, dropped: {shown!r}{'...' if len(damaged) > 60 else ''}; "
                             f"the {len(rows)} results before it are kept"
                             + (", and the whole row after it on that line" if found else ""))
+        for row in found:
+            if (problem := row_problem(row)) is not None:
+                where = f"line {number}" if offset == 0 else \
+                    f"byte {offset + sum(len(x) + 1 for x in lines[:number - 1])}"
+                raise PefsError(f"{path} {where}: {problem}; fix or delete that line (a row pefs wrote never "
+                                "looks like this; nothing was read or changed)")
         rows += found
     return rows, problems, offset + data.rfind(b"\n") + 1
 
