@@ -109,6 +109,18 @@ def test_a_damaged_or_foreign_cache_is_ignored_and_rewritten(tmp_path, monkeypat
     assert json.loads(cache.read_text())["version"] == identity.DIGEST_CACHE_VERSION
 
 
+def test_a_checkpoint_rewritten_with_the_same_size_and_mtime_is_a_new_file(tmp_path):
+    """Promise: a file's digest within one process (checkpoints, split files) follows its bytes: rewriting it
+    with the same size and mtime gives a new digest, never the cached old one."""
+    f = tmp_path / "w.pth"
+    f.write_bytes(b"a" * 64)
+    st = f.stat()
+    first = identity.file_digest(f)
+    f.write_bytes(b"b" * 64)
+    os.utime(f, ns=(st.st_atime_ns, st.st_mtime_ns))
+    assert identity.file_digest(f) != first
+
+
 def test_an_unwritable_cache_folder_still_fingerprints(tmp_path, monkeypatch):
     """Promise: a cache that cannot be written (its folder is a file) costs speed, never a run."""
     (tmp_path / "blocker").write_text("x")
@@ -224,10 +236,13 @@ def test_a_hand_edited_store_row_is_one_line_naming_file_line_and_key(tmp_path, 
     assert not (tmp_path / "rep").exists() and st.read_bytes() == before
 
 
-@pytest.mark.parametrize("dotted,value,key", TAMPERED_ROWS[:: 6], ids=[d for d, _, _ in TAMPERED_ROWS[:: 6]])
+WRONG_TYPES = [t for t in TAMPERED_ROWS if t[1] != "<del>"][:: 5]
+
+
+@pytest.mark.parametrize("dotted,value,key", WRONG_TYPES, ids=[d for d, _, _ in WRONG_TYPES])
 def test_a_sweep_reading_a_hand_edited_store_names_the_row(tmp_path, capsys, dotted, value, key):
-    """Promise: pefs sweep, which reads the store to skip stored cells, refuses a bad row the same way before
-    running anything."""
+    """Promise: pefs sweep, which reads the store to skip stored cells, refuses a row of the wrong type or range
+    the same way before running anything (a missing key the sweep does not read is left to the report)."""
     st = _store_with(tmp_path, dotted, value)
     assert main(["sweep", "--store", str(st), "--models", "efficientnet_lite0.offline", "--strategies", "linear",
                  "--shots", "1", "--seeds", "0", "--dry-run", "-q"]) == 2

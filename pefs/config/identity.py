@@ -30,7 +30,7 @@ if TYPE_CHECKING:
 SCHEMA_VERSION = 2
 
 _CHUNK = 1 << 20
-_FILE_CACHE: dict[tuple[str, int, int], str] = {}
+_FILE_CACHE: dict[tuple, str] = {}
 #: a file whose ctime or mtime is this close to the moment it was hashed is never cached (it may change again
 #: within the file system's clock tick, leaving the same stat; git's "racily clean" rule)
 RACY_S = 2.0
@@ -48,16 +48,20 @@ def sha256_file(path: str | Path) -> str:
 
 
 def file_digest(path: str | Path) -> str:
-    """SHA-256 (16 hex digits) of a file's bytes, cached per (path, size, mtime) within the process."""
+    """SHA-256 (16 hex digits) of a file's bytes, cached within the process per (path, size, mtime, ctime, inode);
+    a file changed within :data:`RACY_S` of being hashed is hashed again next time."""
     path = Path(path)
     try:
         st = path.stat()
-        key = (str(path.resolve()), st.st_size, st.st_mtime_ns)
-        if key not in _FILE_CACHE:
-            _FILE_CACHE[key] = sha256_file(path)[:16]
+        key = (str(path.resolve()), *_stamp(st))
+        if key in _FILE_CACHE:
+            return _FILE_CACHE[key]
+        digest = sha256_file(path)[:16]
     except OSError as e:
         raise PefsError(f"cannot read {str(path)!r} to fingerprint it: {e.strerror or e}") from e
-    return _FILE_CACHE[key]
+    if time.time_ns() - max(st.st_mtime_ns, st.st_ctime_ns) >= RACY_S * 1e9:
+        _FILE_CACHE[key] = digest
+    return digest
 
 
 def digest_cache_dir() -> Path:

@@ -80,26 +80,31 @@ RECORD = {
 }
 
 
-def row_problem(row: dict[str, Any]) -> str | None:
-    """``"<key> <problem>"`` for the first key of ``row`` that a reader cannot trust, or None for a good row."""
+def row_problem(row: dict[str, Any], complete: bool = True) -> str | None:
+    """``"<key> <problem>"`` for the first key of ``row`` that a reader cannot trust, or None for a good row.
+    Every read of a store checks the keys a row has (``complete=False``: the store itself needs only the hash and
+    status); a report, which reads the cell and record, also requires theirs."""
     written = row.get("written_at", 0.0)
     if (problem := _number(written)) is not None:
         return f"written_at {problem}"
     if row.get("error") is not None and not isinstance(row["error"], str):
         return f"error is {_kind(row['error'])}, not a message"
     cell = row.get("cell", _REQUIRED)
+    if cell is _REQUIRED and not complete:
+        cell = {}
     if not isinstance(cell, dict):
         return "cell is missing" if cell is _REQUIRED else f"cell is {_kind(cell)}, not a mapping"
     for key, (check, required) in CELL.items():
         if key not in cell:
-            if required:
+            if required and complete:
                 return f"cell.{key} is missing"
             continue
         if (problem := check(cell[key])) is not None:
             return f"cell.{key} {problem}"
     record = row.get("record")
     if record is None:
-        return "record is missing (a finished row carries its run's record)" if row["status"] == "ok" else None
+        return "record is missing (a finished row carries its run's record)" if row["status"] == "ok" and \
+            complete else None
     if not isinstance(record, dict):
         return f"record is {_kind(record)}, not a mapping"
     for key, check in RECORD.items():
@@ -113,6 +118,6 @@ def row_problem(row: dict[str, Any]) -> str | None:
             return f"record.runs[{i}] is {_kind(run)}, not a mapping"
         if (problem := _fraction(run.get("accuracy"))) is not None:
             return f"record.runs[{i}].accuracy {problem}"
-    if row["status"] == "ok" and not record.get("accuracies") and record.get("accuracy_mean") is None:
+    if complete and row["status"] == "ok" and not record.get("accuracies") and record.get("accuracy_mean") is None:
         return "record.accuracies is missing or empty in a finished row"
     return None

@@ -162,6 +162,7 @@ def build_report(store: str | Path, out: str | Path, formats: tuple[str, ...] = 
     contents = results.load(store)
     if not contents.files:
         raise PefsError(f"results store {str(store)!r} does not exist; run `pefs sweep --store {store}` first")
+    contents.check_complete()  # before any row is pooled or any file written
     rows, stale = current_rows(list(contents.rows.values()))
     if not rows:
         raise PefsError(f"results store {str(store)!r} holds no results yet")
