@@ -31,7 +31,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from benchmarks.common import load, machine, parser, provenance, render_source
+from benchmarks.common import load, machine, parser, provenance, provenance_section, render_source
 
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -142,8 +142,9 @@ def render(data: dict[str, Any]) -> str:
               "rescaled.",
               _time_reading(data["rows"])]
     m = data["machine"]
-    lines += ["", f"Machine: {m['platform']}, {m['cpus']} CPUs ({m['threads']} torch threads), torch {m['torch']}, "
-              f"Python {m['python']}. {data.get('note', '')}".rstrip(), ""]
+    lines += ["", f"Platform: {m['platform']}. {data.get('note', '')}".rstrip(), ""]
+    lines += provenance_section(data, ".venv/bin/python -m benchmarks.transformers_vit",
+                                ".venv/bin/python -m benchmarks.transformers_vit --render")
     return "\n".join(lines)
 
 
