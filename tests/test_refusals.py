@@ -1,7 +1,7 @@
 """The checks the README promises, each provoked: a model directory whose tensor file does not match its checksum,
 an ONNX graph whose logits disagree with PyTorch, and a merged checkpoint that does not reload to the same logits
-are refused, and nothing is written or kept. Each test fails if its check is skipped (tests/MUTATION.md-style hand
-mutations: "never verify", "keep the file", "skip the reload check")."""
+are refused, and nothing is written or kept. Each test fails if its check is skipped (hand mutations tried:
+"never verify the checksum", "write the ONNX graph in place", "skip the merged reload check")."""
 
 from __future__ import annotations
 
