@@ -6,9 +6,8 @@
 Every task of a run (a K-shot seed, an episode) tunes from the same start. pefs 0.2 keeps only what a task can
 change (trainable parameters and every buffer: ``pefs.runtime.start.StartState``), copies it back before each
 task and proves it by comparing the live tensors with the kept copy bit for bit (the copy is fingerprinted once
-per run, as is the whole model). pefs 0.1 reloaded the
-whole state dict and fingerprinted every tensor each task. Both are timed here on random-weight timm models at
-224 px (``--repeats`` times each, median), on the CPU.
+per run, as is the whole model). pefs 0.1 reloaded the whole state dict and fingerprinted every tensor each
+task. Both are timed here on random-weight timm models at 224 px (``--repeats`` times each, median), on the CPU.
 """
 
 from __future__ import annotations
