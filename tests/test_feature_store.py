@@ -3,6 +3,8 @@ a miss, and an interrupted write leaves no entry."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
@@ -143,3 +145,19 @@ def test_cli_flags_reach_the_config(tmp_path):
     assert cfg.feature_cache == str(tmp_path) and cfg.train.num_workers == 2 and cfg.train.cache_mb == 64
     base = config_from_args(build_parser().parse_args(["tune"]))
     assert cfg.hash() == base.hash()  # where inputs come from does not change a result
+
+
+@pytest.mark.parametrize("change", [{"img_size": 48}, {"precision": "bf16"}])
+def test_a_cnn_store_is_keyed_by_transform_and_precision(data, tmp_path, change):
+    """On a CNN, whose weights (and so the trunk fingerprint) do not change with the image size or the precision,
+    a run at another image size or inference precision still misses the store and runs the trunk itself: the
+    namespace is keyed by the evaluation transform and the precision, not only by the weights."""
+    import json
+
+    cnn = {"model": "resnet18", "seeds": (0,)}
+    first = tune(config(data, tmp_path, **cnn))
+    other = tune(config(data, tmp_path, **cnn, **change))
+    facts = [json.loads((tmp_path / "store" / Path(run["feature_store"]["dir"]).name / "facts.json")
+                        .read_text()) for run in (first, other)]
+    assert facts[0]["trunk"] == facts[1]["trunk"]  # the same weights: only the transform or precision differs
+    assert other["feature_store"]["hits"] == 0 and trunk_passes(other) == trunk_passes(first) > 0

@@ -188,7 +188,16 @@ def test_each_strategy_trains_at_its_default_learning_rate_unless_lr_is_given(tm
     assert given["resolved"]["train"]["lr"] == 3e-4 and given["runs"][0]["lr"] == 3e-4
     assert given["config_hash"] != full["config_hash"]
     probe = tune(tmp_path, folder)  # the linear probe trains its head only: no strategy rate to report
-    assert probe["runs"][0]["lr"] is None and probe["runs"][0]["head_lr"] is not None
+    assert probe["runs"][0]["lr"] is None
+
+
+@pytest.mark.parametrize("head, rate", [("linear", 1e-2), ("linear-proto", 1e-3)])
+def test_the_head_trains_at_its_documented_default_rate(tmp_path, folder, head, rate):
+    """The head's default learning rate is 1e-2 (``--head-lr``), a tenth of it for the prototype-initialised head
+    (benchmarks/episodic.md's settings): the resolved config and the run entry give those values."""
+    rec = tune(tmp_path, folder, "--strategy", "bias", "--head", head)
+    assert rec["resolved"]["train"]["head_lr"] == 1e-2
+    assert rec["runs"][0]["head_lr"] == pytest.approx(rate, rel=1e-9)
 
 
 def test_stratified_hold_out_keeps_30_percent_of_every_class(tmp_path):

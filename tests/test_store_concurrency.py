@@ -7,6 +7,7 @@ import json
 import multiprocessing
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -199,3 +200,19 @@ def test_a_claim_left_empty_by_a_kill_is_stale_after_seconds(tmp_path):
     claim = claims.try_claim(st, "cell")
     assert claim is not None
     claim.release()
+
+
+def test_a_claim_from_another_host_is_stale_after_ten_minutes_of_silence(tmp_path):
+    """README: a claim from another host (whose pid cannot be checked here) is respected while its heartbeat is
+    under 10 minutes old and taken over once it is older."""
+    st = tmp_path / "s.jsonl"
+    path = claims.claims_dir(st) / "cell.claim"
+    path.parent.mkdir(parents=True)
+    path.write_text(json.dumps({"host": "another-host.invalid", "pid": os.getpid()}))
+    assert claims.STALE_S == 600
+    now = time.time()
+    os.utime(path, (now - 540, now - 540))  # 9 minutes since its last heartbeat: still held
+    assert claims.try_claim(st, "cell") is None and path.exists()
+    os.utime(path, (now - 660, now - 660))  # 11 minutes: its process is presumed gone
+    with claims.try_claim(st, "cell") as claim:
+        assert claim is not None and json.loads(path.read_text())["host"] == socket.gethostname()
