@@ -3,8 +3,8 @@
 A folder is a ``datasets`` table when its top level (or a top-level ``data/`` folder) holds a saved dataset
 (``dataset_dict.json``, ``dataset_info.json``, ``state.json``) or table files (.arrow, .parquet, .csv, .jsonl,
 .json); it is an image folder when its top level holds class sub-folders with images (or ``train/`` and
-``test/`` ones that do). A table file deeper down (``cat/labels.csv``) never changes the choice; a folder that
-looks like both is refused, naming what was found.
+``test/`` or ``val/`` ones that do). A table file deeper down (``cat/labels.csv``) never changes the choice; a folder
+that looks like both is refused, naming what was found.
 """
 
 from __future__ import annotations
@@ -17,6 +17,9 @@ TABLE_SUFFIXES = (".arrow", ".parquet", ".csv", ".jsonl", ".json")
 SAVED_MARKERS = ("dataset_dict.json", "dataset_info.json", "state.json")
 IMAGE_FOLDER = "image folder"
 TABLE = "datasets table"
+#: split folder names of an image folder: the training split first, then the held-out ones in the order they are
+#: taken (timm's and torchvision's ImageFolder layouts: ``train/`` with ``test/``, ``val/``, ``valid/``, ...)
+SPLIT_FOLDERS = ("train", "test", "val", "valid", "validation")
 
 
 def _visible(path: Path) -> list[Path]:
@@ -47,7 +50,7 @@ def data_layout(root: str | Path, image_suffixes: tuple[str, ...]) -> str:
     root = Path(root)
     tables = _table_files(root)
     images = _has_class_images(root, image_suffixes) or any(
-        (root / s).is_dir() and _has_class_images(root / s, image_suffixes) for s in ("train", "test"))
+        (root / s).is_dir() and _has_class_images(root / s, image_suffixes) for s in SPLIT_FOLDERS)
     if tables and images:
         shown = ", ".join(str(p.relative_to(root)) for p in tables[:3])
         raise PefsError(f"data folder {str(root)!r} is ambiguous: it has class sub-folders of images and also "

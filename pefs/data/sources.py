@@ -16,7 +16,7 @@ import numpy as np
 from PIL import Image
 
 from pefs.data.decoding import decode_image
-from pefs.data.layout import IMAGE_FOLDER, SAVED_MARKERS, TABLE, data_layout, missing_local_path
+from pefs.data.layout import IMAGE_FOLDER, SAVED_MARKERS, SPLIT_FOLDERS, TABLE, data_layout, missing_local_path
 from pefs.errors import PefsError
 
 DEFAULT_DATASET = "fashion-mnist-small"
@@ -100,17 +100,30 @@ def load_default() -> Dataset:
                    source="embedded")
 
 
+TRAIN_SPLIT, HELD_OUT_SPLITS = SPLIT_FOLDERS[0], SPLIT_FOLDERS[1:]
+
+
 def load_folder(root: str | Path) -> Dataset:
-    """An image folder ``root/<class>/*.jpg``; with ``root/train`` and ``root/test`` both present,
-    those are the splits. Files that are not images by suffix are ignored; empty classes are errors."""
+    """An image folder ``root/<class>/*.jpg``, or split folders: ``root/train/<class>`` with an optional held-out
+    split beside it, ``test/`` (else ``val/``, ``valid/``, ``validation/``; with several, ``test/`` is scored and
+    the others are not read). ``train/`` alone has no held-out split. Files that are not images by suffix are
+    ignored; empty classes are errors; a ``train/`` beside other folders that are not split names is refused."""
     root = Path(root)
     if not root.is_dir():
         raise PefsError(f"data folder {str(root)!r} does not exist")
-    if (root / "train").is_dir() and (root / "test").is_dir():
-        train = _folder_set(root / "train")
-        test = _folder_set(root / "test", classes=train.classes)
-        return Dataset(root.name, train, test, source=IMAGE_FOLDER)
-    return Dataset(root.name, _folder_set(root), source=IMAGE_FOLDER)
+    if not (root / TRAIN_SPLIT).is_dir():
+        return Dataset(root.name, _folder_set(root), source=IMAGE_FOLDER)
+    other = sorted(d.name for d in root.iterdir()
+                   if d.is_dir() and not d.name.startswith(".") and d.name not in SPLIT_FOLDERS)
+    if other:
+        raise PefsError(f"data folder {str(root)!r} has a train/ split folder beside other folders "
+                        f"({', '.join(other[:5])}); give either split folders only (train/ and one of "
+                        f"{', '.join(HELD_OUT_SPLITS)}/, each holding <class>/<image>) or class folders only "
+                        "(<class>/<image>)")
+    train = _folder_set(root / TRAIN_SPLIT)
+    held = next((root / s for s in HELD_OUT_SPLITS if (root / s).is_dir()), None)
+    test = _folder_set(held, classes=train.classes) if held is not None else None
+    return Dataset(root.name, train, test, source=IMAGE_FOLDER)
 
 
 def _folder_set(root: Path, classes: list[str] | None = None) -> ImageSet:
@@ -256,6 +269,17 @@ def _hf_set(ds, image_column: str, classes: list, split: str, keys: list, name: 
         return column[i][image_column]
 
     return ImageSet([str(c) for c in classes], labels, [f"{split}[{i}]" for i in range(len(labels))], loader)
+
+
+def local_path(spec: object) -> Path | None:
+    """The local file or folder a ``--data`` spec reads (a ``NAME:PATH`` benchmark's PATH), or None (the
+    embedded set, a hub name, a Dataset built in Python): what no output may be or sit inside."""
+    if not isinstance(spec, (str, Path)) or spec == DEFAULT_DATASET:
+        return None
+    text = str(spec)
+    if ":" in text and text.split(":", 1)[0] in SPEC_LOADERS:
+        text = text.split(":", 1)[1]
+    return Path(text) if Path(text).exists() else None
 
 
 def load_dataset(spec: str | Dataset | None = None, label_column: str | None = None, **hf_kwargs) -> Dataset:

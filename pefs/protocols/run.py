@@ -18,12 +18,13 @@ import torch
 from pefs.backbones.sources.checkpoint import check_checkpoint_path
 from pefs.config import SCHEMA_VERSION, TuneConfig, checks, resolved, run_key
 from pefs.config.checks import check_classes
-from pefs.config.files import write_text
+from pefs.config.files import check_outside, write_text
 from pefs.config.identity import file_digest
 from pefs.data import Dataset, load_dataset
 from pefs.data.benchmarks import provenance
 from pefs.data.decoding import image_limit
 from pefs.data.fingerprint import data_fingerprint
+from pefs.data.sources import local_path
 from pefs.errors import PefsError
 from pefs.protocols.final import check_final, describe_model, final_summary, save_final
 from pefs.protocols.loop import Task, check_sampling, run_protocol
@@ -88,6 +89,7 @@ def tune(cfg: TuneConfig) -> dict[str, Any]:
     ``config_hash`` and ``key`` are the resolved one's. A diverged task raises :class:`RunDiverged`. Images over
     ``cfg.max_image_pixels`` are refused for the run's duration (its DataLoader workers too)."""
     cfg.validate()
+    check_outputs(cfg)
     check_writable(cfg.output)  # before any compute, not after it
     if cfg.checkpoint:
         check_checkpoint_path(cfg.checkpoint)
@@ -175,6 +177,15 @@ def write_record(record: dict[str, Any], output: str | Path) -> Path:
         raise PefsError(f"cannot write the result record to {str(out)!r}: {e.strerror or e}") from e
     write_text(out / name, json.dumps(record, indent=2, default=str), "result record")
     return out / name
+
+
+def check_outputs(cfg: TuneConfig) -> None:
+    """Refuse, before anything is created, a record folder or model directory that is, or sits inside, what the
+    run reads (its data, its checkpoint): ``cd photos && pefs tune --data .`` would make ``runs/`` a class."""
+    inputs = [(local_path(cfg.data), "data folder"), (cfg.checkpoint, "checkpoint")]
+    check_outside(cfg.output, "--output", inputs)
+    if cfg.save_adapter:
+        check_outside(cfg.save_adapter, "--final" if cfg.final else "--save-adapter", inputs)
 
 
 def check_writable(output: str | Path) -> None:

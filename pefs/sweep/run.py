@@ -22,8 +22,10 @@ from typing import Any
 from pefs.backbones import check_name
 from pefs.config import DEFAULT_MODEL, RUN_KEYS, TRAIN_KEYS, TrainConfig, TuneConfig, run_key
 from pefs.config.checks import check_classes, check_seeds, check_writable_file
+from pefs.config.files import check_outside
+from pefs.data.sources import local_path
 from pefs.errors import PefsError
-from pefs.protocols.run import run_fingerprints
+from pefs.protocols.run import check_outputs, run_fingerprints
 from pefs.results import claims
 from pefs.results import store as results
 from pefs.results.store import DEFAULT_STORE
@@ -232,6 +234,9 @@ def run_sweep(cells: list[Cell], store: str | Path, rank: int = 0, world: int = 
     runner = runner or _run_tune
     emit = on_event or (lambda kind, cell, info: None)
     shard = results.shard_path(store, rank, world)
+    for cfg in {id(c.config.data): c.config for c in cells}.values():  # nothing written inside what cells read
+        check_outputs(cfg)
+        check_outside(store, "--store", [(local_path(cfg.data), "data folder"), (cfg.checkpoint, "checkpoint")])
     check_writable_file(shard, "results store", "--store")  # before any compute, not after it
     contents = results.load(store)
     summary = SweepSummary(planned=len(cells), problems=contents.problems, shard=shard)
