@@ -15,6 +15,7 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
+from pefs.data import layout
 from pefs.data.decoding import decode_image
 from pefs.data.layout import IMAGE_FOLDER, SAVED_MARKERS, SPLIT_FOLDERS, TABLE, data_layout, missing_local_path
 from pefs.errors import PefsError
@@ -180,6 +181,17 @@ def load_hf(name: str, image_column: str | None = None, label_column: str | None
                    if test is not None else None, source=TABLE)
 
 
+def _manifest_folder(name: str) -> Path | None:
+    """The folder relative image paths of a local table (a manifest: ``path,label`` rows) are read against: the
+    folder holding the table files (``data/`` when they sit there), never the working directory."""
+    root = Path(name)
+    if not root.is_dir():
+        return None
+    data = root / "data"
+    top = [p for p in root.iterdir() if p.is_file() and p.suffix.lower() in layout.TABLE_SUFFIXES]
+    return data if data.is_dir() and not top else root
+
+
 def _load_local_hf(path: str):
     import datasets
 
@@ -261,12 +273,18 @@ def _hf_set(ds, image_column: str, classes: list, split: str, keys: list, name: 
                         f"split has no image of ({', '.join(unknown[:5])}); train classes: "
                         f"{', '.join(map(str, classes[:20]))}{', ...' if len(classes) > 20 else ''}")
     labels = np.array([index[v] for v in keys], dtype=int)
+    base = None
     if isinstance(ds.features[image_column], datasets.Image):  # pefs decodes: one decoder for every source
         ds = ds.cast_column(image_column, datasets.Image(decode=False))
+    else:  # image paths in a manifest: relative ones are read against the manifest's folder
+        base = _manifest_folder(name)
     column = ds.with_format(None)
 
     def loader(i: int) -> Any:
-        return column[i][image_column]
+        value = column[i][image_column]
+        if base is not None and isinstance(value, str) and not Path(value).is_absolute():
+            return base / value
+        return value
 
     return ImageSet([str(c) for c in classes], labels, [f"{split}[{i}]" for i in range(len(labels))], loader)
 
