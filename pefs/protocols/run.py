@@ -153,7 +153,8 @@ def finish(cfg: TuneConfig, dataset: Dataset, run: ProtocolRun, runner: TaskRunn
     peak = extra.pop("peak_memory_mb")  # the run's own peak (RunMemory.figures(), which tune() passes)
     rec = RunRecord(
         config=(requested or cfg).to_dict(), resolved=cfg.to_dict(), config_hash=cfg.hash(), schema=SCHEMA_VERSION,
-        protocol=cfg.protocol, model=cfg.model, strategy=cfg.strategy, head=cfg.head, shots=cfg.shots, ways=cfg.ways,
+        model=cfg.model, strategy=cfg.strategy, head=cfg.head, ways=cfg.ways,  # a final fit trains on every image:
+        protocol="final" if cfg.final else cfg.protocol, shots=None if cfg.final else cfg.shots,  # not K shots
         dataset=DatasetInfo(dataset.name, len(dataset.classes), dataset.licence, dataset.source),
         backbone=model.backbone.describe() if model is not None else None, accuracy=Accuracy.of(summary, accs),
         run=run, params=params, cached=runner is not None and runner.level > 0,
@@ -169,7 +170,8 @@ def finish(cfg: TuneConfig, dataset: Dataset, run: ProtocolRun, runner: TaskRunn
 def write_record(record: dict[str, Any], output: str | Path) -> Path:
     """Write ``record`` atomically under ``output`` (:mod:`pefs.config.files`); a clear error if we cannot."""
     out = Path(output)
-    name = (f"{time.strftime('%Y%m%d-%H%M%S')}-{record['model']}-{record['strategy']}-{record['shots']}shot-"
+    shots = "final" if record.get("final") else f"{record['shots']}shot"
+    name = (f"{time.strftime('%Y%m%d-%H%M%S')}-{record['model']}-{record['strategy']}-{shots}-"
             f"{record['config_hash'][:8]}.json").replace("/", "_").replace(":", "_")
     try:
         out.mkdir(parents=True, exist_ok=True)
