@@ -153,6 +153,10 @@ class PefsModel(nn.Module):
         load_kwargs = dict(cfg["load"]) if backbone is None else {}
         with unchanged_on_error(_modules_of(backbone), values=bool(cfg["merged"])):
             model = wrap(source, cfg["spec"], num_classes=cfg["num_classes"], **load_kwargs, **cfg["options"])
+            if backbone is None and saved_bb.get("base_saved"):  # a random base, saved whole: put it back first
+                _check_tensors(model, d, cfg, tensors)
+                model.net.load_state_dict(tensors, strict=False)
+                model._base_fingerprint = None  # now of the saved base, checked against the saved fingerprint
             _check_base(model, d, saved_bb, backbone is None, allow_different_base)
             if cfg["merged"]:
                 model.merge()  # the merged structure (tuner layers folded away), then the saved merged tensors
