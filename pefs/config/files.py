@@ -88,19 +88,20 @@ def _swap(new: Path, path: Path, old: Path) -> None:
 
 def check_outside(out: str | Path, flag: str, inputs: Iterable[tuple[str | Path | None, str]]) -> None:
     """Refuse (before anything is created) an output ``out`` that is, or would sit inside, one of ``inputs``
-    ((path, what it is) pairs; None and paths that do not exist are skipped): writing there would change, or
-    be read back as part of, what the run reads (a ``runs/`` folder inside the data folder becomes a class)."""
+    ((path, what it is) pairs; None and paths that do not exist are skipped): writing there would destroy, or be
+    read back as part of, what the command reads (a ``runs/`` folder inside the data folder becomes a class).
+    ``what`` names a folder in the singular ("data folder") and files in the plural ("images or image lists")."""
     o = Path(out).resolve()
     for path, what in inputs:
         if path is None or not Path(path).exists():
             continue
         i = Path(path).resolve()
-        if o == i:
-            raise PefsError(f"{flag} {str(out)!r} is the {what} {str(path)!r}, which this command reads; writing "
-                            "it would destroy it: choose another path")
-        if i in o.parents:
+        if i in o.parents or (o == i and i.is_dir()):
             raise PefsError(f"{flag} {str(out)!r} lies inside the {what} {str(path)!r}, which this command reads; "
                             "write it outside that folder")
+        if o == i:
+            raise PefsError(f"{flag} {str(out)!r} is one of the {what} this command reads ({str(path)!r}); writing "
+                            "it would destroy it: choose another path")
 
 
 def write_bytes(path: str | Path, data: bytes, what: str = "file") -> None:

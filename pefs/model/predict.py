@@ -154,8 +154,10 @@ def report_failures(summary: PredictSummary, stream_out: IO[str] | None = None) 
 def check_out(out: str, model_dir: str | Path, inputs: Sequence[str | Path], paths: list[Path]) -> None:
     """Refuse, before anything is written, an output that is or sits inside one of the inputs: the model
     directory, an image, a folder of images or a list of images (:func:`pefs.config.files.check_outside`)."""
-    check_outside(out, "--out", [(model_dir, "model directory"), *((i, "input") for i in inputs),
-                                 *((p, "image") for p in paths)])
+    files = "images or image lists"
+    check_outside(out, "--out", [(model_dir, "model directory"),
+                                 *((i, "image folder" if Path(i).is_dir() else files) for i in inputs),
+                                 *((p, files) for p in paths)])
     if Path(out).is_dir():
         raise PefsError(f"--out {out!r} is a folder; name a file (or - for stdout)")
 

@@ -184,7 +184,7 @@ def write_record(record: dict[str, Any], output: str | Path) -> Path:
 def check_outputs(cfg: TuneConfig) -> None:
     """Refuse, before anything is created, a record folder or model directory that is, or sits inside, what the
     run reads (its data, its checkpoint): ``cd photos && pefs tune --data .`` would make ``runs/`` a class."""
-    inputs = [(local_path(cfg.data), "data folder"), (cfg.checkpoint, "checkpoint")]
+    inputs = [(local_path(cfg.data), "data folder"), (cfg.checkpoint, "checkpoint files")]
     check_outside(cfg.output, "--output", inputs)
     if cfg.save_adapter:
         check_outside(cfg.save_adapter, "--final" if cfg.final else "--save-adapter", inputs)

@@ -236,7 +236,7 @@ def run_sweep(cells: list[Cell], store: str | Path, rank: int = 0, world: int = 
     shard = results.shard_path(store, rank, world)
     for cfg in {id(c.config.data): c.config for c in cells}.values():  # nothing written inside what cells read
         check_outputs(cfg)
-        check_outside(store, "--store", [(local_path(cfg.data), "data folder"), (cfg.checkpoint, "checkpoint")])
+        check_outside(store, "--store", [(local_path(cfg.data), "data folder"), (cfg.checkpoint, "checkpoint files")])
     check_writable_file(shard, "results store", "--store")  # before any compute, not after it
     contents = results.load(store)
     summary = SweepSummary(planned=len(cells), problems=contents.problems, shard=shard)
