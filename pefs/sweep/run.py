@@ -142,6 +142,7 @@ def plan(spec: SweepSpec, check_data: bool = True) -> list[Cell]:
     output = spec.output or str(Path(spec.store).parent / "records")
     dataset = _check_data(spec) if check_data else None
     from pefs.protocols.run import resolve
+    from pefs.protocols.selection.selector import search_space
 
     cells: list[Cell] = []
     prints: dict[tuple, dict[str, Any]] = {}
@@ -154,6 +155,7 @@ def plan(spec: SweepSpec, check_data: bool = True) -> list[Cell]:
                     cfg = TuneConfig(model=model, strategy=s.spec, shots=shots, seeds=(seed,), options=options,
                                      train=train, output=output, **spec.run)
                     cfg.validate()
+                    search_space(cfg)  # a bad --search axis fails here, not in every cell
                     what = (cfg.data, cfg.checkpoint)
                     if what not in prints:
                         prints[what] = run_fingerprints(*what)
