@@ -423,3 +423,25 @@ def test_a_module_without_the_saved_head_is_refused(tmp_path):
     other = nn.Sequential(nn.Conv2d(3, 8, 3), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(8, 5))
     with pytest.raises(PefsError, match="head_name 'out'"):
         PefsModel.load(tmp_path / "m", backbone=other)
+
+
+# --- never code from a checkpoint ----------------------------------------------------------------------------
+
+class _Payload:
+    """An object whose unpickling would create a file: what a malicious .pth runs on a plain torch.load."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = str(marker)
+
+    def __reduce__(self):
+        return (open, (self.marker, "w"))
+
+
+def test_a_malicious_pickle_checkpoint_runs_no_code(tmp_path, capsys):
+    """Promise: a --checkpoint whose pickle would run code is refused in one line and runs nothing (weights are
+    read with weights_only=True; model directories hold only safetensors and JSON)."""
+    marker = tmp_path / "pwned"
+    torch.save({"state_dict": {"w": torch.zeros(1)}, "x": _Payload(marker)}, tmp_path / "evil.pth")
+    code = main(["tune", *RN, "--checkpoint", str(tmp_path / "evil.pth"), *FAST, "--output", str(tmp_path / "o")])
+    _refused(capsys, code, "evil.pth", "could run code")
+    assert not marker.exists()
