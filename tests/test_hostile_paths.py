@@ -222,6 +222,29 @@ def test_manifest_paths_resolve_against_the_manifest_folder(tmp_path, monkeypatc
     assert np.array_equal(np.asarray(ds.train.image(3)), want)
 
 
+def test_a_manifest_beside_its_images_is_read_not_refused(tmp_path, monkeypatch):
+    """Promise: train.csv and test.csv naming the class folders' images beside them are read as the splits they
+    name (not refused as ambiguous, not read as class folders), from any working directory."""
+    pytest.importorskip("datasets")
+    root = colour_images(tmp_path / "photos", {"": 3})
+    for split, idx in (("train", (0, 1)), ("test", (2,))):
+        rows = [f"{c}/{i}.png,{c}" for c in ("cat", "dog", "fox") for i in idx]
+        (root / f"{split}.csv").write_text("image,label\n" + "\n".join(rows) + "\n")
+    monkeypatch.chdir(tmp_path)
+    ds = load_dataset(str(root))
+    assert ds.classes == ["cat", "dog", "fox"] and (len(ds.train), len(ds.test)) == (6, 3)
+    assert np.asarray(ds.test.image(0)).shape == (20, 20, 3)
+
+
+def test_a_table_beside_class_folders_that_names_no_image_is_still_ambiguous(tmp_path):
+    """Promise: a stray table (it names no image beside it) next to class folders is refused as ambiguous,
+    never silently read instead of the images."""
+    root = colour_images(tmp_path / "photos", {"": 2})
+    (root / "notes.csv").write_text("what,when\nshoot,monday\n")
+    with pytest.raises(PefsError, match="ambiguous"):
+        load_dataset(str(root))
+
+
 def test_an_image_list_resolves_against_its_own_folder(tmp_path, monkeypatch):
     """Promise: pefs predict's .txt list of images reads relative paths from the list's folder."""
     colour_images(tmp_path / "imgs", {"": 1})

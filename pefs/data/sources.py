@@ -17,7 +17,15 @@ from PIL import Image
 
 from pefs.data import layout
 from pefs.data.decoding import decode_image
-from pefs.data.layout import IMAGE_FOLDER, SAVED_MARKERS, SPLIT_FOLDERS, TABLE, data_layout, missing_local_path
+from pefs.data.layout import (
+    IMAGE_FOLDER,
+    MANIFEST,
+    SAVED_MARKERS,
+    SPLIT_FOLDERS,
+    TABLE,
+    data_layout,
+    missing_local_path,
+)
 from pefs.errors import PefsError
 
 DEFAULT_DATASET = "fashion-mnist-small"
@@ -197,7 +205,28 @@ def _load_local_hf(path: str):
 
     if any((Path(path) / m).exists() for m in SAVED_MARKERS):
         return datasets.load_from_disk(path)
+    if data_layout(path, IMAGE_SUFFIXES) == MANIFEST:  # tables beside their images: read the tables only
+        builder, files = _manifest_files(Path(path))
+        return datasets.load_dataset(builder, data_files=files)
     return datasets.load_dataset(path)
+
+
+def _manifest_files(root: Path) -> tuple[str, dict[str, list[str]]]:
+    """The builder and split files of manifests beside their images: ``test.csv`` is the test split (else
+    ``val``/``valid``/``validation``), any other table the train split."""
+    files = sorted(p for p in root.iterdir() if p.is_file() and p.suffix.lower() in (".csv", ".jsonl"))
+    kinds = {p.suffix.lower() for p in files}
+    if len(kinds) > 1:
+        names = ", ".join(p.name for p in files)
+        raise PefsError(f"data folder {str(root)!r} mixes .csv and .jsonl manifests ({names}); give one kind")
+    stems = {p: p.stem.lower() for p in files}
+    held = "test" if "test" in stems.values() else next((s for s in HELD_OUT_SPLITS if s in stems.values()), None)
+    splits: dict[str, list[str]] = {}
+    for p, stem in stems.items():
+        split = "test" if stem == held else None if stem in HELD_OUT_SPLITS else "train"
+        if split is not None:
+            splits.setdefault(split, []).append(str(p))
+    return ("csv" if kinds == {".csv"} else "json"), splits
 
 
 def _detect(ds, name: str, what: str, feature_type) -> str:
@@ -323,10 +352,10 @@ def load_dataset(spec: str | Dataset | None = None, label_column: str | None = N
     path = Path(spec)
     if path.is_dir():
         layout = data_layout(path, IMAGE_SUFFIXES)
-        if label_column is not None and layout != TABLE:
+        if label_column is not None and layout not in (TABLE, MANIFEST):
             raise PefsError(f"--label-column {label_column} names a column of a Hugging Face dataset; {spec!r} is an "
                             "image folder, whose class folders are the labels (drop --label-column)")
-        if hf_kwargs or layout == TABLE:
+        if hf_kwargs or layout in (TABLE, MANIFEST):
             return load_hf(spec, **hf_kwargs)
         return load_folder(path)
     if path.exists():
