@@ -236,7 +236,8 @@ def run_sweep(cells: list[Cell], store: str | Path, rank: int = 0, world: int = 
     runner = runner or _run_tune
     emit = on_event or (lambda kind, cell, info: None)
     shard = results.shard_path(store, rank, world)
-    for cfg in {id(c.config.data): c.config for c in cells}.values():  # nothing written inside what cells read
+    reads = {(str(c.config.data), c.config.checkpoint, c.config.output): c.config for c in cells}
+    for cfg in reads.values():  # nothing written inside what the cells read
         check_outputs(cfg)
         check_outside(store, "--store", [(local_path(cfg.data), "data folder"), (cfg.checkpoint, "checkpoint files")])
     check_writable_file(shard, "results store", "--store")  # before any compute, not after it
