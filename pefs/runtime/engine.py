@@ -346,9 +346,10 @@ class _LossReader:
             first = self.stats.losses[0] if self.stats.losses else value
             bound = EXPLODED_FACTOR * max(first, self.chance, 1.0)
             if value > bound:
-                raise NonFiniteLoss(step, epoch, value, self.cfg, f"training loss exploded to {value:.4g} at step "
-                                    f"{step} (epoch {epoch}), over {bound:.3g} ({EXPLODED_FACTOR:g} x the larger of "
-                                    f"the first step's {first:.3g} and chance's {self.chance:.3g})")
+                raise NonFiniteLoss(step, epoch, value, self.cfg,
+                                    f"training loss became {value:.4g} at step {step} (epoch {epoch}): it exploded, "
+                                    f"over {bound:.3g} ({EXPLODED_FACTOR:g} x the larger of the first step's "
+                                    f"{first:.3g} and chance's {self.chance:.3g})")
             self.stats.losses.append(value)
         self.bar.update(len(values))
         self.bar.set_postfix(loss=f"{values[-1]:.3f}")
