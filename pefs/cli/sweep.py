@@ -46,8 +46,9 @@ def _sweep_settings(a: argparse.Namespace) -> dict:
     from pefs.sweep.recipe import RECIPE_KEYS
 
     given = {k: v for k, v in vars(a).items() if k in RECIPE_KEYS and v is not None}
-    if a.options:
-        given["options"] = dict(a.options)
+    for key in ("options", "search"):  # KEY=VALUE flags arrive as a list of pairs; a recipe holds a mapping
+        if getattr(a, key, None):
+            given[key] = dict(getattr(a, key))
     if isinstance(given.get("seeds"), tuple):
         given["seeds"] = list(given["seeds"])
     return given

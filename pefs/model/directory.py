@@ -56,10 +56,16 @@ def saved_state(model: PefsModel) -> dict[str, torch.Tensor]:
     """What a save writes: after ``merge()`` the whole merged state; else trainable parameters and every buffer
     (BatchNorm running statistics move when BN trains, so they are the model's too)."""
     state = model.net.state_dict()
-    if model.merged:
+    if model.merged or base_saved(model):
         return dict(state)
     params = dict(model.net.named_parameters())
     return {k: v for k, v in state.items() if k not in params or params[k].requires_grad}
+
+
+def base_saved(model: PefsModel) -> bool:
+    """Whether a save keeps the frozen base weights too: a random base (``--no-pretrained``) cannot be rebuilt by
+    name, so its directory holds every tensor and loads on its own (``pefs predict`` works on it)."""
+    return model.backbone.source == "random" and not model.merged
 
 
 def check_writable_dir(path: str | Path, flag: str) -> None:
@@ -111,7 +117,7 @@ def _config(model: PefsModel, tensor_file: str, count: int) -> dict[str, Any]:
                     for s in model.strategies for k, v in strategy_options(s).items()},
         "backbone": {"name": bb.name, "params": model.backbone_params, "fingerprint": model.base_fingerprint,
                      "source": bb.source, "family": bb.family, "rebuildable": rebuildable(bb.name),
-                     "revision": bb.revision},
+                     "revision": bb.revision, "base_saved": base_saved(model)},
         "load": model.load_info, "class_names": model.class_names,
         "preprocessing": model.preprocessing, "tune_config": model.tune_config,
         "tensors": {"file": tensor_file, "count": count},
