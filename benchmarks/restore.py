@@ -72,9 +72,9 @@ def markdown(r: dict) -> str:
     lines = ["# Per-task restore of the run's start", "",
              f"`{r['command']}` at commit `{r['git_commit']}`, {r['measured_at']} (raw numbers: "
              "`benchmarks/restore.json`).", "",
-             "Before each task pefs puts back what the task can change and compares it bit for bit with the copy it keeps "
-             "(0.2; the copy is fingerprinted once per run); 0.1 reloaded and "
-             "fingerprinted the whole state. Median of "
+             "Before each task pefs puts back what the task can change and compares it bit for bit with the copy "
+             "it keeps (0.2; the copy is fingerprinted once per run); 0.1 reloaded and fingerprinted the whole "
+             "state. Median of "
              f"{r['repeats']} repeats, {r['threads']} torch threads, random-weight timm models at 224 px.", "",
              "| model | strategy | tensors a task can change | parameters | 0.2 restore + bitwise check (ms) | "
              "0.1 reload + whole fingerprint (ms) |", "|---|---|---:|---:|---:|---:|"]
