@@ -169,7 +169,7 @@ class TuneConfig:
         flags=("--opt", "-o"), metavar="KEY=VALUE", default_factory=dict)
     head: str | None = setting(
         None, f"classifier head; default: {LINEAR_PROBE_HEAD} (a converged probe) for --strategy linear, else "
-        f"{DEFAULT_HEAD} (--final: {DEFAULT_HEAD}, a head that predicts by itself)",
+        f"{DEFAULT_HEAD} (also with --final / --save-adapter: a saved model needs a head that predicts by itself)",
         choices_from="pefs.heads.registry:HEADS")
     search: dict[str, str] = setting(
         help="search a setting on validation data, repeatable: --search lr=1e-4,1e-3 --search strategy=linear,lora "
@@ -247,10 +247,11 @@ class TuneConfig:
 
 def head_of(cfg: TuneConfig) -> str:
     """The head a run uses: the one named, else :data:`LINEAR_PROBE_HEAD` for a plain ``--strategy linear`` (not
-    a searched strategy, not ``--final``, whose model must predict by itself), else :data:`DEFAULT_HEAD`."""
+    a searched strategy; not ``--final`` / ``--save-adapter``, whose saved model must predict by itself), else
+    :data:`DEFAULT_HEAD`. :func:`pefs.protocols.run.resolve` records it, so it is part of the run's key."""
     if cfg.head is not None:
         return cfg.head
-    probe = cfg.strategy == "linear" and "strategy" not in cfg.search and not cfg.final
+    probe = cfg.strategy == "linear" and "strategy" not in cfg.search and not cfg.final and not cfg.save_adapter
     return LINEAR_PROBE_HEAD if probe else DEFAULT_HEAD
 
 
