@@ -6,8 +6,11 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
+import pytest
+
 from pefs.cli.main import main
 from pefs.config import DEFAULT_HEAD, LINEAR_PROBE_HEAD, TrainConfig, TuneConfig, head_of
+from pefs.errors import PefsError
 from pefs.protocols.run import resolve, tune
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -24,6 +27,14 @@ def test_linear_without_a_head_resolves_to_logistic_and_others_keep_linear_proto
     assert resolve(TuneConfig(strategy="linear", save_adapter="m"), None).head == "linear-proto"
     for head in ("linear", "linear-proto", "prototype"):
         assert resolve(TuneConfig(strategy="linear", head=head), None).head == head
+
+
+def test_searching_head_lr_on_the_default_probe_is_refused_with_the_way_out():
+    """--search head_lr with the default linear probe (which fits without a learning rate) is one PefsError naming
+    the value and the trained heads; with a trained head named it is accepted."""
+    with pytest.raises(PefsError, match=r"--search head_lr=1e-3,1e-2 .* --head linear or --head linear-proto"):
+        TuneConfig(strategy="linear", search={"head_lr": "1e-3,1e-2"}).validate()
+    TuneConfig(strategy="linear", head="linear", search={"head_lr": "1e-3,1e-2"}).validate()
 
 
 def test_default_linear_key_differs_from_the_adamw_cells_and_other_keys_are_unchanged():

@@ -233,6 +233,10 @@ class TuneConfig:
             check_max_pixels(self.max_image_pixels)
         if self.head is not None and self.head not in choices(TuneConfig, "head"):
             raise unknown("head", self.head, choices(TuneConfig, "head"))
+        if self.head is None and "head_lr" in self.search and head_of(self) == LINEAR_PROBE_HEAD:
+            raise PefsError(f"--search head_lr={self.search['head_lr']} tunes a trained head, but --strategy linear's "
+                            f"default head ({LINEAR_PROBE_HEAD}) fits without one; name a trained head: --head linear "
+                            "or --head linear-proto")
         self.train.validate()
 
     def to_dict(self) -> dict[str, Any]:
