@@ -177,8 +177,9 @@ def render(data: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
-def _cells(items: list, what: str) -> str:
-    return ", ".join(f"{n} {k}-shot ({pm(s, sign=True)})" for n, k, s in items) if items else f"no cell {what}"
+def _cells(items: list) -> str:
+    """``digits 1-shot (-0.3 ± 0.2), ...`` for (dataset, shots, summary) items, or "no cell"."""
+    return ", ".join(f"{n} {k}-shot ({pm(s, sign=True)})" for n, k, s in items) if items else "no cell"
 
 
 def _reading(verdicts: list) -> str:
@@ -186,12 +187,19 @@ def _reading(verdicts: list) -> str:
     below = [(n, k, d) for n, k, d, _ in verdicts if d.direction() == "below 0"]
     above = [(n, k, d) for n, k, d, _ in verdicts if d.direction() == "above 0"]
     covers = [(n, k, d) for n, k, d, _ in verdicts if d.direction() not in ("below 0", "above 0")]
+    from pefs.results.stats import holm_directions
+
     lin_below = [(n, k, d) for n, k, _, d in verdicts if d.direction() == "below 0"]
-    first = (f"The default probe against scikit-learn, paired: above at {_cells(above, 'above')}; within noise (the "
-             f"interval covers 0) at {len(covers)} of {len(verdicts)} cells; below at {_cells(below, 'below')}.")
+    first = (f"The default probe against scikit-learn, paired (each cell's own 95% interval): above "
+             f"(interval above 0) at {_cells(above)}; within noise (the interval covers 0) at {len(covers)} of "
+             f"{len(verdicts)} cells; below at {_cells(below)}.")
+    holm = holm_directions([d for _, _, d, _ in verdicts])
+    held = [(n, k, d) for (n, k, d, _), h in zip(verdicts, holm) if h == "below 0"]
     verdict = ("The default is within noise of or above scikit-learn's default in every cell." if not below else
                "The default is not within noise of scikit-learn's default in every cell.")
-    second = (f"The AdamW-trained `--head linear` is below scikit-learn at {_cells(lin_below, 'below')}, of "
+    verdict += (f" Over the {len(verdicts)} comparisons with Holm's correction (family-wise 5%), the default is below "
+                f"at {_cells(held)}.")
+    second = (f"The AdamW-trained `--head linear` is below scikit-learn at {_cells(lin_below)}, of "
               f"{len(verdicts)} cells.")
     return f"{first} {verdict} {second}"
 
