@@ -39,8 +39,9 @@ def accuracy_rows(shots_list: list[int], seeds: list[int], out: str) -> list[dic
     rows = []
     for shots in shots_list:
         for label, kw in (("1 clean view", {}), ("clean + 3 masked views (50%)", {"views": 4, "mask_ratio": 0.5})):
+            # the head this page measured (the default before --strategy linear defaulted to logistic)
             rec = tune(TuneConfig(shots=shots, seeds=tuple(seeds), output=out, train=TrainConfig(progress=False),
-                                  **kw))
+                                  head="linear-proto", **kw))
             rows.append({"shots": shots, "views": label, "accuracies": rec["accuracies"],
                          "seconds_per_task": rec["seconds_per_task"]})
             print(shots, label, rec["accuracy_mean"], flush=True)

@@ -79,6 +79,7 @@ def run(shots: int, epochs: int, seeds: tuple[int, ...]) -> dict[str, Any]:
             row: dict[str, Any] = {"strategy": strategy, "options": options}
             for side, model, extra in (("timm", TIMM_NAME, {"checkpoint": ckpt}), ("transformers", f"hf:{hf_dir}", {})):
                 cfg = TuneConfig(model=model, strategy=strategy, shots=shots, seeds=seeds, img_size=IMG,
+                                 head="linear-proto",  # the head this page measured, whatever the strategy
                                  options=dict(options), output=str(Path(tmp) / "runs"), **extra,
                                  train=TrainConfig(epochs=epochs, progress=False, inference_precision="no"))
                 t0 = time.perf_counter()

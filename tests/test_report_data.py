@@ -36,7 +36,8 @@ IN_PLACE_REPORTS = {"scale.md": ("scale.py", "--render"),
                     "sweep_store.md": ("sweep_store.py", "--render"),
                     "selection.md": ("selection.py", "--render"),
                     "fingerprint.md": ("fingerprint.py", "--render"),
-                    "restore.md": ("restore.py", "--render")}
+                    "restore.md": ("restore.py", "--render"),
+                    "linear_default.md": ("linear_default.py", "--render")}
 #: reports with committed data whose script has no render-only mode yet (it renders as it measures)
 NO_RENDER_MODE: set[str] = set()
 

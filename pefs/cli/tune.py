@@ -58,8 +58,11 @@ def _print_kshot(rec: dict, unit: str) -> None:
     else:
         print(f"accuracy: {100 * rec['accuracy_mean']:.2f}% ± {100 * rec['accuracy_ci95']:.2f} "
               f"(95% CI over {n} {unit})")
-    if p.get("note"):
+    if p.get("note") and not p["trainable"]:
         print(f"trainable parameters: 0 ({p['note']})")
+    elif p.get("note"):  # a head that fits its own weights per task (logistic): the count it fits, and how
+        print(f"trainable parameters: {p['trainable']:,} ({p['percent_of_backbone']:.3f}% of the backbone's "
+              f"{p['backbone_params']:,}; {p['note']})")
     else:
         print(f"trainable parameters: {p['trainable']:,} ({p['percent_of_backbone']:.3f}% of the backbone's "
               f"{p['backbone_params']:,}; head {p['head']:,})")

@@ -13,6 +13,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from pefs.config import head_of
 from pefs.errors import PefsError
 from pefs.heads.registry import HEADS, head_class
 from pefs.model import directory as pefs_io
@@ -40,9 +41,9 @@ def check_final(cfg: TuneConfig) -> None:
         raise PefsError(f"--final trains on every labelled image; it does not run episodes (drop --ways {cfg.ways})")
     if len(cfg.seeds) > 1:
         raise PefsError(f"--final trains one model; give one seed, got {list(cfg.seeds)}")
-    if head_class(cfg.head).reads != "logits":
+    if head_class(head_of(cfg)).reads != "logits":
         usable = sorted(n for n in HEADS if head_class(n).reads == "logits")
-        raise PefsError(f"--head {cfg.head} classifies against the support images' features, which a model "
+        raise PefsError(f"--head {head_of(cfg)} classifies against the support images' features, which a model "
                         f"directory does not keep; --final needs a head that predicts by itself: {', '.join(usable)}")
 
 

@@ -16,7 +16,7 @@ from typing import Any
 import torch
 
 from pefs.backbones.sources.checkpoint import check_checkpoint_path
-from pefs.config import SCHEMA_VERSION, TuneConfig, checks, resolved, run_key
+from pefs.config import SCHEMA_VERSION, TuneConfig, checks, head_of, resolved, run_key
 from pefs.config.checks import check_classes
 from pefs.config.files import check_outside, write_text
 from pefs.config.identity import file_digest
@@ -71,6 +71,7 @@ def resolve(cfg: TuneConfig, dataset: Dataset | None) -> TuneConfig:
         # one strategy: its default rate is part of the run's identity (searched strategies and auto resolve
         # each candidate's own default when they build it); an unknown strategy is refused here
         train["lr"] = spec.default_lr(cfg.strategy)
+    values["head"] = head_of(cfg)  # a default linear probe's head is logistic: a new key, never an old AdamW cell
     return resolved(cfg, **values, options=spec.typed_options(cfg.strategy, cfg.options), train=train)
 
 
@@ -153,8 +154,8 @@ def finish(cfg: TuneConfig, dataset: Dataset, run: ProtocolRun, runner: TaskRunn
     peak = extra.pop("peak_memory_mb")  # the run's own peak (RunMemory.figures(), which tune() passes)
     rec = RunRecord(
         config=(requested or cfg).to_dict(), resolved=cfg.to_dict(), config_hash=cfg.hash(), schema=SCHEMA_VERSION,
-        model=cfg.model, strategy=cfg.strategy, head=cfg.head, ways=cfg.ways,  # a final fit trains on every image:
-        protocol="final" if cfg.final else cfg.protocol, shots=None if cfg.final else cfg.shots,  # not K shots
+        model=cfg.model, strategy=cfg.strategy, head=head_of(cfg), ways=cfg.ways,  # a final fit trains on every
+        protocol="final" if cfg.final else cfg.protocol, shots=None if cfg.final else cfg.shots,  # image: not K shots
         dataset=DatasetInfo(dataset.name, len(dataset.classes), dataset.licence, dataset.source),
         backbone=model.backbone.describe() if model is not None else None, accuracy=Accuracy.of(summary, accs),
         run=run, params=params, cached=runner is not None and runner.level > 0,
