@@ -280,6 +280,8 @@ TAMPERED_CONFIGS = [
     ("class_names", ["a"], "class_names"), ("class_names", "abc", "class_names"),
     ("backbone.params", "many", "backbone.params"), ("backbone.name", 7, "backbone.name"),
     ("load.evil", 1, "load"), ("load", None, "load"),
+    ("options.r", float("inf"), "options"),  # JSON Infinity for an int option: int(inf) overflows
+    ("base", "x", "base"),  # a random base saved beside the adapter, its entry replaced
 ]
 
 

@@ -354,7 +354,11 @@ def test_a_random_base_model_directory_predicts_as_tune_scored(final_run, capsys
 
 
 def test_a_random_base_is_saved_whole_and_checked(tmp_path):
-    """Promise: PefsModel.load rebuilds a random-base model exactly (same logits), without being told."""
+    """Promise: PefsModel.load rebuilds a random-base model exactly (same logits), without being told; the
+    adapter file still holds exactly what trained (the base sits beside it in base.safetensors), and a base
+    file that does not match its checksum is refused."""
+    from safetensors.torch import load_file
+
     torch.manual_seed(3)
     m = pefs.wrap("resnet18", "linear", num_classes=3, pretrained=False)
     m.eval()
@@ -363,6 +367,15 @@ def test_a_random_base_is_saved_whole_and_checked(tmp_path):
     loaded = PefsModel.load(tmp_path / "m").eval()
     with torch.no_grad():
         assert torch.equal(m(x), loaded(x))
+    trained = {n for n, p in m.net.named_parameters() if p.requires_grad} | {n for n, _ in m.net.named_buffers()}
+    adapter = load_file(str(tmp_path / "m" / "adapter.safetensors"))
+    base = load_file(str(tmp_path / "m" / "base.safetensors"))
+    assert set(adapter) == trained and set(base) == set(m.net.state_dict()) - trained
+    raw = bytearray((tmp_path / "m" / "base.safetensors").read_bytes())
+    raw[-1] ^= 0xFF
+    (tmp_path / "m" / "base.safetensors").write_bytes(bytes(raw))
+    with pytest.raises(PefsError, match="base.safetensors.*checksum"):
+        PefsModel.load(tmp_path / "m")
 
 
 # --- --save-adapter: per seed, never over the user's files, never silently nothing -------------------------

@@ -18,7 +18,7 @@ import torch
 from pefs.config.checks import check_writable_file
 from pefs.config.files import atomic_path
 from pefs.errors import PefsError
-from pefs.model.directory import ADAPTER_FILE, CONFIG_FILE, MERGED_FILE, usual_mode
+from pefs.model.directory import ADAPTER_FILE, BASE_FILE, CONFIG_FILE, MERGED_FILE, usual_mode
 
 if TYPE_CHECKING:
     from pefs.model.wrap import PefsModel
@@ -188,7 +188,7 @@ def check_out(model_dir: str | Path, out: str | Path | None) -> None:
     if out is None:
         return
     d, o = Path(model_dir).resolve(), Path(out).resolve()
-    if o == d or (o.parent == d and o.name in (CONFIG_FILE, ADAPTER_FILE, MERGED_FILE)):
+    if o == d or (o.parent == d and o.name in (CONFIG_FILE, ADAPTER_FILE, MERGED_FILE, BASE_FILE)):
         raise PefsError(f"export --out {str(out)!r} would overwrite the model directory {str(model_dir)!r} it "
                         "exports; choose another path")
 

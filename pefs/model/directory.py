@@ -30,6 +30,8 @@ FORMAT_VERSION = 2
 CONFIG_FILE = "pefs_config.json"
 ADAPTER_FILE = "adapter.safetensors"
 MERGED_FILE = "merged.safetensors"
+#: the frozen base weights of a random-weight backbone (which cannot be rebuilt by name), beside the adapter
+BASE_FILE = "base.safetensors"
 PREPROCESSING_KEYS = ("input_size", "interpolation", "mean", "std", "crop_pct", "crop_mode")
 
 
@@ -56,7 +58,7 @@ def saved_state(model: PefsModel) -> dict[str, torch.Tensor]:
     """What a save writes: after ``merge()`` the whole merged state; else trainable parameters and every buffer
     (BatchNorm running statistics move when BN trains, so they are the model's too)."""
     state = model.net.state_dict()
-    if model.merged or base_saved(model):
+    if model.merged:
         return dict(state)
     params = dict(model.net.named_parameters())
     return {k: v for k, v in state.items() if k not in params or params[k].requires_grad}
@@ -64,7 +66,8 @@ def saved_state(model: PefsModel) -> dict[str, torch.Tensor]:
 
 def base_saved(model: PefsModel) -> bool:
     """Whether a save keeps the frozen base weights too: a random base (``--no-pretrained``) cannot be rebuilt by
-    name, so its directory holds every tensor and loads on its own (``pefs predict`` works on it)."""
+    name, so its directory holds them in :data:`BASE_FILE` (the adapter file still holds exactly what trained) and
+    loads on its own (``pefs predict`` works on it)."""
     return model.backbone.source == "random" and not model.merged
 
 
@@ -99,11 +102,18 @@ def save_model(model: PefsModel, directory: str | Path) -> Path:
         d.parent.mkdir(parents=True, exist_ok=True)
     except OSError as e:
         raise PefsError(f"cannot save to {str(d)!r}: {e.strerror or e}") from e
+    files = {name: ("tensors", tensors)}
+    if base_saved(model):
+        base = {k: v.detach().contiguous().cpu().clone() for k, v in model.net.state_dict().items()
+                if k not in tensors}
+        files[BASE_FILE] = ("base", base)
+        config["base"] = {"file": BASE_FILE, "count": len(base)}
     with atomic_dir(d, "model directory") as new:
-        with atomic_path(new / name, "model tensors") as tmp:
-            save_file(tensors, str(tmp))
-            usual_mode(tmp)
-            config["tensors"]["sha256"] = sha256_file(tmp)
+        for file, (key, content) in files.items():
+            with atomic_path(new / file, "model tensors") as tmp:
+                save_file(content, str(tmp))
+                usual_mode(tmp)
+                config[key]["sha256"] = sha256_file(tmp)
         write_text(new / CONFIG_FILE, json.dumps(config, indent=2, default=str), "model config")
     return d
 
@@ -233,6 +243,10 @@ def config_problem(cfg: dict[str, Any]) -> str | None:
         return f"class_names holds {len(names)} entries for {cfg['num_classes']} classes, or a non-string name"
     if cfg["tensors"]["file"] not in (ADAPTER_FILE, MERGED_FILE):
         return f"tensors.file is {cfg['tensors']['file']!r:.60}; valid: {ADAPTER_FILE}, {MERGED_FILE}"
+    base = cfg.get("base")
+    if cfg["backbone"].get("base_saved") and not (isinstance(base, dict) and base.get("file") == BASE_FILE
+                                                  and isinstance(base.get("sha256"), str)):
+        return f"base is {_kind(base)}; a directory whose backbone.base_saved is true names {BASE_FILE} and its sha256"
     if (problem := _sizes(cfg.get("preprocessing") or {})) is not None:
         return problem
     unknown = sorted(set(cfg["load"]) - set(LOAD_KEYS))
@@ -250,15 +264,16 @@ def config_problem(cfg: dict[str, Any]) -> str | None:
     return None
 
 
-def read_tensors(directory: str | Path, cfg: dict[str, Any]) -> dict[str, torch.Tensor]:
-    """The saved tensors, after checking the file is there and its checksum is the one saved with it."""
+def read_tensors(directory: str | Path, cfg: dict[str, Any], part: str = "tensors") -> dict[str, torch.Tensor]:
+    """The saved tensors (``part="base"``: the saved base weights), after checking the file is there and its
+    checksum is the one saved with it."""
     from safetensors import SafetensorError
     from safetensors.torch import load_file
 
-    path = Path(directory) / cfg["tensors"]["file"]
+    path = Path(directory) / cfg[part]["file"]
     if not path.is_file():
         raise PefsError(f"model directory {str(directory)!r} is incomplete: {path.name} is missing")
-    if cfg["tensors"].get("sha256") and sha256_file(path) != cfg["tensors"]["sha256"]:
+    if cfg[part].get("sha256") and sha256_file(path) != cfg[part]["sha256"]:
         raise PefsError(f"{str(path)!r} is damaged: its checksum differs from the one saved with it "
                         "(truncated or altered); save the model again")
     try:

@@ -149,13 +149,14 @@ class PefsModel(nn.Module):
                             "weights>)")
         check_not_wrapped(backbone)
         tensors = pefs_io.read_tensors(d, cfg)  # present and intact, before anything is built
+        base = pefs_io.read_tensors(d, cfg, "base") if backbone is None and saved_bb.get("base_saved") else None
         source = backbone if backbone is not None else saved_bb["name"]
         load_kwargs = dict(cfg["load"]) if backbone is None else _module_kwargs(backbone, cfg)
         with unchanged_on_error(_modules_of(backbone), values=bool(cfg["merged"])):
             model = wrap(source, cfg["spec"], num_classes=cfg["num_classes"], **load_kwargs, **cfg["options"])
-            if backbone is None and saved_bb.get("base_saved"):  # a random base, saved whole: put it back first
-                _check_tensors(model, d, cfg, tensors)
-                model.net.load_state_dict(tensors, strict=False)
+            if base is not None:  # a random base, saved beside the adapter: put it back first
+                _check_base_file(model, d, base, tensors)
+                model.net.load_state_dict(base, strict=False)
                 model._base_fingerprint = None  # now of the saved base, checked against the saved fingerprint
             _check_base(model, d, saved_bb, backbone is None, allow_different_base)
             if cfg["merged"]:
@@ -214,6 +215,22 @@ def _check_tensors(model: PefsModel, d: Path, cfg: dict[str, Any], tensors: dict
         raise PefsError(f"{cfg['tensors']['file']} in {str(d)!r} does not match {cfg['spec']} on "
                         f"{model.backbone.name}: " + "; ".join(p for p in parts if p)
                         + f" of {len(expected)} expected tensors; refusing a partial load")
+
+
+def _check_base_file(model: PefsModel, d: Path, base: dict[str, torch.Tensor],
+                     tensors: dict[str, torch.Tensor]) -> None:
+    """Refuse a saved base that does not complete the adapter to the model's whole state (missing, unexpected or
+    reshaped tensors): no partial load."""
+    state = {k: v.shape for k, v in model.net.state_dict().items()}
+    missing = sorted(set(state) - set(base) - set(tensors))
+    extra = sorted(set(base) - set(state))
+    wrong = sorted(k for k in set(base) & set(state) if tuple(base[k].shape) != tuple(state[k]))
+    if missing or extra or wrong:
+        bad = (missing and f"{len(missing)} missing (e.g. {', '.join(missing[:3])})") or \
+              (extra and f"{len(extra)} unexpected (e.g. {', '.join(extra[:3])})") or \
+              f"{len(wrong)} of the wrong shape (e.g. {', '.join(wrong[:3])})"
+        raise PefsError(f"{pefs_io.BASE_FILE} in {str(d)!r} does not complete the model: {bad}; refusing a partial "
+                        "load")
 
 
 #: attribute ``wrap`` leaves on a module it has wrapped (its strategy spec): wrapping it again is refused

@@ -77,7 +77,7 @@ def cast_option(strategy: str, key: str, value: Any, hint: Any) -> Any:
                 raise ValueError
             return value.lower() in ("true", "1", "yes")
         return hint(value) if not isinstance(value, hint) else value
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, OverflowError):  # OverflowError: int(inf) from a JSON Infinity
         expected = (" or ".join(map(repr, typing.get_args(hint))) if typing.get_origin(hint) is typing.Literal
                     else getattr(hint, "__name__", str(hint)))
         raise PefsError(f"option {key}={value!r} of strategy {strategy!r} must be {expected}") from None
