@@ -284,6 +284,25 @@ def test_strategies_listing(capsys):
     assert "loha, lokr, ia3, oft" in out
 
 
+def test_option_strings_cast_to_the_declared_types():
+    """CLI option strings become the option's declared type: a comma list a tuple (empty items dropped), a Literal
+    the value itself, a bool from true/false/1/0/yes/no, None from "none" for an Optional; a bad one is refused
+    naming the option, the value and what it must be."""
+    from typing import Literal
+
+    from pefs.strategies.base import cast_option
+
+    assert cast_option("s", "targets", "qkv,,proj,", tuple[str, ...]) == ("qkv", "proj")
+    assert cast_option("s", "blocks", "0,-1", tuple[int, ...]) == (0, -1)
+    assert cast_option("s", "mode", "deep", Literal["shallow", "deep"]) == "deep"
+    assert [cast_option("s", "attn", v, bool) for v in ("true", "No", "1", "0")] == [True, False, True, False]
+    assert cast_option("s", "r", "none", int | None) is None and cast_option("s", "r", "4", int | None) == 4
+    with pytest.raises(PefsError, match=r"^option mode='wide' of strategy 's' must be 'shallow' or 'deep'$"):
+        cast_option("s", "mode", "wide", Literal["shallow", "deep"])
+    with pytest.raises(PefsError, match=r"^option attn='maybe' of strategy 's' must be bool$"):
+        cast_option("s", "attn", "maybe", bool)
+
+
 # -- published parameter counts on ViT-B/16 (random weights, head excluded) ------------------------------------
 
 @pytest.fixture(scope="module")

@@ -216,6 +216,32 @@ def test_bad_options_name_the_valid_choices():
         wrap(tiny_backbone("resnet"), "self-prompt", num_classes=5, source=-1)
 
 
+def test_cnn_adapter_refuses_a_block_that_does_not_map_feature_maps():
+    """A CNN block whose output is not a (B, C, H, W) map (a pooled vector) is refused in one line naming the block
+    and the shape it gave, before any adapter is inserted."""
+
+    class Pool(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.lin = torch.nn.Linear(8, 8)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return self.lin(x.mean((2, 3)))
+
+    class PooledNet(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.conv = torch.nn.Conv2d(3, 8, 3, padding=1)
+            self.pool = Pool()
+            self.fc = torch.nn.Linear(8, 2)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return self.fc(self.pool(self.conv(x)))
+
+    with pytest.raises(PefsError, match=r"needs CNN blocks that map \(B, C, H, W\).*block pool .* gave \(1, 8\)$"):
+        wrap(PooledNet(), "adapter", num_classes=2, model_kwargs={"input_size": (3, 8, 8)})
+
+
 def test_cnn_adapter_width_follows_the_channels():
     """resnet18, parallel: per block, conv1x1 c_in -> h (+bias), conv1x1 h -> c_out (+bias), h = min(64, c_out/4)."""
     model = wrap(tiny_backbone("resnet"), "adapter", num_classes=5)
