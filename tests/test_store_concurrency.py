@@ -13,9 +13,11 @@ import time
 from pathlib import Path
 
 import numpy as np
+import pytest
 import torch
 from PIL import Image
 
+from pefs.errors import PefsError
 from pefs.results import claims, store
 from pefs.results.aggregate import aggregate, current_rows
 from pefs.results.report.markdown import build_report
@@ -198,3 +200,45 @@ def test_a_claim_left_empty_by_a_kill_is_stale_after_seconds(tmp_path):
     claim = claims.try_claim(st, "cell")
     assert claim is not None
     claim.release()
+
+
+def test_ok_and_failed_rows_and_the_better_row_per_cell(tmp_path):
+    """Per cell the store keeps a success over a failure, else the later row; ``ok()`` / ``failed()`` list the
+    kept rows by status, and every extra row of a cell counts as a duplicate."""
+    st = tmp_path / "results.jsonl"
+    for cell, status in [("a", "failed"), ("a", "ok"), ("b", "ok"), ("b", "failed"), ("c", "failed")]:
+        store.append(st, store.make_row(cell, {"seed": 0}, status, {"acc": 0.5} if status == "ok" else None))
+    contents = store.load(st)
+    assert sorted(r["hash"] for r in contents.ok()) == ["a", "b"]
+    assert [r["hash"] for r in contents.failed()] == ["c"] and contents.duplicates == 2
+    with pytest.raises(ValueError, match=r"status must be one of \('ok', 'failed'\), got 'done'"):
+        store.make_row("d", {}, "done", None)
+
+
+def test_shard_path_is_the_store_alone_and_a_numbered_file_per_rank(tmp_path):
+    """One process writes the store itself; rank r of several writes ``<stem>.<r>.jsonl``; reading lists the store
+    first, then its shards by rank number (2 before 10), ignoring other files."""
+    st = tmp_path / "results.jsonl"
+    assert store.shard_path(st) == st and store.shard_path(st, 0, 1) == st
+    assert store.shard_path(st, 2, 3) == tmp_path / "results.2.jsonl"
+    for name in ("results.10.jsonl", "results.2.jsonl", "results.jsonl", "results.x.jsonl", "other.1.jsonl"):
+        (tmp_path / name).write_text("")
+    assert [p.name for p in store.store_files(st)] == ["results.jsonl", "results.2.jsonl", "results.10.jsonl"]
+
+
+def test_a_store_path_must_be_a_jsonl_file(tmp_path):
+    """A store that is not a ``.jsonl`` path, or is a folder, is refused in one line naming it and what to give."""
+    with pytest.raises(PefsError, match=r"store '.*results\.json' must be a \.jsonl file path"):
+        store.check_store_path(tmp_path / "results.json")
+    (tmp_path / "d.jsonl").mkdir()
+    with pytest.raises(PefsError, match=r"store '.*d\.jsonl' is a folder; give a file path such as"):
+        store.check_store_path(tmp_path / "d.jsonl")
+    assert store.check_store_path(tmp_path / "r.jsonl") == tmp_path / "r.jsonl"
+
+
+@pytest.mark.skipif(not Path("/proc/self/fd").is_dir(), reason="counts open descriptors through /proc")
+def test_append_leaves_no_file_descriptor_open(tmp_path):
+    """Appending closes its file: a sweep writing thousands of rows never runs out of descriptors."""
+    before = len(os.listdir("/proc/self/fd"))
+    _writer(str(tmp_path / "results.jsonl"), "a", 20)
+    assert len(os.listdir("/proc/self/fd")) == before

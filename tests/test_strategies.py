@@ -303,6 +303,15 @@ def test_option_strings_cast_to_the_declared_types():
         cast_option("s", "attn", "maybe", bool)
 
 
+def test_every_strategy_but_token_prompts_promises_to_start_as_the_backbone():
+    """Every strategy except token-prompt VPT declares ``identity_at_init`` (zero-init updates), so the battery's
+    check that features equal the untouched backbone's runs for all of them."""
+    specs = ["linear", "full", "lora", "bias", "norm", "ssf", "last-k", "adapter", "self-prompt", "peft:loha",
+             "peft:ia3", "lora+norm"]
+    assert {spec: all(s.identity_at_init for s in build(spec)) for spec in specs} == dict.fromkeys(specs, True)
+    assert build("vpt", mode="pixel")[0].identity_at_init and not build("vpt", mode="deep")[0].identity_at_init
+
+
 # -- published parameter counts on ViT-B/16 (random weights, head excluded) ------------------------------------
 
 @pytest.fixture(scope="module")

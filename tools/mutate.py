@@ -44,11 +44,12 @@ LIMITS = {"pefs/results/stats.py": 20, "pefs/results/store.py": 10, "pefs/result
 #: module -> the test files (and an optional ``-k`` expression) that own its behaviour
 _S, _P = "tests/test_strategies.py", "tests/test_strategies_prompts.py"
 #: the store tests that need no sweep subprocess (those take ~40 s a run)
-_STORE_K = "torn or glued or stale or not_rows or refresh or empty or record"
+_STORE_K = ("torn or glued or stale or not_rows or refresh or empty or record or ok_and_failed or shard_path "
+            "or jsonl_file or descriptor")
 _PEFT_K = "battery and peft:ia3-vit or ia3_default or bad_options or bad_targets"
 MODULES: dict[str, tuple[str, ...]] = {
     "pefs/strategies/adapter.py": (_P, "-k", "battery and adapter-resnet or cnn_adapter"),
-    "pefs/strategies/base.py": (_S, "-k", "battery and (lora-vit or bias-resnet) or composed"),
+    "pefs/strategies/base.py": (_S, "-k", "battery and (lora-vit or bias-resnet) or composed or cast_to or promises"),
     "pefs/strategies/bias.py": (_S, "-k", "battery and bias-vit or bias-expect or bitfit"),
     "pefs/strategies/common.py": (_S, "-k", "battery and (lora-vit or ssf-resnet or norm-resnet)"),
     "pefs/strategies/full.py": (_S, "-k", "battery and full-vit or conflicting"),
