@@ -242,3 +242,16 @@ def test_append_leaves_no_file_descriptor_open(tmp_path):
     before = len(os.listdir("/proc/self/fd"))
     _writer(str(tmp_path / "results.jsonl"), "a", 20)
     assert len(os.listdir("/proc/self/fd")) == before
+
+
+def test_a_long_torn_fragment_is_shown_cut_at_60_characters(tmp_path):
+    """A damaged line's report quotes its first 60 characters then "...", names the line and keeps the rows before."""
+    st = tmp_path / "results.jsonl"
+    _writer(str(st), "a", 2)
+    with open(st, "ab") as f:
+        f.write(b"x" * 59 + b"yz\n")
+    _writer(str(st), "b", 1)
+    contents = store.load(st)
+    assert set(contents.rows) == {"a0000", "a0001", "b0000"}
+    assert contents.problems == [f"{st} line 3: torn or corrupt line, dropped: '{'x' * 59}y'...; "
+                                 "the 2 results before it are kept"]
