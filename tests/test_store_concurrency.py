@@ -255,3 +255,28 @@ def test_a_long_torn_fragment_is_shown_cut_at_60_characters(tmp_path):
     assert set(contents.rows) == {"a0000", "a0001", "b0000"}
     assert contents.problems == [f"{st} line 3: torn or corrupt line, dropped: '{'x' * 59}y'...; "
                                  "the 2 results before it are kept"]
+
+
+def test_a_claim_file_is_world_readable_and_a_released_claim_stops_its_heartbeat(tmp_path):
+    """A claim file is created rw-r--r-- (less the umask) holding this host and pid; releasing it removes the file
+    and stops its heartbeat thread at once."""
+    claim = claims.try_claim(tmp_path / "s.jsonl", "cell")
+    umask = os.umask(0)
+    os.umask(umask)
+    assert claim.path.stat().st_mode & 0o777 == 0o644 & ~umask
+    assert claims.holder(claim.path)["pid"] == os.getpid()
+    claim.release()
+    claim._beat.join(timeout=5)
+    assert not claim.path.exists() and not claim._beat.is_alive()
+
+
+def test_claims_that_cannot_be_written_are_one_clear_error(tmp_path):
+    """A claims folder that cannot be made (a file in the way) or a claim name the system refuses is one PefsError
+    naming the folder and the system's reason, not a traceback."""
+    blocker = tmp_path / "blocked"
+    blocker.write_text("a file where the store's folder should be")
+    with pytest.raises(PefsError, match=r"cannot create the claims folder '.*blocked/\.s\.jsonl\.claims' beside "
+                                        r"the store: Not a directory$"):
+        claims.try_claim(blocker / "s.jsonl", "cell")
+    with pytest.raises(PefsError, match=r"cannot write a claim file in '.*\.s\.jsonl\.claims': File name too long$"):
+        claims.try_claim(tmp_path / "s.jsonl", "c" * 300)
