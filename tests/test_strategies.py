@@ -303,6 +303,18 @@ def test_option_strings_cast_to_the_declared_types():
         cast_option("s", "attn", "maybe", bool)
 
 
+def test_match_targets_keeps_order_and_honours_exclusions():
+    """``--targets`` patterns match a name exactly, as a dotted suffix or by ``re:``; a ``!pattern`` drops what it
+    matches; names keep the model's order."""
+    from pefs.strategies.common import match_targets
+
+    names = ["blocks.0.attn.qkv", "blocks.0.attn.proj", "blocks.1.attn.qkv", "head", "xqkv"]
+    assert match_targets(names, ["qkv"]) == ["blocks.0.attn.qkv", "blocks.1.attn.qkv"]
+    assert match_targets(names, ["qkv", "!blocks.1.attn.qkv"]) == ["blocks.0.attn.qkv"]
+    assert match_targets(names, [r"re:blocks\.\d\.attn\.proj", "head"]) == ["blocks.0.attn.proj", "head"]
+    assert match_targets(names, ["!head"]) == ["blocks.0.attn.qkv", "blocks.0.attn.proj", "blocks.1.attn.qkv", "xqkv"]
+
+
 def test_every_strategy_but_token_prompts_promises_to_start_as_the_backbone():
     """Every strategy except token-prompt VPT declares ``identity_at_init`` (zero-init updates), so the battery's
     check that features equal the untouched backbone's runs for all of them."""
