@@ -112,3 +112,23 @@ def test_each_frozen_head_says_how_it_classifies():
     assert "class means" in heads.build("prototype").fitted_parameters(8, 3)[1]
     count, note = heads.build("patch-match").fitted_parameters(8, 3)
     assert count == 0 and "Hungarian" in note and "class means" not in note
+
+
+def test_each_head_declares_what_the_task_feeds_it():
+    """Every head but the plain linear one starts its trained head from the support prototypes, at a tenth of
+    head_lr (a larger rate erases the init); the plain linear head starts at random, at head_lr itself; a frozen
+    prototype head fits no parameters of its own."""
+    assert {n: heads.build(n).uses_prototypes for n in heads.HEADS} == {n: n != "linear" for n in heads.HEADS}
+    assert {n: heads.build(n).head_lr_factor for n in heads.HEADS} == {n: 1.0 if n == "linear" else 0.1
+                                                                       for n in heads.HEADS}
+    assert heads.build("prototype").fitted_parameters(8, 3) == (
+        0, "the prototype head trains nothing: it classifies by the support features' class means")
+
+
+def test_the_linear_head_starts_each_task_from_a_fresh_random_init():
+    """``init_linear`` of the plain linear head re-draws the head's weights, so no task starts from the last one's."""
+    head = nn.Linear(6, 3)
+    nn.init.zeros_(head.weight)
+    nn.init.zeros_(head.bias)
+    heads.build("linear").init_linear(head, None, torch.tensor([0, 1, 2]), 3)
+    assert head.weight.abs().sum() > 0 and head.bias.abs().sum() > 0

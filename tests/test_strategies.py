@@ -13,6 +13,7 @@ from pefs.cli.main import main
 from pefs.errors import PefsError
 from pefs.model.wrap import PefsModel, wrap
 from pefs.strategies import build
+from pefs.strategies.last_k import final_norms
 from tests.strategy_battery import (
     FAMILIES,
     check_strategy,
@@ -313,6 +314,33 @@ def test_match_targets_keeps_order_and_honours_exclusions():
     assert match_targets(names, ["qkv", "!blocks.1.attn.qkv"]) == ["blocks.0.attn.qkv"]
     assert match_targets(names, [r"re:blocks\.\d\.attn\.proj", "head"]) == ["blocks.0.attn.proj", "head"]
     assert match_targets(names, ["!head"]) == ["blocks.0.attn.qkv", "blocks.0.attn.proj", "blocks.1.attn.qkv", "xqkv"]
+
+
+def test_merge_folds_what_can_fold_and_the_refusal_lists_the_mergeable_strategies():
+    """Strategies that train the backbone's own weights (full, last-k) merge as a no-op; a strategy that adds
+    computation (adapter) is refused naming it and every mergeable strategy."""
+    for spec in ("full", "last-k"):
+        model = wrap(tiny_backbone("vit"), spec, num_classes=3)
+        model.merge()
+        assert model.merged
+    with pytest.raises(PefsError, match=r"^cannot merge adapter: .*; mergeable ones: bias, full, last-k, linear, "
+                                        r"lora, norm, peft, ssf$"):
+        wrap(tiny_backbone("vit"), "adapter", num_classes=3).merge()
+
+
+@pytest.mark.parametrize("family", ["vit", "resnet"])
+def test_last_k_one_trains_the_last_block_its_final_norm_and_the_head_only(family):
+    """last-k with k=1 trains exactly the last block, the norms after it (outside the head) and the head; nothing
+    of the block before it, even a norm that ends that block."""
+    bb = tiny_backbone(family)
+    last = bb.block_names[-1]
+    model = wrap(bb, "last-k", num_classes=3, k=1)
+    named = dict(model.backbone.model.named_parameters())
+    trained = {n for n, p in named.items() if p.requires_grad}
+    expected = {n for n in named if n.startswith((last + ".", model.backbone.head_name + "."))}
+    expected |= {f"{m}.{n}" for m in final_norms(model.backbone)
+                 for n, _ in model.backbone.model.get_submodule(m).named_parameters()}
+    assert trained == expected and len(trained) > len(list(model.backbone.head.parameters()))
 
 
 def test_every_strategy_but_token_prompts_promises_to_start_as_the_backbone():
