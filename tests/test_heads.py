@@ -132,3 +132,12 @@ def test_the_linear_head_starts_each_task_from_a_fresh_random_init():
     nn.init.zeros_(head.bias)
     heads.build("linear").init_linear(head, None, torch.tensor([0, 1, 2]), 3)
     assert head.weight.abs().sum() > 0 and head.bias.abs().sum() > 0
+
+
+def test_a_prototype_initialised_head_without_support_features_is_refused():
+    """linear-proto cannot start without the support features: one PefsError, and the head is left as it was."""
+    head = nn.Linear(4, 2)
+    before = head.weight.detach().clone()
+    with pytest.raises(PefsError, match="^a prototype-initialised head needs the support features$"):
+        LinearProtoHead().init_linear(head, None, torch.tensor([0, 1]), 2)
+    assert torch.equal(head.weight, before)

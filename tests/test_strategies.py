@@ -317,9 +317,9 @@ def test_match_targets_keeps_order_and_honours_exclusions():
 
 
 def test_merge_folds_what_can_fold_and_the_refusal_lists_the_mergeable_strategies():
-    """Strategies that train the backbone's own weights (full, last-k) merge as a no-op; a strategy that adds
+    """Strategies that train the backbone's own weights (full, last-k, linear) merge as a no-op; a strategy that adds
     computation (adapter) is refused naming it and every mergeable strategy."""
-    for spec in ("full", "last-k"):
+    for spec in ("full", "last-k", "linear"):
         model = wrap(tiny_backbone("vit"), spec, num_classes=3)
         model.merge()
         assert model.merged
