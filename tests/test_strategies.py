@@ -343,6 +343,18 @@ def test_last_k_one_trains_the_last_block_its_final_norm_and_the_head_only(famil
     assert trained == expected and len(trained) > len(list(model.backbone.head.parameters()))
 
 
+@pytest.mark.parametrize("options, message", [
+    ({"r": "0"}, r"^option r=0 of strategy 'lora' must be >= 1$"),
+    ({"dropout": "1.0"}, r"^option dropout=1.0 of strategy 'lora' must lie in \[0, 1\)$"),
+    ({"dropout": "-0.1"}, r"^option dropout=-0.1 of strategy 'lora' must lie in \[0, 1\)$"),
+])
+def test_lora_options_out_of_range_are_refused(options, message):
+    """LoRA's rank must be >= 1 and its dropout in [0, 1): anything else is one PefsError naming option and range."""
+    with pytest.raises(PefsError, match=message):
+        build("lora", **options)
+    assert build("lora", r="1", dropout="0.0")[0].config.r == 1
+
+
 def test_every_strategy_but_token_prompts_promises_to_start_as_the_backbone():
     """Every strategy except token-prompt VPT declares ``identity_at_init`` (zero-init updates), so the battery's
     check that features equal the untouched backbone's runs for all of them."""
