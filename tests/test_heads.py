@@ -141,3 +141,24 @@ def test_a_prototype_initialised_head_without_support_features_is_refused():
     with pytest.raises(PefsError, match="^a prototype-initialised head needs the support features$"):
         LinearProtoHead().init_linear(head, None, torch.tensor([0, 1]), 2)
     assert torch.equal(head.weight, before)
+
+
+def test_logistic_probe_criterion_and_folds():
+    """The probe's L2 is the grid value with the best held-out accuracy under ``criterion="accuracy"`` (the
+    lowest loss by default); cross-validation holds out the j-th example of every class in fold j (mod the fold
+    count: at most 5 folds, no more than the smallest class), each example once;
+    an unknown criterion is refused naming the two valid ones."""
+    from pefs.heads.logistic import LogisticProbe, _folds
+
+    g = torch.Generator().manual_seed(0)
+    y = torch.arange(3).repeat(6)
+    x = torch.randn(18, 4, generator=g) + 2.0 * F.one_hot(y, 4).double().float()
+    folds = _folds(y, 3)
+    assert len(folds) == 5 and (sum(m.long() for m in folds) == 1).all()  # every example held out exactly once
+    assert [torch.bincount(y[m], minlength=3).tolist() for m in folds] == [[2, 2, 2]] + [[1, 1, 1]] * 4
+    assert len(_folds(y[:9], 3)) == 3
+    acc = LogisticProbe(criterion="accuracy").fit(x, y, 3)
+    assert acc.chosen_by == "5-fold cross-validation"
+    assert acc.l2 == max(acc.table, key=lambda r: (r[1], -r[2]))[0]
+    with pytest.raises(PefsError, match="^criterion must be loss or accuracy, got 'f1'$"):
+        LogisticProbe(criterion="f1").fit(x, y, 3)

@@ -287,6 +287,7 @@ def run(modules: list[str], limit: int | None, only_survivors: bool) -> None:
         copy = Path(tmp)
         _copy_repo(copy)
         for module in modules:
+            data = _load()  # another run may have recorded this module meanwhile
             tests = MODULES[module]
             todo = mutants(module, limit)
             data["modules"][module] = {"tests": list(tests), "points": len(_points(ast.parse((ROOT / module)
@@ -308,8 +309,10 @@ def run(modules: list[str], limit: int | None, only_survivors: bool) -> None:
                 for m in todo:
                     (copy / module).write_text(_mutated_source(original, m.index, m.op))
                     status, took = _pytest(copy, tests, timeout=max(10.0, 3 * clean))
+                    old = data["mutants"].get(m.key)
                     data["mutants"][m.key] = {"line": m.line, "op": m.op, "before": m.before, "after": m.after,
-                                              "status": status, "seconds": round(took, 1)}
+                                              "status": status, "seconds": round(took, 1),
+                                              "first": old.get("first", old["status"]) if old else status}
                     _save(data, module)
                     print(f"  {status:8s} {m.key} line {m.line}: {m.before!r} -> {m.after!r}", flush=True)
             finally:
@@ -325,6 +328,7 @@ def render(data: dict) -> str:
     counted = {k: r for k, r in rows.items() if k not in equivalent}
     killed = sum(r["status"] in ("killed", "timeout") for r in counted.values())
     score = 100.0 * killed / max(1, len(counted))
+    first = sum(r.get("first", r["status"]) in ("killed", "timeout") for r in counted.values())
     lines = [
         "# Mutation testing",
         "",
@@ -345,7 +349,9 @@ def render(data: dict) -> str:
         "a mutant already in the JSON is skipped (delete the JSON to start over). Not part of `make test` or CI.",
         "",
         f"**Score**: {killed} of {len(counted)} non-equivalent mutants killed = **{score:.1f}%** "
-        f"({len(equivalent)} equivalent mutants listed below and left out; {len(rows)} mutants run in all).",
+        f"({len(equivalent)} equivalent mutants listed below and left out; {len(rows)} mutants run in all). "
+        f"Before the tests added for the survivors, {first} of {len(counted)} were killed "
+        f"({100.0 * first / max(1, len(counted)):.1f}%); the survivors were then re-run (`--only-survivors`).",
         "",
         "| module | test files | mutation points | sampled | killed | survived | equivalent |",
         "| --- | --- | ---: | ---: | ---: | ---: | ---: |",
@@ -355,7 +361,7 @@ def render(data: dict) -> str:
         k = sum(r["status"] in ("killed", "timeout") for key, r in mine.items() if key not in equivalent)
         s = sum(r["status"] == "survived" for key, r in mine.items() if key not in equivalent)
         e = sum(key in equivalent for key in mine)
-        tests = ", ".join(f"`{t.removeprefix('tests/')}`" for t in info["tests"])
+        tests = " ".join(f"`{t.removeprefix('tests/')}`" if t != "-k" else "-k" for t in info["tests"])
         lines.append(f"| `{module}` | {tests} | {info['points']} | {info['sampled']} | {k} | {s} | {e} |")
     lines += ["", "## Survivors", "",
               "Every mutant the tests did not kill, with the reason it is equivalent (changes no behaviour), or",
