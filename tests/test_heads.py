@@ -162,3 +162,17 @@ def test_logistic_probe_criterion_and_folds():
     assert acc.l2 == max(acc.table, key=lambda r: (r[1], -r[2]))[0]
     with pytest.raises(PefsError, match="^criterion must be loss or accuracy, got 'f1'$"):
         LogisticProbe(criterion="f1").fit(x, y, 3)
+
+
+def test_patch_match_head_scores_and_refusals():
+    """The patch-match head's scores are ``patch_match_scores``; features that are not (N, P, D) tokens, or a class
+    with fewer support patches than a query has, are refused in one line (many queries of few patches are fine)."""
+    g = torch.Generator().manual_seed(0)
+    support, labels = torch.randn(2, 3, 4, generator=g), torch.tensor([0, 1])
+    query = torch.randn(5, 2, 4, generator=g)
+    head = heads.build("patch-match")
+    assert torch.equal(head.classify(support, labels, query, 2), patch_match_scores(support, labels, query, 2))
+    with pytest.raises(PefsError, match=r"needs patch tokens \(N, P, D\); got support \(2, 3, 4\), query \(5, 4\)"):
+        patch_match_scores(support, labels, query[:, 0], 2)
+    with pytest.raises(PefsError, match=r"at least as many support patches per class as query patches \(4\)"):
+        patch_match_scores(support, labels, torch.randn(1, 4, 4, generator=g), 2)

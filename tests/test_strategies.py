@@ -317,9 +317,9 @@ def test_match_targets_keeps_order_and_honours_exclusions():
 
 
 def test_merge_folds_what_can_fold_and_the_refusal_lists_the_mergeable_strategies():
-    """Strategies that train the backbone's own weights (full, last-k, linear) merge as a no-op; a strategy that adds
-    computation (adapter) is refused naming it and every mergeable strategy."""
-    for spec in ("full", "last-k", "linear"):
+    """Strategies that train the backbone's own weights (full, last-k, linear, bias, norm) merge as a no-op; a
+    strategy that adds computation (adapter) is refused naming it and every mergeable strategy."""
+    for spec in ("full", "last-k", "linear", "bias", "norm"):
         model = wrap(tiny_backbone("vit"), spec, num_classes=3)
         model.merge()
         assert model.merged
@@ -353,6 +353,16 @@ def test_lora_options_out_of_range_are_refused(options, message):
     with pytest.raises(PefsError, match=message):
         build("lora", **options)
     assert build("lora", r="1", dropout="0.0")[0].config.r == 1
+
+
+def test_applicable_options_and_the_default_rate_of_a_composition():
+    """Sweep-wide options keep what a spec's parts take (``part.key`` for a named part, a bare key some part takes)
+    and drop the rest without an error; a composition's default learning rate is the smallest of its parts'."""
+    from pefs.strategies.spec import applicable, default_lr
+
+    given = {"lora.r": 4, "types": "layer", "bogus": 1, "ssf.targets": "x", "r": 8}
+    assert applicable("lora+norm", given) == {"lora.r": 4, "types": "layer", "r": 8}
+    assert (default_lr("lora+norm"), default_lr("full"), default_lr("bias+full")) == (1e-3, 1e-4, 1e-4)
 
 
 def test_every_strategy_but_token_prompts_promises_to_start_as_the_backbone():
