@@ -197,6 +197,29 @@ def test_ssf_on_a_module_without_layers_to_follow():
         wrap(Scaler(), "ssf", num_classes=2, model_kwargs={"input_size": (3, 8, 8)})
 
 
+def test_ssf_without_layers_names_the_first_five_blocks():
+    """When ssf finds nothing to follow, the refusal names the model's first five blocks (then stops) and says to
+    pass targets=."""
+
+    class Gain(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.g = nn.Parameter(torch.ones(1))
+
+    class Gains(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.blocks = nn.ModuleList(Gain() for _ in range(7))
+            self.fc = nn.Linear(3, 2)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return self.fc(x.mean((2, 3)) * self.blocks[0].g)
+
+    with pytest.raises(PefsError, match=r"inside the blocks of Gains \(blocks: blocks\.0, blocks\.1, blocks\.2, "
+                                        r"blocks\.3, blocks\.4\); pass targets= naming layers to follow$"):
+        wrap(Gains(), "ssf", num_classes=2, model_kwargs={"input_size": (3, 8, 8)})
+
+
 # -- composition ----------------------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("spec", ["full+lora", "lora+full", "full+peft:loha"])
@@ -255,6 +278,9 @@ def test_bad_options(spec, options, message):
     ("resnet", "peft:delora", {}, r"peft:delora adapts Linear layers only through peft, not layer1.0.conv1"),
     ("resnet", "peft:oft", {"targets": "conv1"}, r"peft:oft adapts Linear layers and 1x1 convolutions only"),
     ("vit", "peft:boft", {"extra": "boft_block_size=7"}, r"peft refused peft:boft on vit_tiny_patch16_224 "),
+    ("vit", "peft:boft", {"extra": "boft_block_size=7", "targets": "blocks.0.attn.qkv"},
+     r"peft refused peft:boft on vit_tiny_patch16_224 \(1 layers, e.g. blocks.0.attn.qkv\): .*; peft:boft adapts "
+     r"Linear .*layers, pick others with targets=$"),
     ("vit", "ssf", {"targets": "nothing"}, r"ssf targets nothing match no Linear, Conv or norm layer .* qkv"),
     ("efficientnet", "ssf", {"targets": "bn1"}, r"ssf cannot follow bn1 \(BatchNormAct2d\): an activation follows"),
     ("vit", "lora+ssf+lora", {}, r"names the same strategy twice"),

@@ -67,7 +67,7 @@ MODULES: dict[str, tuple[str, ...]] = {
     "pefs/strategies/registry.py": (_S, "-k", "listing or bad_options or conflicting or linear-vit"),
     "pefs/strategies/self_prompt.py": (_P, "-k", "battery and self-prompt-vit or self_prompt_reads or bad_options"),
     "pefs/strategies/spec.py": (_S, "-k", "composed or bad or conflicting or listing or applicable"),
-    "pefs/strategies/ssf.py": (_S, "-k", "battery and ssf-vit or ssf_on or ssf_count or ssf_follows or bad_targets"),
+    "pefs/strategies/ssf.py": (_S, "-k", "battery and ssf-vit or ssf_ or bad_targets"),
     "pefs/strategies/vpt.py": (_P, "-k",
                                "battery and vpt-vit or vpt_inserts or pixel_prompt or token_prompts or vpt_deep"),
     "pefs/heads/base.py": ("tests/test_heads.py",),
