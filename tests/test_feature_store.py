@@ -143,3 +143,12 @@ def test_cli_flags_reach_the_config(tmp_path):
     assert cfg.feature_cache == str(tmp_path) and cfg.train.num_workers == 2 and cfg.train.cache_mb == 64
     base = config_from_args(build_parser().parse_args(["tune"]))
     assert cfg.hash() == base.hash()  # where inputs come from does not change a result
+
+
+def test_an_unwritable_cache_folder_is_one_line_with_the_reason(tmp_path):
+    """A feature cache whose folder cannot be made is one PefsError naming it, the system's reason and the way out."""
+    blocker = tmp_path / "file"
+    blocker.write_text("in the way")
+    with pytest.raises(PefsError, match=r"^feature cache '.*file/cache' is not writable: Not a directory; choose "
+                                        r"another with --feature-cache DIR \(or \$PEFS_FEATURE_CACHE\)$"):
+        FeatureStore(blocker / "cache", {"model": "m"})

@@ -391,6 +391,15 @@ def test_applicable_options_and_the_default_rate_of_a_composition():
     assert (default_lr("lora+norm"), default_lr("full"), default_lr("bias+full")) == (1e-3, 1e-4, 1e-4)
 
 
+def test_a_peft_refusal_names_the_layer_count_and_an_example():
+    """When peft refuses an injection the message names the strategy, the model, how many layers and the first."""
+    from types import SimpleNamespace
+
+    lora = build("lora")[0]
+    assert lora.describe_refusal(SimpleNamespace(name="m"), ["blocks.0.attn.qkv"], "no") == \
+        "peft refused lora on m (1 layers, e.g. blocks.0.attn.qkv): no"
+
+
 def test_every_strategy_but_token_prompts_promises_to_start_as_the_backbone():
     """Every strategy except token-prompt VPT declares ``identity_at_init`` (zero-init updates), so the battery's
     check that features equal the untouched backbone's runs for all of them."""

@@ -47,7 +47,8 @@ _S, _P = "tests/test_strategies.py", "tests/test_strategies_prompts.py"
 #: the store tests that need no sweep subprocess (those take ~40 s a run)
 _STORE_K = ("torn or glued or stale or not_rows or refresh or empty or record or ok_and_failed or shard_path "
             "or jsonl_file or descriptor or claim")
-_PEFT_K = "battery and peft:ia3-vit or ia3_default or bad_options or bad_targets"
+_PEFT_K = ("battery and (peft:ia3-vit or bias+lora-vit) or ia3_default or bad_options or bad_targets "
+           "or peft_refusal")
 MODULES: dict[str, tuple[str, ...]] = {
     "pefs/strategies/adapter.py": (_P, "-k", "battery and adapter-resnet or cnn_adapter"),
     "pefs/strategies/base.py": (_S, "-k", "battery and (lora-vit or bias-resnet) or composed or cast_to or promises"),
