@@ -366,6 +366,15 @@ def render(data: dict) -> str:
         e = sum(key in equivalent for key in mine)
         tests = " ".join(f"`{t.removeprefix('tests/')}`" if t != "-k" else "-k" for t in info["tests"])
         lines.append(f"| `{module}` | {tests} | {info['points']} | {info['sampled']} | {k} | {s} | {e} |")
+    lines += ["", "## Killed on the re-run", "",
+              "Mutants that survived the first run and are killed on the re-run (`--only-survivors`): by a test",
+              "written for them, or by an existing test that the module's map in `MODULES` did not select at first",
+              "(sampling's episode tests in `test_protocols.py`, the probe's unit tests in `test_probe.py`, the",
+              "bias / norm refusal tests).", "", "| mutant | line | change |", "| --- | ---: | --- |"]
+    for key, r in rows.items():
+        if r.get("first") == "survived" and r["status"] in ("killed", "timeout"):
+            change = f"`{r['before']}` -> `{r['after']}`".replace("|", "\\|")
+            lines.append(f"| `{key}` | {r['line']} | {change} |")
     lines += ["", "## Survivors", "",
               "Every mutant the tests did not kill, with the reason it is equivalent (changes no behaviour), or",
               "marked OPEN when no reason is recorded.", "",
