@@ -104,6 +104,14 @@ EQUIVALENT: dict[str, str] = {
                                         "from the shots'; another constant gives another split with every tested "
                                         "property (stratified, seeded, disjoint); pinning the exact draw would "
                                         "hard-code a result",
+    "pefs/runtime/feature_store.py:1078:const": "the warning's `stacklevel` only changes which caller line Python "
+                                                "attributes it to; its text and the skipped write are the same",
+    "pefs/export/peft_format.py:250:drop_call": "peft's `get_peft_model` reuses a tuner layer of its own type that "
+                                                "is already in place (`update_layer`), and every trained tensor is "
+                                                "then copied over, so leaving the tuners in gives the same adapter",
+    "pefs/export/peft_format.py:180:drop_call": "the installed peft already writes `base_model_name_or_path` and "
+                                                "`revision` from the config (the test checks the written value); "
+                                                "the rewrite only fills them where a peft version leaves them empty",
     "pefs/strategies/adapter.py:154:drop_call": "the adapters are new modules, whose parameters already require "
                                                 "grad; `set_trainable` only states it (the battery checks they train)",
 }
