@@ -400,6 +400,24 @@ def test_a_peft_refusal_names_the_layer_count_and_an_example():
         "peft refused lora on m (1 layers, e.g. blocks.0.attn.qkv): no"
 
 
+def test_lora_targets_that_match_nothing_list_twenty_module_names():
+    """LoRA targets that match no layer are refused naming them and the first twenty layer names to choose from."""
+
+    class Many(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.body = nn.ModuleDict({f"l{i:02d}": nn.Linear(3, 3) for i in range(25)})
+            self.fc = nn.Linear(3, 2)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return self.fc(self.body["l00"](x.mean((2, 3))))
+
+    listed = ", ".join(f"l{i:02d}" for i in range(20))
+    with pytest.raises(PefsError, match=rf"^LoRA targets nope match no Linear/Conv2d in the blocks of Many; module "
+                                        rf"names there: {listed}$"):
+        wrap(Many(), "lora", num_classes=2, targets="nope", model_kwargs={"input_size": (3, 8, 8)})
+
+
 def test_every_strategy_but_token_prompts_promises_to_start_as_the_backbone():
     """Every strategy except token-prompt VPT declares ``identity_at_init`` (zero-init updates), so the battery's
     check that features equal the untouched backbone's runs for all of them."""
