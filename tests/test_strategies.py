@@ -354,11 +354,11 @@ def test_merge_folds_what_can_fold_and_the_refusal_lists_the_mergeable_strategie
         wrap(tiny_backbone("vit"), "adapter", num_classes=3).merge()
 
 
-@pytest.mark.parametrize("family", ["vit", "resnet"])
+@pytest.mark.parametrize("family", ["vit", "resnet", "user"])
 def test_last_k_one_trains_the_last_block_its_final_norm_and_the_head_only(family):
     """last-k with k=1 trains exactly the last block, the norms after it (outside the head) and the head; nothing
-    of the block before it, even a norm that ends that block."""
-    bb = tiny_backbone(family)
+    of the blocks before it, even a norm block just before the last (a user's conv-BN-conv net)."""
+    bb = user_backbone() if family == "user" else tiny_backbone(family)
     last = bb.block_names[-1]
     model = wrap(bb, "last-k", num_classes=3, k=1)
     named = dict(model.backbone.model.named_parameters())
