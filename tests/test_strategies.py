@@ -418,6 +418,17 @@ def test_lora_targets_that_match_nothing_list_twenty_module_names():
         wrap(Many(), "lora", num_classes=2, targets="nope", model_kwargs={"input_size": (3, 8, 8)})
 
 
+def test_only_a_linear_probe_leaves_the_whole_trunk_frozen():
+    """A linear probe is the one strategy whose trunk stays frozen, so its features are computed once and a
+    prototype head on it fits nothing; any strategy that trains inside the trunk is not."""
+    from pefs.heads.registry import build as head
+
+    frozen = {spec: wrap(tiny_backbone("vit"), spec, num_classes=3).frozen_prefix
+              for spec in ("linear", "lora", "bias")}
+    assert frozen == {"linear": True, "lora": False, "bias": False}
+    assert not head("prototype").trains(frozen["linear"]) and head("prototype").trains(frozen["lora"])
+
+
 def test_every_strategy_but_token_prompts_promises_to_start_as_the_backbone():
     """Every strategy except token-prompt VPT declares ``identity_at_init`` (zero-init updates), so the battery's
     check that features equal the untouched backbone's runs for all of them."""

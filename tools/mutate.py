@@ -57,7 +57,7 @@ MODULES: dict[str, tuple[str, ...]] = {
     "pefs/strategies/common.py": (_S, "-k", "battery and (lora-vit or ssf-resnet or norm-resnet) or match_"),
     "pefs/strategies/full.py": (_S, "-k", "battery and full-vit or conflicting or merge_folds"),
     "pefs/strategies/last_k.py": (_S, "-k", "battery and (last-k-vit or last-k-resnet) or merge_folds or last_k_one"),
-    "pefs/strategies/linear.py": (_S, "-k", "battery and linear-vit or merge_folds"),
+    "pefs/strategies/linear.py": (_S, "-k", "battery and linear-vit or merge_folds or trunk_frozen"),
     "pefs/strategies/lora.py": (_S, "-k",
                                 "battery and (lora-vit or lora-resnet) or lora_r8 or lora-expect or lora_options"),
     "pefs/strategies/norm.py": (_S, "-k",
