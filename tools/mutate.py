@@ -83,7 +83,7 @@ MODULES: dict[str, tuple[str, ...]] = {
     "pefs/results/store.py": ("tests/test_store_concurrency.py", "tests/test_records.py", "-k", _STORE_K),
     "pefs/results/claims.py": ("tests/test_store_concurrency.py", "-k", _STORE_K),
     "pefs/model/directory.py": ("tests/test_model_dir.py",),
-    "pefs/export/formats.py": ("tests/test_predict_export.py",),
+    "pefs/export/formats.py": ("tests/test_predict_export.py", "tests/test_mutation_kills.py"),
     "pefs/export/peft_format.py": ("tests/test_peft_format.py",),
     "pefs/results/stats.py": ("tests/test_stats.py",),
 }
