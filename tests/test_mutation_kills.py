@@ -27,3 +27,24 @@ def test_a_full_disk_while_tracing_to_onnx_is_a_write_failure_and_leaves_nothing
     with pytest.raises(PefsError, match=r"^cannot write the ONNX export '.*model\.onnx': No space left on device$"):
         export_onnx(model, out)
     assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("fmt, default", [("merged", "model.safetensors"), ("peft", "peft_adapter"),
+                                          ("onnx", "model.onnx")])
+def test_export_without_out_writes_into_the_model_directory(fmt, default, tmp_path, monkeypatch, capsys):
+    """``pefs export DIR`` without --out writes the export inside DIR under the format's usual name, and says so."""
+    from types import SimpleNamespace
+
+    from pefs.export import formats, peft_format
+    from pefs.model.wrap import PefsModel
+
+    model = SimpleNamespace(num_classes=3, preprocessing={"input_size": [3, 32, 32]},
+                            backbone=SimpleNamespace(name="hf:tiny"))
+    written = []
+    monkeypatch.setattr(PefsModel, "load", classmethod(lambda cls, d, **kw: model))
+    monkeypatch.setattr(formats, "timm_name", lambda m: "vit_tiny")
+    monkeypatch.setattr(formats, "export_merged", lambda m, out: written.append(out) or out)
+    monkeypatch.setattr(peft_format, "save_peft_adapter", lambda m, out: written.append(out) or out)
+    monkeypatch.setattr(formats, "export_onnx", lambda m, out: (written.append(out) or out, 0.0))
+    assert formats.export_command(str(tmp_path), fmt) == 0
+    assert written == [tmp_path / default] and str(tmp_path / default) in capsys.readouterr().out

@@ -212,6 +212,8 @@ def test_bad_options_name_the_valid_choices():
         wrap(tiny_backbone("vit"), "vpt", num_classes=5, mode="pixel", pad=16)
     with pytest.raises(PefsError, match=r"targets=2.*before the prompts exist.*valid targets: 4\.\.11"):
         wrap(tiny_backbone("vit"), "self-prompt", num_classes=5, source=3, targets="2,5")
+    with pytest.raises(PefsError, match=r"targets=3,5 .* includes block 3, which runs before the prompts exist"):
+        wrap(tiny_backbone("vit"), "self-prompt", num_classes=5, source=3, targets="3,5")  # the source block itself
     with pytest.raises(PefsError, match=r"source=-1.*no block after it.*valid sources: 0\.\.6"):
         wrap(tiny_backbone("resnet"), "self-prompt", num_classes=5, source=-1)
 
