@@ -119,8 +119,8 @@ def test_merge_folds_what_can_fold_and_the_refusal_lists_the_mergeable_strategie
         wrap(tiny_backbone("vit"), "adapter", num_classes=3).merge()
 
 
-@pytest.mark.parametrize("family", ["vit", "resnet", "user"])
-def test_last_k_one_trains_the_last_block_its_final_norm_and_the_head_only(family):
+@pytest.mark.parametrize("family, final_norm", [("vit", ["norm"]), ("resnet", []), ("user", [])])
+def test_last_k_one_trains_the_last_block_its_final_norm_and_the_head_only(family, final_norm):
     """last-k with k=1 trains exactly the last block, the norms after it (outside the head) and the head; nothing
     of the blocks before it, even a norm block just before the last (a user's conv-BN-conv net)."""
     bb = user_backbone() if family == "user" else tiny_backbone(family)
@@ -129,8 +129,8 @@ def test_last_k_one_trains_the_last_block_its_final_norm_and_the_head_only(famil
     named = dict(model.backbone.model.named_parameters())
     trained = {n for n, p in named.items() if p.requires_grad}
     expected = {n for n in named if n.startswith((last + ".", model.backbone.head_name + "."))}
-    expected |= {f"{m}.{n}" for m in final_norms(model.backbone)
-                 for n, _ in model.backbone.model.get_submodule(m).named_parameters()}
+    assert final_norms(model.backbone) == final_norm  # the ViT's norm after its blocks; none on the CNNs
+    expected |= {f"{m}.{n}" for m in final_norm for n, _ in model.backbone.model.get_submodule(m).named_parameters()}
     assert trained == expected and len(trained) > len(list(model.backbone.head.parameters()))
 
 

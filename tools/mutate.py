@@ -293,7 +293,7 @@ def _pytest(copy: Path, tests: tuple[str, ...], timeout: float) -> tuple[str, fl
     return ("survived" if proc.returncode == 0 else "killed"), time.monotonic() - start
 
 
-def run(modules: list[str], limit: int | None, only_survivors: bool) -> None:
+def run(modules: list[str], limit: int | None, only_survivors: bool, recheck: bool = False) -> None:
     """Run each module's sampled mutants not yet recorded (or only its recorded survivors), saving after each."""
     data = _load()
     with tempfile.TemporaryDirectory(prefix="pefs-mutate-") as tmp:
@@ -306,7 +306,10 @@ def run(modules: list[str], limit: int | None, only_survivors: bool) -> None:
             data["modules"][module] = {"tests": list(tests), "points": len(_points(ast.parse((ROOT / module)
                                                                                           .read_text()))),
                                        "sampled": len(todo)}
-            if only_survivors:
+            if recheck:
+                todo = [m for m in todo if data["mutants"].get(m.key, {}).get("first") == "survived"
+                        and m.key not in EQUIVALENT]
+            elif only_survivors:
                 todo = [m for m in todo if data["mutants"].get(m.key, {}).get("status") == "survived"
                         and m.key not in EQUIVALENT]
             else:
@@ -340,6 +343,8 @@ def main(argv: list[str] | None = None) -> int:
                         "LIMITS's larger sample where the tests are fast)")
     parser.add_argument("--only-survivors", action="store_true",
                         help="re-run the recorded survivors (not those listed as equivalent)")
+    parser.add_argument("--recheck", action="store_true",
+                        help="re-run every mutant that survived its first run (confirms the tests added for them)")
     parser.add_argument("--report", action="store_true", help="render tests/MUTATION.md from tests/mutation.json")
     parser.add_argument("--list", action="store_true", help="print the sampled mutants and exit")
     args = parser.parse_args(argv)
@@ -358,7 +363,7 @@ def main(argv: list[str] | None = None) -> int:
             for m in mutants(module, args.max):
                 print(f"{m.key} line {m.line}: {m.before!r} -> {m.after!r}")
         return 0
-    run(modules, args.max, args.only_survivors)
+    run(modules, args.max, args.only_survivors, args.recheck)
     return 0
 
 
