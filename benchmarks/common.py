@@ -124,13 +124,13 @@ def load_text(reading: list[float] | str | None) -> str:
 def machine_load(data: dict[str, Any]) -> str:
     """One sentence on where a run's numbers come from, from its data alone: the machine it recorded and the load
     average at its start and end (``load_start`` / ``load_end``; data from before runs recorded load says so)."""
-    m = data.get("machine") or {}
+    m = {"cpus": data.get("nproc", "not recorded"), **(data.get("machine") or {})}  # old records: nproc
+    m = {k: m.get(k, "not recorded") for k in ("cpus", "threads", "python", "torch")}
     start, end = data.get("load_start"), data.get("load_end")
     load = ("the load average was not recorded by this run" if start is None and end is None else
             f"load average {load_text(start)} at the start, {load_text(end)} at the end")
-    return (f"Machine: {m.get('cpus', '?')} CPUs, {m.get('threads', '?')} torch thread(s), Python "
-            f"{m.get('python', '?')}, torch {m.get('torch', '?')}; {load}. Seconds depend on the load; accuracies "
-            "do not.")
+    return (f"Machine: {m['cpus']} CPUs, {m['threads']} torch thread(s), Python {m['python']}, torch "
+            f"{m['torch']}; {load}. Seconds depend on the load; accuracies do not.")
 
 
 # ------------------------------------------------------------------------------------------------ numbers
@@ -188,6 +188,32 @@ def now() -> str:
 def provenance(script: str | Path, argv: list[str] | None = None) -> dict[str, str]:
     """How a run came about: its command line, the commit it ran on and when (the keys every record shares)."""
     return {"command": command_line(script, argv), "git_commit": git_commit(), "measured_at": now()}
+
+
+def provenance_section(data: dict[str, Any], measure: str, render: str) -> list[str]:
+    """A page's "Provenance" section, from its data alone: the commit, every command that made the data, the
+    machine and load, the date; each as the run recorded it, else "not recorded by the run" beside what was
+    recovered later (``data["recovered"]``: the commit and date the data were committed in, from ``git log``,
+    labelled as such; never presented as the run's own). ``measure`` / ``render``: the commands that measure
+    again and that re-render the page."""
+    rec = data.get("recovered") or {}
+    source = f" ({rec['source']})" if rec.get("source") else ""
+    commit = data.get("git_commit")
+    commit_text = (f"`{commit}` (the run's own)" if commit else "not recorded by the run" +
+                   (f"; the data were committed in `{rec['data_commit']}`{source}" if rec.get("data_commit") else ""))
+    commands = data.get("commands_run") or ([data["command"]] if data.get("command") else [])
+    command_text = ("; ".join(f"`{c}`" for c in commands) + (f" ({len(commands)} commands)" if len(commands) > 1
+                                                              else "") if commands else "not recorded by the run")
+    when = data.get("measured_at") or data.get("finished_at")
+    date_text = (f"{when} (the run's own)" if when else "not recorded by the run" +
+                 (f"; the data were committed {rec['data_committed_at']}{source}" if rec.get("data_committed_at")
+                  else ""))
+    return ["## Provenance", "",
+            f"- Commit: {commit_text}.",
+            f"- Command(s) that produced the data: {command_text}.",
+            f"- {machine_load(data)}",
+            f"- Date: {date_text}.",
+            f"- To measure again: `{measure}`; to re-render this page from its data: `{render}`.", ""]
 
 
 # ------------------------------------------------------------------------------------------------ the pages

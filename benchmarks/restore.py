@@ -5,9 +5,9 @@
 
 Every task of a run (a K-shot seed, an episode) tunes from the same start. pefs 0.2 keeps only what a task can
 change (trainable parameters and every buffer: ``pefs.runtime.start.StartState``), copies it back before each
-task and fingerprints what it restored; the whole model is fingerprinted once per run. pefs 0.1 reloaded the
-whole state dict and fingerprinted every tensor each task. Both are timed here on random-weight timm models at
-224 px (``--repeats`` times each, median), on the CPU.
+task and proves it by comparing the live tensors with the kept copy bit for bit (the copy is fingerprinted once
+per run, as is the whole model). pefs 0.1 reloaded the whole state dict and fingerprinted every tensor each
+task. Both are timed here on random-weight timm models at 224 px (``--repeats`` times each, median), on the CPU.
 """
 
 from __future__ import annotations
@@ -72,10 +72,11 @@ def markdown(r: dict) -> str:
     lines = ["# Per-task restore of the run's start", "",
              f"`{r['command']}` at commit `{r['git_commit']}`, {r['measured_at']} (raw numbers: "
              "`benchmarks/restore.json`).", "",
-             "Before each task pefs puts back what the task can change and fingerprints it (0.2); 0.1 reloaded and "
-             "fingerprinted the whole state. Median of "
+             "Before each task pefs puts back what the task can change and compares it bit for bit with the copy "
+             "it keeps (0.2; the copy is fingerprinted once per run); 0.1 reloaded and fingerprinted the whole "
+             "state. Median of "
              f"{r['repeats']} repeats, {r['threads']} torch threads, random-weight timm models at 224 px.", "",
-             "| model | strategy | tensors a task can change | parameters | 0.2 restore + fingerprint (ms) | "
+             "| model | strategy | tensors a task can change | parameters | 0.2 restore + bitwise check (ms) | "
              "0.1 reload + whole fingerprint (ms) |", "|---|---|---:|---:|---:|---:|"]
     for row in r["rows"]:
         lines.append(f"| {row['model']} | {row['strategy']} | {row['changeable']:,} | {row['params']:,} | "

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from benchmarks.common import provenance_section
+
 NAMES = {"forward": "forward-only limit", "linear": "linear probe", "prototype": "prototype head",
          "lora": "LoRA (r=8)", "lora-cache64": "LoRA, --cache-mb 64"}
 
@@ -15,9 +17,10 @@ def _row(rows: list[dict], method: str, n: int) -> dict | None:
 
 
 def _reps(rows: list[dict], method: str, n: int) -> str:
-    """``, best of K`` when ``method`` at ``n`` was measured K > 1 times."""
-    k = sum(r["method"] == method and r["n_test"] == n for r in rows)
-    return f", best of {k}" if k > 1 else ""
+    """How many times ``method`` at ``n`` was measured and the spread: ``, best of K, slowest X s``, or
+    ``, N=1`` for a single run (no spread to show)."""
+    walls = [r["wall_s"] for r in rows if r["method"] == method and r["n_test"] == n]
+    return f", best of {len(walls)}, slowest {max(walls):.1f} s" if len(walls) > 1 else ", N=1"
 
 
 def cpus(data: dict[str, Any]) -> int:
@@ -37,9 +40,8 @@ def render(data: dict[str, Any]) -> str:
            f"{r0.get('precision')}; K-shot runs: 1 shot x 10 classes, one seed. Data: the full Fashion-MNIST "
            "(Debian `dataset-fashion-mnist`): test splits drawn from its 10,000 test images, then its training "
            "images. Each cell ran in a fresh process.", "",
-           f"Measured {data['measured_at']} on a {cpus(data)}-core machine. {data.get('note', '')}", "",
-           "Reproduce (every row): `OMP_NUM_THREADS=1 .venv/bin/python -m benchmarks.scale --methods "
-           "forward,linear,prototype,lora,lora-cache64`; `--render` re-renders this file from `scale.json`.", "",
+           f"Measured on a {cpus(data)}-core machine. {data.get('note', '')} Beside each fastest repetition: "
+           "how many there were and the slowest (N=1: measured once, no spread).", "",
            "## Wall time (s) and images per second", "",
            "| method | " + " | ".join(f"{n:,} test images" for n in sizes) + " |",
            "|---|" + "---:|" * len(sizes)]
@@ -57,7 +59,8 @@ def render(data: dict[str, Any]) -> str:
         cells = []
         for n in sizes:
             r, f = _row(rows, m, n), _row(rows, "forward", n)
-            cells.append(f"{r['wall_s'] / f['wall_s']:.2f}x" if r and f else "-")
+            once = " (N=1)" if _reps(rows, m, n).endswith("N=1") else ""  # one run against a best-of: say so
+            cells.append(f"{r['wall_s'] / f['wall_s']:.2f}x{once}" if r and f else "-")
         out.append(f"| {NAMES[m]} | " + " | ".join(cells) + " |")
     out += ["", "## Peak memory (MB): the run's peak RSS, and its growth over the process before the run", "",
             "| method | " + " | ".join(f"{n:,}" for n in sizes) + " | largest / smallest |",
@@ -96,9 +99,12 @@ def render(data: dict[str, Any]) -> str:
             "the bytes, which is why a pefs run can come out at or under the limit when the worker is the "
             "bottleneck (a loaded machine). `--cache-mb 64` was measured once, under load (memory is its point).",
             "* Item 5 of issue 11 (GPU): no GPU machine was available to this task, so nothing was measured on "
-            "one.", "",
-            "Commands run: " + "; ".join(f"`{c}`" for c in data.get("commands_run", [data["command"]])), ""]
+            "one.", ""]
     out += ["", "Decode time is the time the run waited for decoded batches (the worker decodes beside the "
             "forward pass). The features time of a frozen-prefix run is its one trunk pass over the support and "
             "test images; LoRA runs the whole network on the test split inside evaluation (merged weights).", ""]
+    machine = {"cpus": cpus(data), "threads": r0["threads"], **data.get("machine", {})}
+    out += provenance_section({**data, "machine": machine}, "OMP_NUM_THREADS=1 .venv/bin/python -m benchmarks.scale "
+                              "--methods forward,linear,prototype,lora,lora-cache64",
+                              ".venv/bin/python -m benchmarks.scale --render")
     return "\n".join(out)

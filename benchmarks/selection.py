@@ -131,9 +131,10 @@ def render_steps(cells: dict, shots: list[int]) -> list[str]:
                          f"{chosen(sel)} |")
     lines += ["", "Choosing the step count on validation, paired against 10 epochs on the same seeds: better for "
               + (", ".join(verdicts["better"]) or "none") + "; worse for " + (", ".join(verdicts["worse"]) or "none")
-              + "; no difference at 95% for " + (", ".join(verdicts["no difference"]) or "none") + ". Where no row "
-              "is better, these data give no reason to replace epochs by a fixed step count as the default (1 shot "
-              "is not starved at 10 steps here); `--steps N` stays an option and a searchable setting.",
+              + "; no difference at 95% for " + (", ".join(verdicts["no difference"]) or "none") + ". "
+              + ("With no row better, these data give no reason to replace epochs by a fixed step count as the "
+                 "default" if not verdicts["better"] else "A row that is better argues for choosing the step count")
+              + "; `--steps N` stays an option and a searchable setting.",
               "", holm_line(named, "paired comparisons (steps selected − 10 epochs)")]
     return lines
 

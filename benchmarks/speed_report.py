@@ -13,7 +13,9 @@ COLUMNS = ["strategy", "epochs", "trainable", "ref s/episode", "pefs s/episode",
            "ref s/K-shot", "pefs s/K-shot", "ref img/s", "pefs img/s", "ref peak MB", "pefs peak MB",
            "ref tensor MB", "pefs tensor MB",
            "ref acc (ep / K-shot)", "pefs acc (ep / K-shot)", "agree"]
-TARGET_SPEEDUP, TARGET_LIMIT, TARGET_TRAIN, TARGET_MEMORY = 5.0, 1.3, 1.0, 0.5
+#: issue 23's targets: pefs no slower than the fair reference (equal work) per episode, >= 3x over a protocol run
+#: (the run-wide cache), frozen-prefix rows within 1.3x the forward-only limit, per-task bookkeeping <= 0.05 s
+TARGET_STREAM, TARGET_LIMIT, TARGET_TRAIN, TARGET_MEMORY, TARGET_OTHER = 3.0, 1.3, 1.0, 0.5, 0.05
 
 
 def _f(v: float | None, fmt: str = "{:.2f}") -> str:
@@ -136,23 +138,32 @@ def _breakdown(r: dict[str, Any]) -> list[str]:
     return lines
 
 
+def _naive(row: dict[str, Any]) -> bool:
+    """A row against the naive reference (reruns the frozen trunk every step): shown, never a target's judge."""
+    return row["name"].split()[0].endswith("-naive")
+
+
 def targets(r: dict[str, Any]) -> list[dict[str, Any]]:
-    """Each target of issue 6, per strategy: the measured value and whether it is met."""
+    """Each target of issue 23, per strategy, judged against the fair reference: the measured value and whether
+    it is met."""
     out = []
-    rows = [x for x in r["rows"] if "error" not in x and x.get("pefs_episode_s")]
+    rows = [x for x in r["rows"] if "error" not in x and x.get("pefs_episode_s") and not _naive(x)]
     full = next((x for x in rows if x["strategy"] == "full"), None)
     for row in rows:
-        if row["strategy"] == "full":
-            continue
+        ratio = row["pefs_episode_s"] / row["ref_episode_s"]
+        work = "equal work: the reference also computes the frozen part once" if row["frozen"] else "same steps"
+        out.append({"target": f"pefs ≤ {TARGET_TRAIN:.1f}× the reference's time per episode ({work})",
+                    "strategy": row["name"], "value": f"{ratio:.2f}×", "met": ratio <= TARGET_TRAIN})
+        other = (row.get("pefs_episode_parts") or {}).get("other_s")
+        if other is not None:
+            out.append({"target": f"per-task other (bookkeeping) ≤ {TARGET_OTHER} s", "strategy": row["name"],
+                        "value": f"{other:.3f} s", "met": other <= TARGET_OTHER})
         if row["frozen"]:
-            out.append({"target": f"frozen prefix ≥ {TARGET_SPEEDUP:.0f}× faster than the reference per episode",
-                        "strategy": row["name"], "value": f"{row['speedup_episode']:.1f}×",
-                        "met": row["speedup_episode"] >= TARGET_SPEEDUP})
             if row.get("speedup_stream") is not None:
                 n = r["settings"]["stream_episodes"]
-                out.append({"target": f"frozen prefix ≥ {TARGET_SPEEDUP:.0f}× faster per episode over a {n}-episode "
-                                      "protocol", "strategy": row["name"], "value": f"{row['speedup_stream']:.1f}×",
-                            "met": row["speedup_stream"] >= TARGET_SPEEDUP})
+                out.append({"target": f"≥ {TARGET_STREAM:.0f}× faster per episode over a {n}-episode protocol",
+                            "strategy": row["name"], "value": f"{row['speedup_stream']:.1f}×",
+                            "met": row["speedup_stream"] >= TARGET_STREAM})
             # against the forward pass in the precision pefs' no-grad passes ran in: fp32 where the row says so
             # (strict-agreement rows), else its default (bf16 where native)
             fp32 = "fp32" in (row.get("pefs_options") or "")
@@ -165,12 +176,8 @@ def targets(r: dict[str, Any]) -> list[dict[str, Any]]:
                             f"{'bf16' if lim else 'fp32'} limit ({row[f'pefs_vs_limit_{lim}episode_no_decode']:.2f}× "
                             f"without decoding{other})",
                             "met": row[f"pefs_vs_limit_{lim}episode"] <= TARGET_LIMIT})
-        else:
-            ratio = row["pefs_episode_s"] / row["ref_episode_s"]
-            out.append({"target": f"pefs ≤ {TARGET_TRAIN:.1f}× the reference's time, same steps",
-                        "strategy": row["name"], "value": f"{ratio:.2f}×", "met": ratio <= TARGET_TRAIN})
         key = "pefs_tensor_mb" if full is not None and full.get("pefs_tensor_mb") else "pefs_peak_mb"
-        if full is not None and full.get(key) and row.get(key):
+        if row is not full and full is not None and full.get(key) and row.get(key):
             ratio = row[key] / full[key]
             rss = "" if key == "pefs_peak_mb" else f"; peak RSS {row['pefs_peak_mb'] / full['pefs_peak_mb']:.2f}×"
             out.append({"target": f"peak memory ≤ {TARGET_MEMORY}× full fine-tuning's (same batch)",

@@ -12,6 +12,8 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+from benchmarks.speed_parts import CACHED, classifier, flat_blocks, split_frozen
+
 
 def protocol_tasks(s: dict[str, Any], protocol: str):
     """The ImageSets of every timed task of ``protocol``: (support, query, seed, ways) per task."""
@@ -75,11 +77,6 @@ def decode(images, tf: Callable):
     return x, torch.as_tensor(np.asarray(images.labels), dtype=torch.long)
 
 
-def _classifier(model):
-    get = getattr(model, "get_classifier", None)
-    return get() if get is not None else model.head
-
-
 def _channels_last(s: dict[str, Any], model) -> bool:
     """Whether the reference runs ``model`` channels-last: a CNN, as pefs does, unless the run asks for NCHW."""
     return s.get("ref_layout", "channels-last") != "nchw" and is_cnn(model)
@@ -94,8 +91,10 @@ def is_cnn(model) -> bool:
 
 
 class RefSide:
-    """The reference pipeline: plain timm (+ peft), plain PyTorch loop, the whole network every step; a CNN in
-    ``s["ref_layout"]`` (channels-last, pefs' layout, unless the run asks for NCHW)."""
+    """The reference pipeline: plain timm (+ peft) and a plain PyTorch loop; the linear probe and last-k compute
+    their frozen part once per image (:data:`CACHED`), their ``-naive`` kinds and every other strategy run the
+    whole network every step; a CNN in ``s["ref_layout"]`` (channels-last, pefs' layout, unless the run asks for
+    NCHW)."""
 
     def __init__(self, s: dict[str, Any], run: dict[str, Any], overrides: dict[str, Any]) -> None:
         import torch
@@ -139,9 +138,9 @@ class RefSide:
                                                          target_modules=targets), model)
             for n, p in model.named_parameters():
                 p.requires_grad_("lora_" in n)
-        elif self.kind == "last-k":
+        elif self.kind in ("last-k", "last-k-naive"):
             k = self._options("last-k").k
-            blocks = [b for stage in model.blocks for b in (stage if isinstance(stage, nn.Sequential) else [stage])]
+            blocks = flat_blocks(model)
             for b in blocks[-k:]:
                 for p in b.parameters():
                     p.requires_grad_(True)
@@ -153,7 +152,7 @@ class RefSide:
         if self.kind == "prototype":
             model.reset_classifier(0)  # the model now returns pooled features
         else:
-            for p in _classifier(model).parameters():
+            for p in classifier(model).parameters():
                 p.requires_grad_(True)
         return model
 
@@ -194,9 +193,18 @@ class RefSide:
             protos /= torch.bincount(ys).float()[:, None]
             t2 = time.perf_counter()
             scores = F.normalize(fq, dim=-1) @ F.normalize(protos, dim=-1).T
+        elif self.kind in CACHED:  # fair: the frozen part runs once per image, then only the rest trains
+            model.eval()
+            prefix, rest = split_frozen(model, self.kind, self._options("last-k").k if self.kind == "last-k" else 0)
+            fs, fq = self._predict(prefix, xs, features=True), self._predict(prefix, xq, features=True)
+            torch.manual_seed(seed)
+            classifier(model).reset_parameters()
+            loss = self._fit(rest, fs, ys, seed, epochs or self.s["epochs"])
+            t2 = time.perf_counter()
+            scores = self._predict(rest, fq, features=True)
         else:
             torch.manual_seed(seed)
-            _classifier(model).reset_parameters()
+            classifier(model).reset_parameters()
             loss = self._fit(model, xs, ys, seed, epochs or self.s["epochs"])
             t2 = time.perf_counter()
             scores = self._predict(model, xq, features=True)
@@ -214,7 +222,7 @@ class RefSide:
 
         c, bs = self.train, self.s["batch_size"]
         lr = c.lr if c.lr is not None else default_lr(self.run["strategy"])  # the rate pefs resolves for it
-        head = {id(p) for p in _classifier(model).parameters()}
+        head = {id(p) for p in classifier(model).parameters()}
         params = [p for p in model.parameters() if p.requires_grad]
         groups = [{"params": [p for p in params if id(p) in head], "lr": c.head_lr},
                   {"params": [p for p in params if id(p) not in head], "lr": lr}]
@@ -223,8 +231,8 @@ class RefSide:
         loader = DataLoader(TensorDataset(x, y), batch_size=bs, shuffle=True,
                             generator=torch.Generator().manual_seed(seed))
         torch.manual_seed(seed)
-        if self.kind == "linear":
-            model.eval()  # a frozen trunk: eval mode, and it still runs every step
+        if self.kind in ("linear", "linear-naive"):
+            model.eval()  # a frozen trunk: eval mode (the naive loop still runs it every step)
         else:
             model.train()
             for m in model.modules():  # pretrained BatchNorm statistics stay (as pefs' default bn_stats="frozen")

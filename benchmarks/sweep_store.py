@@ -24,7 +24,7 @@ import sys
 import time
 from pathlib import Path
 
-from benchmarks.common import load, machine, module_env, parser, provenance, render_source
+from benchmarks.common import load, machine, module_env, parser, provenance, provenance_section, render_source
 
 HERE = Path(__file__).parent
 
@@ -84,8 +84,8 @@ def render(d: dict) -> str:
              f"one torch thread; data: {d['n_test']:,} Fashion-MNIST test images + 20 train images per class, "
              "as PNG files. One `pefs sweep` process per head; with the store both get the same "
              "`--feature-cache DIR`, empty at the start.", "",
-             f"Measured {d['measured_at']} on a {cpus}-core machine. {d.get('note', '')}", "",
-             "Reproduce: `" + d["command"] + "`", "",
+             f"Measured on a {cpus}-core machine. {d.get('note', '')} Each condition ran once (N=1, no spread), "
+             "\"without\" first.", "",
              "| | sweep processes, wall (s) | cells' own wall (s) | trunk forward passes (images) |",
              "|---|---:|---:|---:|"]
     for c in ("without", "with"):
@@ -102,6 +102,9 @@ def render(d: dict) -> str:
               "sweep and runs the trunk over the whole test split and its support. With it, the first cell runs "
               "the trunk once per image and writes the features; every later cell, and the second sweep "
               "process, reads them. Process wall time includes Python start-up and imports (~10 s each).", ""]
+    lines += provenance_section({**d, "machine": {"cpus": cpus, "threads": 1, **d.get("machine", {})}},
+                                "OMP_NUM_THREADS=1 .venv/bin/python -m benchmarks.sweep_store",
+                                ".venv/bin/python -m benchmarks.sweep_store --render")
     return "\n".join(lines)
 
 

@@ -31,7 +31,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from benchmarks.common import load, machine, parser, provenance, render_source
+from benchmarks.common import load, machine, parser, provenance, provenance_section, render_source
 
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -79,6 +79,7 @@ def run(shots: int, epochs: int, seeds: tuple[int, ...]) -> dict[str, Any]:
             row: dict[str, Any] = {"strategy": strategy, "options": options}
             for side, model, extra in (("timm", TIMM_NAME, {"checkpoint": ckpt}), ("transformers", f"hf:{hf_dir}", {})):
                 cfg = TuneConfig(model=model, strategy=strategy, shots=shots, seeds=seeds, img_size=IMG,
+                                 head="linear-proto",  # the head this page measured, whatever the strategy
                                  options=dict(options), output=str(Path(tmp) / "runs"), **extra,
                                  train=TrainConfig(epochs=epochs, progress=False, inference_precision="no"))
                 t0 = time.perf_counter()
@@ -92,6 +93,19 @@ def run(shots: int, epochs: int, seeds: tuple[int, ...]) -> dict[str, Any]:
     return {"shots": shots, "epochs": epochs, "seeds": list(seeds), "img_size": IMG, "model": TIMM_NAME,
             "weights": "random (seeded), identical in both families via exact conversion",
             "machine": machine(), "rows": rows}
+
+
+def _time_reading(rows: list[dict[str, Any]]) -> str:
+    """What the time ratios say, from the rows alone: their range, and whether they fall on both sides of 1 (one
+    timing per cell: no spread to judge a single row by)."""
+    ratios = [r["transformers"]["seconds_per_task"] / r["timm"]["seconds_per_task"] for r in rows]
+    lo, hi = min(ratios), max(ratios)
+    both = lo < 1 < hi
+    return (f"- The time ratios range from {lo:.2f} to {hi:.2f} (one timing per cell, N=1, so no spread per row)"
+            + ("; they fall on both sides of 1, so this run does not show a systematic speed difference between "
+               "the two implementations under pefs." if both else
+               f"; every row is {'above' if lo >= 1 else 'below'} 1 in this run, which one timing per cell on a "
+               "shared machine does not establish as a systematic difference."))
 
 
 def render(data: dict[str, Any]) -> str:
@@ -127,11 +141,11 @@ def render(data: dict[str, Any]) -> str:
               "- `peft:ia3` trains fewer parameters on transformers by design: IA3 rescales keys and values (k_proj, "
               "v_proj) plus fc2 there; timm's fused `qkv` has no separate keys/values, so the whole qkv output is "
               "rescaled.",
-              "- The time ratios scatter both ways (0.5x to 1.5x) on a machine shared with other jobs; this run "
-              "does not show a systematic speed difference between the two implementations under pefs."]
+              _time_reading(data["rows"])]
     m = data["machine"]
-    lines += ["", f"Machine: {m['platform']}, {m['cpus']} CPUs ({m['threads']} torch threads), torch {m['torch']}, "
-              f"Python {m['python']}. {data.get('note', '')}".rstrip(), ""]
+    lines += ["", f"Platform: {m['platform']}. {data.get('note', '')}".rstrip(), ""]
+    lines += provenance_section(data, ".venv/bin/python -m benchmarks.transformers_vit",
+                                ".venv/bin/python -m benchmarks.transformers_vit --render")
     return "\n".join(lines)
 
 

@@ -86,3 +86,27 @@ def test_hf_local_dataset(tmp_path):
     assert ds.train.image(0).size == (10, 10)
     with pytest.raises(PefsError, match="no column 'nope'"):
         load_dataset(str(tmp_path / "hf"), image_column="nope")
+
+
+def test_kshot_draws_k_distinct_images_per_class():
+    """The K shots of a class are K different images (drawn without replacement), for every seed; at K equal to
+    the class size the support is the whole class, each image once."""
+    ds = load_default()
+    for seed in range(5):
+        split = kshot_split(ds, 10, seed=seed)
+        for c in range(len(ds.classes)):
+            picked = split.support_index[ds.train.labels[split.support_index] == c]
+            assert len(picked) == 10 and len(set(picked.tolist())) == 10, (seed, c)
+    whole = kshot_split(ds, 60, seed=0)
+    assert sorted(whole.support_index.tolist()) == list(range(len(ds.train)))
+
+
+def test_episodes_draw_distinct_support_and_query_images():
+    """In every episode each class gives K support and Q query images, all different images of the pool."""
+    from pefs.data.sampling import episodes
+
+    pool = load_default().train
+    for ep in episodes(pool, ways=5, shots=5, queries=15, n_episodes=20, seed=3):
+        names = list(ep.support.names) + list(ep.query.names)
+        assert len(names) == 5 * 20 and len(set(names)) == len(names)
+        assert (ep.support.counts() == 5).all() and (ep.query.counts() == 15).all()

@@ -3,6 +3,8 @@ a miss, and an interrupted write leaves no entry."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
@@ -152,3 +154,19 @@ def test_an_unwritable_cache_folder_is_one_line_with_the_reason(tmp_path):
     with pytest.raises(PefsError, match=r"^feature cache '.*file/cache' is not writable: Not a directory; choose "
                                         r"another with --feature-cache DIR \(or \$PEFS_FEATURE_CACHE\)$"):
         FeatureStore(blocker / "cache", {"model": "m"})
+
+
+@pytest.mark.parametrize("change", [{"img_size": 48}, {"precision": "bf16"}])
+def test_a_cnn_store_is_keyed_by_transform_and_precision(data, tmp_path, change):
+    """On a CNN, whose weights (and so the trunk fingerprint) do not change with the image size or the precision,
+    a run at another image size or inference precision still misses the store and runs the trunk itself: the
+    namespace is keyed by the evaluation transform and the precision, not only by the weights."""
+    import json
+
+    cnn = {"model": "resnet18", "seeds": (0,)}
+    first = tune(config(data, tmp_path, **cnn))
+    other = tune(config(data, tmp_path, **cnn, **change))
+    facts = [json.loads((tmp_path / "store" / Path(run["feature_store"]["dir"]).name / "facts.json")
+                        .read_text()) for run in (first, other)]
+    assert facts[0]["trunk"] == facts[1]["trunk"]  # the same weights: only the transform or precision differs
+    assert other["feature_store"]["hits"] == 0 and trunk_passes(other) == trunk_passes(first) > 0

@@ -107,7 +107,9 @@ def test_different_base_weights_are_refused_unless_allowed(tmp_path):
     assert PefsModel.load(tmp_path / "m", backbone=other, allow_different_base=True).spec == "lora"
 
 
-def test_random_weights_by_name_are_refused_with_the_reason(tmp_path):
+def test_random_weights_by_name_are_refused_with_the_reason(tmp_path, monkeypatch):
+    """A random base saved without its weights (as pefs 0.2.0 saved it) is refused, saying why."""
+    monkeypatch.setattr("pefs.model.directory.base_saved", lambda model: False)
     wrap("resnet18", "linear", num_classes=3, pretrained=False).save(tmp_path / "m")
     with pytest.raises(PefsError, match=r"random weights"):
         PefsModel.load(tmp_path / "m")

@@ -187,8 +187,18 @@ def test_each_strategy_trains_at_its_default_learning_rate_unless_lr_is_given(tm
     given = tune(tmp_path, folder, "--strategy", "full", "--lr", "3e-4")
     assert given["resolved"]["train"]["lr"] == 3e-4 and given["runs"][0]["lr"] == 3e-4
     assert given["config_hash"] != full["config_hash"]
-    probe = tune(tmp_path, folder)  # the linear probe trains its head only: no strategy rate to report
-    assert probe["runs"][0]["lr"] is None and probe["runs"][0]["head_lr"] is not None
+    # the AdamW linear probe trains its head only: no strategy rate to report (the default logistic head fits)
+    probe = tune(tmp_path, folder, "--head", "linear")
+    assert probe["runs"][0]["lr"] is None and probe["runs"][0]["head_lr"] == pytest.approx(1e-2, rel=1e-9)
+
+
+@pytest.mark.parametrize("head, rate", [("linear", 1e-2), ("linear-proto", 1e-3)])
+def test_the_head_trains_at_its_documented_default_rate(tmp_path, folder, head, rate):
+    """The head's default learning rate is 1e-2 (``--head-lr``), a tenth of it for the prototype-initialised head
+    (benchmarks/episodic.md's settings): the resolved config and the run entry give those values."""
+    rec = tune(tmp_path, folder, "--strategy", "bias", "--head", head)
+    assert rec["resolved"]["train"]["head_lr"] == 1e-2
+    assert rec["runs"][0]["head_lr"] == pytest.approx(rate, rel=1e-9)
 
 
 def test_stratified_hold_out_keeps_30_percent_of_every_class(tmp_path):
@@ -296,10 +306,12 @@ def test_no_cache_trains_through_the_whole_network_with_the_same_predictions(tmp
     """README: the frozen part runs once per image and is cached; ``--no-cache`` runs every step through the
     whole network, and gives the same predictions."""
     spy = LayerSpy(monkeypatch)
-    cached = tune(tmp_path, folder, "--strategy", "linear", "--inference-precision", "no")
+    # a trained head (--head linear): the default logistic head fits on features and never trains the network
+    cached = tune(tmp_path, folder, "--strategy", "linear", "--head", "linear", "--inference-precision", "no")
     convs_cached = sum(c["conv"] and c["grad"] for c in spy.calls)
     spy.clear()
-    plain = tune(tmp_path, folder, "--strategy", "linear", "--inference-precision", "no", "--no-cache")
+    plain = tune(tmp_path, folder, "--strategy", "linear", "--head", "linear", "--inference-precision", "no",
+                 "--no-cache")
     convs_plain = sum(c["conv"] and c["grad"] for c in spy.calls)
     assert cached["runs"][0]["cached"] and cached["frozen_level"] > 0 and convs_cached == 0
     assert not plain["runs"][0]["cached"] and plain["frozen_level"] == 0 and convs_plain > 0

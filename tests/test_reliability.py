@@ -117,7 +117,7 @@ def test_divergence_stops_with_the_step_and_the_record_says_so(tmp_path):
 
 
 def test_divergence_in_the_library_raises(tmp_path):
-    cfg = TuneConfig(strategy="linear", shots=1, img_size=32, output=str(tmp_path),
+    cfg = TuneConfig(strategy="linear", head="linear", shots=1, img_size=32, output=str(tmp_path),  # a trained head
                      train=TrainConfig(epochs=3, lr=1e30, head_lr=1e30, progress=False))
     with pytest.raises(NonFiniteLoss) as e:
         tune(cfg)

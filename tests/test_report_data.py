@@ -36,7 +36,8 @@ IN_PLACE_REPORTS = {"scale.md": ("scale.py", "--render"),
                     "sweep_store.md": ("sweep_store.py", "--render"),
                     "selection.md": ("selection.py", "--render"),
                     "fingerprint.md": ("fingerprint.py", "--render"),
-                    "restore.md": ("restore.py", "--render")}
+                    "restore.md": ("restore.py", "--render"),
+                    "linear_default.md": ("linear_default.py", "--render")}
 #: reports with committed data whose script has no render-only mode yet (it renders as it measures)
 NO_RENDER_MODE: set[str] = set()
 
@@ -77,6 +78,29 @@ def test_sweep_report_rerenders_from_its_store(page, tmp_path, monkeypatch):
         summary = [ln for ln in (BENCH / page).read_text().splitlines() if ln.startswith("| ")]
         numbers = [ln for ln in summary if re.search(r"\d ± \d", ln)]  # result rows
         assert numbers and all(ln in rows for ln in numbers), [ln for ln in numbers if ln not in rows][:3]
+
+
+#: every ``pefs report`` folder under benchmarks/ (a summary page's, or one a page links to, as selection.md does)
+REPORT_FOLDERS = sorted(p.parent.name for p in BENCH.glob("*/report.md"))
+#: the paired baseline a folder's report was written with (benchmarks/selection.py names it), else the default
+BASELINES = {"selection": "linear (epochs=10, head=linear-proto, search={'head_lr': '1e-3,1e-2,1e-1'})"}
+
+
+def test_every_report_folder_has_its_store():
+    """Every benchmarks/*/report.md has the store it is rendered from beside it (no report without a render
+    path): the next test re-renders those that no summary page above covers."""
+    assert REPORT_FOLDERS and all((BENCH / f / "results.jsonl").exists() for f in REPORT_FOLDERS), REPORT_FOLDERS
+
+
+@pytest.mark.parametrize("folder", [f for f in REPORT_FOLDERS if f not in SWEEP_REPORTS.values()])
+def test_report_folder_rerenders_from_its_store(folder, tmp_path, monkeypatch):
+    """``pefs report`` on a committed store gives the committed report.md and results.csv."""
+    from pefs.results.report.markdown import build_report
+
+    monkeypatch.chdir(ROOT)
+    build_report(f"benchmarks/{folder}/results.jsonl", tmp_path, ("md", "csv"), baseline=BASELINES.get(folder))
+    assert _generated((tmp_path / "report.md").read_text()) == _generated((BENCH / folder / "report.md").read_text())
+    assert _cells(tmp_path / "results.csv") == _cells(BENCH / folder / "results.csv")
 
 
 def _cells(path: Path) -> list[list[object]]:

@@ -7,6 +7,7 @@ import json
 import multiprocessing
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -161,11 +162,12 @@ def test_changed_data_or_checkpoint_under_the_same_path_reruns(tmp_path, image_f
     assert len({r["cell"]["fingerprints"]["checkpoint"] for r in rows}) == 2
 
     _, problems = build_report(st, tmp_path / "rep", ("md",))
-    assert any("4 stored result(s) left out" in p for p in problems)
+    assert any("2 stored result(s) left out" in p for p in problems)  # same data, older checkpoint
     md = (tmp_path / "rep" / "report.md").read_text()
-    assert ": 2 finished cells" in md  # the two fresh seeds, not six pooled
-    (group,) = aggregate(current_rows(list(store.load(st).rows.values()))[0])
-    assert group.seeds == [0, 1] and group.accuracies == [0.55, 0.56]
+    assert ": 4 finished cells" in md  # each data version's two seeds, under its own identity, never pooled
+    old_data, new_data = aggregate(current_rows(list(store.load(st).rows.values()))[0])
+    assert {old_data.data, new_data.data} == {r["cell"]["fingerprints"]["data"] for r in rows}
+    assert sorted([old_data.accuracies, new_data.accuracies]) == [[0.51, 0.52], [0.55, 0.56]]
 
 
 def test_rows_that_are_json_but_not_rows_are_reported(tmp_path):
@@ -280,3 +282,19 @@ def test_claims_that_cannot_be_written_are_one_clear_error(tmp_path):
         claims.try_claim(blocker / "s.jsonl", "cell")
     with pytest.raises(PefsError, match=r"cannot write a claim file in '.*\.s\.jsonl\.claims': File name too long$"):
         claims.try_claim(tmp_path / "s.jsonl", "c" * 300)
+
+
+def test_a_claim_from_another_host_is_stale_after_ten_minutes_of_silence(tmp_path):
+    """README: a claim from another host (whose pid cannot be checked here) is respected while its heartbeat is
+    under 10 minutes old and taken over once it is older."""
+    st = tmp_path / "s.jsonl"
+    path = claims.claims_dir(st) / "cell.claim"
+    path.parent.mkdir(parents=True)
+    path.write_text(json.dumps({"host": "another-host.invalid", "pid": os.getpid()}))
+    assert claims.STALE_S == 600
+    now = time.time()
+    os.utime(path, (now - 540, now - 540))  # 9 minutes since its last heartbeat: still held
+    assert claims.try_claim(st, "cell") is None and path.exists()
+    os.utime(path, (now - 660, now - 660))  # 11 minutes: its process is presumed gone
+    with claims.try_claim(st, "cell") as claim:
+        assert claim is not None and json.loads(path.read_text())["host"] == socket.gethostname()

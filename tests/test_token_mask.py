@@ -73,7 +73,7 @@ def test_dropped_patches_have_no_influence_painted_ones_would():
 
 def test_masked_views_of_a_vit_train(image_folder, tmp_path):
     cfg = TuneConfig(model="vit_tiny_patch16_224", pretrained=False, img_size=32, data=str(image_folder), shots=3,
-                     views=3, mask_ratio=0.5, mask_mode="block", output=str(tmp_path),
+                     views=3, mask_ratio=0.5, mask_mode="block", output=str(tmp_path), head="linear",  # trains
                      train=TrainConfig(epochs=3, progress=False))
     runner = TaskRunner(cfg, 3)
     assert runner.token_masks

@@ -48,6 +48,19 @@ def _sigterm_as_interrupt(signum, frame) -> None:
     raise KeyboardInterrupt
 
 
+def _reader_gone() -> int:
+    """The reader of stdout went away (``pefs strategies | head``): stop quietly, the shell's way (exit 141,
+    128 + SIGPIPE), with stdout pointed at devnull so Python's own flush at exit cannot fail again."""
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    try:
+        os.dup2(devnull, sys.stdout.fileno())
+    except (AttributeError, ValueError, OSError):  # a stdout without a file descriptor (captured in-process)
+        sys.stdout = open(os.devnull, "w")  # noqa: SIM115 (open for the rest of the process)
+    finally:
+        os.close(devnull)
+    return 141
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     if threading.current_thread() is threading.main_thread():  # SIGTERM unwinds like Ctrl-C: atomic writes finish
@@ -58,7 +71,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.print_help()
         return 2
     try:
-        return COMMANDS[args.command].run(args)
+        code = COMMANDS[args.command].run(args)
+        sys.stdout.flush()  # a reader gone (``| head``) shows here, not in the interpreter's exit
+        return code
+    except BrokenPipeError:
+        return _reader_gone()
     except PefsError as e:
         print(f"pefs {args.command}: error: {e}", file=sys.stderr)
         return 2

@@ -6,6 +6,7 @@ import argparse
 import sys
 
 from pefs.cli.flags import EPILOG, add_tune_args
+from pefs.errors import PefsError
 from pefs.results.store import DEFAULT_STORE
 
 #: run fields whose single-value flags the grid's comma-list flags replace (--models, --strategies, ...)
@@ -45,8 +46,9 @@ def _sweep_settings(a: argparse.Namespace) -> dict:
     from pefs.sweep.recipe import RECIPE_KEYS
 
     given = {k: v for k, v in vars(a).items() if k in RECIPE_KEYS and v is not None}
-    if a.options:
-        given["options"] = dict(a.options)
+    for key in ("options", "search"):  # KEY=VALUE flags arrive as a list of pairs; a recipe holds a mapping
+        if getattr(a, key, None):
+            given[key] = dict(getattr(a, key))
     if isinstance(given.get("seeds"), tuple):
         given["seeds"] = list(given["seeds"])
     return given
@@ -83,9 +85,15 @@ def run(a: argparse.Namespace) -> int:
     recipe = load_recipe(a.recipe) if a.recipe else {}
     flags = _sweep_settings(a)
     settings = {**recipe, **flags, "options": {**(recipe.get("options") or {}), **flags.get("options", {})}}
-    spec = sweep.spec_from_settings(settings, f"recipe {a.recipe!r} or the flags" if a.recipe else "the flags")
-    spec.progress = not a.quiet
-    cells = sweep.plan(spec)
+    where = f"recipe {a.recipe!r} or the flags" if a.recipe else "the flags"
+    try:
+        spec = sweep.spec_from_settings(settings, where)
+        spec.progress = not a.quiet
+        cells = sweep.plan(spec)
+    except PefsError as e:  # every refusal says where the bad value came from
+        if a.recipe and "recipe" not in str(e):
+            raise PefsError(f"{e} (set in {where})") from e
+        raise
     if a.dry_run:
         rows = store.load(store.check_store_path(spec.store)).rows
         for c in cells:

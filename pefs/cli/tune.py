@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import shlex
 
 from pefs.cli.flags import EPILOG, add_tune_args, config_from_args
 
@@ -43,7 +44,7 @@ def _print_final(rec: dict) -> None:
     print(f"accuracy on the {rec['test_images']} test images: {100 * run['accuracy']:.2f}%" if rec["test_images"]
           else f"no test split: accuracy on the training images {100 * run['train_accuracy']:.2f}% (not a "
           "measure of accuracy on new images)")
-    print(f"model directory: {rec['model_dir']} (next: pefs predict {rec['model_dir']} IMAGES...)")
+    print(f"model directory: {rec['model_dir']} (next: pefs predict {shlex.quote(str(rec['model_dir']))} IMAGES...)")
     print(f"result record: {rec['path']}")
 
 
@@ -57,8 +58,11 @@ def _print_kshot(rec: dict, unit: str) -> None:
     else:
         print(f"accuracy: {100 * rec['accuracy_mean']:.2f}% ± {100 * rec['accuracy_ci95']:.2f} "
               f"(95% CI over {n} {unit})")
-    if p.get("note"):
+    if p.get("note") and not p["trainable"]:
         print(f"trainable parameters: 0 ({p['note']})")
+    elif p.get("note"):  # a head that fits its own weights per task (logistic): the count it fits, and how
+        print(f"trainable parameters: {p['trainable']:,} ({p['percent_of_backbone']:.3f}% of the backbone's "
+              f"{p['backbone_params']:,}; {p['note']})")
     else:
         print(f"trainable parameters: {p['trainable']:,} ({p['percent_of_backbone']:.3f}% of the backbone's "
               f"{p['backbone_params']:,}; head {p['head']:,})")

@@ -11,14 +11,16 @@ from pefs.config.identity import SCHEMA_VERSION, config_hash, run_key
 from pefs.config.run import (
     DEFAULT_HEAD,
     DEFAULT_MODEL,
+    LINEAR_PROBE_HEAD,
     RUN_KEYS,
     TRAIN_KEYS,
     TrainConfig,
     TuneConfig,
     check_auto,
+    head_of,
     resolved,
 )
 
-__all__ = ["DEFAULT_HEAD", "DEFAULT_MODEL", "RUN_KEYS", "SCHEMA_VERSION", "TRAIN_KEYS", "TrainConfig", "TuneConfig",
-           "check_auto", "check_choice", "choices", "config_hash", "defaults", "field_types", "resolved",
-           "result_fields", "run_key", "setting"]
+__all__ = ["DEFAULT_HEAD", "DEFAULT_MODEL", "LINEAR_PROBE_HEAD", "RUN_KEYS", "SCHEMA_VERSION", "TRAIN_KEYS",
+           "TrainConfig", "TuneConfig", "check_auto", "check_choice", "choices", "config_hash", "defaults",
+           "field_types", "head_of", "resolved", "result_fields", "run_key", "setting"]

@@ -33,30 +33,39 @@ def check_classes(n_classes: int, name: str) -> None:
                         "(with one class every prediction is correct and the accuracy means nothing)")
 
 
+def _probe_existing(path: Path) -> None:
+    """Raise the OSError a write in ``path`` would raise, or in the nearest folder above it that exists when it
+    does not (nothing is left behind: the folders a run writes to are created only when it writes)."""
+    d = path
+    while not (d.exists() or d.is_symlink()) and d != d.parent:
+        d = d.parent
+    if not d.is_dir():
+        raise NotADirectoryError(20, f"{str(d)!r} is a file, not a folder")
+    probe = d / f".pefs-write-test-{os.getpid()}"
+    probe.write_text("")
+    probe.unlink()
+
+
 def check_writable_dir(path: str | Path, what: str, flag: str) -> None:
-    """Fail now, naming the folder and the flag that chose it, when files could not be written in ``path``."""
+    """Fail now, naming the folder and the flag that chose it, when files could not be written in ``path``. A
+    missing folder is not created here (it is, when the run writes its first file there)."""
     d = Path(path)
     try:
-        d.mkdir(parents=True, exist_ok=True)
-        probe = d / f".pefs-write-test-{os.getpid()}"
-        probe.write_text("")
-        probe.unlink()
+        _probe_existing(d)
     except OSError as e:
         raise PefsError(f"{what} {str(d)!r} is not writable: {e.strerror or e}; choose another with {flag}") from e
 
 
 def check_writable_file(path: str | Path, what: str, flag: str) -> None:
-    """Fail now, naming the path, when ``path`` (a file to append to) could not be created or written."""
+    """Fail now, naming the path, when ``path`` (a file to append to) could not be created or written; a missing
+    folder above it is not created here."""
     path = Path(path)
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
         if path.exists():
             if not os.access(path, os.W_OK):
                 raise PermissionError(13, "Permission denied")
         else:
-            probe = path.parent / f".pefs-write-test-{os.getpid()}"
-            probe.write_text("")
-            probe.unlink()
+            _probe_existing(path.parent)
     except OSError as e:
         raise PefsError(f"{what} {str(path)!r} is not writable: {e.strerror or e}; choose another with {flag}") from e
 

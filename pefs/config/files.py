@@ -11,7 +11,7 @@ from __future__ import annotations
 import contextlib
 import os
 import shutil
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import IO
 
@@ -25,6 +25,7 @@ def atomic_path(path: str | Path, what: str = "file") -> Iterator[Path]:
     path = Path(path)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     try:
+        path.parent.mkdir(parents=True, exist_ok=True)  # the folder is made when its first file is written
         yield tmp
         with open(tmp, "rb") as f:
             os.fsync(f.fileno())
@@ -83,6 +84,24 @@ def _swap(new: Path, path: Path, old: Path) -> None:
         os.rename(old, path)
         raise
     shutil.rmtree(old, ignore_errors=True)
+
+
+def check_outside(out: str | Path, flag: str, inputs: Iterable[tuple[str | Path | None, str]]) -> None:
+    """Refuse (before anything is created) an output ``out`` that is, or would sit inside, one of ``inputs``
+    ((path, what it is) pairs; None and paths that do not exist are skipped): writing there would destroy, or be
+    read back as part of, what the command reads (a ``runs/`` folder inside the data folder becomes a class).
+    ``what`` names a folder in the singular ("data folder") and files in the plural ("images or image lists")."""
+    o = Path(out).resolve()
+    for path, what in inputs:
+        if path is None or not Path(path).exists():
+            continue
+        i = Path(path).resolve()
+        if i in o.parents or (o == i and i.is_dir()):
+            raise PefsError(f"{flag} {str(out)!r} lies inside the {what} {str(path)!r}, which this command reads; "
+                            "write it outside that folder")
+        if o == i:
+            raise PefsError(f"{flag} {str(out)!r} is one of the {what} this command reads ({str(path)!r}); writing "
+                            "it would destroy it: choose another path")
 
 
 def write_bytes(path: str | Path, data: bytes, what: str = "file") -> None:

@@ -24,6 +24,9 @@ from pefs.errors import PefsError, unknown
 
 DEFAULT_MODEL = "efficientnet_lite0.offline"
 DEFAULT_HEAD = "linear-proto"
+#: the head of ``--strategy linear`` when none is named: the converged probe the field compares against (an
+#: AdamW-trained head scores below scikit-learn's LogisticRegression on the same features: benchmarks/linear_default.md)
+LINEAR_PROBE_HEAD = "logistic"
 
 
 @dataclass
@@ -164,8 +167,10 @@ class TuneConfig:
     options: dict[str, Any] = setting(
         help="strategy option, repeatable: -o r=8 -o alpha=16 (lora.r=8 for one of several)",
         flags=("--opt", "-o"), metavar="KEY=VALUE", default_factory=dict)
-    head: str = setting(DEFAULT_HEAD, "classifier head",
-                        choices_from="pefs.heads.registry:HEADS")
+    head: str | None = setting(
+        None, f"classifier head; default: {LINEAR_PROBE_HEAD} (a converged probe) for --strategy linear, else "
+        f"{DEFAULT_HEAD} (also with --final / --save-adapter: a saved model needs a head that predicts by itself)",
+        choices_from="pefs.heads.registry:HEADS")
     search: dict[str, str] = setting(
         help="search a setting on validation data, repeatable: --search lr=1e-4,1e-3 --search strategy=linear,lora "
         "(a strategy option given as a list, -o r=4,8, is searched too); the best on validation is retrained on the "
@@ -226,8 +231,12 @@ class TuneConfig:
         check_views(self)
         if self.max_image_pixels is not None:
             check_max_pixels(self.max_image_pixels)
-        if self.head not in choices(TuneConfig, "head"):
+        if self.head is not None and self.head not in choices(TuneConfig, "head"):
             raise unknown("head", self.head, choices(TuneConfig, "head"))
+        if self.head is None and "head_lr" in self.search and head_of(self) == LINEAR_PROBE_HEAD:
+            raise PefsError(f"--search head_lr={self.search['head_lr']} tunes a trained head, but --strategy linear's "
+                            f"default head ({LINEAR_PROBE_HEAD}) fits without one; name a trained head: --head linear "
+                            "or --head linear-proto")
         self.train.validate()
 
     def to_dict(self) -> dict[str, Any]:
@@ -238,6 +247,16 @@ class TuneConfig:
     def hash(self) -> str:
         """The identity of this config's results: see :func:`pefs.config.identity.config_hash`."""
         return config_hash(self)
+
+
+def head_of(cfg: TuneConfig) -> str:
+    """The head a run uses: the one named, else :data:`LINEAR_PROBE_HEAD` for a plain ``--strategy linear`` (not
+    a searched strategy; not ``--final`` / ``--save-adapter``, whose saved model must predict by itself), else
+    :data:`DEFAULT_HEAD`. :func:`pefs.protocols.run.resolve` records it, so it is part of the run's key."""
+    if cfg.head is not None:
+        return cfg.head
+    probe = cfg.strategy == "linear" and "strategy" not in cfg.search and not cfg.final and not cfg.save_adapter
+    return LINEAR_PROBE_HEAD if probe else DEFAULT_HEAD
 
 
 def check_views(cfg: TuneConfig) -> None:

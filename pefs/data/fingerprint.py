@@ -1,13 +1,15 @@
 """The content fingerprint of a ``--data`` spec: part of a run's key (:func:`pefs.config.identity.run_key`).
 
-* an image folder or local dataset folder: :func:`~pefs.config.identity.tree_digest` (paths, sizes, mtimes);
+* an image folder or local dataset folder: :func:`~pefs.config.identity.tree_digest` (relative paths and the
+  SHA-256 of every file's bytes; stats only cache those hashes);
 * the embedded dataset (and any single file): the SHA-256 of its bytes;
 * a dataset built in Python: its image names and labels;
 * a benchmark spec (``vtab1k:PATH``, ...): its split files' SHA-256 and its root's tree digest
   (:func:`pefs.data.benchmarks.fingerprint`), so an edited split file is a new run key;
 * a hub dataset name: the name itself (its content cannot be seen offline), marked ``"hub:"``.
 
-Replacing, adding, removing or touching any file changes the fingerprint, so the cell runs again.
+Replacing, adding or removing any file, or changing its bytes, changes the fingerprint, so the cell runs again;
+touching a file (new mtime, same bytes) does not, and old bytes restored with their old mtimes are the old data.
 """
 
 from __future__ import annotations

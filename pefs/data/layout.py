@@ -3,8 +3,9 @@
 A folder is a ``datasets`` table when its top level (or a top-level ``data/`` folder) holds a saved dataset
 (``dataset_dict.json``, ``dataset_info.json``, ``state.json``) or table files (.arrow, .parquet, .csv, .jsonl,
 .json); it is an image folder when its top level holds class sub-folders with images (or ``train/`` and
-``test/`` ones that do). A table file deeper down (``cat/labels.csv``) never changes the choice; a folder that
-looks like both is refused, naming what was found.
+``test/`` or ``val/`` ones that do). A table file deeper down (``cat/labels.csv``) never changes the choice; a folder
+that looks like both is refused, naming what was found, unless its tables are manifests (their rows name image files
+by paths from the table's folder): then the tables are read.
 """
 
 from __future__ import annotations
@@ -17,6 +18,11 @@ TABLE_SUFFIXES = (".arrow", ".parquet", ".csv", ".jsonl", ".json")
 SAVED_MARKERS = ("dataset_dict.json", "dataset_info.json", "state.json")
 IMAGE_FOLDER = "image folder"
 TABLE = "datasets table"
+#: a table of image paths and labels (.csv / .jsonl) beside the images it names: read as a table
+MANIFEST = "manifest"
+#: split folder names of an image folder: the training split first, then the held-out ones in the order they are
+#: taken (timm's and torchvision's ImageFolder layouts: ``train/`` with ``test/``, ``val/``, ``valid/``, ...)
+SPLIT_FOLDERS = ("train", "test", "val", "valid", "validation")
 
 
 def _visible(path: Path) -> list[Path]:
@@ -42,12 +48,38 @@ def _has_class_images(root: Path, suffixes: tuple[str, ...]) -> bool:
     return False
 
 
+def is_manifest(table: Path, image_suffixes: tuple[str, ...]) -> bool:
+    """Whether ``table`` (.csv or .jsonl) is a manifest: its first row names an image file that exists, by a path
+    relative to the table's folder (or absolute). Such a table beside its images says how to read them."""
+    import csv
+    import json
+
+    try:
+        with open(table, encoding="utf-8", newline="") as f:
+            if table.suffix.lower() == ".csv":
+                rows = csv.reader(f)
+                next(rows, None)
+                values = next(rows, [])
+            elif table.suffix.lower() == ".jsonl":
+                row = json.loads(f.readline() or "{}")
+                values = list(row.values()) if isinstance(row, dict) else []
+            else:
+                return False
+    except (OSError, UnicodeDecodeError, ValueError, csv.Error):
+        return False
+    return any(isinstance(v, str) and Path(v).suffix.lower() in image_suffixes and (table.parent / v).is_file()
+               for v in values)
+
+
 def data_layout(root: str | Path, image_suffixes: tuple[str, ...]) -> str:
-    """``IMAGE_FOLDER`` or ``TABLE`` for the folder ``root``; a PefsError when it looks like both."""
+    """``IMAGE_FOLDER`` or ``TABLE`` for the folder ``root``, ``MANIFEST`` for table files that name the images
+beside them; a PefsError when it looks like both otherwise."""
     root = Path(root)
     tables = _table_files(root)
     images = _has_class_images(root, image_suffixes) or any(
-        (root / s).is_dir() and _has_class_images(root / s, image_suffixes) for s in ("train", "test"))
+        (root / s).is_dir() and _has_class_images(root / s, image_suffixes) for s in SPLIT_FOLDERS)
+    if tables and images and all(is_manifest(t, image_suffixes) for t in tables):
+        return MANIFEST
     if tables and images:
         shown = ", ".join(str(p.relative_to(root)) for p in tables[:3])
         raise PefsError(f"data folder {str(root)!r} is ambiguous: it has class sub-folders of images and also "

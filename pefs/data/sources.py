@@ -15,8 +15,17 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
+from pefs.data import layout
 from pefs.data.decoding import decode_image
-from pefs.data.layout import IMAGE_FOLDER, SAVED_MARKERS, TABLE, data_layout, missing_local_path
+from pefs.data.layout import (
+    IMAGE_FOLDER,
+    MANIFEST,
+    SAVED_MARKERS,
+    SPLIT_FOLDERS,
+    TABLE,
+    data_layout,
+    missing_local_path,
+)
 from pefs.errors import PefsError
 
 DEFAULT_DATASET = "fashion-mnist-small"
@@ -100,17 +109,30 @@ def load_default() -> Dataset:
                    source="embedded")
 
 
+TRAIN_SPLIT, HELD_OUT_SPLITS = SPLIT_FOLDERS[0], SPLIT_FOLDERS[1:]
+
+
 def load_folder(root: str | Path) -> Dataset:
-    """An image folder ``root/<class>/*.jpg``; with ``root/train`` and ``root/test`` both present,
-    those are the splits. Files that are not images by suffix are ignored; empty classes are errors."""
+    """An image folder ``root/<class>/*.jpg``, or split folders: ``root/train/<class>`` with an optional held-out
+    split beside it, ``test/`` (else ``val/``, ``valid/``, ``validation/``; with several, ``test/`` is scored and
+    the others are not read). ``train/`` alone has no held-out split. Files that are not images by suffix are
+    ignored; empty classes are errors; a ``train/`` beside other folders that are not split names is refused."""
     root = Path(root)
     if not root.is_dir():
         raise PefsError(f"data folder {str(root)!r} does not exist")
-    if (root / "train").is_dir() and (root / "test").is_dir():
-        train = _folder_set(root / "train")
-        test = _folder_set(root / "test", classes=train.classes)
-        return Dataset(root.name, train, test, source=IMAGE_FOLDER)
-    return Dataset(root.name, _folder_set(root), source=IMAGE_FOLDER)
+    if not (root / TRAIN_SPLIT).is_dir():
+        return Dataset(root.name, _folder_set(root), source=IMAGE_FOLDER)
+    other = sorted(d.name for d in root.iterdir()
+                   if d.is_dir() and not d.name.startswith(".") and d.name not in SPLIT_FOLDERS)
+    if other:
+        raise PefsError(f"data folder {str(root)!r} has a train/ split folder beside other folders "
+                        f"({', '.join(other[:5])}); give either split folders only (train/ and one of "
+                        f"{', '.join(HELD_OUT_SPLITS)}/, each holding <class>/<image>) or class folders only "
+                        "(<class>/<image>)")
+    train = _folder_set(root / TRAIN_SPLIT)
+    held = next((root / s for s in HELD_OUT_SPLITS if (root / s).is_dir()), None)
+    test = _folder_set(held, classes=train.classes) if held is not None else None
+    return Dataset(root.name, train, test, source=IMAGE_FOLDER)
 
 
 def _folder_set(root: Path, classes: list[str] | None = None) -> ImageSet:
@@ -167,12 +189,44 @@ def load_hf(name: str, image_column: str | None = None, label_column: str | None
                    if test is not None else None, source=TABLE)
 
 
+def _manifest_folder(name: str) -> Path | None:
+    """The folder relative image paths of a local table (a manifest: ``path,label`` rows) are read against: the
+    folder holding the table files (``data/`` when they sit there), never the working directory."""
+    root = Path(name)
+    if not root.is_dir():
+        return None
+    data = root / "data"
+    top = [p for p in root.iterdir() if p.is_file() and p.suffix.lower() in layout.TABLE_SUFFIXES]
+    return data if data.is_dir() and not top else root
+
+
 def _load_local_hf(path: str):
     import datasets
 
     if any((Path(path) / m).exists() for m in SAVED_MARKERS):
         return datasets.load_from_disk(path)
+    if data_layout(path, IMAGE_SUFFIXES) == MANIFEST:  # tables beside their images: read the tables only
+        builder, files = _manifest_files(Path(path))
+        return datasets.load_dataset(builder, data_files=files)
     return datasets.load_dataset(path)
+
+
+def _manifest_files(root: Path) -> tuple[str, dict[str, list[str]]]:
+    """The builder and split files of manifests beside their images: ``test.csv`` is the test split (else
+    ``val``/``valid``/``validation``), any other table the train split."""
+    files = sorted(p for p in root.iterdir() if p.is_file() and p.suffix.lower() in (".csv", ".jsonl"))
+    kinds = {p.suffix.lower() for p in files}
+    if len(kinds) > 1:
+        names = ", ".join(p.name for p in files)
+        raise PefsError(f"data folder {str(root)!r} mixes .csv and .jsonl manifests ({names}); give one kind")
+    stems = {p: p.stem.lower() for p in files}
+    held = "test" if "test" in stems.values() else next((s for s in HELD_OUT_SPLITS if s in stems.values()), None)
+    splits: dict[str, list[str]] = {}
+    for p, stem in stems.items():
+        split = "test" if stem == held else None if stem in HELD_OUT_SPLITS else "train"
+        if split is not None:
+            splits.setdefault(split, []).append(str(p))
+    return ("csv" if kinds == {".csv"} else "json"), splits
 
 
 def _detect(ds, name: str, what: str, feature_type) -> str:
@@ -248,14 +302,31 @@ def _hf_set(ds, image_column: str, classes: list, split: str, keys: list, name: 
                         f"split has no image of ({', '.join(unknown[:5])}); train classes: "
                         f"{', '.join(map(str, classes[:20]))}{', ...' if len(classes) > 20 else ''}")
     labels = np.array([index[v] for v in keys], dtype=int)
+    base = None
     if isinstance(ds.features[image_column], datasets.Image):  # pefs decodes: one decoder for every source
         ds = ds.cast_column(image_column, datasets.Image(decode=False))
+    else:  # image paths in a manifest: relative ones are read against the manifest's folder
+        base = _manifest_folder(name)
     column = ds.with_format(None)
 
     def loader(i: int) -> Any:
-        return column[i][image_column]
+        value = column[i][image_column]
+        if base is not None and isinstance(value, str) and not Path(value).is_absolute():
+            return base / value
+        return value
 
     return ImageSet([str(c) for c in classes], labels, [f"{split}[{i}]" for i in range(len(labels))], loader)
+
+
+def local_path(spec: object) -> Path | None:
+    """The local file or folder a ``--data`` spec reads (a ``NAME:PATH`` benchmark's PATH), or None (the
+    embedded set, a hub name, a Dataset built in Python): what no output may be or sit inside."""
+    if not isinstance(spec, (str, Path)) or spec == DEFAULT_DATASET:
+        return None
+    text = str(spec)
+    if ":" in text and text.split(":", 1)[0] in SPEC_LOADERS:
+        text = text.split(":", 1)[1]
+    return Path(text) if Path(text).exists() else None
 
 
 def load_dataset(spec: str | Dataset | None = None, label_column: str | None = None, **hf_kwargs) -> Dataset:
@@ -281,10 +352,10 @@ def load_dataset(spec: str | Dataset | None = None, label_column: str | None = N
     path = Path(spec)
     if path.is_dir():
         layout = data_layout(path, IMAGE_SUFFIXES)
-        if label_column is not None and layout != TABLE:
+        if label_column is not None and layout not in (TABLE, MANIFEST):
             raise PefsError(f"--label-column {label_column} names a column of a Hugging Face dataset; {spec!r} is an "
                             "image folder, whose class folders are the labels (drop --label-column)")
-        if hf_kwargs or layout == TABLE:
+        if hf_kwargs or layout in (TABLE, MANIFEST):
             return load_hf(spec, **hf_kwargs)
         return load_folder(path)
     if path.exists():

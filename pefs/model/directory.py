@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -55,10 +56,16 @@ def saved_state(model: PefsModel) -> dict[str, torch.Tensor]:
     """What a save writes: after ``merge()`` the whole merged state; else trainable parameters and every buffer
     (BatchNorm running statistics move when BN trains, so they are the model's too)."""
     state = model.net.state_dict()
-    if model.merged:
+    if model.merged or base_saved(model):
         return dict(state)
     params = dict(model.net.named_parameters())
     return {k: v for k, v in state.items() if k not in params or params[k].requires_grad}
+
+
+def base_saved(model: PefsModel) -> bool:
+    """Whether a save keeps the frozen base weights too: a random base (``--no-pretrained``) cannot be rebuilt by
+    name, so its directory holds every tensor and loads on its own (``pefs predict`` works on it)."""
+    return model.backbone.source == "random" and not model.merged
 
 
 def check_writable_dir(path: str | Path, flag: str) -> None:
@@ -110,7 +117,7 @@ def _config(model: PefsModel, tensor_file: str, count: int) -> dict[str, Any]:
                     for s in model.strategies for k, v in strategy_options(s).items()},
         "backbone": {"name": bb.name, "params": model.backbone_params, "fingerprint": model.base_fingerprint,
                      "source": bb.source, "family": bb.family, "rebuildable": rebuildable(bb.name),
-                     "revision": bb.revision},
+                     "revision": bb.revision, "base_saved": base_saved(model)},
         "load": model.load_info, "class_names": model.class_names,
         "preprocessing": model.preprocessing, "tune_config": model.tune_config,
         "tensors": {"file": tensor_file, "count": count},
@@ -140,7 +147,107 @@ def read_config(directory: str | Path) -> dict[str, Any]:
     bb_missing = [k for k in ("name", "params", "fingerprint") if k not in (cfg.get("backbone") or {})]
     if missing or bb_missing or not isinstance(cfg["tensors"], dict) or "file" not in cfg["tensors"]:
         raise PefsError(f"{str(path)!r} is damaged: missing {', '.join(missing + bb_missing) or 'tensors.file'}")
+    problem = config_problem(cfg)
+    if problem is not None:
+        raise PefsError(f"{str(path)!r}: {problem}; a model directory pefs saved never holds this (save the model "
+                        "again)")
     return cfg
+
+
+INTERPOLATIONS = ("nearest", "bilinear", "bicubic", "box", "hamming", "lanczos", "random")
+CROP_MODES = ("center", "squash", "border")
+LOAD_KEYS = ("pretrained", "checkpoint", "model_kwargs")
+
+
+def _kind(value: Any) -> str:
+    """``null``, or the type and value: ``str '3'``."""
+    return "null" if value is None else f"{type(value).__name__} {value!r:.60}"
+
+
+def _is(value: Any, kind: type | tuple[type, ...]) -> bool:
+    return isinstance(value, kind) and not (isinstance(value, bool) and bool not in (kind if isinstance(kind, tuple)
+                                                                                     else (kind,)))
+
+
+def _typed(cfg: dict[str, Any]) -> str | None:
+    """The first key of ``cfg`` whose JSON type is wrong, as ``<key> <problem>``."""
+    bb, tensors = cfg["backbone"], cfg["tensors"]
+    expected: list[tuple[str, Any, type | tuple[type, ...], bool]] = [
+        ("spec", cfg["spec"], str, False), ("num_classes", cfg["num_classes"], int, False),
+        ("merged", cfg["merged"], bool, False), ("options", cfg["options"], dict, False),
+        ("backbone", bb, dict, False), ("load", cfg["load"], dict, False),
+        ("class_names", cfg.get("class_names"), list, True), ("preprocessing", cfg.get("preprocessing"), dict, True),
+        ("tune_config", cfg.get("tune_config"), dict, True)]
+    if isinstance(bb, dict):
+        expected += [("backbone.name", bb["name"], str, False), ("backbone.params", bb["params"], int, False),
+                     ("backbone.fingerprint", bb["fingerprint"], str, False),
+                     ("backbone.rebuildable", bb.get("rebuildable", True), bool, False),
+                     ("backbone.source", bb.get("source"), str, True),
+                     ("backbone.revision", bb.get("revision"), str, True)]
+    expected += [("tensors.count", tensors.get("count", 0), int, False),
+                 ("tensors.sha256", tensors.get("sha256"), str, True)]
+    for key, value, kind, optional in expected:
+        if not (value is None and optional) and not _is(value, kind):
+            return f"{key} is {_kind(value)}, not {getattr(kind, '__name__', kind)}"
+    return None
+
+
+def _sizes(pre: dict[str, Any]) -> str | None:
+    """The first preprocessing value out of range (the input size bounded by the decoder's pixel limit)."""
+    from pefs.data.decoding import max_image_pixels
+
+    size = pre.get("input_size")
+    if size is not None:
+        if not (isinstance(size, list) and len(size) == 3 and all(_is(v, int) and v >= 1 for v in size)):
+            return f"preprocessing.input_size is {size!r:.60}, not [channels, height, width] of whole numbers >= 1"
+        if size[0] not in (1, 3) or size[1] * size[2] > max_image_pixels():
+            return (f"preprocessing.input_size {size!r} is out of range: 1 or 3 channels and at most "
+                    f"{max_image_pixels():,} pixels (the image limit, --max-image-pixels)")
+    for key in ("mean", "std"):
+        v = pre.get(key)
+        if v is not None and not (isinstance(v, list) and len(v) in (1, 3) and all(
+                _is(x, (int, float)) and math.isfinite(x) and (key == "mean" or x > 0) for x in v)):
+            return f"preprocessing.{key} is {v!r:.60}, not 1 or 3 finite numbers" + (" > 0" if key == "std" else "")
+    crop = pre.get("crop_pct")
+    if crop is not None and not (_is(crop, (int, float)) and 0 < crop <= 1):
+        return f"preprocessing.crop_pct is {crop!r:.60}, not a number in (0, 1]"
+    for key, valid in (("interpolation", INTERPOLATIONS), ("crop_mode", CROP_MODES)):
+        if pre.get(key) is not None and pre[key] not in valid:
+            return f"preprocessing.{key} is {pre[key]!r:.60}; valid: {', '.join(valid)}"
+    return None
+
+
+def config_problem(cfg: dict[str, Any]) -> str | None:
+    """``<key> <problem>`` for the first key of a model config that is not what :func:`save_model` writes (types,
+    ranges, names), checked before anything is built or any tensor is read; None for a good config."""
+    from pefs.heads import registry
+    from pefs.strategies.spec import build, parts
+
+    if (problem := _typed(cfg)) is not None:
+        return problem
+    if cfg["num_classes"] < 1 or cfg["backbone"]["params"] < 0:
+        key = "num_classes" if cfg["num_classes"] < 1 else "backbone.params"
+        return f"{key} is {cfg['num_classes'] if key == 'num_classes' else cfg['backbone']['params']}, out of range"
+    names = cfg.get("class_names")
+    if names is not None and (len(names) != cfg["num_classes"] or not all(isinstance(n, str) for n in names)):
+        return f"class_names holds {len(names)} entries for {cfg['num_classes']} classes, or a non-string name"
+    if cfg["tensors"]["file"] not in (ADAPTER_FILE, MERGED_FILE):
+        return f"tensors.file is {cfg['tensors']['file']!r:.60}; valid: {ADAPTER_FILE}, {MERGED_FILE}"
+    if (problem := _sizes(cfg.get("preprocessing") or {})) is not None:
+        return problem
+    unknown = sorted(set(cfg["load"]) - set(LOAD_KEYS))
+    if unknown:
+        return f"load has unknown key {unknown[0]!r}; valid: {', '.join(LOAD_KEYS)}"
+    head = (cfg.get("tune_config") or {}).get("head")
+    for key, check in (("tune_config.head", lambda: head is None or registry.check(head)),
+                       ("spec", lambda: parts(cfg["spec"])), ("options", lambda: build(cfg["spec"], **cfg["options"]))):
+        try:
+            check()
+        except PefsError as e:
+            return f"{key}: {e}"
+        except (TypeError, ValueError) as e:
+            return f"{key}: does not fit {cfg['spec']!r}: {e}"
+    return None
 
 
 def read_tensors(directory: str | Path, cfg: dict[str, Any]) -> dict[str, torch.Tensor]:

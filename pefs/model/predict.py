@@ -18,7 +18,7 @@ from typing import IO, TYPE_CHECKING, Any
 
 import numpy as np
 
-from pefs.config.files import atomic_write
+from pefs.config.files import atomic_write, check_outside
 from pefs.data import ImageSet
 from pefs.data.sources import IMAGE_SUFFIXES
 from pefs.errors import PefsError
@@ -153,17 +153,12 @@ def report_failures(summary: PredictSummary, stream_out: IO[str] | None = None) 
 
 def check_out(out: str, model_dir: str | Path, inputs: Sequence[str | Path], paths: list[Path]) -> None:
     """Refuse, before anything is written, an output that is or sits inside one of the inputs: the model
-    directory, an image, or a list of images (writing it would destroy what is being read)."""
-    o = Path(out).resolve()
-    d = Path(model_dir).resolve()
-    if o == d or d in o.parents:
-        raise PefsError(f"--out {out!r} lies inside the model directory {str(model_dir)!r}, which predict reads; "
-                        "write the predictions elsewhere")
-    read = {p.resolve() for p in paths} | {Path(i).resolve() for i in inputs if Path(i).is_file()}
-    if o in read:
-        raise PefsError(f"--out {out!r} is one of the images or image lists being predicted; writing it would "
-                        "destroy it: choose another output file")
-    if o.is_dir():
+    directory, an image, a folder of images or a list of images (:func:`pefs.config.files.check_outside`)."""
+    files = "images or image lists"
+    check_outside(out, "--out", [(model_dir, "model directory"),
+                                 *((i, "image folder" if Path(i).is_dir() else files) for i in inputs),
+                                 *((p, files) for p in paths)])
+    if Path(out).is_dir():
         raise PefsError(f"--out {out!r} is a folder; name a file (or - for stdout)")
 
 

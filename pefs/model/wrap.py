@@ -150,9 +150,13 @@ class PefsModel(nn.Module):
         check_not_wrapped(backbone)
         tensors = pefs_io.read_tensors(d, cfg)  # present and intact, before anything is built
         source = backbone if backbone is not None else saved_bb["name"]
-        load_kwargs = dict(cfg["load"]) if backbone is None else {}
+        load_kwargs = dict(cfg["load"]) if backbone is None else _module_kwargs(backbone, cfg)
         with unchanged_on_error(_modules_of(backbone), values=bool(cfg["merged"])):
             model = wrap(source, cfg["spec"], num_classes=cfg["num_classes"], **load_kwargs, **cfg["options"])
+            if backbone is None and saved_bb.get("base_saved"):  # a random base, saved whole: put it back first
+                _check_tensors(model, d, cfg, tensors)
+                model.net.load_state_dict(tensors, strict=False)
+                model._base_fingerprint = None  # now of the saved base, checked against the saved fingerprint
             _check_base(model, d, saved_bb, backbone is None, allow_different_base)
             if cfg["merged"]:
                 model.merge()  # the merged structure (tuner layers folded away), then the saved merged tensors
@@ -162,6 +166,20 @@ class PefsModel(nn.Module):
         model.preprocessing = cfg.get("preprocessing") or model.preprocessing
         model.tune_config = cfg.get("tune_config")
         return model
+
+
+#: how a user's own module was described (:func:`pefs.backbones.describe.describe_module`): given again on reload
+MODULE_KWARGS = ("head_name", "input_size", "data_config")
+
+
+def _module_kwargs(backbone: object, cfg: dict[str, Any]) -> dict[str, Any]:
+    """For a user's module passed to ``load``: the ``head_name=`` / ``input_size=`` it was wrapped with (saved in
+    the directory), so ``PefsModel.load(dir, backbone=module)`` finds the same head without being told again."""
+    saved = (cfg.get("load") or {}).get("model_kwargs") or {}
+    if not isinstance(backbone, nn.Module) or cfg["backbone"].get("source") != "user" or not isinstance(saved, dict):
+        return {}
+    kwargs = {k: saved[k] for k in MODULE_KWARGS if k in saved}
+    return {"model_kwargs": kwargs} if kwargs else {}
 
 
 def _check_base(model: PefsModel, d: Path, saved_bb: dict[str, Any], by_name: bool,

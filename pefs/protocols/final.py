@@ -10,8 +10,10 @@ the training accuracy only (labelled as such).
 from __future__ import annotations
 
 from collections.abc import Callable
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from pefs.config import head_of
 from pefs.errors import PefsError
 from pefs.heads.registry import HEADS, head_class
 from pefs.model import directory as pefs_io
@@ -30,6 +32,7 @@ def check_final(cfg: TuneConfig) -> None:
     if cfg.save_adapter:
         pefs_io.check_writable_dir(cfg.save_adapter, "--final" if cfg.final else "--save-adapter")
     if not cfg.final:
+        check_seed_dirs(cfg)
         return
     if not cfg.save_adapter:
         raise PefsError("--final saves a model directory: name it (pefs tune --final DIR; save_adapter=DIR)")
@@ -38,10 +41,28 @@ def check_final(cfg: TuneConfig) -> None:
         raise PefsError(f"--final trains on every labelled image; it does not run episodes (drop --ways {cfg.ways})")
     if len(cfg.seeds) > 1:
         raise PefsError(f"--final trains one model; give one seed, got {list(cfg.seeds)}")
-    if head_class(cfg.head).reads != "logits":
+    if head_class(head_of(cfg)).reads != "logits":
         usable = sorted(n for n in HEADS if head_class(n).reads == "logits")
-        raise PefsError(f"--head {cfg.head} classifies against the support images' features, which a model "
+        raise PefsError(f"--head {head_of(cfg)} classifies against the support images' features, which a model "
                         f"directory does not keep; --final needs a head that predicts by itself: {', '.join(usable)}")
+
+
+def check_seed_dirs(cfg: TuneConfig) -> None:
+    """``--save-adapter DIR`` on K-shot seeds saves ``DIR/seedN`` per seed: refuse, before any compute, a seed
+    folder that holds other files (a save replaces it whole), and episodes, whose models are not saved."""
+    if not cfg.save_adapter:
+        return
+    if cfg.ways:
+        raise PefsError(f"--save-adapter {cfg.save_adapter} saves one model per K-shot seed; an episode's model "
+                        f"knows only its {cfg.ways} sampled classes, by position, and is not saved: drop "
+                        "--save-adapter, or drop --ways for K-shot seeds (or --final DIR for one model of every class)")
+    for seed in cfg.seeds:
+        pefs_io.check_replaceable(seed_dir(cfg.save_adapter, seed), "--save-adapter")
+
+
+def seed_dir(save_adapter: str, seed: int) -> Path:
+    """Where ``--save-adapter DIR`` saves seed ``seed``'s model: ``DIR/seedN``."""
+    return Path(save_adapter) / f"seed{seed}"
 
 
 def describe_model(model: PefsModel, cfg: TuneConfig, dataset: Dataset) -> None:

@@ -13,13 +13,13 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, NamedTuple
 
 from tqdm.auto import tqdm
 
 from pefs.config import TrainConfig, TuneConfig
 from pefs.data import Dataset, ImageSet, episodes, kshot_split
+from pefs.protocols.final import seed_dir
 from pefs.results.records import ProtocolRun, TaskResult
 from pefs.runtime.engine import NonFiniteLoss
 from pefs.runtime.task import TaskRunner
@@ -120,7 +120,7 @@ def run_protocol(cfg: TuneConfig, dataset: Dataset, runner: TaskRunner | None,
         result.info.update(task.info)
         result.info.update(chosen)
         if cfg.save_adapter and cfg.protocol == "kshot" and not cfg.final:
-            runner.model.save(Path(cfg.save_adapter) / f"seed{task.seed}")
+            runner.model.save(seed_dir(cfg.save_adapter, task.seed))
         if after is not None:
             after(task, result)
         out.runs.append(result)

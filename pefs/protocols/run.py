@@ -16,14 +16,15 @@ from typing import Any
 import torch
 
 from pefs.backbones.sources.checkpoint import check_checkpoint_path
-from pefs.config import SCHEMA_VERSION, TuneConfig, checks, resolved, run_key
+from pefs.config import SCHEMA_VERSION, TuneConfig, checks, head_of, resolved, run_key
 from pefs.config.checks import check_classes
-from pefs.config.files import write_text
+from pefs.config.files import check_outside, write_text
 from pefs.config.identity import file_digest
 from pefs.data import Dataset, load_dataset
 from pefs.data.benchmarks import provenance
 from pefs.data.decoding import image_limit
 from pefs.data.fingerprint import data_fingerprint
+from pefs.data.sources import local_path
 from pefs.errors import PefsError
 from pefs.protocols.final import check_final, describe_model, final_summary, save_final
 from pefs.protocols.loop import Task, check_sampling, run_protocol
@@ -70,6 +71,7 @@ def resolve(cfg: TuneConfig, dataset: Dataset | None) -> TuneConfig:
         # one strategy: its default rate is part of the run's identity (searched strategies and auto resolve
         # each candidate's own default when they build it); an unknown strategy is refused here
         train["lr"] = spec.default_lr(cfg.strategy)
+    values["head"] = head_of(cfg)  # a default linear probe's head is logistic: a new key, never an old AdamW cell
     return resolved(cfg, **values, options=spec.typed_options(cfg.strategy, cfg.options), train=train)
 
 
@@ -88,6 +90,7 @@ def tune(cfg: TuneConfig) -> dict[str, Any]:
     ``config_hash`` and ``key`` are the resolved one's. A diverged task raises :class:`RunDiverged`. Images over
     ``cfg.max_image_pixels`` are refused for the run's duration (its DataLoader workers too)."""
     cfg.validate()
+    check_outputs(cfg)
     check_writable(cfg.output)  # before any compute, not after it
     if cfg.checkpoint:
         check_checkpoint_path(cfg.checkpoint)
@@ -151,7 +154,8 @@ def finish(cfg: TuneConfig, dataset: Dataset, run: ProtocolRun, runner: TaskRunn
     peak = extra.pop("peak_memory_mb")  # the run's own peak (RunMemory.figures(), which tune() passes)
     rec = RunRecord(
         config=(requested or cfg).to_dict(), resolved=cfg.to_dict(), config_hash=cfg.hash(), schema=SCHEMA_VERSION,
-        protocol=cfg.protocol, model=cfg.model, strategy=cfg.strategy, head=cfg.head, shots=cfg.shots, ways=cfg.ways,
+        model=cfg.model, strategy=cfg.strategy, head=head_of(cfg), ways=cfg.ways,  # a final fit trains on every
+        protocol="final" if cfg.final else cfg.protocol, shots=None if cfg.final else cfg.shots,  # image: not K shots
         dataset=DatasetInfo(dataset.name, len(dataset.classes), dataset.licence, dataset.source),
         backbone=model.backbone.describe() if model is not None else None, accuracy=Accuracy.of(summary, accs),
         run=run, params=params, cached=runner is not None and runner.level > 0,
@@ -167,7 +171,8 @@ def finish(cfg: TuneConfig, dataset: Dataset, run: ProtocolRun, runner: TaskRunn
 def write_record(record: dict[str, Any], output: str | Path) -> Path:
     """Write ``record`` atomically under ``output`` (:mod:`pefs.config.files`); a clear error if we cannot."""
     out = Path(output)
-    name = (f"{time.strftime('%Y%m%d-%H%M%S')}-{record['model']}-{record['strategy']}-{record['shots']}shot-"
+    shots = "final" if record.get("final") else f"{record['shots']}shot"
+    name = (f"{time.strftime('%Y%m%d-%H%M%S')}-{record['model']}-{record['strategy']}-{shots}-"
             f"{record['config_hash'][:8]}.json").replace("/", "_").replace(":", "_")
     try:
         out.mkdir(parents=True, exist_ok=True)
@@ -175,6 +180,15 @@ def write_record(record: dict[str, Any], output: str | Path) -> Path:
         raise PefsError(f"cannot write the result record to {str(out)!r}: {e.strerror or e}") from e
     write_text(out / name, json.dumps(record, indent=2, default=str), "result record")
     return out / name
+
+
+def check_outputs(cfg: TuneConfig) -> None:
+    """Refuse, before anything is created, a record folder or model directory that is, or sits inside, what the
+    run reads (its data, its checkpoint): ``cd photos && pefs tune --data .`` would make ``runs/`` a class."""
+    inputs = [(local_path(cfg.data), "data folder"), (cfg.checkpoint, "checkpoint files")]
+    check_outside(cfg.output, "--output", inputs)
+    if cfg.save_adapter:
+        check_outside(cfg.save_adapter, "--final" if cfg.final else "--save-adapter", inputs)
 
 
 def check_writable(output: str | Path) -> None:

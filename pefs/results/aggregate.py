@@ -39,6 +39,8 @@ class Group:
     search_s: list[float] = field(default_factory=list)
     #: each searching task's whole search table (setting, validation accuracy, seconds, status)
     searches: list[list[dict[str, Any]]] = field(default_factory=list)
+    #: the identity of the data every seed of the group read (:func:`data_of`); groups never pool across data
+    data: str = ""
 
     @property
     def n(self) -> int:
@@ -67,10 +69,32 @@ def _ran_config(row: dict[str, Any]) -> dict[str, Any]:
     return (row.get("record") or {}).get("resolved") or _config(row)
 
 
-def setting_of(row: dict[str, Any]) -> str:
-    """The protocol a row belongs to, as a heading: dataset and K-shot transfer or N-way episodes."""
-    rec, cell = row.get("record") or {}, row["cell"]
-    dataset = (rec.get("dataset") or {}).get("name") or cell.get("data") or "fashion-mnist-small"
+def data_of(row: dict[str, Any]) -> str:
+    """The identity of the data a row read (its content fingerprint, :mod:`pefs.data.fingerprint`); "" for rows
+    stored without one."""
+    prints = row["cell"].get("fingerprints") or (row.get("record") or {}).get("fingerprints") or {}
+    return str(prints.get("data") or "")
+
+
+def short_data(identity: str) -> str:
+    """A data identity shortened for a heading: its kind and content hash (``folder:…1a2b3c4d``)."""
+    kind, _, rest = identity.partition(":")
+    return f"{kind}:{rest.rsplit(':', 1)[-1][:12]}" if rest else identity
+
+
+def dataset_name(row: dict[str, Any]) -> str:
+    """The name of the dataset a row ran on (its record's, else the cell's ``data``)."""
+    rec = row.get("record") or {}
+    return (rec.get("dataset") or {}).get("name") or row["cell"].get("data") or "fashion-mnist-small"
+
+
+def setting_of(row: dict[str, Any], ambiguous: frozenset[str] = frozenset()) -> str:
+    """The protocol a row belongs to, as a heading: dataset and K-shot transfer or N-way episodes; a dataset name
+    in ``ambiguous`` (several data identities under one name) also names the row's data identity."""
+    cell = row["cell"]
+    dataset = dataset_name(row)
+    if dataset in ambiguous:
+        dataset = f"{dataset} (data {short_data(data_of(row))})"
     if cell.get("ways"):
         cfg = _config(row)
         return f"{dataset}, {cell['ways']}-way episodic ({cfg.get('queries')} queries, {cfg.get('episodes')} episodes)"
@@ -109,25 +133,38 @@ def printable(text: str) -> str:
 
 
 def current_rows(rows: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], int]:
-    """Drop rows superseded by a run of the same config on changed data or checkpoint (same config hash,
-    other fingerprints, written earlier), so stale numbers never pool with fresh ones; and how many went."""
-    newest: dict[str, float] = {}
+    """Drop rows superseded by a run of the same config on the same data with a changed checkpoint (same config
+    hash and data identity, written earlier), so stale numbers never pool with fresh ones; and how many went.
+    Rows of other data are never dropped: the report groups them by their data identity (:func:`aggregate`), so
+    data restored to an earlier version reports that version's numbers, never the newer data's."""
+    newest: dict[tuple[str, str], float] = {}
     for r in rows:
         h = r["cell"].get("config_hash")
         if h is not None:
-            newest[h] = max(newest.get(h, 0.0), r.get("written_at", 0.0))
+            k = (h, data_of(r))
+            newest[k] = max(newest.get(k, 0.0), r.get("written_at", 0.0))
     kept = [r for r in rows if r["cell"].get("config_hash") is None
-            or r.get("written_at", 0.0) >= newest[r["cell"]["config_hash"]]]
+            or r.get("written_at", 0.0) >= newest[(r["cell"]["config_hash"], data_of(r))]]
     return kept, len(rows) - len(kept)
+
+
+def ambiguous_names(rows: list[dict[str, Any]]) -> frozenset[str]:
+    """Dataset names that stand for more than one data identity among ``rows`` (a folder whose content changed,
+    two folders of one name): their groups are told apart by identity, never pooled by name."""
+    ids: dict[str, set[str]] = defaultdict(set)
+    for r in rows:
+        ids[dataset_name(r)].add(data_of(r))
+    return frozenset(name for name, found in ids.items() if len(found) > 1)
 
 
 def aggregate(rows: list[dict[str, Any]]) -> list[Group]:
     """Pool the stored rows into groups, one row per seed; failed rows keep their messages, never an accuracy."""
     labels = strategy_labels(rows)
+    ambiguous = ambiguous_names(rows)
 
     def group_of(r: dict[str, Any]) -> tuple:
-        return (printable(setting_of(r)), printable(labels[r["hash"]]), printable(r["cell"]["model"]),
-                int(r["cell"]["shots"]))
+        return (printable(setting_of(r, ambiguous)), printable(labels[r["hash"]]), printable(r["cell"]["model"]),
+                int(r["cell"]["shots"]), data_of(r))
 
     # one row per group and seed: a rerun of the same setting (a new cell key after a default moved or a code
     # change, same label) replaces the older row instead of counting the seed twice; ok beats failed, then newest
@@ -141,7 +178,7 @@ def aggregate(rows: list[dict[str, Any]]) -> list[Group]:
     for r in sorted(latest.values(), key=lambda r: r["cell"].get("seed", 0)):
         cell, rec = r["cell"], r.get("record") or {}
         key = group_of(r)
-        g = groups.setdefault(key, Group(*key))
+        g = groups.setdefault(key, Group(*key[:4], data=key[4]))
         g.seeds.append(cell.get("seed", 0))
         bb, params = rec.get("backbone") or {}, rec.get("params") or {}
         if params:

@@ -115,7 +115,12 @@ def try_claim(store: str | Path, cell_hash: str) -> Claim | None:
             continue
         except OSError as e:
             raise PefsError(f"cannot write a claim file in {str(d)!r}: {e.strerror or e}") from e
-        with os.fdopen(fd, "w") as f:
-            f.write(body)
+        try:
+            with os.fdopen(fd, "w") as f:
+                f.write(body)
+        except OSError as e:  # a full disk: no half-written claim is left to block the cell
+            path.unlink(missing_ok=True)
+            raise PefsError(f"cannot write a claim file in {str(d)!r}: {e.strerror or e}; the store is "
+                            "unchanged") from e
         return Claim(path, token)
     return None

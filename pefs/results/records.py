@@ -120,7 +120,7 @@ class RunRecord:
     model: str
     strategy: str
     head: str
-    shots: int
+    shots: int | None  #: None for a --final fit, which trains on every training image (``trained_on``)
     ways: int | None
     dataset: DatasetInfo
     backbone: dict[str, Any] | None

@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from pefs.errors import PefsError
+from pefs.results.row_schema import row_problem
 
 #: where ``pefs sweep`` writes and ``pefs report`` reads when no --store is given
 DEFAULT_STORE = "runs/sweep/results.jsonl"
@@ -36,14 +37,24 @@ class StoreContents:
     duplicates: int = 0
     #: bytes of each file read so far, up to its last whole line (where :func:`refresh` goes on reading)
     offsets: dict[Path, int] = field(default_factory=dict)
+    #: row hash -> where its counted row was read (``<file> line N``), for messages about that row
+    where: dict[str, str] = field(default_factory=dict)
 
-    def add(self, row: dict[str, Any]) -> None:
+    def add(self, row: dict[str, Any], where: str = "") -> None:
         """Count ``row`` in: it replaces the row of its hash when it is the better one (:func:`_better`)."""
         old = self.rows.get(row["hash"])
         if old is not None:
             self.duplicates += 1
         if old is None or _better(row, old):
             self.rows[row["hash"]] = row
+            self.where[row["hash"]] = where
+
+    def check_complete(self) -> None:
+        """Refuse, naming the file, line and key, a counted row without what a report reads (its cell's model,
+        strategy and shots, a finished row's record and accuracies)."""
+        for h, row in self.rows.items():
+            if (problem := row_problem(row, complete=True)) is not None:
+                raise PefsError(f"{self.where.get(h) or 'results store'}: {problem}; {FIX}")
 
     def ok(self) -> list[dict[str, Any]]:
         return [r for r in self.rows.values() if r["status"] == "ok"]
@@ -137,9 +148,16 @@ def _parse(raw: bytes) -> tuple[list[dict[str, Any]], bytes | None]:
     return [], raw
 
 
-def read_file(path: Path, offset: int = 0) -> tuple[list[dict[str, Any]], list[str], int]:
+#: the end of every message about a row that pefs never writes
+FIX = "fix or delete that line (a row pefs wrote never looks like this; nothing was read or changed)"
+
+
+def read_file(path: Path, offset: int = 0, places: list[str] | None = None) -> tuple[list[dict[str, Any]], list[str],
+                                                                                       int]:
     """Rows of one file from byte ``offset`` on, a message per torn/corrupt fragment (dropped; the file is left
-    as it is), and the offset just past the last whole line (a torn tail is read again next time)."""
+    as it is), and the offset just past the last whole line (a torn tail is read again next time); ``places``
+    collects each row's ``<file> line N``. A row whose keys have the wrong type or range is refused, naming
+    the file, the line and the key (:func:`pefs.results.row_schema.row_problem`)."""
     try:
         with open(path, "rb") as f:
             f.seek(offset)
@@ -161,6 +179,13 @@ def read_file(path: Path, offset: int = 0) -> tuple[list[dict[str, Any]], list[s
             problems.append(f"{path} {where}: {what}, dropped: {shown!r}{'...' if len(damaged) > 60 else ''}; "
                             f"the {len(rows)} results before it are kept"
                             + (", and the whole row after it on that line" if found else ""))
+        for row in found:
+            at = f"{path} line {number}" if offset == 0 else \
+                f"{path} byte {offset + sum(len(x) + 1 for x in lines[:number - 1])}"
+            if (problem := row_problem(row, complete=False)) is not None:
+                raise PefsError(f"{at}: {problem}; {FIX}")
+            if places is not None:
+                places.append(at)
         rows += found
     return rows, problems, offset + data.rfind(b"\n") + 1
 
@@ -175,11 +200,12 @@ def load(store: str | Path) -> StoreContents:
     """Read the store and all its shards, one row per cell hash; damaged lines are reported in ``problems``."""
     out = StoreContents()
     for path in store_files(store):
-        rows, problems, out.offsets[path] = read_file(path)
+        where: list[str] = []
+        rows, problems, out.offsets[path] = read_file(path, places=where)
         out.files.append(path)
         out.problems += problems
-        for row in rows:
-            out.add(row)
+        for row, at in zip(rows, where):
+            out.add(row, at)
     return out
 
 
@@ -193,10 +219,11 @@ def refresh(contents: StoreContents, store: str | Path) -> StoreContents:
                 continue
         except OSError:
             continue
-        rows, problems, contents.offsets[path] = read_file(path, start)
+        where: list[str] = []
+        rows, problems, contents.offsets[path] = read_file(path, start, where)
         if path not in contents.files:
             contents.files.append(path)
         contents.problems += [m for m in problems if "torn last line" not in m]
-        for row in rows:
-            contents.add(row)
+        for row, at in zip(rows, where):
+            contents.add(row, at)
     return contents

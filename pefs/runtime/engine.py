@@ -280,7 +280,8 @@ def _train_steps(model: nn.Module, trained: nn.Module, x: torch.Tensor, y: torch
     order = _loader(torch.arange(len(x)), batch_size=cfg.batch_size, shuffle=True, seed=seed)
     if x.numel() * x.element_size() <= SUPPORT_ON_DEVICE_BYTES:  # a support set: one copy, batches indexed there
         x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
-    losses = _LossReader(stats, cfg, total, GPU_LOSS_EVERY if device.type == "cuda" else 1)
+    classes = y.shape[-1] if y.is_floating_point() and y.ndim == 2 else int(y.max()) + 1 if len(y) else 2
+    losses = _LossReader(stats, cfg, total, GPU_LOSS_EVERY if device.type == "cuda" else 1, classes)
     try:
         for epoch in range(math.ceil(total / per_epoch)):
             for (idx,) in itertools.islice(order, total - stats.steps):
@@ -311,12 +312,19 @@ def _train_steps(model: nn.Module, trained: nn.Module, x: torch.Tensor, y: torch
         losses.bar.close()
 
 
+#: a finite loss this many times above the larger of the first step's loss, chance's (ln C, what a uniform guess
+#: scores) and 1 is a diverged run, not a result: a sound run's loss falls from about chance; ``--lr 1e9`` with
+#: ``full`` jumps from 0.25 to 14 (6 x ln 10) in one step and ends at chance accuracy
+EXPLODED_FACTOR = 5.0
+
+
 class _LossReader:
     """Per-step losses kept on the device and read every ``every`` steps: the progress bar, the record's losses
     and the NaN/inf check (naming the first bad step), without a host synchronisation at every step."""
 
-    def __init__(self, stats: FitStats, cfg: TrainConfig, total: int, every: int) -> None:
+    def __init__(self, stats: FitStats, cfg: TrainConfig, total: int, every: int, classes: int = 2) -> None:
         self.stats, self.cfg, self.every = stats, cfg, every
+        self.chance = math.log(max(classes, 2))  # the cross-entropy of a uniform guess
         self.pending: list[tuple[torch.Tensor, int]] = []
         self.bar = tqdm(total=total, desc="train", disable=not cfg.progress, leave=False)
 
@@ -332,8 +340,16 @@ class _LossReader:
         epochs = [e for _, e in self.pending]
         self.pending = []
         for value, epoch in zip(values, epochs):
+            step = len(self.stats.losses) + 1
             if not math.isfinite(value):
-                raise NonFiniteLoss(len(self.stats.losses) + 1, epoch, value, self.cfg)
+                raise NonFiniteLoss(step, epoch, value, self.cfg)
+            first = self.stats.losses[0] if self.stats.losses else value
+            bound = EXPLODED_FACTOR * max(first, self.chance, 1.0)
+            if value > bound:
+                raise NonFiniteLoss(step, epoch, value, self.cfg,
+                                    f"training loss became {value:.4g} at step {step} (epoch {epoch}): it exploded, "
+                                    f"over {bound:.3g} ({EXPLODED_FACTOR:g} x the larger of the first step's "
+                                    f"{first:.3g} and chance's {self.chance:.3g})")
             self.stats.losses.append(value)
         self.bar.update(len(values))
         self.bar.set_postfix(loss=f"{values[-1]:.3f}")

@@ -18,7 +18,7 @@ import torch
 
 from pefs.backbones import takes_img_size, token_mask
 from pefs.backbones.split import patch_tokens
-from pefs.config import TrainConfig, TuneConfig
+from pefs.config import TrainConfig, TuneConfig, head_of
 from pefs.data import ImageSet, augment_transform, eval_transform
 from pefs.data.loading import Decoder, decoded_batches
 from pefs.data.views import extra_views
@@ -51,7 +51,7 @@ class TaskRunner:
         self.cfg, self.n_classes = cfg, num_classes
         hardware.seed_everything(cfg.seeds[0])  # random inits (new heads, adapters, --no-pretrained) repeat
         self.model = build_model(cfg, num_classes)
-        self.head = heads.build(cfg.head)
+        self.head = heads.build(head_of(cfg))
         self.trains = self.head.trains(self.model.frozen_prefix)
         reads = "tokens" if self.head.reads == "tokens" else "pooled"
         if reads == "tokens":
@@ -61,7 +61,8 @@ class TaskRunner:
         #: level of the inputs fit/classify start from; everything before it is computed once per image
         self.level = engine.frozen_level(self.model, cfg.train, reads)
         mixing = recipe.mixes(cfg.train) or bool({"mixup", "cutmix"} & set(cfg.search))  # searched ones too
-        recipe.check_mixing(self.trains and mixing, self.level, f"strategy {cfg.strategy!r} with head {cfg.head!r}")
+        recipe.check_mixing(self.trains and mixing, self.level,
+                            f"strategy {cfg.strategy!r} with head {self.head.name!r}")
         #: a ViT's masked views drop their masked patch tokens (MAE-style) instead of painting pixels
         self.token_masks = cfg.mask_ratio > 0 and token_mask.supports_token_masks(self.model.backbone)
         if self.token_masks and self.level != engine.level_of(self.model, "pooled"):

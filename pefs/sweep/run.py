@@ -22,8 +22,10 @@ from typing import Any
 from pefs.backbones import check_name
 from pefs.config import DEFAULT_MODEL, RUN_KEYS, TRAIN_KEYS, TrainConfig, TuneConfig, run_key
 from pefs.config.checks import check_classes, check_seeds, check_writable_file
+from pefs.config.files import check_outside
+from pefs.data.sources import local_path
 from pefs.errors import PefsError
-from pefs.protocols.run import run_fingerprints
+from pefs.protocols.run import check_outputs, run_fingerprints
 from pefs.results import claims
 from pefs.results import store as results
 from pefs.results.store import DEFAULT_STORE
@@ -140,6 +142,7 @@ def plan(spec: SweepSpec, check_data: bool = True) -> list[Cell]:
     output = spec.output or str(Path(spec.store).parent / "records")
     dataset = _check_data(spec) if check_data else None
     from pefs.protocols.run import resolve
+    from pefs.protocols.selection.selector import search_space
 
     cells: list[Cell] = []
     prints: dict[tuple, dict[str, Any]] = {}
@@ -152,6 +155,7 @@ def plan(spec: SweepSpec, check_data: bool = True) -> list[Cell]:
                     cfg = TuneConfig(model=model, strategy=s.spec, shots=shots, seeds=(seed,), options=options,
                                      train=train, output=output, **spec.run)
                     cfg.validate()
+                    search_space(cfg)  # a bad --search axis fails here, not in every cell
                     what = (cfg.data, cfg.checkpoint)
                     if what not in prints:
                         prints[what] = run_fingerprints(*what)
@@ -232,6 +236,10 @@ def run_sweep(cells: list[Cell], store: str | Path, rank: int = 0, world: int = 
     runner = runner or _run_tune
     emit = on_event or (lambda kind, cell, info: None)
     shard = results.shard_path(store, rank, world)
+    reads = {(str(c.config.data), c.config.checkpoint, c.config.output): c.config for c in cells}
+    for cfg in reads.values():  # nothing written inside what the cells read
+        check_outputs(cfg)
+        check_outside(store, "--store", [(local_path(cfg.data), "data folder"), (cfg.checkpoint, "checkpoint files")])
     check_writable_file(shard, "results store", "--store")  # before any compute, not after it
     contents = results.load(store)
     summary = SweepSummary(planned=len(cells), problems=contents.problems, shard=shard)

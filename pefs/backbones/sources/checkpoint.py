@@ -38,7 +38,14 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
         else:
             sd = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # corrupt or foreign file
-        raise PefsError(f"cannot read checkpoint {str(path)!r}: {type(e).__name__}: {e}") from e
+        import pickle
+
+        if isinstance(e, pickle.UnpicklingError):  # weights_only refused a Python object: it would run code
+            raise PefsError(f"checkpoint {str(path)!r} holds Python objects besides tensors, which pefs never "
+                            "unpickles (they could run code); save its state dict alone (torch.save(model."
+                            "state_dict(), ...)) or as .safetensors") from e
+        first = str(e).strip().splitlines()[0] if str(e).strip() else ""
+        raise PefsError(f"cannot read checkpoint {str(path)!r}: {type(e).__name__}: {first}") from e
     for key in ("state_dict", "model", "model_state_dict"):
         if isinstance(sd, dict) and isinstance(sd.get(key), dict):
             sd = sd[key]

@@ -51,7 +51,7 @@ def parse(spec: Any) -> tuple[str, str] | None:
 
 def fingerprint(spec: Any) -> str | None:
     """The data fingerprint of a benchmark spec (None for any other spec): the split files' SHA-256 and the
-    root's :func:`~pefs.config.identity.tree_digest` (paths, sizes, mtimes)."""
+    root's :func:`~pefs.config.identity.tree_digest` (paths and file contents)."""
     parsed = parse(spec)
     if parsed is None:
         return None

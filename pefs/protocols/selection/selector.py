@@ -17,7 +17,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from pefs.config import TuneConfig
+from pefs.config import TuneConfig, head_of
 from pefs.data import ImageSet, hold_out
 from pefs.errors import PefsError
 from pefs.protocols.loop import Choice, Task
@@ -41,7 +41,7 @@ class _Runners:
 
     def get(self, cfg: TuneConfig) -> TaskRunner:
         t = cfg.train
-        key = json.dumps([cfg.strategy, cfg.options, cfg.head, t.cache_features, t.bn_stats, t.mixed_precision],
+        key = json.dumps([cfg.strategy, cfg.options, head_of(cfg), t.cache_features, t.bn_stats, t.mixed_precision],
                          sort_keys=True, default=str)
         if key not in self.by_key:
             self.by_key[key] = TaskRunner(cfg, self.n_classes)

@@ -21,6 +21,7 @@ from pefs.results.aggregate import (
     fmt_cell,
     fmt_chosen,
     fmt_count,
+    printable,
 )
 from pefs.results.report.plots import plot_names
 from pefs.results.report.sections import chosen_table, paired_table, resolve_baseline, search_sections, write_search_csv
@@ -50,6 +51,14 @@ def weights_note(groups: list[Group]) -> str:
     return "Backbone weights: " + ", ".join(WEIGHT_SOURCES.get(s.split(":")[0], s) for s in sources) + "."
 
 
+def data_note(gs: list[Group]) -> str:
+    """Which data the setting's rows came from: the content identity every one of its groups read."""
+    ids = sorted({g.data for g in gs})
+    if ids == [""]:
+        return "Data: not recorded (rows stored before data identities were kept)."
+    return "Data (content identity of what every row here read): " + ", ".join(f"`{printable(i)}`" for i in ids) + "."
+
+
 def markdown(groups: list[Group], store: str, counts: dict[str, int], baseline: str | None = None) -> str:
     """The whole report as Markdown: per setting, one model × shots table per strategy (and what validation
     chose, with each searched cell's search table), the best one, paired differences against ``baseline``
@@ -64,7 +73,7 @@ def markdown(groups: list[Group], store: str, counts: dict[str, int], baseline: 
         shots = sorted({g.shots for g in gs})
         models = sorted({g.model for g in gs}, key=lambda m: (_backbone(gs, m) or 0, m))
         n_expected = max(g.n - len(g.failed) for g in gs)
-        lines += [f"## {setting}", "", weights_note(gs), "",
+        lines += [f"## {setting}", "", weights_note(gs), "", data_note(gs), "",
                   f"Accuracy in %, mean ± 95% CI over {n_expected} seed(s) per cell (Student-t interval "
                   "t(n−1)·sd/√n; "
                   "episodic cells pool every episode); `n=` marks cells with fewer seeds.", ""]
@@ -153,6 +162,7 @@ def build_report(store: str | Path, out: str | Path, formats: tuple[str, ...] = 
     contents = results.load(store)
     if not contents.files:
         raise PefsError(f"results store {str(store)!r} does not exist; run `pefs sweep --store {store}` first")
+    contents.check_complete()  # before any row is pooled or any file written
     rows, stale = current_rows(list(contents.rows.values()))
     if not rows:
         raise PefsError(f"results store {str(store)!r} holds no results yet")
