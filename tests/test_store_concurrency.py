@@ -3,9 +3,11 @@ one's, and a cell's key follows the content of its data and checkpoint, not thei
 
 from __future__ import annotations
 
+import errno
 import json
 import multiprocessing
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -298,3 +300,57 @@ def test_a_claim_from_another_host_is_stale_after_ten_minutes_of_silence(tmp_pat
     os.utime(path, (now - 660, now - 660))  # 11 minutes: its process is presumed gone
     with claims.try_claim(st, "cell") as claim:
         assert claim is not None and json.loads(path.read_text())["host"] == socket.gethostname()
+
+
+def test_torn_and_untrusted_rows_are_placed_by_line_or_byte(tmp_path):
+    """A whole read names a damaged or untrusted line by number; a refresh (reading on from an offset) names it by
+    its byte in the file; a row whose keys a reader cannot trust stops the read with the fix."""
+    st = tmp_path / "results.jsonl"
+    _writer(str(st), "a", 2)
+    contents = store.load(st)
+    start = st.stat().st_size
+    _writer(str(st), "b", 1)
+    row_len = st.stat().st_size - start
+    with open(st, "ab") as f:
+        f.write(b"garbage\n")
+    store.refresh(contents, st)
+    assert contents.problems == [f"{st} byte {start + row_len}: torn or corrupt line, dropped: 'garbage'; the 1 "
+                                 "results before it are kept"]
+    bad = tmp_path / "bad.jsonl"
+    _writer(str(bad), "c", 1)
+    store.append(bad, {**store.make_row("d", {"seed": 0}, "failed", None), "error": 5})
+    with pytest.raises(PefsError, match=rf"^{re.escape(str(bad))} line 2: error is .*not a message; fix or delete "
+                                        "that line"):
+        store.load(bad)
+
+
+def test_a_claim_held_by_a_gone_or_group_pid_is_stale_and_a_full_disk_leaves_no_claim(tmp_path, monkeypatch):
+    """A claim of this host whose pid no longer runs, or names no single process (0), is stale; this process's own
+    is held. A claim that cannot be written (a full disk) is one PefsError and leaves no claim file behind."""
+    d = claims.claims_dir(tmp_path / "s.jsonl")
+    d.mkdir(parents=True)
+    gone = subprocess.Popen([sys.executable, "-c", "pass"])
+    gone.wait()
+    for pid, held in [(gone.pid, False), (0, False), (os.getpid(), True)]:
+        path = d / f"{pid}.claim"
+        path.write_text(json.dumps({"host": socket.gethostname(), "pid": pid}))
+        assert (claims.holder(path) is not None) == held, pid
+
+    class FullDisk:
+        def __init__(self, fd, mode):
+            os.close(fd)
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc):
+            return False
+
+        def write(self, text):
+            raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(claims.os, "fdopen", FullDisk)
+    with pytest.raises(PefsError, match=r"cannot write a claim file in .*: No space left on device; the store is "
+                                        "unchanged$"):
+        claims.try_claim(tmp_path / "s.jsonl", "cell")
+    assert not (d / "cell.claim").exists()

@@ -98,8 +98,6 @@ EQUIVALENT: dict[str, str] = {
     "pefs/results/stats.py:888:const": "bracketing the quantile by tripling instead of doubling `hi` converges to "
                                        "the same root within 1e-12",
     "pefs/results/stats.py:960:cmp": "Lentz's guard: at |c| == 1e-300 exactly both branches leave c = 1e-300",
-    "pefs/results/store.py:1032:const": "`starts[:0] == [0]` is never true, so a line starting with a row start is "
-                                        "parsed again from 0: it failed whole a moment before and fails again",
     "pefs/results/claims.py:32:const": "a timing constant (an empty claim is stale after 'a few seconds'); the "
                                        "test reads UNWRITTEN_S from the module, and 5 or 6 s changes no outcome",
     "pefs/data/sampling.py:1286:const": "the seed offset of the held-out split only separates its random stream "
@@ -114,6 +112,9 @@ EQUIVALENT: dict[str, str] = {
     "pefs/export/peft_format.py:180:drop_call": "the installed peft already writes `base_model_name_or_path` and "
                                                 "`revision` from the config (the test checks the written value); "
                                                 "the rewrite only fills them where a peft version leaves them empty",
+    "pefs/results/claims.py:150:return_none": "`_alive` is only read as `not _alive(...)`: None and False both "
+                                              "mean 'gone'",
+    "pefs/results/claims.py:355:cmp": "`age < 5 s` or `<= 5 s` differ only when a float age equals 5.0 exactly",
     "pefs/strategies/adapter.py:154:drop_call": "the adapters are new modules, whose parameters already require "
                                                 "grad; `set_trainable` only states it (the battery checks they train)",
 }

@@ -37,6 +37,7 @@ def render(data: dict, equivalent_reasons: dict[str, str]) -> str:
         f"Before the tests added for the survivors, {first} of {len(counted)} were killed "
         f"({100.0 * first / max(1, len(counted)):.1f}%); the survivors were then re-run (`--only-survivors`).",
         "",
+        *([*data["notes"], ""] if data.get("notes") else []),
         "| module | test files | mutation points | sampled | killed | survived | equivalent |",
         "| --- | --- | ---: | ---: | ---: | ---: | ---: |",
     ]
