@@ -97,7 +97,7 @@ EQUIVALENT: dict[str, str] = {
     "pefs/results/stats.py:381:cmp": "`t_cdf` at t = 0: both branches give 0.5 (the two-sided p is 1)",
     "pefs/results/stats.py:888:const": "bracketing the quantile by tripling instead of doubling `hi` converges to "
                                        "the same root within 1e-12",
-    "pefs/results/stats.py:960:cmp": "Lentz's guard: at |c| == 1e-300 exactly both branches leave c = 1e-300",
+    "pefs/results/stats.py:960:cmp": "Lentz's guard: at abs(c) == 1e-300 exactly both branches leave c = 1e-300",
     "pefs/results/claims.py:32:const": "a timing constant (an empty claim is stale after 'a few seconds'); the "
                                        "test reads UNWRITTEN_S from the module, and 5 or 6 s changes no outcome",
     "pefs/data/sampling.py:1286:const": "the seed offset of the held-out split only separates its random stream "

@@ -64,5 +64,6 @@ def render(data: dict, equivalent_reasons: dict[str, str]) -> str:
     for key, r in rows.items():
         if r["status"] == "survived":
             change = f"`{r['before']}` -> `{r['after']}`".replace("|", "\\|")
-            lines.append(f"| `{key}` | {r['line']} | {change} | {r.get('reason', 'OPEN')} |")
+            reason = r.get("reason", "OPEN").replace("|", "\\|")
+            lines.append(f"| `{key}` | {r['line']} | {change} | {reason} |")
     return "\n".join(lines) + "\n"
