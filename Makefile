@@ -5,7 +5,7 @@ STAMP   = $(VENV)/.pefs-installed
 export HF_HUB_OFFLINE ?= 1
 export HF_DATASETS_OFFLINE ?= 1
 
-.PHONY: demo test test-oldest lint install clean
+.PHONY: demo test test-oldest lint install clean mutation
 
 $(STAMP): setup.cfg pyproject.toml
 	test -x $(PY) || python3 -m venv $(VENV)
@@ -45,6 +45,12 @@ test-oldest: $(OLDEST)/.pefs-installed
 	$(OLDEST)/bin/python -c 'import timm, peft, transformers, accelerate, torch; \
 	    print(*(f"{m.__name__} {m.__version__}" for m in (timm, peft, transformers, accelerate, torch)), sep=", ")'
 	$(OLDEST)/bin/python -m pytest -q $(OLDEST_TESTS)
+
+## mutation testing (tools/mutate.py; resumable, minutes of CPU; not part of `make test` or CI): runs the sampled
+## mutants not yet in tests/mutation.json, then renders tests/MUTATION.md from it
+mutation: $(STAMP)
+	nice -n 10 $(PY) tools/mutate.py
+	$(PY) tools/mutate.py --report
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .

@@ -147,6 +147,15 @@ def test_cli_flags_reach_the_config(tmp_path):
     assert cfg.hash() == base.hash()  # where inputs come from does not change a result
 
 
+def test_an_unwritable_cache_folder_is_one_line_with_the_reason(tmp_path):
+    """A feature cache whose folder cannot be made is one PefsError naming it, the system's reason and the way out."""
+    blocker = tmp_path / "file"
+    blocker.write_text("in the way")
+    with pytest.raises(PefsError, match=r"^feature cache '.*file/cache' is not writable: Not a directory; choose "
+                                        r"another with --feature-cache DIR \(or \$PEFS_FEATURE_CACHE\)$"):
+        FeatureStore(blocker / "cache", {"model": "m"})
+
+
 @pytest.mark.parametrize("change", [{"img_size": 48}, {"precision": "bf16"}])
 def test_a_cnn_store_is_keyed_by_transform_and_precision(data, tmp_path, change):
     """On a CNN, whose weights (and so the trunk fingerprint) do not change with the image size or the precision,

@@ -112,3 +112,67 @@ def test_each_frozen_head_says_how_it_classifies():
     assert "class means" in heads.build("prototype").fitted_parameters(8, 3)[1]
     count, note = heads.build("patch-match").fitted_parameters(8, 3)
     assert count == 0 and "Hungarian" in note and "class means" not in note
+
+
+def test_each_head_declares_what_the_task_feeds_it():
+    """Every head but the plain linear one starts its trained head from the support prototypes, at a tenth of
+    head_lr (a larger rate erases the init); the plain linear head starts at random, at head_lr itself; a frozen
+    prototype head fits no parameters of its own."""
+    assert {n: heads.build(n).uses_prototypes for n in heads.HEADS} == {n: n != "linear" for n in heads.HEADS}
+    assert {n: heads.build(n).head_lr_factor for n in heads.HEADS} == {n: 1.0 if n == "linear" else 0.1
+                                                                       for n in heads.HEADS}
+    assert heads.build("prototype").fitted_parameters(8, 3) == (
+        0, "the prototype head trains nothing: it classifies by the support features' class means")
+
+
+def test_the_linear_head_starts_each_task_from_a_fresh_random_init():
+    """``init_linear`` of the plain linear head re-draws the head's weights, so no task starts from the last one's."""
+    head = nn.Linear(6, 3)
+    nn.init.zeros_(head.weight)
+    nn.init.zeros_(head.bias)
+    heads.build("linear").init_linear(head, None, torch.tensor([0, 1, 2]), 3)
+    assert head.weight.abs().sum() > 0 and head.bias.abs().sum() > 0
+
+
+def test_a_prototype_initialised_head_without_support_features_is_refused():
+    """linear-proto cannot start without the support features: one PefsError, and the head is left as it was."""
+    head = nn.Linear(4, 2)
+    before = head.weight.detach().clone()
+    with pytest.raises(PefsError, match="^a prototype-initialised head needs the support features$"):
+        LinearProtoHead().init_linear(head, None, torch.tensor([0, 1]), 2)
+    assert torch.equal(head.weight, before)
+
+
+def test_logistic_probe_criterion_and_folds():
+    """The probe's L2 is the grid value with the best held-out accuracy under ``criterion="accuracy"`` (the
+    lowest loss by default); cross-validation holds out the j-th example of every class in fold j (mod the fold
+    count: at most 5 folds, no more than the smallest class), each example once;
+    an unknown criterion is refused naming the two valid ones."""
+    from pefs.heads.logistic import LogisticProbe, _folds
+
+    g = torch.Generator().manual_seed(0)
+    y = torch.arange(3).repeat(6)
+    x = torch.randn(18, 4, generator=g) + 2.0 * F.one_hot(y, 4).double().float()
+    folds = _folds(y, 3)
+    assert len(folds) == 5 and (sum(m.long() for m in folds) == 1).all()  # every example held out exactly once
+    assert [torch.bincount(y[m], minlength=3).tolist() for m in folds] == [[2, 2, 2]] + [[1, 1, 1]] * 4
+    assert len(_folds(y[:9], 3)) == 3
+    acc = LogisticProbe(criterion="accuracy").fit(x, y, 3)
+    assert acc.chosen_by == "5-fold cross-validation"
+    assert acc.l2 == max(acc.table, key=lambda r: (r[1], -r[2]))[0]
+    with pytest.raises(PefsError, match="^criterion must be loss or accuracy, got 'f1'$"):
+        LogisticProbe(criterion="f1").fit(x, y, 3)
+
+
+def test_patch_match_head_scores_and_refusals():
+    """The patch-match head's scores are ``patch_match_scores``; features that are not (N, P, D) tokens, or a class
+    with fewer support patches than a query has, are refused in one line (many queries of few patches are fine)."""
+    g = torch.Generator().manual_seed(0)
+    support, labels = torch.randn(2, 3, 4, generator=g), torch.tensor([0, 1])
+    query = torch.randn(5, 2, 4, generator=g)
+    head = heads.build("patch-match")
+    assert torch.equal(head.classify(support, labels, query, 2), patch_match_scores(support, labels, query, 2))
+    with pytest.raises(PefsError, match=r"needs patch tokens \(N, P, D\); got support \(2, 3, 4\), query \(5, 4\)"):
+        patch_match_scores(support, labels, query[:, 0], 2)
+    with pytest.raises(PefsError, match=r"at least as many support patches per class as query patches \(4\)"):
+        patch_match_scores(support, labels, torch.randn(1, 4, 4, generator=g), 2)

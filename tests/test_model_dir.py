@@ -161,3 +161,21 @@ def test_unwritable_save_adapter_is_found_before_compute(tmp_path):
     with pytest.raises(PefsError, match=r"--save-adapter folder .* is not writable"):
         tune(cfg)
     assert not list((tmp_path / "runs").glob("*.json"))  # refused before any run, so no record
+
+
+@pytest.mark.parametrize("key, value, message", [
+    ("num_classes", 0, "num_classes is 0, out of range"),
+    ("backbone.params", -1, "backbone.params is -1, out of range"),
+    ("preprocessing.input_size", [3, 0, 0], "preprocessing.input_size is [3, 0, 0], not [channels, height, width]"),
+])
+def test_config_values_out_of_range_are_named_before_anything_loads(saved, key, value, message):
+    """A model config whose class count, parameter count or input size is out of range is named by its key and
+    value, before anything is built or read."""
+    from pefs.model.directory import config_problem
+
+    d, _ = saved
+    cfg = json.loads((d / "pefs_config.json").read_text())
+    assert config_problem(cfg) is None
+    outer, _, inner = key.rpartition(".")
+    (cfg[outer] if outer else cfg)[inner] = value
+    assert config_problem(cfg).startswith(message)

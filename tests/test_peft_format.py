@@ -84,3 +84,16 @@ def test_peft_config_names_the_base_model(tmp_path):
     assert config["base_model_name_or_path"] == str(d)
     assert copy.deepcopy(config)["target_modules"] == sorted(
         f"vit.layers.{i}.attention.{p}_proj" for i in range(2) for p in "qv")
+
+
+def test_a_peft_directory_without_its_tensors_or_of_another_tuner_is_refused(tmp_path):
+    """A peft directory whose adapter_model.safetensors is missing, or that holds a tuner other than LoRA, is one
+    PefsError naming the folder and what is wrong, before any model is wrapped."""
+    d = tmp_path / "adapter"
+    d.mkdir()
+    (d / "adapter_config.json").write_text(json.dumps({"peft_type": "LORA", "target_modules": ["query"]}))
+    with pytest.raises(PefsError, match=r"^'.*adapter' has no adapter_model\.safetensors$"):
+        load_peft_adapter(d, base())
+    (d / "adapter_config.json").write_text(json.dumps({"peft_type": "LOHA", "target_modules": ["query"]}))
+    with pytest.raises(PefsError, match=r"^'.*adapter' holds a LOHA adapter; pefs reads LoRA adapters back"):
+        load_peft_adapter(d, base())

@@ -90,3 +90,23 @@ def test_no_normal_interval_outside_the_statistics_module():
              and p != ROOT / "pefs" / "results" / "stats.py"
              for i, line in enumerate(p.read_text().splitlines(), 1) if z.search(line)]
     assert found == [], found
+
+
+def test_summary_ends_are_the_interval_and_summaries_are_immutable():
+    """A Summary's ``low`` / ``high`` are mean -/+ half-width (None without an interval), and a Summary cannot be
+    changed after it is made (records and pages share one)."""
+    import dataclasses
+
+    s = mean_ci([50.0, 52.0, 54.0])
+    assert (s.low, s.high) == (pytest.approx(52.0 - s.half_width), pytest.approx(52.0 + s.half_width))
+    assert s.low < s.mean < s.high
+    assert (mean_ci([1.0]).low, mean_ci([1.0]).high) == (None, None)
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        s.mean = 0.0  # type: ignore[misc]
+
+
+@pytest.mark.parametrize("p, df", [(0.0, 3), (1.0, 3), (1.5, 3), (0.975, 0)])
+def test_t_quantile_refuses_a_probability_outside_0_1_or_no_degrees_of_freedom(p, df):
+    """t_quantile refuses p outside (0, 1) or df < 1, naming both, instead of looping or returning a number."""
+    with pytest.raises(ValueError, match=rf"0 < p < 1 and df >= 1, got p={p}, df={df}"):
+        t_quantile(p, df)

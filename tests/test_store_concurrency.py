@@ -3,9 +3,11 @@ one's, and a cell's key follows the content of its data and checkpoint, not thei
 
 from __future__ import annotations
 
+import errno
 import json
 import multiprocessing
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -14,9 +16,11 @@ import time
 from pathlib import Path
 
 import numpy as np
+import pytest
 import torch
 from PIL import Image
 
+from pefs.errors import PefsError
 from pefs.results import claims, store
 from pefs.results.aggregate import aggregate, current_rows
 from pefs.results.report.markdown import build_report
@@ -202,6 +206,86 @@ def test_a_claim_left_empty_by_a_kill_is_stale_after_seconds(tmp_path):
     claim.release()
 
 
+def test_ok_and_failed_rows_and_the_better_row_per_cell(tmp_path):
+    """Per cell the store keeps a success over a failure, else the later row; ``ok()`` / ``failed()`` list the
+    kept rows by status, and every extra row of a cell counts as a duplicate."""
+    st = tmp_path / "results.jsonl"
+    for cell, status in [("a", "failed"), ("a", "ok"), ("b", "ok"), ("b", "failed"), ("c", "failed")]:
+        store.append(st, store.make_row(cell, {"seed": 0}, status, {"acc": 0.5} if status == "ok" else None))
+    contents = store.load(st)
+    assert sorted(r["hash"] for r in contents.ok()) == ["a", "b"]
+    assert [r["hash"] for r in contents.failed()] == ["c"] and contents.duplicates == 2
+    with pytest.raises(ValueError, match=r"status must be one of \('ok', 'failed'\), got 'done'"):
+        store.make_row("d", {}, "done", None)
+
+
+def test_shard_path_is_the_store_alone_and_a_numbered_file_per_rank(tmp_path):
+    """One process writes the store itself; rank r of several writes ``<stem>.<r>.jsonl``; reading lists the store
+    first, then its shards by rank number (2 before 10), ignoring other files."""
+    st = tmp_path / "results.jsonl"
+    assert store.shard_path(st) == st and store.shard_path(st, 0, 1) == st
+    assert store.shard_path(st, 2, 3) == tmp_path / "results.2.jsonl"
+    for name in ("results.10.jsonl", "results.2.jsonl", "results.jsonl", "results.x.jsonl", "other.1.jsonl"):
+        (tmp_path / name).write_text("")
+    assert [p.name for p in store.store_files(st)] == ["results.jsonl", "results.2.jsonl", "results.10.jsonl"]
+
+
+def test_a_store_path_must_be_a_jsonl_file(tmp_path):
+    """A store that is not a ``.jsonl`` path, or is a folder, is refused in one line naming it and what to give."""
+    with pytest.raises(PefsError, match=r"store '.*results\.json' must be a \.jsonl file path"):
+        store.check_store_path(tmp_path / "results.json")
+    (tmp_path / "d.jsonl").mkdir()
+    with pytest.raises(PefsError, match=r"store '.*d\.jsonl' is a folder; give a file path such as"):
+        store.check_store_path(tmp_path / "d.jsonl")
+    assert store.check_store_path(tmp_path / "r.jsonl") == tmp_path / "r.jsonl"
+
+
+@pytest.mark.skipif(not Path("/proc/self/fd").is_dir(), reason="counts open descriptors through /proc")
+def test_append_leaves_no_file_descriptor_open(tmp_path):
+    """Appending closes its file: a sweep writing thousands of rows never runs out of descriptors."""
+    before = len(os.listdir("/proc/self/fd"))
+    _writer(str(tmp_path / "results.jsonl"), "a", 20)
+    assert len(os.listdir("/proc/self/fd")) == before
+
+
+def test_a_long_torn_fragment_is_shown_cut_at_60_characters(tmp_path):
+    """A damaged line's report quotes its first 60 characters then "...", names the line and keeps the rows before."""
+    st = tmp_path / "results.jsonl"
+    _writer(str(st), "a", 2)
+    with open(st, "ab") as f:
+        f.write(b"x" * 59 + b"yz\n")
+    _writer(str(st), "b", 1)
+    contents = store.load(st)
+    assert set(contents.rows) == {"a0000", "a0001", "b0000"}
+    assert contents.problems == [f"{st} line 3: torn or corrupt line, dropped: '{'x' * 59}y'...; "
+                                 "the 2 results before it are kept"]
+
+
+def test_a_claim_file_is_world_readable_and_a_released_claim_stops_its_heartbeat(tmp_path):
+    """A claim file is created rw-r--r-- (less the umask) holding this host and pid; releasing it removes the file
+    and stops its heartbeat thread at once."""
+    claim = claims.try_claim(tmp_path / "s.jsonl", "cell")
+    umask = os.umask(0)
+    os.umask(umask)
+    assert claim.path.stat().st_mode & 0o777 == 0o644 & ~umask
+    assert claims.holder(claim.path)["pid"] == os.getpid()
+    claim.release()
+    claim._beat.join(timeout=5)
+    assert not claim.path.exists() and not claim._beat.is_alive()
+
+
+def test_claims_that_cannot_be_written_are_one_clear_error(tmp_path):
+    """A claims folder that cannot be made (a file in the way) or a claim name the system refuses is one PefsError
+    naming the folder and the system's reason, not a traceback."""
+    blocker = tmp_path / "blocked"
+    blocker.write_text("a file where the store's folder should be")
+    with pytest.raises(PefsError, match=r"cannot create the claims folder '.*blocked/\.s\.jsonl\.claims' beside "
+                                        r"the store: Not a directory$"):
+        claims.try_claim(blocker / "s.jsonl", "cell")
+    with pytest.raises(PefsError, match=r"cannot write a claim file in '.*\.s\.jsonl\.claims': File name too long$"):
+        claims.try_claim(tmp_path / "s.jsonl", "c" * 300)
+
+
 def test_a_claim_from_another_host_is_stale_after_ten_minutes_of_silence(tmp_path):
     """README: a claim from another host (whose pid cannot be checked here) is respected while its heartbeat is
     under 10 minutes old and taken over once it is older."""
@@ -216,3 +300,57 @@ def test_a_claim_from_another_host_is_stale_after_ten_minutes_of_silence(tmp_pat
     os.utime(path, (now - 660, now - 660))  # 11 minutes: its process is presumed gone
     with claims.try_claim(st, "cell") as claim:
         assert claim is not None and json.loads(path.read_text())["host"] == socket.gethostname()
+
+
+def test_torn_and_untrusted_rows_are_placed_by_line_or_byte(tmp_path):
+    """A whole read names a damaged or untrusted line by number; a refresh (reading on from an offset) names it by
+    its byte in the file; a row whose keys a reader cannot trust stops the read with the fix."""
+    st = tmp_path / "results.jsonl"
+    _writer(str(st), "a", 2)
+    contents = store.load(st)
+    start = st.stat().st_size
+    _writer(str(st), "b", 1)
+    row_len = st.stat().st_size - start
+    with open(st, "ab") as f:
+        f.write(b"garbage\n")
+    store.refresh(contents, st)
+    assert contents.problems == [f"{st} byte {start + row_len}: torn or corrupt line, dropped: 'garbage'; the 1 "
+                                 "results before it are kept"]
+    bad = tmp_path / "bad.jsonl"
+    _writer(str(bad), "c", 1)
+    store.append(bad, {**store.make_row("d", {"seed": 0}, "failed", None), "error": 5})
+    with pytest.raises(PefsError, match=rf"^{re.escape(str(bad))} line 2: error is .*not a message; fix or delete "
+                                        "that line"):
+        store.load(bad)
+
+
+def test_a_claim_held_by_a_gone_or_group_pid_is_stale_and_a_full_disk_leaves_no_claim(tmp_path, monkeypatch):
+    """A claim of this host whose pid no longer runs, or names no single process (0), is stale; this process's own
+    is held. A claim that cannot be written (a full disk) is one PefsError and leaves no claim file behind."""
+    d = claims.claims_dir(tmp_path / "s.jsonl")
+    d.mkdir(parents=True)
+    gone = subprocess.Popen([sys.executable, "-c", "pass"])
+    gone.wait()
+    for pid, held in [(gone.pid, False), (0, False), (os.getpid(), True)]:
+        path = d / f"{pid}.claim"
+        path.write_text(json.dumps({"host": socket.gethostname(), "pid": pid}))
+        assert (claims.holder(path) is not None) == held, pid
+
+    class FullDisk:
+        def __init__(self, fd, mode):
+            os.close(fd)
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc):
+            return False
+
+        def write(self, text):
+            raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(claims.os, "fdopen", FullDisk)
+    with pytest.raises(PefsError, match=r"cannot write a claim file in .*: No space left on device; the store is "
+                                        "unchanged$"):
+        claims.try_claim(tmp_path / "s.jsonl", "cell")
+    assert not (d / "cell.claim").exists()

@@ -254,6 +254,9 @@ def test_bad_options(spec, options, message):
     ("resnet", "peft:delora", {}, r"peft:delora adapts Linear layers only through peft, not layer1.0.conv1"),
     ("resnet", "peft:oft", {"targets": "conv1"}, r"peft:oft adapts Linear layers and 1x1 convolutions only"),
     ("vit", "peft:boft", {"extra": "boft_block_size=7"}, r"peft refused peft:boft on vit_tiny_patch16_224 "),
+    ("vit", "peft:boft", {"extra": "boft_block_size=7", "targets": "blocks.0.attn.qkv"},
+     r"peft refused peft:boft on vit_tiny_patch16_224 \(1 layers, e.g. blocks.0.attn.qkv\): .*; peft:boft adapts "
+     r"Linear .*layers, pick others with targets=$"),
     ("vit", "ssf", {"targets": "nothing"}, r"ssf targets nothing match no Linear, Conv or norm layer .* qkv"),
     ("efficientnet", "ssf", {"targets": "bn1"}, r"ssf cannot follow bn1 \(BatchNormAct2d\): an activation follows"),
     ("vit", "lora+ssf+lora", {}, r"names the same strategy twice"),

@@ -212,8 +212,36 @@ def test_bad_options_name_the_valid_choices():
         wrap(tiny_backbone("vit"), "vpt", num_classes=5, mode="pixel", pad=16)
     with pytest.raises(PefsError, match=r"targets=2.*before the prompts exist.*valid targets: 4\.\.11"):
         wrap(tiny_backbone("vit"), "self-prompt", num_classes=5, source=3, targets="2,5")
+    with pytest.raises(PefsError, match=r"targets=3,5 .* includes block 3, which runs before the prompts exist"):
+        wrap(tiny_backbone("vit"), "self-prompt", num_classes=5, source=3, targets="3,5")  # the source block itself
     with pytest.raises(PefsError, match=r"source=-1.*no block after it.*valid sources: 0\.\.6"):
         wrap(tiny_backbone("resnet"), "self-prompt", num_classes=5, source=-1)
+
+
+def test_cnn_adapter_refuses_a_block_that_does_not_map_feature_maps():
+    """A CNN block whose output is not a (B, C, H, W) map (a pooled vector) is refused in one line naming the block
+    and the shape it gave, before any adapter is inserted."""
+
+    class Pool(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.lin = torch.nn.Linear(8, 8)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return self.lin(x.mean((2, 3)))
+
+    class PooledNet(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.conv = torch.nn.Conv2d(3, 8, 3, padding=1)
+            self.pool = Pool()
+            self.fc = torch.nn.Linear(8, 2)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return self.fc(self.pool(self.conv(x)))
+
+    with pytest.raises(PefsError, match=r"needs CNN blocks that map \(B, C, H, W\).*block pool .* gave \(1, 8\)$"):
+        wrap(PooledNet(), "adapter", num_classes=2, model_kwargs={"input_size": (3, 8, 8)})
 
 
 def test_cnn_adapter_width_follows_the_channels():

@@ -66,3 +66,20 @@ def test_one_shot_episode_leaves_nothing_to_validate_on():
     with pytest.raises(PefsError, match="from a 1-shot support leaves nothing to train on; valid: 1..0 .*fixed "
                                         "settings"):
         hold_out(ep.support, 1, seed=0)
+
+
+def test_kshot_held_out_split_keeps_a_test_image_of_every_class():
+    """A held-out test split keeps at least one image per class on each side, even at a tiny test fraction."""
+    from pefs.data.sampling import stratified_split
+
+    labels = np.repeat(np.arange(3), 4)
+    train, test = stratified_split(labels, 0.05, seed=0)
+    assert np.bincount(labels[test], minlength=3).tolist() == [1, 1, 1]
+    assert sorted(np.concatenate([train, test]).tolist()) == list(range(12))
+
+
+@pytest.mark.parametrize("n", [0, -1, 2.5])
+def test_bad_episode_count_is_refused(n):
+    """A number of episodes that is not a whole number >= 1 is refused naming it."""
+    with pytest.raises(PefsError, match=rf"^episodes must be a whole number >= 1, got {n}$"):
+        next(episodes(load_dataset(None).train, 5, 1, 1, n))
