@@ -127,12 +127,14 @@ def _breakdown(r: dict[str, Any]) -> list[str]:
             lines.append(f"| {row['name']} | {side} | {_f(setup)} | {_f(parts['decode_s'])} | "
                          f"{_f(parts.get('extract_s'))} | {_f(parts['train_s'])} | {_f(parts['eval_s'])} | "
                          f"{_f(parts.get('other_s'))} | {_f(row[f'{side}_episode_s'])} | {limit} |")
-    lines += ["", "other = total − the parts pefs times (restoring the start state, the start-state fingerprint, "
-                  "optimizer and device set-up). Per-task bookkeeping measured alone in the pefs workers (median over "
-                  "strategies; a full ``gc.collect()`` is what Accelerate's ``free_memory()`` runs): "
+    lines += ["", "other = total − the parts pefs times (restoring the start state and checking it bit for bit, "
+                  "optimizer and device set-up). Bookkeeping measured alone in the pefs workers (median over "
+                  "strategies): what pefs runs per task, and, for scale, what it no longer runs per task (a full "
+                  "``gc.collect()``, which Accelerate's ``free_memory()`` runs; a fingerprint of every tensor, now "
+                  "once per run): "
               + ", ".join(f"{label} {statistics.median(v):.3f} s" for label, key in (
-                  ("gc.collect()", "gc_collect_s"), ("load_state_dict(start)", "restore_s"),
-                  ("fingerprint(model)", "fingerprint_s"))
+                  ("StartState.restore() per task", "restore_s"), ("gc.collect()", "gc_collect_s"),
+                  ("fingerprint of the whole model", "fingerprint_s"))
                   if (v := [row[key] for row in r["rows"] if row.get(key) is not None]))
               + "."]
     return lines

@@ -381,7 +381,7 @@ class SideWorker:
         if runner is not None:
             from pefs.model.directory import weights_fingerprint
 
-            out["restore_s"] = _time_median(runner.start.restore, self.s["repeats"])  # restores and fingerprints
+            out["restore_s"] = _time_median(runner.start.restore, self.s["repeats"])  # restores, checks bitwise
             out["fingerprint_s"] = _time_median(
                 lambda: weights_fingerprint(list(runner.model.state_dict().items())), self.s["repeats"])
         return out
