@@ -155,3 +155,15 @@ def decode(images, transform):
         return torch.empty(0), torch.empty(0, dtype=torch.long)
     x = torch.stack([transform(images.image(i)) for i in range(len(images))])
     return x, torch.as_tensor(np.asarray(images.labels), dtype=torch.long)
+
+
+def fake_tune(calls: list[str]):
+    """A stand-in for ``tune`` in sweep tests: records each cell's config hash and returns a small record whose
+    accuracy grows with each call (so which row a report keeps is visible)."""
+    def run(cfg):
+        calls.append(cfg.hash())
+        acc = 0.5 + len(calls) / 100
+        return {"config": cfg.to_dict(), "accuracy_mean": acc, "accuracies": [acc], "wall_s": 0.1,
+                "dataset": {"name": "imgs", "classes": 3}, "backbone": {"params": 10},
+                "params": {"trainable": 1, "percent_of_backbone": 10.0, "backbone_params": 10, "head": 1}}
+    return run

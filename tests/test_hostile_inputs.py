@@ -20,7 +20,7 @@ from pefs.errors import PefsError
 from pefs.results import store
 from pefs.results.report.markdown import build_report
 from pefs.sweep import run as sweep
-from tests.conftest import colour_images, subprocess_env, tiny
+from tests.conftest import colour_images, fake_tune, subprocess_env, tiny
 
 ROOT = Path(__file__).resolve().parents[1]
 GOOD_ROW = json.loads((ROOT / "benchmarks/strategies/results.jsonl").read_text().splitlines()[0])
@@ -129,19 +129,11 @@ def test_an_unwritable_cache_folder_still_fingerprints(tmp_path, monkeypatch):
     assert identity.tree_digest(folder).startswith("3 files:")
 
 
-def _fake(calls):
-    def run(cfg):
-        calls.append(cfg.hash())
-        acc = 0.5 + len(calls) / 100
-        return {"config": cfg.to_dict(), "accuracy_mean": acc, "accuracies": [acc], "wall_s": 0.1,
-                "dataset": {"name": "imgs", "classes": 3}, "backbone": {"params": 10},
-                "params": {"trainable": 1, "percent_of_backbone": 10.0, "backbone_params": 10, "head": 1}}
-    return run
 
 
 def _sweep(folder: Path, st: Path, calls: list) -> sweep.SweepSummary:
     settings = {"models": "resnet18", "strategies": "linear", "shots": "1", "seeds": "0-1", "data": str(folder)}
-    return sweep.run_sweep(sweep.plan(sweep.spec_from_settings(settings)), st, runner=_fake(calls))
+    return sweep.run_sweep(sweep.plan(sweep.spec_from_settings(settings)), st, runner=fake_tune(calls))
 
 
 def _sections(md: str) -> dict[str, str]:

@@ -25,7 +25,7 @@ from pefs.results import claims, store
 from pefs.results.aggregate import aggregate, current_rows
 from pefs.results.report.markdown import build_report
 from pefs.sweep import run as sweep
-from tests.conftest import subprocess_env
+from tests.conftest import fake_tune, subprocess_env
 
 SWEEP = ["sweep", "--models", "resnet18", "--no-pretrained", "--strategies", "linear", "--shots", "1",
          "--img-size", "32", "--epochs", "1", "-q"]
@@ -131,14 +131,6 @@ def test_a_sweep_finishes_the_cells_of_one_killed_beside_it(tmp_path):
     assert not list(claims.claims_dir(st).glob("*.claim"))
 
 
-def _fake(calls: list[str]):
-    def run(cfg):
-        calls.append(cfg.hash())
-        acc = 0.5 + len(calls) / 100
-        return {"config": cfg.to_dict(), "accuracy_mean": acc, "accuracies": [acc], "wall_s": 0.1,
-                "dataset": {"name": "imgs", "classes": 3}, "backbone": {"params": 10},
-                "params": {"trainable": 1, "percent_of_backbone": 10.0, "backbone_params": 10, "head": 1}}
-    return run
 
 
 def test_changed_data_or_checkpoint_under_the_same_path_reruns(tmp_path, image_folder):
@@ -149,16 +141,16 @@ def test_changed_data_or_checkpoint_under_the_same_path_reruns(tmp_path, image_f
     st, calls = tmp_path / "results.jsonl", []
     cells = sweep.plan(sweep.spec_from_settings(settings))
     assert all(c.fingerprints["data"].startswith("folder:18 files:") for c in cells)
-    sweep.run_sweep(cells, st, runner=_fake(calls))
-    assert sweep.run_sweep(sweep.plan(sweep.spec_from_settings(settings)), st, runner=_fake(calls)).skipped == 2
+    sweep.run_sweep(cells, st, runner=fake_tune(calls))
+    assert sweep.run_sweep(sweep.plan(sweep.spec_from_settings(settings)), st, runner=fake_tune(calls)).skipped == 2
 
     img = image_folder / "cat" / "0.png"  # same path, other pixels
     Image.fromarray(np.zeros((20, 20, 3), np.uint8)).save(img)
-    summary = sweep.run_sweep(sweep.plan(sweep.spec_from_settings(settings)), st, runner=_fake(calls))
+    summary = sweep.run_sweep(sweep.plan(sweep.spec_from_settings(settings)), st, runner=fake_tune(calls))
     assert summary.ran == 2 and summary.skipped == 0
 
     torch.save({"w": torch.ones(2)}, ckpt)  # same checkpoint path, other weights
-    summary = sweep.run_sweep(sweep.plan(sweep.spec_from_settings(settings)), st, runner=_fake(calls))
+    summary = sweep.run_sweep(sweep.plan(sweep.spec_from_settings(settings)), st, runner=fake_tune(calls))
     assert summary.ran == 2 and len(calls) == 6
     rows = _rows(st)
     assert len({r["cell"]["fingerprints"]["checkpoint"] for r in rows}) == 2
