@@ -80,8 +80,6 @@ ALLOWED: list[tuple[str, str, str]] = [
      'the protocol of the page it lists (settings)'),
     ('benchmarks/README.md', 'every strategy at 1 and 5 shots',
      'the grid of the page it lists (settings)'),
-    ('benchmarks/README.md', 'a 100-episode protocol run',
-     'the protocol of the page it lists (settings)'),
     ('benchmarks/README.md', '(500 / 4,000 / 20,000 full Fashion-MNIST images)',
      'the sizes of the page it lists (settings)'),
     ('benchmarks/README.md', 'a 3 shots × 3 seeds',

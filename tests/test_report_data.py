@@ -24,7 +24,8 @@ COPIED = {"scale_vs_shots.md"}
 TABLE_REPORTS = {"strategies.md": "strategies_table.py"}
 #: script reports: the page, and the script whose ``--render DATA`` writes its generated part from ``page.json``
 #: (every script runs as ``python -m benchmarks.NAME``, as its page says: :func:`_module`)
-SCRIPT_REPORTS = {"speed.md": "speed.py", "memory.md": "memory.py", "episodic.md": "episodic.py"}
+SCRIPT_REPORTS = {"speed.md": "speed.py", "speed_repeat.md": "speed.py", "memory.md": "memory.py",
+                  "episodic.md": "episodic.py"}
 #: reports whose numbers come from runs whose raw data was never committed (it lived in /tmp); they get their
 #: ``.json`` when rerun on the final code with ``--markdown``/``--out`` beside the page
 MISSING_DATA: set[str] = set()
