@@ -318,14 +318,22 @@ def _hf_set(ds, image_column: str, classes: list, split: str, keys: list, name: 
     return ImageSet([str(c) for c in classes], labels, [f"{split}[{i}]" for i in range(len(labels))], loader)
 
 
+def benchmark_spec(spec: object) -> tuple[str, str] | None:
+    """(NAME, PATH) of a ``NAME:PATH`` benchmark spec (a name in :data:`SPEC_LOADERS`), or None for any other
+    spec: the one parser of that form."""
+    if not isinstance(spec, str) or ":" not in spec:
+        return None
+    name, rest = spec.split(":", 1)
+    return (name, rest) if name in SPEC_LOADERS else None
+
+
 def local_path(spec: object) -> Path | None:
     """The local file or folder a ``--data`` spec reads (a ``NAME:PATH`` benchmark's PATH), or None (the
     embedded set, a hub name, a Dataset built in Python): what no output may be or sit inside."""
     if not isinstance(spec, (str, Path)) or spec == DEFAULT_DATASET:
         return None
-    text = str(spec)
-    if ":" in text and text.split(":", 1)[0] in SPEC_LOADERS:
-        text = text.split(":", 1)[1]
+    parsed = benchmark_spec(str(spec))
+    text = parsed[1] if parsed else str(spec)
     return Path(text) if Path(text).exists() else None
 
 
@@ -344,11 +352,12 @@ def load_dataset(spec: str | Dataset | None = None, label_column: str | None = N
             raise PefsError(f"--label-column {label_column} names a column of a Hugging Face dataset; the embedded "
                             f"{DEFAULT_DATASET} has none (give --data a dataset)")
         return load_default()
-    if isinstance(spec, str) and spec.split(":", 1)[0] in SPEC_LOADERS and ":" in spec:  # pefs.data.benchmarks
+    parsed = benchmark_spec(spec)
+    if parsed is not None:  # pefs.data.benchmarks
         if label_column is not None:
             raise PefsError(f"--label-column {label_column} names a column of a Hugging Face dataset; {spec!r} is a "
                             "benchmark whose split files give the labels (drop --label-column)")
-        return SPEC_LOADERS[spec.split(":", 1)[0]](*spec.split(":", 1))
+        return SPEC_LOADERS[parsed[0]](*parsed)
     path = Path(spec)
     if path.is_dir():
         layout = data_layout(path, IMAGE_SUFFIXES)

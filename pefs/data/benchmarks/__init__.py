@@ -42,11 +42,9 @@ sources.SPEC_LOADERS.update({name: b.load for name, b in BENCHMARKS.items()})
 
 
 def parse(spec: Any) -> tuple[str, str] | None:
-    """(benchmark name, path) of a ``NAME:PATH`` spec, or None when ``spec`` names no benchmark."""
-    if not isinstance(spec, str) or ":" not in spec:
-        return None
-    name, rest = spec.split(":", 1)
-    return (name, rest) if name in BENCHMARKS else None
+    """(benchmark name, path) of a ``NAME:PATH`` spec, or None when ``spec`` names no benchmark (every loader
+    in ``SPEC_LOADERS`` is one of :data:`BENCHMARKS`)."""
+    return sources.benchmark_spec(spec)
 
 
 def fingerprint(spec: Any) -> str | None:
