@@ -378,6 +378,29 @@ def test_a_random_base_is_saved_whole_and_checked(tmp_path):
         PefsModel.load(tmp_path / "m")
 
 
+def test_a_base_file_that_does_not_complete_the_model_is_refused(tmp_path):
+    """Promise: a base.safetensors that lacks a tensor of the model (its checksum rewritten to match) is refused
+    by name, never loaded partially over the random init."""
+    from safetensors.torch import load_file, save_file
+
+    from pefs.config.identity import sha256_file
+
+    torch.manual_seed(3)
+    pefs.wrap("resnet18", "linear", num_classes=3, pretrained=False).save(tmp_path / "m")
+    base_path = tmp_path / "m" / "base.safetensors"
+    base = load_file(str(base_path))
+    dropped = sorted(base)[0]
+    del base[dropped]
+    save_file(base, str(base_path))
+    cfg_path = tmp_path / "m" / "pefs_config.json"
+    cfg = json.loads(cfg_path.read_text())
+    cfg["base"]["sha256"] = sha256_file(base_path)
+    cfg_path.write_text(json.dumps(cfg))
+    refusal = rf"base.safetensors .* does not complete the model: 1 missing \(e.g. {dropped}"
+    with pytest.raises(PefsError, match=refusal):
+        PefsModel.load(tmp_path / "m")
+
+
 # --- --save-adapter: per seed, never over the user's files, never silently nothing -------------------------
 
 def test_episodic_save_adapter_is_refused_before_running(tmp_path, monkeypatch, capsys):
