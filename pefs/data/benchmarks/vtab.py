@@ -117,8 +117,17 @@ def load(spec: str, rest: str) -> BenchmarkDataset:
         licence=f"VTAB-1k {TASKS[folder.name]} task {folder.name}: see the source dataset's licence")
     if spec == "vtab1k":  # the protocol's selection: train800 -> val200 (a K-shot support is left out of val200)
         ds.select = lambda support, shots, seed: ((splits["train800"], splits["val200"]) if shots is None else
-                                                  (None, without(splits["val200"], support.names)))
+                                                  (None, _val_outside(splits["val200"], support, shots, what)))
     return ds
+
+
+def _val_outside(val200: ImageSet, support: ImageSet, shots: int, what: str) -> ImageSet:
+    """val200 less a K-shot support's images: what a K-shot ``--search`` scores; an error when nothing is left."""
+    val = without(val200, support.names)
+    if not len(val):
+        raise PefsError(f"{what}: every val200 image is among the {shots} shots per class, leaving none to score "
+                        f"a --search on; give fewer --shots (or use --final, which searches train800 -> val200)")
+    return val
 
 
 def split_files(rest: str) -> list[Path]:
