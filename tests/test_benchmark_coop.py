@@ -19,6 +19,7 @@ import pytest
 from pefs.cli.main import main
 from pefs.data import kshot_split, load_dataset
 from pefs.data.benchmarks import coop
+from pefs.data.fingerprint import data_fingerprint
 from pefs.errors import PefsError
 from tests.test_benchmark_sources import png
 
@@ -162,6 +163,7 @@ def test_kshot_draw_is_dassls(tmp_path, dassl_module, shots, seed):
     split = kshot_split(ds, shots, seed=seed)  # what --shots K --seeds S trains on
     assert tails(split.support.names) == [Path(d._impath).name for d in saved["train"]]
     assert split.query.names == ds.test.names
+    assert data_fingerprint(f"coop:{folder}").startswith("coop:2 split files:")  # the pickle is in the run key
     again = load_dataset(f"coop:{folder}")  # now read from the pickle
     assert coop.draw(again, shots, seed) == (train, val)
     assert again.split_files[f"split_fewshot/shot_{shots}-seed_{seed}.pkl"] == \
