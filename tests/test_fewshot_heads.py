@@ -200,3 +200,14 @@ def test_pefs_strategies_lists_every_head_and_marks_the_transductive_ones(capsys
     assert [ln.split()[0] for ln in lines] == list(heads.HEADS)
     marked = {ln.split()[0] for ln in lines if "transductive: reads the task's queries together" in ln}
     assert marked == {"bd-cspn", "tim"} and any(ln.startswith("dn4 ") and "[reads tokens]" in ln for ln in lines)
+
+
+def test_a_searched_transductive_head_is_recorded_too():
+    """A run that searches heads on validation data names every transductive head it may use in its record's
+    ``transductive`` entry; a run with only inductive heads gets no entry."""
+    from pefs.protocols.run import query_use
+
+    searched = query_use(TuneConfig(search={"head": "prototype,tim,bd-cspn"}))
+    assert searched["transductive"]["heads"] == ["bd-cspn", "tim"]
+    assert query_use(TuneConfig(head="matching", search={"head": "dn4,prototype"})) == {}
+    assert query_use(TuneConfig(head="tim"))["transductive"]["heads"] == ["tim"]
