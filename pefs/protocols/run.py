@@ -26,6 +26,7 @@ from pefs.data.decoding import image_limit
 from pefs.data.fingerprint import data_fingerprint
 from pefs.data.sources import local_path
 from pefs.errors import PefsError
+from pefs.heads.registry import head_class
 from pefs.protocols.final import check_final, describe_model, final_summary, save_final
 from pefs.protocols.loop import Task, check_sampling, run_protocol
 from pefs.protocols.selection.auto import AutoSelector
@@ -162,7 +163,7 @@ def finish(cfg: TuneConfig, dataset: Dataset, run: ProtocolRun, runner: TaskRunn
     summary = mean_ci(accs) if accs and run.status == "ok" else None
     params = runner.param_report() if runner is not None else None
     prints = run_fingerprints(cfg.data, cfg.checkpoint)
-    extra = dict(extra or {})
+    extra = {**dict(extra or {}), **query_use(cfg)}
     peak = extra.pop("peak_memory_mb")  # the run's own peak (RunMemory.figures(), which tune() passes)
     rec = RunRecord(
         config=(requested or cfg).to_dict(), resolved=cfg.to_dict(), config_hash=cfg.hash(), schema=SCHEMA_VERSION,
@@ -178,6 +179,21 @@ def finish(cfg: TuneConfig, dataset: Dataset, run: ProtocolRun, runner: TaskRunn
         extra=extra)
     rec.path = str(write_record(rec.to_dict(), cfg.output))
     return rec.to_dict()
+
+
+def query_use(cfg: TuneConfig) -> dict[str, Any]:
+    """``{"transductive": {...}}`` when a head the run uses or searches reads each task's unlabelled queries
+    together (its accuracy then uses the query set, and is not comparable with an inductive head's); nothing
+    otherwise, so every other record keeps its keys."""
+    names = [head_of(cfg)]
+    if "head" in cfg.search:
+        names += [v for a in search_space(cfg).axes if a.name == "head" for v in a.values]
+    used = sorted({n for n in names if head_class(n).transductive})
+    if not used:
+        return {}
+    return {"transductive": {"heads": used, "note": "transductive inference: the head classifies each task's "
+                             "queries together, using their unlabelled features (labels never), so one query's "
+                             "prediction depends on the others"}}
 
 
 def write_record(record: dict[str, Any], output: str | Path) -> Path:

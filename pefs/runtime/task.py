@@ -143,14 +143,19 @@ class TaskRunner:
     def _score(self, xs: torch.Tensor, ys: torch.Tensor, query: ImageSet, t: dict[str, float],
                cfg: TrainConfig) -> torch.Tensor:
         """Scores (queries, classes): the queries stream, decoded and scored batch by batch (a head scores each
-        query on its own), so only the scores are kept."""
+        query on its own), so only the scores are kept. A transductive head reads every query of the task
+        together: the queries' features are kept and scored in one call."""
         t0 = time.perf_counter()
         before = t["decode_s"] + t["extract_s"]
         n = self.n_classes
         with self.model.merged_view() if cfg.merge_for_eval else contextlib.nullcontext():
             sup = self.read(xs, "support") if self.head.reads != "logits" else xs[:0]
-            scores = self.frozen.stream(query, self.head.reads, t,
-                                        each=lambda q: self.head.classify(sup, ys, self._head_view(q), n))
+            if self.head.transductive:
+                feats = self._head_view(self.frozen.stream(query, self.head.reads, t))
+                scores = self.head.classify(sup, ys, feats, n)
+            else:
+                scores = self.frozen.stream(query, self.head.reads, t,
+                                            each=lambda q: self.head.classify(sup, ys, self._head_view(q), n))
         t["eval_s"] += time.perf_counter() - t0 - (t["decode_s"] + t["extract_s"] - before)
         return scores
 
