@@ -23,9 +23,12 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
 def run(a: argparse.Namespace) -> int:
     """Run the tune ``a`` describes and print its summary: accuracy, parameters, time, the record's path."""
     from pefs.protocols.run import tune
+    from pefs.runtime.distributed import is_main
 
     cfg = config_from_args(a)
     rec = tune(cfg)
+    if not is_main():  # a multi-process --final: the main process prints the summary once
+        return 0
     unit = "episodes" if rec["protocol"] == "episodic" else "seeds"
     what = f"{cfg.ways}-way {cfg.shots}-shot" if cfg.ways else f"{cfg.shots}-shot"
     if rec.get("final"):

@@ -17,6 +17,7 @@ from pefs.config import head_of
 from pefs.errors import PefsError
 from pefs.heads.registry import HEADS, head_class
 from pefs.model import directory as pefs_io
+from pefs.runtime import distributed
 
 if TYPE_CHECKING:
     from pefs.config import TuneConfig
@@ -31,6 +32,7 @@ def check_final(cfg: TuneConfig) -> None:
     """Refuse, before any compute, a ``--final`` run that cannot give one usable model directory."""
     if cfg.save_adapter:
         pefs_io.check_writable_dir(cfg.save_adapter, "--final" if cfg.final else "--save-adapter")
+    distributed.check_launch(cfg.final)  # several processes split one --final fit, not K-shot seeds
     if not cfg.final:
         check_seed_dirs(cfg)
         return
@@ -74,11 +76,11 @@ def describe_model(model: PefsModel, cfg: TuneConfig, dataset: Dataset) -> None:
 
 def save_final(cfg: TuneConfig, runner: TaskRunner) -> Callable[[Task, TaskResult], None]:
     """After the final task: without a held-out split its accuracy is the training accuracy (recorded as such,
-    never as accuracy); then the model directory is saved."""
+    never as accuracy); then the model directory is saved, once (by the main process of a multi-process run)."""
     def after(task: Task, result: TaskResult) -> None:
         if not task.info["held_out"]:
             result.info["train_accuracy"], result.accuracy = result.accuracy, None
-        result.info["model_dir"] = str(runner.model.save(cfg.save_adapter))
+        result.info["model_dir"] = str(distributed.on_main(lambda: runner.model.save(cfg.save_adapter)))
     return after
 
 

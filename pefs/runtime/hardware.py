@@ -23,11 +23,19 @@ def accelerator():
 
     Models and batches are moved with ``.to(acc.device)`` rather than ``acc.prepare``: a few-shot task is a
     handful of batches, data-parallel wrapping only adds cost, and ``prepare``/``free_memory`` keep references
-    and run ``gc.collect()`` (benchmarks/speed.md times it)."""
+    and run ``gc.collect()`` (benchmarks/speed.md times it). The one exception is a run launched as several
+    processes to split one large task (:mod:`pefs.runtime.distributed`): there this Accelerator starts the
+    process group (gloo on CPUs: Accelerate ignores CPU ranks unless told ``cpu``) and wraps the trained module
+    in DDP."""
     from accelerate import Accelerator
+    from accelerate.utils import DistributedDataParallelKwargs
+
+    from pefs.runtime.distributed import world_size
 
     if "acc" not in _ACCELERATORS:
-        _ACCELERATORS["acc"] = Accelerator()
+        cpu = world_size() > 1 and not torch.cuda.is_available()
+        ddp = DistributedDataParallelKwargs(static_graph=True)  # one forward graph per run: unused parameters OK
+        _ACCELERATORS["acc"] = Accelerator(cpu=cpu, kwargs_handlers=[ddp])
     return _ACCELERATORS["acc"]
 
 
