@@ -110,7 +110,7 @@ def test_final_on_two_processes_syncs_shards_saves_once_and_matches_one_process(
     records = list((two / "out").iterdir())
     assert len(records) == 1
     rec = json.loads(records[0].read_text())
-    assert rec["model_dir"] == str(two / "model") and rec["trained_on"] == IMAGES
+    assert rec["model_dir"] == str(two / "model") and rec["trained_on"] == IMAGES and rec["processes"] == 2
     loaded = dict(PefsModel.load(two / "model").named_parameters())
     assert all(torch.equal(loaded[k].cpu(), v) for k, v in ranks[0]["trained"].items())
     assert r.stdout.count("result record:") == 1  # the summary printed once
@@ -128,6 +128,7 @@ def test_final_on_two_processes_syncs_shards_saves_once_and_matches_one_process(
                 for k, v in ranks[0]["trained"].items())
     assert worst < TOLERANCE
     one_rec = json.loads(next((one / "out").iterdir()).read_text())
+    assert "processes" not in one_rec
     assert one_rec["key"] == rec["key"]  # --batch-size means the step's whole batch: the same run
     assert one_rec["runs"][0]["steps"] == rec["runs"][0]["steps"] == steps * EPOCHS
     assert abs(one_rec["runs"][0]["final_loss"] - rec["runs"][0]["final_loss"]) < TOLERANCE

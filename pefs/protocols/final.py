@@ -85,7 +85,10 @@ def save_final(cfg: TuneConfig, runner: TaskRunner) -> Callable[[Task, TaskResul
 
 
 def final_summary(dataset: Dataset, run: ProtocolRun) -> dict[str, Any]:
-    """The record's extra fields for a final fit: where the model went, what it trained on and was scored on."""
+    """The record's extra fields for a final fit: where the model went, what it trained on and was scored on, and
+    (a multi-process launch only) over how many processes."""
     info = run.runs[0].info if run.runs else {}
+    processes = distributed.world_size()  # a data-parallel fit says over how many processes it split its batches
     return {"final": True, "model_dir": info.get("model_dir"), "trained_on": len(dataset.train),
-            "test_images": len(dataset.test) if info.get("held_out") else 0}
+            "test_images": len(dataset.test) if info.get("held_out") else 0,
+            **({"processes": processes} if processes > 1 else {})}

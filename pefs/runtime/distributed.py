@@ -18,7 +18,6 @@ one task: ``pefs sweep`` spreads its cells over the processes (:func:`pefs.sweep
 from __future__ import annotations
 
 import contextlib
-import os
 from collections.abc import Callable, Iterator
 from typing import Any, TypeVar
 
@@ -26,41 +25,12 @@ import torch
 from torch import nn
 
 from pefs.errors import PefsError
+from pefs.runtime.hardware import accelerator, is_main, rank, world_size
+
+__all__ = ["check_batches", "check_launch", "data_parallel", "gather_rows", "is_main", "mean", "on_main", "rank",
+           "shard_indices", "share", "world_size"]
 
 T = TypeVar("T")
-
-#: the environment variables a launcher sets to the number of processes (torchrun / accelerate, MPI)
-WORLD_VARS = ("WORLD_SIZE", "PMI_SIZE", "OMPI_COMM_WORLD_SIZE")
-RANK_VARS = ("RANK", "PMI_RANK", "OMPI_COMM_WORLD_RANK")
-
-
-def _env_int(names: tuple[str, ...], default: int) -> int:
-    for name in names:
-        value = os.environ.get(name)
-        if value not in (None, ""):
-            try:
-                return int(value)
-            except ValueError:
-                raise PefsError(f"{name}={value!r} is not a whole number; a launcher (torchrun, accelerate "
-                                "launch) sets it") from None
-    return default
-
-
-def world_size() -> int:
-    """How many processes the launcher started (1 without a launcher), read from the environment: nothing is
-    started, so checks can ask before any weights load."""
-    return max(_env_int(WORLD_VARS, 1), 1)
-
-
-def rank() -> int:
-    """This process's index among :func:`world_size` processes (0 without a launcher)."""
-    return _env_int(RANK_VARS, 0) if world_size() > 1 else 0
-
-
-def is_main() -> bool:
-    """Whether this process writes what the run writes once (model directory, record, printed summary)."""
-    return rank() == 0
-
 
 def check_launch(final: bool, command: str = "pefs tune") -> None:
     """Refuse a multi-process launch of a run of many small tasks: each process would run every task and write
@@ -109,8 +79,6 @@ def mean(value: torch.Tensor) -> torch.Tensor:
     reads the same loss, so all of them stop at the same step when it is NaN or exploded."""
     if world_size() == 1:
         return value
-    from pefs.runtime.hardware import accelerator
-
     return accelerator().reduce(value.detach().clone(), reduction="mean")
 
 
@@ -125,8 +93,6 @@ def data_parallel(module: nn.Module) -> Iterator[nn.Module]:
     if world_size() == 1:
         yield module
         return
-    from pefs.runtime.hardware import accelerator
-
     acc = accelerator()
     try:
         yield acc.prepare_model(module, device_placement=False)
@@ -141,9 +107,6 @@ def on_main(fn: Callable[[], T]) -> T:
     if world_size() == 1:
         return fn()
     from torch.distributed import broadcast_object_list
-
-    from pefs.runtime.hardware import accelerator
-
     acc = accelerator()
     box: list[Any] = [None]
     error: BaseException | None = None
@@ -167,8 +130,6 @@ def gather_rows(part: torch.Tensor, n: int) -> torch.Tensor:
     world = world_size()
     if world == 1:
         return part
-    from pefs.runtime.hardware import accelerator
-
     acc = accelerator()
     rows = -(-n // world)
     padded = torch.zeros((rows, *part.shape[1:]), dtype=part.dtype)
