@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import shlex
 
 from pefs.cli.flags import EPILOG, add_tune_args, config_from_args
@@ -26,8 +27,10 @@ def run(a: argparse.Namespace) -> int:
     from pefs.runtime.distributed import is_main
 
     cfg = config_from_args(a)
+    if not is_main():  # a multi-process --final: the main process shows progress and prints the summary, once
+        cfg = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, progress=False))
     rec = tune(cfg)
-    if not is_main():  # a multi-process --final: the main process prints the summary once
+    if not is_main():
         return 0
     unit = "episodes" if rec["protocol"] == "episodic" else "seeds"
     what = f"{cfg.ways}-way {cfg.shots}-shot" if cfg.ways else f"{cfg.shots}-shot"
