@@ -73,28 +73,31 @@ def test_kshot_tune_launched_as_two_processes_is_refused_before_any_work(monkeyp
     assert not (tmp_path / "out").exists() or not any((tmp_path / "out").iterdir())
 
 
-def _final_args(data, model_dir, out) -> list[str]:
+def _final_args(data, model_dir, out, *more: str) -> list[str]:
     return ["tune", "--data", str(data), "-q", "--img-size", "32", "--epochs", str(EPOCHS), "--batch-size",
             str(BATCH), "--strategy", "lora", "--mixed-precision", "no", "--inference-precision", "no",
-            "--final", str(model_dir), "--output", str(out)]
+            "--final", str(model_dir), "--output", str(out), *more]
 
 
 def test_final_on_two_processes_syncs_shards_saves_once_and_matches_one_process(tmp_path):
     """``torchrun --nproc_per_node 2 pefs tune --final``: both processes end with identical trainable weights;
     each epoch, each process trained on a disjoint part of the images and together on all of them; one model
     directory (loadable, holding those weights) and one record; the weights, loss and accuracy equal a
-    one-process run with the same batch within TOLERANCE."""
+    one-process run with the same batch within TOLERANCE. A run that diverges (a second command in the same
+    processes) stops every process at the same step, with one record saying so and no model directory."""
     from pefs.model import PefsModel
 
     data = colour_images(tmp_path / "imgs", {"train": IMAGES // 3, "test": 3})
     two = tmp_path / "two"
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "-m", "tests.ddp_worker",
-           str(two / "probe"), *_final_args(data, two / "model", two / "out")]
+           str(two / "probe"), *_final_args(data, two / "model", two / "out"),
+           "++", *_final_args(data, two / "diverged", two / "diverged-out", "--strategy", "full", "--lr", "1e9")]
     r = subprocess.run(cmd, cwd=ROOT, env=subprocess_env(OMP_NUM_THREADS="1"), capture_output=True, text=True,
                        timeout=600)
     assert r.returncode == 0, r.stderr[-3000:]
-    ranks = [torch.load(two / "probe" / f"rank{i}.pt") for i in (0, 1)]
-    assert [p["world"] for p in ranks] == [2, 2]
+    probes = [torch.load(two / "probe" / f"rank{i}.pt") for i in (0, 1)]
+    assert [p["world"] for p in probes] == [2, 2]
+    ranks = [p["runs"][0] for p in probes]
     # (a) gradient sync: the same trainable weights in both processes
     assert ranks[0]["trained"].keys() == ranks[1]["trained"].keys() and ranks[0]["trained"]
     assert all(torch.equal(ranks[0]["trained"][k], ranks[1]["trained"][k]) for k in ranks[0]["trained"])
@@ -114,6 +117,11 @@ def test_final_on_two_processes_syncs_shards_saves_once_and_matches_one_process(
     loaded = dict(PefsModel.load(two / "model").named_parameters())
     assert all(torch.equal(loaded[k].cpu(), v) for k, v in ranks[0]["trained"].items())
     assert r.stdout.count("result record:") == 1  # the summary printed once
+    # a diverged run: every process refused at the same step (none left waiting), one record, no model
+    diverged = [p["runs"][1] for p in probes]
+    assert [d["code"] for d in diverged] == [2, 2] and len(diverged[0]["seen"]) == len(diverged[1]["seen"])
+    (record,) = (two / "diverged-out").iterdir()
+    assert json.loads(record.read_text())["status"] == "diverged" and not (two / "diverged").exists()
     # (d) one process, the same total batch: the same steps and, to rounding, the same weights and results
     one, threads = tmp_path / "one", torch.get_num_threads()
     torch.set_num_threads(1)  # as each of the two processes: 2 threads alone move LoRA's weights by 4.7e-4 here
@@ -121,7 +129,7 @@ def test_final_on_two_processes_syncs_shards_saves_once_and_matches_one_process(
         assert ddp_worker.run(one / "probe", _final_args(data, one / "model", one / "out")) == 0
     finally:
         torch.set_num_threads(threads)
-    single = torch.load(one / "probe" / "rank0.pt")
+    single = torch.load(one / "probe" / "rank0.pt")["runs"][0]
     assert len(single["seen"]) == steps * EPOCHS and all(len(s) == min(BATCH, IMAGES - i % steps * BATCH)
                                                          for i, s in enumerate(single["seen"]))
     worst = max(float((single["trained"][k] - v).abs().max() / (1 + v.abs().max()))
