@@ -32,6 +32,7 @@ __all__ = ["check_batches", "check_launch", "data_parallel", "gather_rows", "is_
 
 T = TypeVar("T")
 
+
 def check_launch(final: bool, command: str = "pefs tune") -> None:
     """Refuse a multi-process launch of a run of many small tasks: each process would run every task and write
     its own record. Those runs spread over processes as ``pefs sweep`` cells; one large task splits its batches."""
@@ -75,8 +76,9 @@ def share(idx: torch.Tensor) -> tuple[torch.Tensor, float]:
 
 
 def mean(value: torch.Tensor) -> torch.Tensor:
-    """The mean of ``value`` (a detached scalar, e.g. a weighted loss) over the processes: every process then
-    reads the same loss, so all of them stop at the same step when it is NaN or exploded."""
+    """The mean of ``value`` (a scalar such as a step's weighted loss; detached, except with one process, where
+    it is ``value`` itself) over the processes: every process then reads the same loss, so all of them stop at
+    the same step when it is NaN or exploded."""
     if world_size() == 1:
         return value
     return accelerator().reduce(value.detach().clone(), reduction="mean")
