@@ -84,14 +84,17 @@ def test_final_on_two_processes_syncs_shards_saves_once_and_matches_one_process(
     each epoch, each process trained on a disjoint part of the images and together on all of them; one model
     directory (loadable, holding those weights) and one record; the weights, loss and accuracy equal a
     one-process run with the same batch within TOLERANCE. A run that diverges (a second command in the same
-    processes) stops every process at the same step, with one record saying so and no model directory."""
+    processes) stops every process at the same step, with one record saying so and no model directory; a last
+    batch of one image leaves one process an empty share, and the weights still agree."""
     from pefs.model import PefsModel
 
     data = colour_images(tmp_path / "imgs", {"train": IMAGES // 3, "test": 3})
+    data33 = colour_images(tmp_path / "imgs33", {"train": 11, "test": 1})  # batches of 8, 8, 8, 8 and 1
     two = tmp_path / "two"
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "-m", "tests.ddp_worker",
            str(two / "probe"), *_final_args(data, two / "model", two / "out"),
-           "++", *_final_args(data, two / "diverged", two / "diverged-out", "--strategy", "full", "--lr", "1e9")]
+           "++", *_final_args(data, two / "diverged", two / "diverged-out", "--strategy", "full", "--lr", "1e9"),
+           "++", *_final_args(data33, two / "model33", two / "out33")]
     r = subprocess.run(cmd, cwd=ROOT, env=subprocess_env(OMP_NUM_THREADS="1"), capture_output=True, text=True,
                        timeout=600)
     assert r.returncode == 0, r.stderr[-3000:]
@@ -116,12 +119,16 @@ def test_final_on_two_processes_syncs_shards_saves_once_and_matches_one_process(
     assert rec["model_dir"] == str(two / "model") and rec["trained_on"] == IMAGES and rec["processes"] == 2
     loaded = dict(PefsModel.load(two / "model").named_parameters())
     assert all(torch.equal(loaded[k].cpu(), v) for k, v in ranks[0]["trained"].items())
-    assert r.stdout.count("result record:") == 1  # the summary printed once
+    assert r.stdout.count("result record:") == 2  # once per finished command (two), not once per process
     # a diverged run: every process refused at the same step (none left waiting), one record, no model
     diverged = [p["runs"][1] for p in probes]
     assert [d["code"] for d in diverged] == [2, 2] and len(diverged[0]["seen"]) == len(diverged[1]["seen"])
     (record,) = (two / "diverged-out").iterdir()
     assert json.loads(record.read_text())["status"] == "diverged" and not (two / "diverged").exists()
+    # an empty share (the last batch's one image went to the other process) steps in sync all the same
+    uneven = [p["runs"][2] for p in probes]
+    assert [len(s) for s in uneven[1]["seen"]] == [4, 4, 4, 4, 0] * EPOCHS
+    assert all(torch.equal(v, uneven[1]["trained"][k]) for k, v in uneven[0]["trained"].items())
     # (d) one process, the same total batch: the same steps and, to rounding, the same weights and results
     one, threads = tmp_path / "one", torch.get_num_threads()
     torch.set_num_threads(1)  # as each of the two processes: 2 threads alone move LoRA's weights by 4.7e-4 here
