@@ -30,9 +30,9 @@ if TYPE_CHECKING:
 
 def check_final(cfg: TuneConfig) -> None:
     """Refuse, before any compute, a ``--final`` run that cannot give one usable model directory."""
+    distributed.check_launch(cfg.final)  # several processes split one --final fit, not K-shot seeds
     if cfg.save_adapter:
         pefs_io.check_writable_dir(cfg.save_adapter, "--final" if cfg.final else "--save-adapter")
-    distributed.check_launch(cfg.final)  # several processes split one --final fit, not K-shot seeds
     if not cfg.final:
         check_seed_dirs(cfg)
         return
