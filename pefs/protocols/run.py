@@ -33,7 +33,7 @@ from pefs.protocols.selection.auto import AutoSelector
 from pefs.protocols.selection.selector import Selector, search_space
 from pefs.results.records import Accuracy, DatasetInfo, Machine, ProtocolRun, RunRecord, TaskResult
 from pefs.results.stats import mean_ci
-from pefs.runtime import hardware
+from pefs.runtime import distributed, hardware
 from pefs.runtime.engine import NonFiniteLoss
 from pefs.runtime.memory import RunMemory
 from pefs.runtime.task import TaskRunner, build_model
@@ -177,7 +177,7 @@ def finish(cfg: TuneConfig, dataset: Dataset, run: ProtocolRun, runner: TaskRunn
                         torch.get_num_threads(), cfg.train.inference_precision),  # what "auto" precision became
         fingerprints=prints, key=run_key(cfg, prints), finished_at=time.strftime("%Y-%m-%dT%H:%M:%S"),
         extra=extra)
-    rec.path = str(write_record(rec.to_dict(), cfg.output))
+    rec.path = distributed.on_main(lambda: str(write_record(rec.to_dict(), cfg.output)))  # one record per run
     return rec.to_dict()
 
 

@@ -26,7 +26,7 @@ from tqdm.auto import tqdm
 from pefs.backbones.split import Stages, stages
 from pefs.config import TrainConfig
 from pefs.errors import PefsError
-from pefs.runtime import recipe
+from pefs.runtime import distributed, recipe
 from pefs.runtime.hardware import (
     accelerator,
     autocast,
@@ -214,6 +214,7 @@ def fit(model: nn.Module, x: torch.Tensor, y: torch.Tensor, cfg: TrainConfig, se
     level = max(start, frozen_level(model, cfg))
     recipe.check_mixing(recipe.mixes(cfg), level)  # before any work: mixing needs images, and even batches
     recipe.check_even_batches(cfg, len(x))
+    distributed.check_batches(cfg.batch_size, len(x), even=recipe.mixes(cfg))  # processes share each batch
     if level > start:
         t0 = time.perf_counter()
         x = outputs(model, x, cfg, start, level, desc="frozen prefix")
@@ -226,7 +227,8 @@ def fit(model: nn.Module, x: torch.Tensor, y: torch.Tensor, cfg: TrainConfig, se
     t0 = time.perf_counter()
     with grad_checkpointing(model, cfg.grad_checkpointing):
         _train_mode(model, cfg)
-        _train_steps(model, trained, x, y, cfg, seed, cl, stats)
+        with distributed.data_parallel(trained) as trained:  # DDP under a multi-process launch, else itself
+            _train_steps(model, trained, x, y, cfg, seed, cl, stats)
     stats.train_s = time.perf_counter() - t0
     stats.final_loss = stats.losses[-1] if stats.losses else float("nan")
     model.eval()
@@ -285,12 +287,14 @@ def _train_steps(model: nn.Module, trained: nn.Module, x: torch.Tensor, y: torch
     try:
         for epoch in range(math.ceil(total / per_epoch)):
             for (idx,) in itertools.islice(order, total - stats.steps):
+                idx, weight = distributed.share(idx)  # this process's part of the step's batch (all of it alone)
                 xb, yb = x[idx.to(x.device)], y[idx.to(y.device)]
                 xb, yb = xb.to(device, non_blocking=True), yb.to(device, non_blocking=True)
                 xb, yb = mix(xb, yb) if mix else (xb, yb)
                 with autocast(device, precision):
-                    loss = recipe.loss(trained(_layout(xb, cl)).float(), yb, cfg)
-                losses.add(loss, epoch + 1)  # raises at a NaN/inf loss when it reads it
+                    out = trained(_layout(xb, cl)).float()
+                    loss = recipe.loss(out, yb, cfg) * weight if len(yb) else out.sum() * 0.0  # an empty share
+                losses.add(distributed.mean(loss), epoch + 1)  # raises at a NaN/inf loss when it reads it
                 opt.zero_grad(set_to_none=True)
                 acc.backward(scaler.scale(loss))
                 try:

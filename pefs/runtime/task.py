@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import time
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -27,7 +28,7 @@ from pefs.heads import registry as heads
 from pefs.model import PefsModel, wrap
 from pefs.model.inference import predicted
 from pefs.results.records import TaskResult
-from pefs.runtime import engine, hardware, recipe
+from pefs.runtime import distributed, engine, hardware, recipe
 from pefs.runtime.caches import FrozenInputs
 from pefs.runtime.start import StartState
 
@@ -90,13 +91,20 @@ class TaskRunner:
         """What the run's caches and the feature store held and served (for the result record)."""
         return self.frozen.figures()
 
-    def stream(self, images: ImageSet, stop: str | int, t: dict[str, float], desc: str = "evaluate") -> torch.Tensor:
-        """Outputs at ``stop`` for every image of ``images``, in order (:meth:`FrozenInputs.stream`)."""
-        return self.frozen.stream(images, stop, t, desc)
+    def stream(self, images: ImageSet, stop: str | int, t: dict[str, float], desc: str = "evaluate",
+               each: Callable[[torch.Tensor], torch.Tensor] | None = None) -> torch.Tensor:
+        """Outputs at ``stop`` (or ``each`` of each batch of them) for every image of ``images``, in order
+        (:meth:`FrozenInputs.stream`). Under a multi-process launch each process streams its share of the images
+        and the rows are gathered back (:mod:`pefs.runtime.distributed`)."""
+        n, world = len(images), distributed.world_size()
+        if world == 1 or n < world:
+            return self.frozen.stream(images, stop, t, desc, each)
+        part = self.frozen.stream(images.subset(distributed.shard_indices(n)), stop, t, desc, each)
+        return distributed.gather_rows(part, n)
 
     def support(self, images: ImageSet, seed: int, t: dict[str, float]) -> tuple[torch.Tensor, torch.Tensor]:
         """The support's inputs at ``self.level``: every clean image, then its extra views (made per task)."""
-        x = self.frozen.stream(images, self.level, t, desc="frozen prefix")
+        x = self.stream(images, self.level, t, desc="frozen prefix")
         y = torch.as_tensor(images.labels, dtype=torch.long)
         if self.cfg.views == 1:
             return x, y
@@ -151,11 +159,11 @@ class TaskRunner:
         with self.model.merged_view() if cfg.merge_for_eval else contextlib.nullcontext():
             sup = self.read(xs, "support") if self.head.reads != "logits" else xs[:0]
             if self.head.transductive:
-                feats = self._head_view(self.frozen.stream(query, self.head.reads, t))
+                feats = self._head_view(self.stream(query, self.head.reads, t))
                 scores = self.head.classify(sup, ys, feats, n)
             else:
-                scores = self.frozen.stream(query, self.head.reads, t,
-                                            each=lambda q: self.head.classify(sup, ys, self._head_view(q), n))
+                scores = self.stream(query, self.head.reads, t,
+                                     each=lambda q: self.head.classify(sup, ys, self._head_view(q), n))
         t["eval_s"] += time.perf_counter() - t0 - (t["decode_s"] + t["extract_s"] - before)
         return scores
 
