@@ -25,6 +25,17 @@ TITLE_PX = 40
 DPI = 100
 
 
+def check_matplotlib() -> None:
+    """Refuse, before any model loads, when matplotlib (the ``explain`` extra) is not installed."""
+    import importlib.util
+
+    from pefs.errors import PefsError
+
+    if importlib.util.find_spec("matplotlib") is None:
+        raise PefsError("pefs explain draws its PNGs with matplotlib, which is not installed: "
+                        "pip install 'pefs[explain]' (or matplotlib)")
+
+
 def _figure(width_px: int, height_px: int):
     import matplotlib
 

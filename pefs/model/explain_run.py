@@ -106,6 +106,7 @@ def explain_command(model_dir: str, inputs: Sequence[str], out: str, target: str
     if matches < 1:
         raise PefsError(f"--matches must be >= 1, got {matches}")
     paths, cfg, cls = check_inputs(model_dir, inputs, out, target, support)
+    explain_plot.check_matplotlib()
     tuned = PefsModel.load(model_dir, allow_different_base=allow_different_base)
     base, why = base_model(tuned, cfg)
     x = decode_all(tuned, paths)
