@@ -213,3 +213,28 @@ def test_prompted_encoders_give_maps_over_the_patches():
     model = tiny("vit", "vpt")
     maps = explain(model, torch.randn(1, 3, 32, 32))[0]
     assert [e.grid.shape for e in maps] == [(2, 2), (2, 2)] and all(e.map.shape == (32, 32) for e in maps)
+
+
+def test_missing_matplotlib_is_one_line_before_any_model_loads(root, tmp_path, capsys, monkeypatch):
+    """Without matplotlib (the ``explain`` extra) the command says how to install it, exit 2, nothing written."""
+    import importlib.util
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "matplotlib" else real(name, *a))
+    out = tmp_path / "out"
+    assert main(["explain", str(root / "vit"), str(_images(root)[0]), "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert len(err.strip().splitlines()) == 1 and "pip install 'pefs[explain]'" in err
+    assert not out.exists()
+
+
+def test_register_tokens_are_left_out_of_a_transformers_encoders_maps():
+    """A transformers DINOv2 with 4 register tokens: the maps cover its 4x4 patch grid, not the prefix tokens."""
+    pytest.importorskip("transformers")
+    import pefs
+    from tests.hf_models import build
+
+    model = pefs.wrap(build("dinov2-reg"), "linear", num_classes=3)
+    assert model.backbone.tokens.num_registers == 4
+    maps = explain(model, torch.randn(1, 3, 32, 32))[0]
+    assert [e.grid.shape for e in maps] == [(4, 4), (4, 4)] and all(0 < e.grid.sum() <= 1 + 1e-6 for e in maps)

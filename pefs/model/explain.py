@@ -64,7 +64,7 @@ def methods_for(bb: Backbone) -> tuple[str, ...]:
     raise PefsError(f"pefs explain cannot draw maps for {bb.name} (a {bb.kind} backbone of family {bb.family}): "
                     "attention maps need a ViT-style encoder whose q/k projections pefs knows (timm ViT/DeiT, "
                     "transformers ViT, DeiT, DINOv2, CLIP), Grad-CAM a CNN whose feature map pefs can reach "
-                    "(EfficientNet, ResNet, ConvNeXt)")
+                    "(timm EfficientNet, ResNet, ConvNeXt; transformers CNNs give pooled features only)")
 
 
 @contextmanager
