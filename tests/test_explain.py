@@ -10,7 +10,7 @@ from PIL import Image
 
 from pefs.cli.main import main
 from pefs.model import directory as pefs_io
-from pefs.model.explain import GRAD_CAM, LAST, ROLLOUT, attention_probs, caught_attention, decode_all, explain, rollout
+from pefs.model.explain import GRAD_CAM, LAST, ROLLOUT, caught_attention, decode_all, explain, rollout
 from pefs.model.explain_match import matched_pairs
 from pefs.model.explain_plot import map_png_size
 from pefs.model.explain_run import base_model
@@ -77,9 +77,9 @@ def test_hooked_attention_equals_timm_unfused_attention():
         block.attn.fused_attn = False
         block.attn.attn_drop.register_forward_hook(lambda m, a, out: theirs.append(out))
     x = torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(1))
-    with caught_attention(model.backbone) as caught:
+    ours = []
+    with caught_attention(model.backbone, lambda i, p: ours.append(p)):
         model(x)
-    ours = attention_probs(model.backbone, caught)
     assert len(ours) == len(theirs) == len(model.backbone.blocks)
     assert all(torch.allclose(a, b, atol=1e-6) for a, b in zip(ours, theirs))
 
@@ -96,9 +96,9 @@ def test_hooked_attention_equals_transformers_eager_attention():
     with torch.no_grad():
         theirs = hf(pixel_values=x, output_attentions=True).attentions
     bb = load(hf, name="tiny-hf-vit")
-    with torch.no_grad(), caught_attention(bb) as caught:
+    ours = []
+    with torch.no_grad(), caught_attention(bb, lambda i, p: ours.append(p)):
         bb.model(x)
-    ours = attention_probs(bb, caught)
     assert len(ours) == len(theirs) and all(torch.allclose(a, b, atol=1e-5) for a, b in zip(ours, theirs))
 
 
@@ -238,3 +238,13 @@ def test_register_tokens_are_left_out_of_a_transformers_encoders_maps():
     assert model.backbone.tokens.num_registers == 4
     maps = explain(model, torch.randn(1, 3, 32, 32))[0]
     assert [e.grid.shape for e in maps] == [(4, 4), (4, 4)] and all(0 < e.grid.sum() <= 1 + 1e-6 for e in maps)
+
+
+def test_an_image_that_cannot_be_decoded_is_listed_and_the_others_drawn(root, tmp_path, capsys):
+    """A corrupt image among good ones: the good ones get their PNGs, the bad one is listed by path, exit 1."""
+    bad = tmp_path / "broken.png"
+    bad.write_bytes(b"not a png")
+    out = tmp_path / "out"
+    assert main(["explain", str(root / "vit"), str(bad), str(_images(root)[0]), "--out", str(out)]) == 1
+    assert sorted(p.name for p in out.iterdir()) == ["0.png"]
+    assert "1 image(s) could not be decoded" in capsys.readouterr().err

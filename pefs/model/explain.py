@@ -16,18 +16,19 @@ Everything runs on the CPU, in eval mode: a few images, one forward pass (and fo
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
 import torch.nn.functional as F
+from torch import nn
 
 from pefs.backbones import Backbone
-from pefs.backbones.layout import sub
+from pefs.backbones.layout import BlockRoles, first_tensor, sub
 from pefs.backbones.split import stages
 from pefs.data import ImageSet, eval_transform
 from pefs.errors import PefsError
@@ -67,63 +68,72 @@ def methods_for(bb: Backbone) -> tuple[str, ...]:
                     "(timm EfficientNet, ResNet, ConvNeXt; transformers CNNs give pooled features only)")
 
 
+def _probs(block: nn.Module, roles: BlockRoles, q: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
+    """Attention probabilities (B, heads, N, N) from a block's q and k projection outputs (B, N, heads x dim)."""
+    heads, hd = roles.num_heads, roles.head_dim
+    b, n = q.shape[:2]
+    q, k = (t.reshape(b, n, heads, hd).transpose(1, 2) for t in (q, k))
+    q, k = sub(block, roles.q_norm)(q).float(), sub(block, roles.k_norm)(k).float()
+    return (q @ k.transpose(-2, -1) * hd ** -0.5).softmax(-1)
+
+
 @contextmanager
-def caught_attention(bb: Backbone) -> Iterator[list[dict[str, torch.Tensor]]]:
-    """Inside the block, every forward pass leaves each encoder block's q/k projection outputs in the yielded
-    list (one dict per block: ``q``, ``k``, or the fused ``q+k+v``); the hooks are removed on exit."""
+def caught_attention(bb: Backbone, each: Callable[[int, torch.Tensor], None]) -> Iterator[None]:
+    """Inside the block, every forward pass calls ``each(block index, probabilities (B, heads, N, N))`` as each
+    encoder block computes its q and k (forward hooks on the projections the description names), so no more than
+    one block's attention is held at a time; the hooks are removed on exit."""
     roles = bb.roles
     if roles is None:
         raise PefsError(f"{bb.name} has no q/k roles in its description; attention maps need them")
-    caught: list[dict[str, torch.Tensor]] = [{} for _ in bb.block_names]
-    names = {"q+k+v": roles.qkv} if roles.qkv else {"q": roles.q, "k": roles.k}
+    width = roles.num_heads * roles.head_dim
     handles = []
+
+    def fused(i: int, block: nn.Module):
+        def hook(module, args, out):
+            t = first_tensor(out)
+            each(i, _probs(block, roles, t[..., :width], t[..., width:2 * width]))
+        return hook
+
+    def separate(i: int, block: nn.Module, key: str, pending: dict[str, torch.Tensor]):
+        def hook(module, args, out):
+            pending[key] = first_tensor(out)
+            if len(pending) == 2:
+                each(i, _probs(block, roles, pending.pop("q"), pending.pop("k")))
+        return hook
+
     try:
         for i, block in enumerate(bb.blocks):
-            for key, name in names.items():
-                def keep(module, args, out, i=i, key=key):
-                    caught[i][key] = out[0] if isinstance(out, tuple) else out
-                handles.append(block.get_submodule(name).register_forward_hook(keep))
-        yield caught
+            if roles.qkv:
+                handles.append(block.get_submodule(roles.qkv).register_forward_hook(fused(i, block)))
+                continue
+            pending: dict[str, torch.Tensor] = {}
+            for key, name in (("q", roles.q), ("k", roles.k)):
+                handles.append(block.get_submodule(name).register_forward_hook(separate(i, block, key, pending)))
+        yield
     finally:
         for h in handles:
             h.remove()
 
 
-def attention_probs(bb: Backbone, caught: list[dict[str, torch.Tensor]]) -> list[torch.Tensor]:
-    """Per block, the attention probabilities (B, heads, N, N) from the caught q/k outputs."""
-    roles = bb.roles
-    assert roles is not None
-    heads, hd = roles.num_heads, roles.head_dim
-    out = []
-    for block, got in zip(bb.blocks, caught):
-        if not got:
-            raise PefsError(f"no attention was caught in a block of {bb.name}: its forward did not run the q/k "
-                            "projections pefs hooks (a strategy that replaces them?)")
-        if "q+k+v" in got:
-            t = got["q+k+v"]
-            b, n = t.shape[:2]
-            q, k = t.reshape(b, n, 3, heads, hd).permute(2, 0, 3, 1, 4)[:2]
-        else:
-            b, n = got["q"].shape[:2]
-            q, k = (got[x].reshape(b, n, heads, hd).transpose(1, 2) for x in ("q", "k"))
-        q, k = sub(block, roles.q_norm)(q).float(), sub(block, roles.k_norm)(k).float()
-        out.append((q @ k.transpose(-2, -1) * hd ** -0.5).softmax(-1))
-    return out
+def rollout_step(r: torch.Tensor | None, a: torch.Tensor, residual: bool = True) -> torch.Tensor:
+    """One block of attention rollout: its heads' mean attention ``a`` (B, heads, N, N), with the residual
+    connection as ``0.5 A + 0.5 I`` (rows renormalised to sum to 1), multiplied onto the rollout ``r`` so far."""
+    m = a.float().mean(1)
+    if residual:
+        m = 0.5 * m + 0.5 * torch.eye(m.shape[-1], dtype=m.dtype)
+        m = m / m.sum(-1, keepdim=True)
+    return m if r is None else m @ r
 
 
 def rollout(attentions: Sequence[torch.Tensor], residual: bool = True) -> torch.Tensor:
-    """Attention rollout (Abnar & Zuidema 2020): per block the heads' mean attention, with the residual
-    connection as ``0.5 A + 0.5 I`` (rows renormalised to sum to 1), multiplied from the first block to the last:
-    ``R = A_L ... A_2 A_1`` (B, N, N); row i is how much each input token flows into token i's output."""
+    """Attention rollout (Abnar & Zuidema 2020) over blocks' attentions (each (B, heads, N, N)), first block
+    first: ``R = A_L ... A_2 A_1`` (B, N, N) of :func:`rollout_step`'s matrices; row i is how much each input token
+    flows into token i's output."""
     if not attentions:
         raise PefsError("attention rollout needs at least one block's attention")
     r = None
     for a in attentions:
-        a = a.float().mean(1)
-        if residual:
-            a = 0.5 * a + 0.5 * torch.eye(a.shape[-1], dtype=a.dtype)
-            a = a / a.sum(-1, keepdim=True)
-        r = a if r is None else a @ r
+        r = rollout_step(r, a, residual)
     return r  # type: ignore[return-value]
 
 
@@ -147,16 +157,26 @@ def class_row(m: torch.Tensor, prefix: int, patches: int, grid: tuple[int, int])
 
 def attention_maps(model: PefsModel, x: torch.Tensor) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
     """Rollout and last-block class-token attention of images ``x`` (B, C, H, W) as (B, rows, columns) grids,
-    and the logits."""
+    and the logits. The rollout is multiplied up block by block as the forward pass runs."""
     bb = model.backbone
     assert bb.tokens is not None
     grid = grid_shape(bb, tuple(x.shape[-2:]))  # type: ignore[arg-type]
-    with torch.no_grad(), caught_attention(bb) as caught:
+    state: dict[str, Any] = {"rollout": None, "last": None, "blocks": []}
+
+    def each(i: int, probs: torch.Tensor) -> None:
+        state["rollout"] = rollout_step(state["rollout"], probs)
+        state["last"] = probs.mean(1)
+        state["blocks"].append(i)
+
+    with torch.no_grad(), caught_attention(bb, each):
         logits = model(x).float()
-    probs = attention_probs(bb, caught)
+    if state["blocks"] != list(range(len(bb.block_names))):
+        raise PefsError(f"the forward pass of {bb.name} ran the q/k projections of blocks {state['blocks'][:8]}, "
+                        f"not each of its {len(bb.block_names)} blocks once in order; its attention cannot be rolled "
+                        "out")
     prefix, patches = bb.tokens.num_prefix, grid[0] * grid[1]
-    return {ROLLOUT: class_row(rollout(probs), prefix, patches, grid),
-            LAST: class_row(probs[-1].mean(1), prefix, patches, grid)}, logits
+    return {ROLLOUT: class_row(state["rollout"], prefix, patches, grid),
+            LAST: class_row(state["last"], prefix, patches, grid)}, logits
 
 
 def grad_cam(model: PefsModel, x: torch.Tensor,
@@ -214,15 +234,29 @@ def explain(model: PefsModel, x: torch.Tensor,
     return out
 
 
-def decode_all(model: PefsModel, paths: Sequence[Path]) -> torch.Tensor:
-    """The images as the model sees them (its saved eval preprocessing), stacked; a PefsError names one that
-    cannot be decoded, before anything is written."""
+def decode(model: PefsModel, paths: Sequence[Path]) -> tuple[torch.Tensor, list[int], list[tuple[str, str]]]:
+    """The images as the model sees them (its saved eval preprocessing), stacked (empty when none decodes); the
+    indices of those decoded; (path, reason) of each that cannot be decoded."""
     pre = dict(model.preprocessing)
     pre["input_size"] = tuple(pre["input_size"])
     transform = eval_transform(pre)
-    images = ImageSet([], torch.zeros(len(paths), dtype=torch.long).numpy(), [str(p) for p in paths],
-                      lambda i: paths[i])
-    return torch.stack([transform(images.image(i)) for i in range(len(paths))])
+    images = ImageSet([], np.zeros(len(paths), dtype=int), [str(p) for p in paths], lambda i: paths[i])
+    xs, ok, failed = [], [], []
+    for i in range(len(paths)):
+        try:
+            xs.append(transform(images.image(i)))
+            ok.append(i)
+        except PefsError as e:
+            failed.append((str(paths[i]), str(e)))
+    return (torch.stack(xs) if xs else torch.empty(0, *pre["input_size"])), ok, failed
+
+
+def decode_all(model: PefsModel, paths: Sequence[Path]) -> torch.Tensor:
+    """:func:`decode` of every image; a PefsError names the first that cannot be decoded."""
+    x, _, failed = decode(model, paths)
+    if failed:
+        raise PefsError(failed[0][1])
+    return x
 
 
 def to_display(model: PefsModel, x: torch.Tensor) -> torch.Tensor:

@@ -10,6 +10,7 @@ class's support images, mean cosine); the PNG shows the best class's matching, i
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -74,18 +75,35 @@ def read_support(model: PefsModel, support: Path) -> tuple[list[Path], torch.Ten
     return [Path(n) for n in images.names], labels
 
 
-def draw_support_matches(model: PefsModel, x: torch.Tensor, shown: torch.Tensor, paths: Sequence[Path],
-                         stems: Sequence[str], support: Path, out: Path, matches: int) -> list[Path]:
+@dataclass
+class SupportSet:
+    """The support images' patch tokens (S, P, D), their classes as indices into ``present`` (the model's classes
+    that have support images), the patch grid and the images as shown."""
+
+    tokens: torch.Tensor
+    labels: torch.Tensor
+    present: list[int]
+    grid: tuple[int, int]
+    shown: np.ndarray
+
+
+def support_set(model: PefsModel, support: Path) -> SupportSet:
+    """Read, decode and run the support images once (an image that cannot be decoded is refused by name)."""
+    s_paths, labels = read_support(model, support)
+    sx = decode_all(model, s_paths)
+    tokens, grid = tokens_and_grid(model, sx)
+    present = sorted(set(labels.tolist()))
+    return SupportSet(tokens, torch.tensor([present.index(int(v)) for v in labels]), present, grid,
+                      to_display(model, sx).numpy())
+
+
+def draw_support_matches(model: PefsModel, support: SupportSet, x: torch.Tensor, shown: torch.Tensor,
+                         paths: Sequence[Path], stems: Sequence[str], out: Path, matches: int) -> list[Path]:
     """``OUT/<image>_matches.png`` per query: the patch-match class and the ``matches`` strongest matched pairs."""
     from pefs.model import explain_plot
 
-    s_paths, labels = read_support(model, support)
-    sx = decode_all(model, s_paths)
-    s_shown = to_display(model, sx).numpy()
-    s_tok, grid = tokens_and_grid(model, sx)
+    s_tok, grid, local, present = support.tokens, support.grid, support.labels, support.present
     q_tok, _ = tokens_and_grid(model, x)
-    present = sorted(set(labels.tolist()))
-    local = torch.tensor([present.index(int(v)) for v in labels])
     scores = patch_match_scores(s_tok, local, q_tok, len(present))
     names, size, written = class_names_of(model), (int(x.shape[-2]), int(x.shape[-1])), []
     for i, (path, stem) in enumerate(zip(paths, stems)):
@@ -97,5 +115,5 @@ def draw_support_matches(model: PefsModel, x: torch.Tensor, shown: torch.Tensor,
         title = (f"{path.name}: patch-match -> {names[present[best]]} (mean matched cosine {float(scores[i, best]):.2f}"
                  f"); {len(pairs)} strongest of {q_tok.shape[1]} pairs")
         written.append(explain_plot.draw_matches(out / f"{stem}_matches.png", shown[i].numpy(),
-                                                 [s_shown[members[m]] for m in used], drawn, title))
+                                                 [support.shown[members[m]] for m in used], drawn, title))
     return written

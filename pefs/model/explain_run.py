@@ -9,6 +9,7 @@ computed by :mod:`pefs.model.explain` and drawn by :mod:`pefs.model.explain_plot
 from __future__ import annotations
 
 import re
+import sys
 from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -18,7 +19,7 @@ import torch
 from pefs.config.files import check_outside
 from pefs.errors import PefsError, unknown
 from pefs.model import directory as pefs_io
-from pefs.model.explain import decode_all, explain, to_display
+from pefs.model.explain import decode, explain, to_display
 from pefs.model.inference import class_names_of
 from pefs.model.predict import collect_images
 
@@ -96,11 +97,17 @@ def png_names(paths: Sequence[Path]) -> list[str]:
     return out
 
 
+#: images explained per forward pass (a large encoder's attention is (images, heads, tokens, tokens) per block)
+BATCH = 4
+
+
 def explain_command(model_dir: str, inputs: Sequence[str], out: str, target: str | None = None,
                     support: str | None = None, allow_different_base: bool = False, matches: int = 12) -> int:
     """``pefs explain``: check, load the tuned model and its base, write ``OUT/<image>.png`` per image (and
-    ``OUT/<image>_matches.png`` with ``--support``); print what was written."""
+    ``OUT/<image>_matches.png`` with ``--support``) a few images at a time; print what was written. Images that
+    cannot be decoded are listed by path and the others still drawn; then the exit status is 1."""
     from pefs.model import explain_plot
+    from pefs.model.explain_match import draw_support_matches, support_set
     from pefs.model.wrap import PefsModel
 
     if matches < 1:
@@ -109,27 +116,40 @@ def explain_command(model_dir: str, inputs: Sequence[str], out: str, target: str
     explain_plot.check_matplotlib()
     tuned = PefsModel.load(model_dir, allow_different_base=allow_different_base)
     base, why = base_model(tuned, cfg)
-    x = decode_all(tuned, paths)
-    shown = to_display(tuned, x)
-    tuned_maps = explain(tuned, x, cls)
-    # the base's maps are for the class the tuned model predicts (or --class), so the two panels compare
-    base_maps = explain(base, x, [m[0].target for m in tuned_maps]) if base is not None else None
-    names = class_names_of(tuned)
-    written = []
-    for i, (path, name) in enumerate(zip(paths, png_names(paths))):
-        png = Path(out) / f"{name}.png"
-        explain_plot.draw_maps(png, shown[i].numpy(), tuned_maps[i], base_maps[i] if base_maps else None, names,
-                               f"{path.name}: {tuned.spec} on {tuned.backbone.name}")
-        written.append(png)
-    if support is not None:
-        from pefs.model.explain_match import draw_support_matches
+    supports = support_set(tuned, Path(support)) if support is not None else None
+    names, stems = class_names_of(tuned), png_names(paths)
+    written: list[Path] = []
+    failures: list[tuple[str, str]] = []
+    for start in range(0, len(paths), BATCH):
+        x, ok, failed = decode(tuned, paths[start:start + BATCH])
+        failures += failed
+        chunk = [start + i for i in ok]
+        if not chunk:
+            continue
+        shown = to_display(tuned, x)
+        tuned_maps = explain(tuned, x, cls)
+        # the base's maps are for the class the tuned model predicts (or --class), so the two panels compare
+        base_maps = explain(base, x, [m[0].target for m in tuned_maps]) if base is not None else None
+        for j, i in enumerate(chunk):
+            written.append(explain_plot.draw_maps(
+                Path(out) / f"{stems[i]}.png", shown[j].numpy(), tuned_maps[j], base_maps[j] if base_maps else None,
+                names, f"{paths[i].name}: {tuned.spec} on {tuned.backbone.name}"))
+        if supports is not None:
+            written += draw_support_matches(tuned, supports, x, shown, [paths[i] for i in chunk],
+                                            [stems[i] for i in chunk], Path(out), matches)
+    _summary(out, written, base is None, why, cfg, support)
+    if failures:
+        print(f"{len(failures)} image(s) could not be decoded (the others were drawn):", file=sys.stderr)
+        for _, reason in failures:
+            print(f"  {reason}", file=sys.stderr)
+    return 1 if failures else 0
 
-        written += draw_support_matches(tuned, x, shown, paths, png_names(paths), Path(support), Path(out), matches)
+
+def _summary(out: str, written: list[Path], no_base: bool, why: str, cfg: dict[str, Any], support: str | None) -> None:
     print(f"wrote {len(written)} PNG(s) to {out}: " + ", ".join(p.name for p in written[:5])
           + (", ..." if len(written) > 5 else ""))
-    if base is None:
+    if no_base:
         print(f"note: no 'before tuning' panels: {why}")
     if (cfg.get("tune_config") or {}).get("head") == "patch-match" and support is None:
         print("note: a model directory keeps no support images, so the patch-match pairs cannot be drawn from it; "
               "pass --support DIR (<class>/<image> folders) to draw them")
-    return 0
