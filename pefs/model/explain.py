@@ -5,7 +5,9 @@ Attention weights are computed here from the blocks' own queries and keys, caugh
 projections the :class:`~pefs.backbones.Backbone` description names (``roles``), so fused attention kernels
 (timm's SDPA, transformers' attention back-ends) need not be switched off: ``softmax(q k^T / sqrt(d))`` per head,
 after the block's per-head q/k norms where it has them. Tuned projections (LoRA, DoRA) are caught with their
-update, as the forward runs them.
+update, as the forward runs them; attention a strategy adds beside the blocks' own (self-prompt's gated
+attention to its generated prompts) is not in the maps, only its effect on the tokens the blocks attend with.
+The rollout is multiplied up block by block as the forward runs, so one block's attention is held at a time.
 
 Every map is non-negative and finite. :attr:`Explanation.grid` is the raw map over the patch grid / feature-map
 positions (for rollout and the last block: the class token's attention to each patch; it sums to at most 1, the
