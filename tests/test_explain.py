@@ -248,3 +248,15 @@ def test_an_image_that_cannot_be_decoded_is_listed_and_the_others_drawn(root, tm
     assert main(["explain", str(root / "vit"), str(bad), str(_images(root)[0]), "--out", str(out)]) == 1
     assert sorted(p.name for p in out.iterdir()) == ["0.png"]
     assert "1 image(s) could not be decoded" in capsys.readouterr().err
+
+
+def test_a_png_never_replaces_an_input_image(root, tmp_path, capsys, monkeypatch):
+    """``--out .`` beside photo.png would write ./photo.png over the input: refused in one line, the photo kept."""
+    monkeypatch.chdir(tmp_path)
+    photo = tmp_path / "photo.png"
+    photo.write_bytes(_images(root)[0].read_bytes())
+    before = photo.read_bytes()
+    assert main(["explain", str(root / "vit"), "photo.png", "--out", "."]) == 2
+    err = capsys.readouterr().err
+    assert len(err.strip().splitlines()) == 1 and "is one of the images or image lists" in err, err
+    assert photo.read_bytes() == before and sorted(p.name for p in tmp_path.iterdir()) == ["photo.png"]

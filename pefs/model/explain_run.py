@@ -67,9 +67,13 @@ def check_inputs(model_dir: str, inputs: Sequence[str], out: str, target: str | 
     """Every check that can refuse, before any weights load or image decodes: the images exist, the output folder
     lies outside every input, MODEL_DIR is a model directory and ``--class`` one of its classes."""
     paths = collect_images(inputs)
-    check_outside(out, "--out", [(model_dir, "model directory"), (support, "support folder"),
-                                 *((i, "image folder" if Path(i).is_dir() else "images") for i in inputs),
-                                 *((p, "images") for p in paths)])
+    read = [(model_dir, "model directory"), (support, "support folder"),
+            *((i, "image folder" if Path(i).is_dir() else "images or image lists") for i in inputs),
+            *((p, "images or image lists") for p in paths)]
+    check_outside(out, "--out", read)
+    for stem in png_names(paths):  # a PNG may not replace an image being read (--out . beside photo.png)
+        for png in (f"{stem}.png", f"{stem}_matches.png"):
+            check_outside(Path(out) / png, "--out", read)
     if Path(out).exists() and not Path(out).is_dir():
         raise PefsError(f"--out {out!r} is a file; name a folder for the PNGs")
     cfg = pefs_io.read_config(model_dir)
