@@ -149,3 +149,37 @@ def test_masked_view_refusals_are_one_line(image_folder, tmp_path):
             cfg.validate()
             TaskRunner(cfg, 3)
         assert "\n" not in str(err.value)
+
+
+STRATEGIES = ("adapter", "bias", "full", "last-k", "lora", "norm", "self-prompt", "ssf", "vpt", "vpt.mode=pixel",
+              "peft:ia3", "lora+bias")
+
+
+@pytest.mark.parametrize("family", ["timm", "hf"])
+@pytest.mark.parametrize("spec", STRATEGIES)
+def test_every_strategy_trains_on_views_with_dropped_tokens(spec, family):
+    """Every strategy that trains inside a timm or transformers ViT takes masked views: each view enters the first
+    block shorter by exactly its dropped patches (prompt tokens, if any, still added), and one step leaves a non-zero
+    gradient on the strategy's own parameters."""
+    from pefs.model.wrap import wrap
+
+    name, _, option = spec.partition(".")
+    options = dict([option.split("=")]) if option else {}
+    model = tiny("vit", name, **options) if family == "timm" else wrap(hf_backbone("vit"), name, num_classes=3,
+                                                                       **options)
+    x, y = batch(6)
+    grid = token_grid(model.backbone, (32, 32))
+    n = grid[0] * grid[1]
+    keep = view_masks(6, 1, grid, 0.5, "random", torch.Generator().manual_seed(0))
+    seen = lengths_entering(model.backbone.blocks[0])
+    model.train()
+    with torch.no_grad():
+        model(x[:1])
+    full = next(iter(seen))
+    seen.clear()
+    engine.fit(model, x, y, TrainConfig(steps=1, batch_size=6, progress=False), keep=keep)
+    assert seen == {full - n // 2: 6}
+    head = model.backbone.head_name
+    grads = [p.grad for k, p in model.named_parameters()
+             if p.requires_grad and not k.startswith(("head.", f"net.{head}.")) and p.grad is not None]
+    assert any(float(g.abs().sum()) > 0 for g in grads)
