@@ -238,12 +238,12 @@ def main() -> None:
     args = ap.parse_args()
     path = render_source(args, HERE / "masked_views.json")
     if path is None and args.tuned:
-        path, start = HERE / "masked_views.json", load()
+        path, start, made = HERE / "masked_views.json", load(), provenance(__file__)  # before any write
         data = json.loads(path.read_text())
 
         def save(tuned: dict) -> None:  # after every seed: what is measured survives a kill
             data["tuned"] = {**tuned, "img_size": TUNED_MODEL["img_size"], "epochs": TUNED_EPOCHS,
-                             "machine": machine(), **provenance(__file__), "load_start": start,
+                             "machine": machine(), **made, "load_start": start,
                              "load_end": load()}
             path.write_text(json.dumps(data, indent=1) + "\n")
 
