@@ -164,7 +164,9 @@ def render(data: dict) -> str:
     c = {r["method"].split(",")[0]: r["seconds_per_view"] for r in data["cost"]}
     lines += ["", f"Dropping the masked tokens makes a masked view {c['painted pixels'] / c['dropped tokens']:.1f}x "
               "cheaper than painting them out and running every token. Whether dropped-token views help accuracy "
-              "needs pretrained ViT weights, which cannot be installed offline here: not measured.", ""]
+              "on a pretrained ViT needs pretrained ViT weights, which cannot be installed offline here: not measured"
+              + ("; the next section measures them on a random-weight ViT tuned with LoRA or bias." if data.get("tuned")
+                 else "."), ""]
     if data.get("tuned"):
         lines += render_tuned(data["tuned"])
     lines += provenance_section(data, "OMP_NUM_THREADS=1 .venv/bin/python -m benchmarks.masked_views",
@@ -206,7 +208,10 @@ def render_tuned(tuned: dict) -> list[str]:
     resolved = ("the paired intervals that exclude 0 are: " + "; ".join(shown) if shown else
                 "no paired interval excludes 0: these seeds cannot tell masked views from one clean view on this "
                 "trunk")
-    lines += ["", f"Holm's correction runs over the {len(diffs)} paired comparisons of this table."]
+    lines += ["", f"Holm's correction runs over the {len(diffs)} paired comparisons of this table. A run with 2 "
+              "extra views per image trains on 3x the support images for the same epochs, so it takes 2-3x the "
+              "optimizer steps of the clean run (and the seconds above): a difference may come from the extra steps "
+              "as well as from the masking."]
     return lines + ["", f"In plain words, on a randomly initialised ViT-Tiny: {resolved}.", ""]
 
 
