@@ -183,3 +183,22 @@ def test_every_strategy_trains_on_views_with_dropped_tokens(spec, family):
     grads = [p.grad for k, p in model.named_parameters()
              if p.requires_grad and not k.startswith(("head.", f"net.{head}.")) and p.grad is not None]
     assert any(float(g.abs().sum()) > 0 for g in grads)
+
+
+def test_dropping_inside_the_forward_equals_the_family_masked_forward(image_folder, tmp_path):
+    """On a timm ViT, a view's pooled features with tokens dropped inside the model's own forward equal those of
+    the family's hand-run masked forward (the frozen path before this change), clean rows included; a frozen
+    transformers ViT drops tokens too instead of painting pixels."""
+    from pefs.backbones.token_mask import masked_pooled, run_kept
+
+    model = tiny("vit").eval()
+    x, _ = batch(4)
+    keep = view_masks(4, 1, (2, 2), 0.5, "block", torch.Generator().manual_seed(2))
+    keep[0] = True  # a clean view in the same batch
+    with torch.no_grad():
+        hooked = run_kept(model.backbone, model.features, x, keep)
+        idx = torch.nonzero(keep[1:])[:, 1].view(3, 2)
+        assert torch.allclose(hooked[1:], masked_pooled(model.backbone, x[1:], idx), atol=1e-5)
+        assert torch.allclose(hooked[:1], model.features(x[:1]), atol=1e-5)
+    frozen = TaskRunner(config(image_folder, tmp_path, model=hf_backbone("vit"), img_size=None, strategy="linear"), 3)
+    assert frozen.token_masks and not frozen.tuned_masks
