@@ -209,6 +209,7 @@ class TaskRunner:
         """Each query's ``clean`` scores averaged with its scores over ``query_views - 1`` masked views (drawn
         like the support's extra views, from a generator of their own per task), batch by batch."""
         cfg, m, n = self.cfg, self.cfg.query_views - 1, self.n_classes
+        train = dataclasses.replace(cfg.train, progress=False)  # one pass per batch: no progress bar of its own
         g = torch.Generator().manual_seed(seed + QUERY_MASK_SEED)
         total, lo = clean.clone(), 0
         batches = decoded_batches(query, range(len(query)), self.decoder, cfg.train.eval_batch_size)
@@ -223,7 +224,7 @@ class TaskRunner:
             keep = self._masks(len(xb), m, xv, g)
             if keep is None:
                 xv = mask_patches(xv, cfg.mask_ratio, cfg.mask_patch, g)
-            out = engine.outputs(self.model, xv, cfg.train, 0, self.head.reads, desc="query views", keep=keep)
+            out = engine.outputs(self.model, xv, train, 0, self.head.reads, desc="query views", keep=keep)
             t["extract_s"] += time.perf_counter() - t0
             t["decoded"] += len(xb)
             t["trunk_images"] += len(xv)
