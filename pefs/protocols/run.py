@@ -118,6 +118,7 @@ def _tune(cfg: TuneConfig) -> dict[str, Any]:
     run, diverged = run_protocol(cfg, dataset, runner, _after_each_task(cfg, runner, selector), selector)
     runner = selector.runner if selector is not None else runner
     extra = {**memory.figures(), **(runner.cache_figures() if selector is None else {}),
+             **(runner.view_figures() if runner is not None else {}),
              **({"selection": selector.summary} if selector is not None else {}),
              **(final_summary(dataset, run) if cfg.final else {}), **provenance(dataset)}
     record = finish(cfg, dataset, run, runner, requested, extra)

@@ -24,6 +24,7 @@ from torch.utils.data import DataLoader, TensorDataset
 from tqdm.auto import tqdm
 
 from pefs.backbones.split import Stages, stages
+from pefs.backbones.token_mask import run_kept
 from pefs.config import TrainConfig
 from pefs.errors import PefsError
 from pefs.runtime import distributed, recipe
@@ -150,15 +151,25 @@ def no_grad_pass(model: nn.Module, cfg: TrainConfig, start: int,
 
 
 def outputs(model: nn.Module, x: torch.Tensor, cfg: TrainConfig, start: int = 0, stop: str | int = "logits",
-            desc: str = "forward") -> torch.Tensor:
+            desc: str = "forward", keep: torch.Tensor | None = None) -> torch.Tensor:
     """Run ``x`` (activations at level ``start``; 0 = images) to ``stop`` ("logits", "pooled", "tokens" or a
-    level) in eval mode, batch by batch; the result is a float32 CPU tensor."""
+    level) in eval mode, batch by batch; the result is a float32 CPU tensor. ``keep`` (bool (N, patches), images
+    only): the patch tokens each image keeps (:func:`pefs.backbones.token_mask.run_kept`)."""
     if level_of(model, stop) == start:
         return x.float()
+    _check_keep(keep, start, len(x))
     run = no_grad_pass(model, cfg, start, stop)
     b = cfg.eval_batch_size
-    out = [run(x[i:i + b]) for i in tqdm(range(0, len(x), b), desc=desc, disable=not cfg.progress, leave=False)]
+    out = [run_kept(model.backbone, run, x[i:i + b], None if keep is None else keep[i:i + b])
+           for i in tqdm(range(0, len(x), b), desc=desc, disable=not cfg.progress, leave=False)]
     return torch.cat(out) if out else torch.empty(0)
+
+
+def _check_keep(keep: torch.Tensor | None, start: int, n: int) -> None:
+    """Token masks act on images entering the model: refuse them with cached activations or the wrong count."""
+    if keep is not None and (start != 0 or len(keep) != n):
+        raise PefsError(f"token masks need images (level 0) and one mask per image; got level {start}, "
+                        f"{len(keep)} masks for {n} inputs")
 
 
 def strategy_lr(model: nn.Module, cfg: TrainConfig) -> float:
@@ -199,19 +210,27 @@ def grad_checkpointing(model: nn.Module, enabled: bool):
 
 
 def fit(model: nn.Module, x: torch.Tensor, y: torch.Tensor, cfg: TrainConfig, seed: int = 0,
-        start: int = 0) -> FitStats:
+        start: int = 0, keep: torch.Tensor | None = None) -> FitStats:
     """Train ``model`` (a PefsModel) on ``x`` (images, or activations at level ``start`` that the caller
     cached) with labels ``y``. A frozen prefix beyond ``start`` runs once here, then only the rest trains:
     AdamW (head at ``head_lr``), cosine schedule over every step, shuffled batches seeded by ``seed``; the
     recipe's opt-in parts (:mod:`pefs.runtime.recipe`: warmup, label smoothing, mixup / cutmix, EMA, layer
-    decay) where the config turns them on. The model
+    decay) where the config turns them on. ``keep`` (bool (N, patches)): the patch tokens each image keeps in
+    every step (MAE-style masked views through the tuned trunk; nothing is cached then). The model
     stays on the training device afterwards (the accelerator's); what it returns from :func:`outputs` is on the
     CPU."""
     cfg.validate()
     cfg = dataclasses.replace(cfg, lr=strategy_lr(model, cfg))  # the strategies' default when --lr is unset
     seed_everything(seed)
     stats = FitStats()
-    level = max(start, frozen_level(model, cfg))
+    _check_keep(keep, start, len(x))
+    level = start if keep is not None else max(start, frozen_level(model, cfg))
+    if keep is not None and distributed.world_size() > 1:
+        raise PefsError("masked views through a tuned trunk run one forward per kept-token count in a step, which "
+                        "data-parallel processes cannot synchronise: run this on one process")
+    if keep is not None and recipe.mixes(cfg):
+        raise PefsError("mixup / cutmix blend two images, but masked views keep each image's own patch tokens: "
+                        "train masked views without --mixup / --cutmix")
     recipe.check_mixing(recipe.mixes(cfg), level)  # before any work: mixing needs images, and even batches
     recipe.check_even_batches(cfg, len(x))
     distributed.check_batches(cfg.batch_size, len(x), even=recipe.mixes(cfg))  # processes share each batch
@@ -228,7 +247,7 @@ def fit(model: nn.Module, x: torch.Tensor, y: torch.Tensor, cfg: TrainConfig, se
     with grad_checkpointing(model, cfg.grad_checkpointing):
         _train_mode(model, cfg)
         with distributed.data_parallel(trained) as trained:  # DDP under a multi-process launch, else itself
-            _train_steps(model, trained, x, y, cfg, seed, cl, stats)
+            _train_steps(model, trained, x, y, cfg, seed, cl, stats, keep)
     stats.train_s = time.perf_counter() - t0
     stats.final_loss = stats.losses[-1] if stats.losses else float("nan")
     model.eval()
@@ -264,7 +283,7 @@ GPU_LOSS_EVERY = 16
 
 
 def _train_steps(model: nn.Module, trained: nn.Module, x: torch.Tensor, y: torch.Tensor, cfg: TrainConfig,
-                 seed: int, cl: bool, stats: FitStats) -> None:
+                 seed: int, cl: bool, stats: FitStats, keep: torch.Tensor | None = None) -> None:
     """The optimizer steps. A support set moves to the device once and batches are indexed there (the shuffled
     order is a seeded DataLoader's, so it repeats); losses are read in groups (:data:`GPU_LOSS_EVERY`)."""
     acc = accelerator()
@@ -291,8 +310,9 @@ def _train_steps(model: nn.Module, trained: nn.Module, x: torch.Tensor, y: torch
                 xb, yb = x[idx.to(x.device)], y[idx.to(y.device)]
                 xb, yb = xb.to(device, non_blocking=True), yb.to(device, non_blocking=True)
                 xb, yb = mix(xb, yb) if mix else (xb, yb)
+                kb = None if keep is None else keep[idx]
                 with autocast(device, precision):
-                    out = trained(_layout(xb, cl)).float()
+                    out = run_kept(model.backbone, lambda h: trained(_layout(h, cl)), xb, kb).float()
                     loss = recipe.loss(out, yb, cfg) * weight if len(yb) else out.sum() * 0.0  # an empty share
                 losses.add(distributed.mean(loss), epoch + 1)  # raises at a NaN/inf loss when it reads it
                 opt.zero_grad(set_to_none=True)
