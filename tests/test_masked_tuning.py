@@ -134,7 +134,8 @@ def test_query_views_average_the_scores_of_masked_views(image_folder, tmp_path):
 
 def test_masked_view_refusals_are_one_line(image_folder, tmp_path):
     """Masked views refuse, in one line naming the setting, what they cannot do: a head comparing patch tokens,
-    mixup with a tuned trunk, complementary masks on a CNN or with an odd number of extra views."""
+    mixup with a tuned trunk, complementary masks on a CNN or with an odd number of extra views, averaged query
+    views with a transductive head (it reads all queries at once)."""
     cases = [
         (dict(head="patch-match"), "head 'patch-match'"),
         (dict(train=TrainConfig(mixup=0.2, epochs=1, progress=False)), "mixup / cutmix"),
@@ -142,6 +143,7 @@ def test_masked_view_refusals_are_one_line(image_folder, tmp_path):
         (dict(mask_mode="complementary", views=4), "views=4 leaves an odd 3"),
         (dict(mask_mode="complementary", query_views=2), "query_views=2 leaves an odd 1"),
         (dict(query_views=0), "query_views must be a whole number >= 1, got 0"),
+        (dict(head="tim", query_views=3), "query_views=3 scores each query view on its own, but head 'tim'"),
     ]
     for kw, message in cases:
         with pytest.raises(PefsError, match=message) as err:
@@ -202,3 +204,13 @@ def test_dropping_inside_the_forward_equals_the_family_masked_forward(image_fold
         assert torch.allclose(hooked[:1], model.features(x[:1]), atol=1e-5)
     frozen = TaskRunner(config(image_folder, tmp_path, model=hf_backbone("vit"), img_size=None, strategy="linear"), 3)
     assert frozen.token_masks and not frozen.tuned_masks
+
+
+def test_masked_views_through_a_tuned_trunk_are_refused_under_a_multi_process_launch(image_folder, tmp_path,
+                                                                                      monkeypatch):
+    """Masked views through a tuned trunk run one forward per kept-token count in a step, which DDP cannot
+    synchronise: under a two-process launch the run refuses in one line before any work, naming the way out."""
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    with pytest.raises(PefsError, match="run this on one process") as err:
+        TaskRunner(config(image_folder, tmp_path), 3)
+    assert "\n" not in str(err.value)

@@ -225,9 +225,6 @@ def fit(model: nn.Module, x: torch.Tensor, y: torch.Tensor, cfg: TrainConfig, se
     stats = FitStats()
     _check_keep(keep, start, len(x))
     level = start if keep is not None else max(start, frozen_level(model, cfg))
-    if keep is not None and distributed.world_size() > 1:
-        raise PefsError("masked views through a tuned trunk run one forward per kept-token count in a step, which "
-                        "data-parallel processes cannot synchronise: run this on one process")
     if keep is not None and recipe.mixes(cfg):
         raise PefsError("mixup / cutmix blend two images, but masked views keep each image's own patch tokens: "
                         "train masked views without --mixup / --cutmix")

@@ -89,6 +89,9 @@ class TaskRunner:
             raise PefsError(f"mask_mode 'complementary' pairs views by the patch tokens they keep; {name} has no "
                             "patch tokens pefs can drop (its masked views are painted in pixels): use mask_mode "
                             "random")
+        if self.tuned_masks and hardware.world_size() > 1:
+            raise PefsError("masked views through a tuned trunk run one forward per kept-token count in a step, "
+                            "which data-parallel processes cannot synchronise: run this on one process")
         if cfg.query_views > 1 and cfg.mask_ratio > 0 and self.head.transductive:
             raise PefsError(f"query_views={cfg.query_views} scores each query view on its own, but head "
                             f"{self.head.name!r} is transductive (it reads every query of a task together): use "
