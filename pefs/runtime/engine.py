@@ -48,6 +48,8 @@ class FitStats:
     final_loss: float = float("nan")
     cached: bool = False
     losses: list[float] = field(default_factory=list)
+    lrs: list[float] = field(default_factory=list)  #: the strategies' learning rate at each step
+    head_lrs: list[float] = field(default_factory=list)  #: the head's learning rate at each step
 
 
 def _channels_last(model: nn.Module) -> bool:
@@ -305,6 +307,8 @@ def _train_steps(model: nn.Module, trained: nn.Module, x: torch.Tensor, y: torch
                     raise NonFiniteLoss(stats.steps + 1, epoch + 1, float("inf"), cfg,
                                         f"the optimizer step overflowed at step {stats.steps + 1}") from e
                 scaler.update()
+                scale = sched.get_last_lr()[0] / opt.param_groups[0]["initial_lr"]  # this step's schedule factor
+                stats.lrs.append(cfg.lr * scale), stats.head_lrs.append(cfg.head_lr * scale)
                 sched.step()
                 stats.steps += 1
                 if ema:
