@@ -282,6 +282,8 @@ def _train_steps(model: nn.Module, trained: nn.Module, x: torch.Tensor, y: torch
     mix = recipe.Mixing(cfg, model.num_classes) if recipe.mixes(cfg) else None
     ema = recipe.WeightAverage(model, cfg.ema) if cfg.ema else None
     order = _loader(torch.arange(len(x)), batch_size=cfg.batch_size, shuffle=True, seed=seed)
+    for s in model.strategies:
+        s.begin_fit(model.backbone, total)
     if x.numel() * x.element_size() <= SUPPORT_ON_DEVICE_BYTES:  # a support set: one copy, batches indexed there
         x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
     classes = y.shape[-1] if y.is_floating_point() and y.ndim == 2 else int(y.max()) + 1 if len(y) else 2
@@ -296,6 +298,8 @@ def _train_steps(model: nn.Module, trained: nn.Module, x: torch.Tensor, y: torch
                 with autocast(device, precision):
                     out = trained(_layout(xb, cl)).float()
                     loss = recipe.loss(out, yb, cfg) * weight if len(yb) else out.sum() * 0.0  # an empty share
+                # a strategy's own loss term (AdaLoRA's penalty), whole on every process: DDP's average keeps it whole
+                loss = sum((r for s in model.strategies if (r := s.regularizer(model.backbone)) is not None), loss)
                 losses.add(distributed.mean(loss), epoch + 1)  # raises at a NaN/inf loss when it reads it
                 opt.zero_grad(set_to_none=True)
                 acc.backward(scaler.scale(loss))
@@ -311,6 +315,8 @@ def _train_steps(model: nn.Module, trained: nn.Module, x: torch.Tensor, y: torch
                 stats.lrs.append(cfg.lr * scale), stats.head_lrs.append(cfg.head_lr * scale)
                 sched.step()
                 stats.steps += 1
+                for s in model.strategies:
+                    s.after_step(model.backbone, stats.steps)
                 if ema:
                     ema.update(stats.steps)
         losses.read()
