@@ -106,6 +106,7 @@ class AdaLora(PeftTuner):
         return c.orth_reg * torch.stack(terms).mean() if terms else None
 
     def ranks(self, bb: Backbone) -> dict[str, int]:
-        """Layer name -> its rank now: the singular values not pruned to zero."""
+        """Layer name -> its rank now: the singular values in E that are not zero (after a fit, the ranks AdaLoRA
+        kept; at init every E is zero, so 0)."""
         return {n.removesuffix(".lora_E.default"): int((p != 0).sum()) for n, p in bb.model.named_parameters()
                 if n.endswith(".lora_E.default")}
