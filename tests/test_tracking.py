@@ -4,8 +4,11 @@ the tracker's own files (TensorBoard event files, the CSV tracker's log)."""
 from __future__ import annotations
 
 import csv
+import importlib.machinery
 import json
 import math
+import sys
+import types
 from pathlib import Path
 
 import pytest
@@ -94,3 +97,74 @@ def test_tracking_leaves_the_run_key_alone_and_names_its_choices():
     assert TuneConfig(strategy="lora", track="csv", track_dir="x").hash() == plain.hash()
     with pytest.raises(PefsError, match="track must be one of tensorboard, wandb, mlflow, csv; got 'nope'"):
         TuneConfig(track="nope").validate()
+
+
+def fake_package(name: str, **attrs) -> types.ModuleType:
+    """A stand-in for an optional tracker package (wandb, mlflow are not installed here), recording its calls."""
+    module = types.ModuleType(name)
+    module.__spec__ = importlib.machinery.ModuleSpec(name, None)
+    module.__dict__.update(attrs)
+    return module
+
+
+def test_wandb_runs_offline_into_the_tracking_folder(tmp_path, monkeypatch):
+    """--track wandb starts an offline W&B run (unless WANDB_MODE says otherwise) in OUTPUT/tracking, named as
+    the run, with the config and one log per step and task, and finishes it."""
+    calls: list[tuple] = []
+
+    class Run:
+        def log(self, values, step=None):
+            calls.append(("log", step, dict(values)))
+
+        def finish(self):
+            calls.append(("finish",))
+
+    def init(**kwargs):
+        calls.append(("init", kwargs))
+        return Run()
+
+    config = types.SimpleNamespace(update=lambda values, **k: calls.append(("config", dict(values))))
+    monkeypatch.setitem(sys.modules, "wandb", fake_package("wandb", init=init, config=config))
+    monkeypatch.delenv("WANDB_MODE", raising=False)
+    record = tune(tmp_path, "--track", "wandb")
+    assert calls[0] == ("init", {"project": record["tracking"]["run"], "dir": str(tmp_path / "out" / "tracking"),
+                                 "mode": "offline"})
+    assert calls[1][0] == "config" and calls[1][1]["strategy"] == "linear" and calls[-1] == ("finish",)
+    steps = [c[1] for c in calls if c[0] == "log" and "train/loss" in c[2]]
+    assert steps == [1, 2, 3, 4, 5, 6]
+    assert [c[2]["task/accuracy"] for c in calls if c[0] == "log" and "task/accuracy" in c[2]] == [
+        r["accuracy"] for r in record["runs"]]
+
+
+def test_mlflow_logs_to_a_file_store_in_the_tracking_folder(tmp_path, monkeypatch):
+    """--track mlflow points MLflow at a file store in OUTPUT/tracking (unless MLFLOW_TRACKING_URI names one),
+    in experiment "pefs", run named as the run: the config as params, one metrics log per step, then ends."""
+    calls: list[tuple] = []
+    mlflow = fake_package(
+        "mlflow", set_tracking_uri=lambda uri: calls.append(("uri", uri)), search_experiments=lambda **k: [],
+        create_experiment=lambda name, **k: calls.append(("experiment", name)) or "1",
+        start_run=lambda **k: calls.append(("run", k["run_name"])), end_run=lambda: calls.append(("end",)),
+        log_params=lambda d: calls.append(("params", dict(d))),
+        log_metrics=lambda d, step=None: calls.append(("metrics", step, dict(d))),
+        utils=types.SimpleNamespace(validation=types.SimpleNamespace(MAX_PARAM_VAL_LENGTH=6000,
+                                                                    MAX_PARAMS_TAGS_PER_BATCH=100)))
+    monkeypatch.setitem(sys.modules, "mlflow", mlflow)
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    record = tune(tmp_path, "--track", "mlflow")
+    assert calls[:3] == [("uri", (tmp_path / "out" / "tracking" / "mlruns").resolve().as_uri()),
+                         ("experiment", "pefs"), ("run", record["tracking"]["run"])]
+    params = {k: v for c in calls if c[0] == "params" for k, v in c[1].items()}
+    assert params["strategy"] == "linear" and calls[-1] == ("end",)
+    assert [c[1] for c in calls if c[0] == "metrics" and "train/loss" in c[2]] == [1, 2, 3, 4, 5, 6]
+
+
+def test_the_same_run_twice_in_a_second_gets_its_own_folder(tmp_path, monkeypatch):
+    """Two runs whose names coincide (same config, same second) are tracked in two folders, neither overwritten."""
+    monkeypatch.setattr(tracking.time, "strftime", lambda fmt: "20260101-000000")
+    cfg = TuneConfig(track="csv", output=str(tmp_path))
+    with tracking.tracked(cfg) as first, tracking.tracked(cfg) as second:
+        first.acc.log({"x": 1.0}, step=1)
+        second.acc.log({"x": 2.0}, step=1)
+    assert second.name == first.name + "-2"
+    assert (tmp_path / "tracking" / first.name / "metrics.csv").read_text().endswith("1,x,1.0\n")
+    assert (tmp_path / "tracking" / second.name / "metrics.csv").read_text().endswith("1,x,2.0\n")

@@ -125,7 +125,9 @@ class CsvTracker(GeneralTracker):
 class RunTracker:
     """One run's tracker, on an Accelerator built for it (:func:`pefs.runtime.hardware.tracking_accelerator`)."""
 
-    def __init__(self, cfg: TuneConfig) -> None:
+    def __init__(self, cfg: TuneConfig, every_process: bool = True) -> None:
+        """``every_process``: each process tracks the runs it does (a sweep's cells); False for a run split over
+        processes, which the main process alone tracks."""
         from pefs.runtime.hardware import tracking_accelerator
 
         self.kind, self.dir, self.name = cfg.track, track_dir(cfg), run_name(cfg)
@@ -133,9 +135,14 @@ class RunTracker:
             self.dir.mkdir(parents=True, exist_ok=True)
         except OSError as e:
             raise PefsError(f"cannot write --track logs to {str(self.dir)!r}: {e.strerror or e}") from e
+        base = self.name
+        for i in range(2, 1000):  # the same run again within a second: its own folder, never the last one's
+            if not (self.dir / self.name).exists():
+                break
+            self.name = f"{base}-{i}"
         tracker = (CsvTracker(self.name, self.dir) if self.kind == "csv"
                    else _accelerate_tracker(str(self.kind), self.name, self.dir))
-        tracker.main_process_only = False  # each process tracks the runs it does
+        tracker.main_process_only = not every_process
         self.acc = tracking_accelerator([tracker], str(self.dir))
         self.acc.init_trackers(self.name, config=hparams(cfg))
         self.step, self.tasks = 0, 0
