@@ -163,8 +163,25 @@ def test_the_same_run_twice_in_a_second_gets_its_own_folder(tmp_path, monkeypatc
     monkeypatch.setattr(tracking.time, "strftime", lambda fmt: "20260101-000000")
     cfg = TuneConfig(track="csv", output=str(tmp_path))
     with tracking.tracked(cfg) as first, tracking.tracked(cfg) as second:
-        first.acc.log({"x": 1.0}, step=1)
-        second.acc.log({"x": 2.0}, step=1)
+        first.log({"x": 1.0}, step=1)
+        second.log({"x": 2.0}, step=1)
     assert second.name == first.name + "-2"
     assert (tmp_path / "tracking" / first.name / "metrics.csv").read_text().endswith("1,x,1.0\n")
     assert (tmp_path / "tracking" / second.name / "metrics.csv").read_text().endswith("1,x,2.0\n")
+
+
+@pytest.mark.parametrize("every_process", [True, False])
+def test_a_run_split_over_processes_is_tracked_by_the_main_process_alone(tmp_path, monkeypatch, every_process):
+    """On a process that is not the main one, a run's own tracker writes (sweep cells: each process tracks its
+    runs); a run split over processes (--final under a multi-process launch) is left to the main process."""
+    from accelerate.state import PartialState
+
+    monkeypatch.setattr(PartialState, "is_main_process", property(lambda self: False))
+    monkeypatch.setattr(PartialState, "use_distributed", property(lambda self: True))
+    cfg = TuneConfig(track="csv", output=str(tmp_path))
+    with tracking.tracked(cfg, every_process=every_process) as track:
+        track.log({"x": 1.0}, step=1)
+    written = tmp_path / "tracking" / track.name / "metrics.csv"
+    assert written.exists() == every_process
+    if every_process:
+        assert written.read_text().endswith("1,x,1.0\n")

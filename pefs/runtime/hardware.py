@@ -48,6 +48,7 @@ def is_main() -> bool:
     """Whether this process writes what the run writes once (model directory, record, printed summary)."""
     return rank() == 0
 
+
 def accelerator():
     """The process's Accelerator: which device this process owns (one GPU per process under
     ``accelerate launch``, where sweeps spread cells over processes). Accelerate's state is global and fixes
@@ -67,16 +68,6 @@ def accelerator():
         ddp = DistributedDataParallelKwargs(static_graph=True)  # one forward graph per run: unused parameters OK
         _ACCELERATORS["acc"] = Accelerator(cpu=cpu, kwargs_handlers=[ddp])
     return _ACCELERATORS["acc"]
-
-
-def tracking_accelerator(trackers: list[Any], project_dir: str) -> Any:
-    """An Accelerator that carries one run's experiment trackers (``log_with``, ``project_dir``): it shares the
-    process's state (its device, :func:`accelerator`'s) and only logs; a run's trackers live as long as the run,
-    while the process's Accelerator serves every run of a sweep."""
-    from accelerate import Accelerator
-
-    accelerator()  # the process's state first, so this one joins it rather than fixing it
-    return Accelerator(log_with=trackers, project_dir=project_dir)
 
 
 def autocast(device: torch.device, mixed_precision: str):

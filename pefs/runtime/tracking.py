@@ -4,9 +4,8 @@ pefs' own CSV tracker (an Accelerate ``GeneralTracker``).
 What a run logs: its resolved config as hyperparameters, each training step's loss and learning rates
 (``train/loss``, ``train/lr``: the strategies' rate, ``train/head_lr``; steps count on across tasks), each task's
 accuracy (``task/accuracy`` at step = the task's number, 1 first) and the record's summary (``run/...``, at step =
-the number of tasks). Every process logs its own runs (sweeps spread cells over processes), so trackers are not
-limited to the main process; a run's trackers are finished when it ends, without Accelerate's ``end_training``,
-which would also end the process group that later runs of a sweep still use.
+the number of tasks). Every process logs its own runs (sweeps spread cells over processes); a run split over
+processes (``--final`` under a multi-process launch) is logged by the main process alone.
 """
 
 from __future__ import annotations
@@ -22,7 +21,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from accelerate.tracking import GeneralTracker
+from accelerate.tracking import GeneralTracker, on_main_process
 
 from pefs.config import TuneConfig
 from pefs.config.files import write_text
@@ -92,7 +91,6 @@ class CsvTracker(GeneralTracker):
 
     name = "csv"
     requires_logging_directory = True
-    main_process_only = False
 
     def __init__(self, run: str, directory: Path) -> None:
         super().__init__()
@@ -103,13 +101,16 @@ class CsvTracker(GeneralTracker):
     def tracker(self) -> Path:
         return self.dir
 
+    @on_main_process
     def start(self) -> None:
         write_text(self.dir / "metrics.csv", "step,name,value\n", "tracking log")
         self.file = open(self.dir / "metrics.csv", "a", newline="", encoding="utf-8")
 
+    @on_main_process
     def store_init_configuration(self, values: dict) -> None:
         write_text(self.dir / "config.json", json.dumps(values, indent=2, default=str), "tracking config")
 
+    @on_main_process
     def log(self, values: dict, step: int | None = None, **kwargs: Any) -> None:
         rows = io.StringIO()
         csv.writer(rows).writerows(["" if step is None else step, k, v] for k, v in values.items())
@@ -117,19 +118,24 @@ class CsvTracker(GeneralTracker):
         self.file.write(rows.getvalue())
         self.file.flush()
 
+    @on_main_process
     def finish(self) -> None:
         if self.file is not None:
             self.file.close()
 
 
 class RunTracker:
-    """One run's tracker, on an Accelerator built for it (:func:`pefs.runtime.hardware.tracking_accelerator`)."""
+    """One run's tracker: an Accelerate tracker object driven by the calls ``Accelerator.init_trackers`` / ``log`` /
+    ``end_training`` make (``start``, ``store_init_configuration``, ``log``, ``finish``). Not through an
+    Accelerator itself: its ``init_trackers`` and ``log`` run on the main process only, so the cells a sweep gives
+    the other processes would go untracked, and ``end_training`` would end the process group a sweep still uses."""
 
     def __init__(self, cfg: TuneConfig, every_process: bool = True) -> None:
         """``every_process``: each process tracks the runs it does (a sweep's cells); False for a run split over
-        processes, which the main process alone tracks."""
-        from pefs.runtime.hardware import tracking_accelerator
+        processes, which the main process alone tracks (the tracker's ``main_process_only``)."""
+        from pefs.runtime.hardware import accelerator
 
+        accelerator()  # Accelerate's trackers run in its process state (which process is the main one)
         self.kind, self.dir, self.name = cfg.track, track_dir(cfg), run_name(cfg)
         try:
             self.dir.mkdir(parents=True, exist_ok=True)
@@ -140,19 +146,22 @@ class RunTracker:
             if not (self.dir / self.name).exists():
                 break
             self.name = f"{base}-{i}"
-        tracker = (CsvTracker(self.name, self.dir) if self.kind == "csv"
-                   else _accelerate_tracker(str(self.kind), self.name, self.dir))
-        tracker.main_process_only = not every_process
-        self.acc = tracking_accelerator([tracker], str(self.dir))
-        self.acc.init_trackers(self.name, config=hparams(cfg))
+        self.tracker = (CsvTracker(self.name, self.dir) if self.kind == "csv"
+                        else _accelerate_tracker(str(self.kind), self.name, self.dir))
+        self.tracker.main_process_only = not every_process
+        self.tracker.start()
+        self.tracker.store_init_configuration(hparams(cfg))
         self.step, self.tasks = 0, 0
+
+    def log(self, values: dict[str, Any], step: int) -> None:
+        self.tracker.log(values, step=step)
 
     def fit(self, stats: Any) -> None:
         """A fit's steps (:class:`pefs.runtime.engine.FitStats`): loss and learning rates, numbered on from the
         last fit's."""
         for loss, lr, head_lr in zip(stats.losses, stats.lrs, stats.head_lrs):
             self.step += 1
-            self.acc.log({"train/loss": loss, "train/lr": lr, "train/head_lr": head_lr}, step=self.step)
+            self.log({"train/loss": loss, "train/lr": lr, "train/head_lr": head_lr}, step=self.step)
 
     def task(self, result: Any) -> None:
         """A finished task (a :class:`pefs.results.records.TaskResult`): its accuracy, steps and support size."""
@@ -160,18 +169,17 @@ class RunTracker:
         values = {"task/steps": result.steps, "task/support": result.support}
         if result.accuracy is not None:
             values["task/accuracy"] = result.accuracy
-        self.acc.log(values, step=self.tasks)
+        self.log(values, step=self.tasks)
 
     def summary(self, record: dict[str, Any]) -> None:
         """The record's summary: mean accuracy and interval, trainable parameters, wall time."""
         params = record.get("params") or {}
         values = {"run/accuracy_mean": record.get("accuracy_mean"), "run/accuracy_ci95": record.get("accuracy_ci95"),
                   "run/trainable_params": params.get("trainable"), "run/wall_s": record.get("wall_s")}
-        self.acc.log({k: v for k, v in values.items() if isinstance(v, (int, float))}, step=self.tasks)
+        self.log({k: v for k, v in values.items() if isinstance(v, (int, float))}, step=self.tasks)
 
     def close(self) -> None:
-        for t in self.acc.trackers:
-            t.finish()
+        self.tracker.finish()
 
     def where(self) -> dict[str, str]:
         """What the record says about the tracking: the tracker, its folder and the run's name."""
@@ -179,12 +187,13 @@ class RunTracker:
 
 
 @contextlib.contextmanager
-def tracked(cfg: TuneConfig) -> Iterator[RunTracker | None]:
-    """The run's tracker for the duration of the block (None without ``--track``); finished however it ends."""
+def tracked(cfg: TuneConfig, every_process: bool = True) -> Iterator[RunTracker | None]:
+    """The run's tracker for the duration of the block (None without ``--track``); finished however it ends.
+    ``every_process``: see :class:`RunTracker`."""
     if cfg.track is None:
         yield None
         return
-    track = RunTracker(cfg)
+    track = RunTracker(cfg, every_process)
     try:
         yield track
     finally:
