@@ -202,6 +202,12 @@ class TuneConfig:
     max_image_pixels: int | None = setting(
         None, "refuse images larger than N pixels (default 89,478,485: a guard against decompression bombs); raise "
         "it for genuine large images", metavar="N", neutral=True, added_later=True)
+    track: Literal["tensorboard", "wandb", "mlflow", "csv"] | None = setting(
+        None, "log the run to an experiment tracker through Accelerate: its config, per-step loss and learning rate, "
+        "per-task accuracy and the record's summary (wandb offline unless WANDB_MODE says otherwise; mlflow to a "
+        "local store in the tracking folder)", neutral=True, added_later=True)
+    track_dir: str | None = setting(None, "folder of --track's logs (default: OUTPUT/tracking)", metavar="DIR",
+                                    neutral=True, added_later=True)
     feature_cache: str | None = setting(None, "on-disk store of frozen features shared by runs (default "
                                         "$PEFS_FEATURE_CACHE, else none); delete DIR to clear it", metavar="DIR",
                                         neutral=True)
@@ -234,6 +240,11 @@ class TuneConfig:
         if self.feature_cache is not None and not isinstance(self.feature_cache, str):
             raise PefsError(f"feature_cache must be a directory path, got {self.feature_cache!r}")
         check_views(self)
+        if self.track is not None:
+            check_choice(self, "track")
+        if self.track_dir is not None and (self.track is None or not isinstance(self.track_dir, str)):
+            raise PefsError(f"track_dir={self.track_dir!r} names where --track logs go; add --track "
+                            f"({', '.join(choices(TuneConfig, 'track') or ())}) or drop --track-dir")
         if self.max_image_pixels is not None:
             check_max_pixels(self.max_image_pixels)
         if self.head is not None and self.head not in choices(TuneConfig, "head"):

@@ -24,6 +24,7 @@ from pefs.protocols.final import seed_dir
 from pefs.results.records import ProtocolRun, TaskResult
 from pefs.runtime.engine import NonFiniteLoss
 from pefs.runtime.task import TaskRunner
+from pefs.runtime.tracking import RunTracker
 
 
 @dataclass
@@ -115,12 +116,13 @@ Choose = Callable[[Task], Choice]
 
 def run_protocol(cfg: TuneConfig, dataset: Dataset, runner: TaskRunner | None,
                  after: Callable[[Task, TaskResult], None] | None = None,
-                 choose: Choose | None = None) -> tuple[ProtocolRun, NonFiniteLoss | None]:
+                 choose: Choose | None = None,
+                 track: RunTracker | None = None) -> tuple[ProtocolRun, NonFiniteLoss | None]:
     """Every task of the protocol, in order, each from the runner's start; ``after(task, result)`` runs after
     each (e.g. saving the tuned model), and K-shot seeds save their model with ``--save-adapter``. With
     ``choose`` (``--search``), each task first picks its setting on validation data and trains the chosen
     runner on the whole support. A diverged task ends the run: the finished tasks and the error come back
-    with status "diverged"."""
+    with status "diverged". ``track`` (``--track``) logs each task's training steps and accuracy."""
     t0 = time.perf_counter()
     out = ProtocolRun()
     n = task_count(cfg)
@@ -137,6 +139,9 @@ def run_protocol(cfg: TuneConfig, dataset: Dataset, runner: TaskRunner | None,
             out.failed_task = {"episode": task.info["episode"]} if "episode" in task.info else {"seed": task.seed}
             out.wall_s = time.perf_counter() - t0
             return out, e
+        if track is not None:
+            track.fit(runner.last_fit)
+            track.task(result)
         result.info.update(task.info)
         result.info.update(chosen)
         if cfg.save_adapter and cfg.protocol == "kshot" and not cfg.final:

@@ -33,7 +33,7 @@ from pefs.protocols.selection.auto import AutoSelector
 from pefs.protocols.selection.selector import Selector, search_space
 from pefs.results.records import Accuracy, DatasetInfo, Machine, ProtocolRun, RunRecord, TaskResult
 from pefs.results.stats import mean_ci
-from pefs.runtime import distributed, hardware
+from pefs.runtime import distributed, hardware, tracking
 from pefs.runtime.engine import NonFiniteLoss
 from pefs.runtime.memory import RunMemory
 from pefs.runtime.task import TaskRunner, build_model
@@ -96,6 +96,7 @@ def tune(cfg: TuneConfig) -> dict[str, Any]:
     if cfg.checkpoint:
         check_checkpoint_path(cfg.checkpoint)
     check_final(cfg)
+    tracking.check_tracker(cfg)
     with image_limit(cfg.max_image_pixels):
         return _tune(cfg)
 
@@ -115,13 +116,17 @@ def _tune(cfg: TuneConfig) -> dict[str, Any]:
     runner = TaskRunner(cfg, n_classes) if selector is None else None
     if runner is not None:
         describe_model(runner.model, cfg, dataset)
-    run, diverged = run_protocol(cfg, dataset, runner, _after_each_task(cfg, runner, selector), selector)
-    runner = selector.runner if selector is not None else runner
-    extra = {**memory.figures(), **(runner.cache_figures() if selector is None else {}),
-             **(runner.view_figures() if runner is not None else {}),
-             **({"selection": selector.summary} if selector is not None else {}),
-             **(final_summary(dataset, run) if cfg.final else {}), **provenance(dataset)}
-    record = finish(cfg, dataset, run, runner, requested, extra)
+    with tracking.tracked(cfg, every_process=not (cfg.final and distributed.world_size() > 1)) as track:
+        run, diverged = run_protocol(cfg, dataset, runner, _after_each_task(cfg, runner, selector), selector, track)
+        runner = selector.runner if selector is not None else runner
+        extra = {**memory.figures(), **(runner.cache_figures() if selector is None else {}),
+                 **(runner.view_figures() if runner is not None else {}),
+                 **({"selection": selector.summary} if selector is not None else {}),
+                 **(final_summary(dataset, run) if cfg.final else {}), **provenance(dataset),
+                 **({"tracking": track.where()} if track is not None else {})}
+        record = finish(cfg, dataset, run, runner, requested, extra)
+        if track is not None:
+            track.summary(record)
     if diverged is not None:
         raise RunDiverged(diverged, record)
     return record

@@ -49,6 +49,8 @@ class FitStats:
     final_loss: float = float("nan")
     cached: bool = False
     losses: list[float] = field(default_factory=list)
+    lrs: list[float] = field(default_factory=list)  #: the strategies' learning rate at each step
+    head_lrs: list[float] = field(default_factory=list)  #: the head's learning rate at each step
 
 
 def _channels_last(model: nn.Module) -> bool:
@@ -296,6 +298,8 @@ def _train_steps(model: nn.Module, trained: nn.Module, x: torch.Tensor, y: torch
     mix = recipe.Mixing(cfg, model.num_classes) if recipe.mixes(cfg) else None
     ema = recipe.WeightAverage(model, cfg.ema) if cfg.ema else None
     order = _loader(torch.arange(len(x)), batch_size=cfg.batch_size, shuffle=True, seed=seed)
+    for s in model.strategies:
+        s.begin_fit(model.backbone, total)
     if x.numel() * x.element_size() <= SUPPORT_ON_DEVICE_BYTES:  # a support set: one copy, batches indexed there
         x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
     classes = y.shape[-1] if y.is_floating_point() and y.ndim == 2 else int(y.max()) + 1 if len(y) else 2
@@ -311,6 +315,8 @@ def _train_steps(model: nn.Module, trained: nn.Module, x: torch.Tensor, y: torch
                 with autocast(device, precision):
                     out = run_kept(model.backbone, lambda h: trained(_layout(h, cl)), xb, kb).float()
                     loss = recipe.loss(out, yb, cfg) * weight if len(yb) else out.sum() * 0.0  # an empty share
+                # a strategy's own loss term (AdaLoRA's penalty), whole on every process: DDP's average keeps it whole
+                loss = sum((r for s in model.strategies if (r := s.regularizer(model.backbone)) is not None), loss)
                 losses.add(distributed.mean(loss), epoch + 1)  # raises at a NaN/inf loss when it reads it
                 opt.zero_grad(set_to_none=True)
                 acc.backward(scaler.scale(loss))
@@ -322,8 +328,12 @@ def _train_steps(model: nn.Module, trained: nn.Module, x: torch.Tensor, y: torch
                     raise NonFiniteLoss(stats.steps + 1, epoch + 1, float("inf"), cfg,
                                         f"the optimizer step overflowed at step {stats.steps + 1}") from e
                 scaler.update()
+                scale = sched.get_last_lr()[0] / opt.param_groups[0]["initial_lr"]  # this step's schedule factor
+                stats.lrs.append(cfg.lr * scale), stats.head_lrs.append(cfg.head_lr * scale)
                 sched.step()
                 stats.steps += 1
+                for s in model.strategies:
+                    s.after_step(model.backbone, stats.steps)
                 if ema:
                     ema.update(stats.steps)
         losses.read()

@@ -81,6 +81,7 @@ class TaskRunner:
         self.decoder = Decoder(self.transform)
         self.augment = augment_transform(self.model.backbone.data_config, cfg.img_size) if cfg.augment else None
         self.frozen = FrozenInputs(self.model, cfg, self.level, self.decoder)
+        self.last_fit: engine.FitStats | None = None  #: the last task's fit (its losses and rates, for a tracker)
 
     def _check_masks(self, mixing: bool) -> None:
         """Refuse, before any work, masked views this model and head cannot take."""
@@ -260,6 +261,7 @@ class TaskRunner:
         hardware.seed_everything(seed)
         xs, ys = self.support(support, seed, t)
         stats = self._fit(xs, ys, seed, t, cfg) if self.trains else engine.FitStats(cached=self.level > 0)
+        self.last_fit = stats
         pred = predicted(self._score(xs, ys, query, t, cfg, seed))  # the one scoring rule, as pefs predict's
         yq = torch.as_tensor(query.labels, dtype=torch.long)
         t["decoded"] = int(t["decoded"])  # images decoded for this task (the rest came from the run's cache)
