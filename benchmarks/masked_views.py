@@ -208,10 +208,10 @@ def render_tuned(tuned: dict) -> list[str]:
     resolved = ("the paired intervals that exclude 0 are: " + "; ".join(shown) if shown else
                 "no paired interval excludes 0: these seeds cannot tell masked views from one clean view on this "
                 "trunk")
-    lines += ["", f"Holm's correction runs over the {len(diffs)} paired comparisons of this table. A run with 2 "
-              "extra views per image trains on 3x the support images for the same epochs, so it takes 2-3x the "
-              "optimizer steps of the clean run (and the seconds above): a difference may come from the extra steps "
-              "as well as from the masking."]
+    lines += ["", f"Holm's correction runs over the {len(diffs)} paired comparisons of this table. A run with "
+              "extra views trains on every view of each support image for the same epochs, so it takes more "
+              "optimizer steps than the clean run (and the seconds above): a difference may come from the extra "
+              "steps as well as from the masking."]
     return lines + ["", f"In plain words, on a randomly initialised ViT-Tiny: {resolved}.", ""]
 
 
