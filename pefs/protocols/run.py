@@ -15,7 +15,7 @@ from typing import Any
 
 import torch
 
-from pefs.backbones.sources.checkpoint import check_checkpoint_path
+from pefs.backbones.sources.checkpoint import check_checkpoint_path, is_pretrain_dir
 from pefs.config import SCHEMA_VERSION, TuneConfig, checks, head_of, resolved, run_key
 from pefs.config.checks import check_classes
 from pefs.config.files import check_outside, write_text
@@ -26,6 +26,7 @@ from pefs.data.decoding import image_limit
 from pefs.data.fingerprint import data_fingerprint
 from pefs.data.sources import local_path
 from pefs.errors import PefsError
+from pefs.pretrain import checkpoint as pretrained
 from pefs.protocols.final import check_final, describe_model, final_summary, save_final
 from pefs.protocols.loop import Task, check_sampling, run_protocol
 from pefs.protocols.selection.auto import AutoSelector
@@ -94,12 +95,21 @@ def tune(cfg: TuneConfig) -> dict[str, Any]:
     check_writable(cfg.output)  # before any compute, not after it
     if cfg.checkpoint:
         check_checkpoint_path(cfg.checkpoint)
+    pretraining = pretraining_of(cfg.checkpoint)
     check_final(cfg)
     with image_limit(cfg.max_image_pixels):
-        return _tune(cfg)
+        return _tune(cfg, pretraining)
 
 
-def _tune(cfg: TuneConfig) -> dict[str, Any]:
+def pretraining_of(checkpoint: str | None) -> dict[str, Any]:
+    """``{"pretraining": ...}`` for the record when the checkpoint is a ``pefs pretrain`` directory (its weights
+    checked against their recorded SHA-256 and fingerprint first: a changed file is refused), else nothing."""
+    if not is_pretrain_dir(checkpoint):
+        return {}
+    return {"pretraining": pretrained.summary(checkpoint, pretrained.verify(checkpoint))}
+
+
+def _tune(cfg: TuneConfig, pretraining: dict[str, Any]) -> dict[str, Any]:
     """:func:`tune` after its up-front checks."""
     memory = RunMemory()  # this run's peak, not the process's running maximum
     dataset = load_dataset(cfg.data, label_column=cfg.label_column)
@@ -118,7 +128,7 @@ def _tune(cfg: TuneConfig) -> dict[str, Any]:
     runner = selector.runner if selector is not None else runner
     extra = {**memory.figures(), **(runner.cache_figures() if selector is None else {}),
              **({"selection": selector.summary} if selector is not None else {}),
-             **(final_summary(dataset, run) if cfg.final else {}), **provenance(dataset)}
+             **(final_summary(dataset, run) if cfg.final else {}), **provenance(dataset), **pretraining}
     record = finish(cfg, dataset, run, runner, requested, extra)
     if diverged is not None:
         raise RunDiverged(diverged, record)
