@@ -11,7 +11,7 @@ import shutil
 import pytest
 import torch
 
-from tests.conftest import TINY_MODELS, cfg, colour_images
+from tests.conftest import TINY_MODELS, colour_images
 
 VIT, VIT_KW = TINY_MODELS["vit"]
 CNN = "efficientnet_lite0.offline"
@@ -42,10 +42,20 @@ def run(out, **kw):
 
 @pytest.fixture(scope="module")
 def supervised_dir(poisoned, tmp_path_factory):
-    """A supervised pretraining of the tiny ViT on the poisoned root's base classes."""
-    out = tmp_path_factory.mktemp("pre") / "sup"
-    info = run(out, data=f"fewshot:{poisoned}", steps=8)
-    return out, info
+    """``pefs pretrain`` (the command, in this process): supervised, the tiny ViT, the poisoned root's base classes.
+    Returns the directory, its identity and what the command printed."""
+    import contextlib
+    import io
+
+    from pefs.cli.main import main
+
+    out, printed = tmp_path_factory.mktemp("pre") / "sup", io.StringIO()
+    with contextlib.redirect_stdout(printed):
+        code = main(["pretrain", "-q", "--model", VIT, "--no-pretrained", "--img-size", "32", "--data",
+                     f"fewshot:{poisoned}", "--objective", "supervised", "--steps", "8", "--batch-size", "8",
+                     "--lr", "1e-3", "--out", str(out)])
+    assert code == 0
+    return out, json.loads((out / "pefs_pretrain.json").read_text()), printed.getvalue()
 
 
 def start_weights(model: str, pretrained: bool, **kw) -> dict[str, torch.Tensor]:
@@ -111,16 +121,16 @@ def test_mae_encoder_sees_only_visible_tokens_and_loss_counts_only_masked_patche
 def test_novel_classes_never_reach_the_loss(supervised_dir):
     """Pretraining on a few-shot root reads its base classes only: the run finishes although every novel image
     is unreadable, its classifier had the base classes, and the checkpoint says which split it used."""
-    out, info = supervised_dir
+    out, info, printed = supervised_dir
     assert info["data"]["split"] == "base" and info["data"]["class_names"] == list(BASE)
     assert info["data"]["images"] == 8 * len(BASE) and not info["data"]["note"]
-    assert json.loads((out / "pefs_pretrain.json").read_text())["data"]["split"] == "base"
+    assert "8 steps on 24 images of 3 base classes" in printed and f"--checkpoint {out}" in printed
 
 
 def test_meta_train_draws_episodes_from_base_classes_only_on_top_of_a_pretrained_checkpoint(supervised_dir, tmp_path):
     """--meta-train runs ProtoNet episodes of base classes (the novel images are poison) starting from an earlier
     pretraining's checkpoint, whose identity it records as its start."""
-    out, first = supervised_dir
+    out, first, _ = supervised_dir
     info = run(tmp_path / "meta", data=first["data"]["spec"], meta_train=True, checkpoint=str(out), ways=2, shots=2,
                queries=2, steps=3)
     assert info["objective"] == "protonet" and info["episodes"]["count"] == 3 == len(info["losses"])
@@ -129,16 +139,17 @@ def test_meta_train_draws_episodes_from_base_classes_only_on_top_of_a_pretrained
     assert info["start"]["checkpoint"]["weights_fingerprint"] == first["weights"]["fingerprint"]
 
 
-def test_tune_checkpoint_loads_the_pretrained_trunk_and_records_its_identity(supervised_dir, tmp_path):
+def test_tune_checkpoint_loads_the_pretrained_trunk_and_records_its_identity(supervised_dir, tmp_path, capsys):
     """pefs tune --checkpoint DIR runs end to end on the pretrained trunk, and its record names the pretraining:
     objective, data identity, steps and the weights fingerprint."""
-    from pefs.config import TuneConfig
-    from pefs.protocols.run import tune
+    from pefs.cli.main import main
 
-    out, info = supervised_dir
+    out, info, _ = supervised_dir
     data = colour_images(tmp_path / "novel", {"train": 3, "test": 2}, side=32, classes=("owl", "yak"))
-    rec = tune(TuneConfig(model=VIT, checkpoint=str(out), img_size=32, data=str(data), shots=1, strategy="bias",
-                          train=cfg(epochs=1), output=str(tmp_path / "runs")))
+    assert main(["tune", "-q", "--model", VIT, "--checkpoint", str(out), "--img-size", "32", "--data", str(data),
+                 "--shots", "1", "--strategy", "bias", "--epochs", "1", "--output", str(tmp_path / "runs")]) == 0
+    path = capsys.readouterr().out.split("result record: ")[1].strip()
+    rec = json.loads(open(path).read())
     p = rec["pretraining"]
     assert p["objective"] == "supervised" and p["steps"] == 8 and p["data"]["split"] == "base"
     assert p["weights_fingerprint"] == info["weights"]["fingerprint"] and p["data"]["fingerprint"]
@@ -153,7 +164,7 @@ def test_a_changed_checkpoint_is_refused(supervised_dir, tmp_path):
     from pefs.errors import PefsError
     from pefs.pretrain.checkpoint import verify
 
-    src, _ = supervised_dir
+    src = supervised_dir[0]
     bad = tmp_path / "bad"
     shutil.copytree(src, bad)
     weights = bad / "backbone.safetensors"
@@ -174,7 +185,7 @@ def test_a_checkpoint_loads_only_into_its_model_at_its_size(supervised_dir):
     from pefs import backbones
     from pefs.errors import PefsError
 
-    out, _ = supervised_dir
+    out = supervised_dir[0]
     with pytest.raises(PefsError, match=f"give --model {VIT}"):
         backbones.load("vit_small_patch16_224", checkpoint=str(out), img_size=32)
     with pytest.raises(PefsError, match="give --img-size 32"):
@@ -186,6 +197,7 @@ def test_a_checkpoint_loads_only_into_its_model_at_its_size(supervised_dir):
     (["--objective", "byol"], ["unknown objective 'byol'", "contrastive"]),
     (["--objective", "mae", "--meta-train"], ["--meta-train", "drop --objective mae"]),
     (["--steps", "0"], ["steps must be a whole number >= 1"]),
+    (["--objective", "contrastive", "--batch-size", "1"], ["batch_size must be >= 2", "got 1"]),
 ])
 def test_bad_inputs_are_one_line(args, fragments, tmp_path, capsys):
     """A bad objective, MAE on a CNN or a bad number is one line on stderr (exit 2), and nothing is written."""

@@ -83,6 +83,9 @@ class PretrainConfig:
             _whole("num_workers", self.num_workers, 0)
         if self.img_size is not None:
             _whole("img_size", self.img_size, 8)
+        if self.batch_size < 2 and not self.meta_train:
+            raise PefsError(f"batch_size must be >= 2 (contrastive negatives and BatchNorm statistics come from the "
+                            f"other images of a step), got {self.batch_size}")
         if self.ways < 2:
             raise PefsError(f"ways must be >= 2 for an episode, got {self.ways}")
         for name, low in (("lr", 0.0), ("temperature", 0.0)):
