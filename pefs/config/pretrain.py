@@ -41,8 +41,9 @@ class PretrainConfig:
     checkpoint: str | None = setting(None, "start from local weights: a weight file, or a pefs pretrain directory",
                                      metavar="PATH")
     img_size: int | None = setting(None, "input resolution (default: the data's suggestion, else the model's)")
-    epochs: int = setting(1, "passes over the base images (episodes: --steps decides)")
-    steps: int | None = setting(None, "optimizer steps (overrides --epochs)", metavar="N")
+    epochs: int = setting(1, "passes over the base images (meta-training: as many episodes as hold that many images)")
+    steps: int | None = setting(None, "optimizer steps, one batch or one episode each (overrides --epochs)",
+                                metavar="N")
     batch_size: int = setting(32, "images per step (contrastive: two views each)")
     lr: float = setting(3e-4, "AdamW learning rate (linear warmup over the first 5% of steps, then cosine decay)")
     weight_decay: float = setting(0.05, "AdamW weight decay")
