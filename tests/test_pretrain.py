@@ -180,12 +180,17 @@ def test_a_changed_checkpoint_is_refused(supervised_dir, tmp_path):
         verify(bad)
 
 
-def test_a_checkpoint_loads_only_into_its_model_at_its_size(supervised_dir):
-    """A pretrain directory names the --model and --img-size it fits when given others."""
+def test_a_checkpoint_loads_only_into_its_model_at_its_size(supervised_dir, tmp_path, capsys):
+    """A pretrain directory names the --model and --img-size it fits when given others (pefs tune says so in one
+    line before it reads any data)."""
     from pefs import backbones
+    from pefs.cli.main import main
     from pefs.errors import PefsError
 
     out = supervised_dir[0]
+    assert main(["tune", "-q", "--checkpoint", str(out), "--output", str(tmp_path / "runs")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and f"give --model {VIT}" in err[0] and not (tmp_path / "runs").exists(), err
     with pytest.raises(PefsError, match=f"give --model {VIT}"):
         backbones.load("vit_small_patch16_224", checkpoint=str(out), img_size=32)
     with pytest.raises(PefsError, match="give --img-size 32"):

@@ -15,6 +15,7 @@ from typing import Any
 
 import torch
 
+from pefs.backbones import check_pretrained_fits
 from pefs.backbones.sources.checkpoint import check_checkpoint_path, is_pretrain_dir
 from pefs.config import SCHEMA_VERSION, TuneConfig, checks, head_of, resolved, run_key
 from pefs.config.checks import check_classes
@@ -95,18 +96,20 @@ def tune(cfg: TuneConfig) -> dict[str, Any]:
     check_writable(cfg.output)  # before any compute, not after it
     if cfg.checkpoint:
         check_checkpoint_path(cfg.checkpoint)
-    pretraining = pretraining_of(cfg.checkpoint)
+    pretraining = pretraining_of(cfg)
     check_final(cfg)
     with image_limit(cfg.max_image_pixels):
         return _tune(cfg, pretraining)
 
 
-def pretraining_of(checkpoint: str | None) -> dict[str, Any]:
-    """``{"pretraining": ...}`` for the record when the checkpoint is a ``pefs pretrain`` directory (its weights
-    checked against their recorded SHA-256 and fingerprint first: a changed file is refused), else nothing."""
-    if not is_pretrain_dir(checkpoint):
+def pretraining_of(cfg: TuneConfig) -> dict[str, Any]:
+    """``{"pretraining": ...}`` for the record when the checkpoint is a ``pefs pretrain`` directory (first the model
+    and image size it fits, then its weights against their recorded SHA-256 and fingerprint: a changed file is
+    refused), else nothing."""
+    if not is_pretrain_dir(cfg.checkpoint):
         return {}
-    return {"pretraining": pretrained.summary(checkpoint, pretrained.verify(checkpoint))}
+    check_pretrained_fits(cfg.checkpoint, cfg.model, {"img_size": cfg.img_size} if cfg.img_size else {})
+    return {"pretraining": pretrained.summary(cfg.checkpoint, pretrained.verify(cfg.checkpoint))}
 
 
 def _tune(cfg: TuneConfig, pretraining: dict[str, Any]) -> dict[str, Any]:
