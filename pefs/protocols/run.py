@@ -120,14 +120,14 @@ def _tune(cfg: TuneConfig, pretraining: dict[str, Any]) -> dict[str, Any]:
     check_splits_disjoint(dataset)
     requested, cfg = cfg, resolve(cfg, dataset)
     n_classes = cfg.ways if cfg.protocol == "episodic" else len(dataset.classes)
-    selector = selection(cfg, n_classes)  # a bad search spec fails here, before any weights load
+    selector = selection(cfg, n_classes, dataset)  # a bad search spec fails here, before any weights load
     if selector is not None:
         selector.runners.describe = lambda r: describe_model(r.model, r.cfg, dataset)
     check_sampling(cfg, dataset, selector is not None)  # sampling errors before any weight loads
     runner = TaskRunner(cfg, n_classes) if selector is None else None
     if runner is not None:
         describe_model(runner.model, cfg, dataset)
-    run, diverged = run_protocol(cfg, dataset, runner, _after_each_task(cfg, runner), selector)
+    run, diverged = run_protocol(cfg, dataset, runner, _after_each_task(cfg, runner, selector), selector)
     runner = selector.runner if selector is not None else runner
     extra = {**memory.figures(), **(runner.cache_figures() if selector is None else {}),
              **({"selection": selector.summary} if selector is not None else {}),
@@ -138,18 +138,30 @@ def _tune(cfg: TuneConfig, pretraining: dict[str, Any]) -> dict[str, Any]:
     return record
 
 
-def selection(cfg: TuneConfig, n_classes: int) -> Selector | None:
-    """What chooses each task's setting on validation data: ``--strategy auto``, ``--search``, or nothing."""
+def selection(cfg: TuneConfig, n_classes: int, dataset: Dataset | None = None) -> Selector | None:
+    """What chooses each task's setting on validation data: ``--strategy auto``, ``--search``, or nothing. A
+    benchmark with its own validation split (``dataset.select``: VTAB-1k's val200, CoOp's val) is searched on it."""
     if cfg.strategy == "auto":
         return AutoSelector(cfg, n_classes)
     space = search_space(cfg)
-    return Selector(cfg, n_classes, space) if space.axes else None
+    own = getattr(dataset, "select", None) is not None and cfg.protocol != "episodic"
+    own_val = f"{getattr(dataset, 'benchmark', '')}'s own validation split" if own else ""
+    return Selector(cfg, n_classes, space, own_val) if space.axes else None
 
 
-def _after_each_task(cfg: TuneConfig, runner: TaskRunner | None) -> Callable[[Task, TaskResult], None] | None:
-    """What follows each task: the final fit saves its model directory (K-shot seeds' ``--save-adapter`` is
-    :func:`pefs.protocols.loop.run_protocol`'s)."""
-    return save_final(cfg, runner) if cfg.final and runner is not None else None
+def _after_each_task(cfg: TuneConfig, runner: TaskRunner | None,
+                     selector: Selector | None = None) -> Callable[[Task, TaskResult], None] | None:
+    """What follows each task: the final fit saves its model directory, the chosen setting's with a search
+    (K-shot seeds' ``--save-adapter`` is :func:`pefs.protocols.loop.run_protocol`'s)."""
+    if not cfg.final or (runner is None and selector is None):
+        return None
+    if runner is not None:
+        return save_final(cfg, runner)
+
+    def after(task: Task, result: TaskResult) -> None:
+        if selector is not None and selector.runner is not None:  # the setting chosen for this task
+            save_final(cfg, selector.runner)(task, result)
+    return after
 
 
 def finish(cfg: TuneConfig, dataset: Dataset, run: ProtocolRun, runner: TaskRunner | None,
