@@ -195,6 +195,8 @@ def test_a_checkpoint_loads_only_into_its_model_at_its_size(supervised_dir, tmp_
         backbones.load("vit_small_patch16_224", checkpoint=str(out), img_size=32)
     with pytest.raises(PefsError, match="give --img-size 32"):
         backbones.load(VIT, checkpoint=str(out), img_size=64)
+    with pytest.raises(PefsError, match="not the model default: give --img-size 32"):
+        backbones.load(VIT, checkpoint=str(out))
 
 
 @pytest.mark.parametrize("args,fragments", [

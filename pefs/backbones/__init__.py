@@ -148,9 +148,10 @@ def load(model: str | nn.Module, pretrained: bool = True, checkpoint: str | Path
     return bb
 
 
-def check_pretrained_fits(checkpoint: str | Path, model: str, kwargs: dict[str, Any]) -> None:
+def check_pretrained_fits(checkpoint: str | Path, model: str, kwargs: dict[str, Any] | None) -> None:
     """A ``pefs pretrain`` directory loads only into the model it was pretrained from, at its image size (a ViT's
-    position embeddings are sized by it): otherwise one PefsError naming the flags that fit."""
+    position embeddings are sized by it): otherwise one PefsError naming the flags that fit. ``kwargs`` None: the
+    image size is not known yet (checked again when the model is built)."""
     if not is_pretrain_dir(checkpoint):
         return
     info = pretrain_identity(checkpoint)
@@ -158,9 +159,9 @@ def check_pretrained_fits(checkpoint: str | Path, model: str, kwargs: dict[str, 
         raise PefsError(f"checkpoint {str(checkpoint)!r} was pretrained from model {info.get('model')!r}, not "
                         f"{model!r}: give --model {info.get('model')}")
     size = (info.get("model_kwargs") or {}).get("img_size")
-    if size is not None and kwargs.get("img_size", size) != size:
+    if size is not None and kwargs is not None and kwargs.get("img_size") != size:
         raise PefsError(f"checkpoint {str(checkpoint)!r} was pretrained at img_size {size} (its position embeddings "
-                        f"fit that size), not {kwargs.get('img_size')}: give --img-size {size}")
+                        f"fit that size), not {kwargs.get('img_size') or 'the model default'}: give --img-size {size}")
 
 
 def _timm_create(timm_name: str, pretrained: bool, shown: str, **kwargs: Any) -> nn.Module:

@@ -108,7 +108,7 @@ def pretraining_of(cfg: TuneConfig) -> dict[str, Any]:
     refused), else nothing."""
     if not is_pretrain_dir(cfg.checkpoint):
         return {}
-    check_pretrained_fits(cfg.checkpoint, cfg.model, {"img_size": cfg.img_size} if cfg.img_size else {})
+    check_pretrained_fits(cfg.checkpoint, cfg.model, {"img_size": cfg.img_size} if cfg.img_size else None)
     return {"pretraining": pretrained.summary(cfg.checkpoint, pretrained.verify(cfg.checkpoint))}
 
 
