@@ -19,7 +19,8 @@ __version__ = "0.2.0"
 #: public name -> the module that defines it
 _LAZY = {"Backbone": "pefs.backbones", "list_models": "pefs.backbones", "load": "pefs.backbones",
          "PefsModel": "pefs.model", "wrap": "pefs.model", "list_strategies": "pefs.strategies",
-         "TuneConfig": "pefs.config", "TrainConfig": "pefs.config", "tune": "pefs.protocols.run"}
+         "TuneConfig": "pefs.config", "TrainConfig": "pefs.config", "tune": "pefs.protocols.run",
+         "PretrainConfig": "pefs.config.pretrain"}
 __all__ = ["PefsError", "__version__", *_LAZY]
 
 

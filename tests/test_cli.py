@@ -57,12 +57,13 @@ def test_data_folder_without_images(tmp_path):
 
 
 def test_help_for_every_subcommand():
-    for cmd in ([], ["tune"], ["models"], ["strategies"], ["sweep"], ["report"]):
+    for cmd in ([], ["tune"], ["models"], ["strategies"], ["sweep"], ["report"], ["pretrain"]):
         r = run_cli(*cmd, "--help")
         assert r.returncode == 0 and "usage: pefs" in r.stdout and "%%" not in r.stdout
 
 
-@pytest.mark.parametrize("argv", [["report", "--help"], ["--help"], ["sweep", "--help"], ["tune", "--help"]])
+@pytest.mark.parametrize("argv", [["report", "--help"], ["--help"], ["sweep", "--help"], ["tune", "--help"],
+                                  ["pretrain", "--help"]])
 def test_help_imports_no_torch(argv):
     """Building the parser (every command's flags) stays light: ``pefs report --help`` and the rest import no torch."""
     code = ("import sys\nfrom pefs.cli.main import main\ntry:\n    main(sys.argv[1:])\nexcept SystemExit:\n    pass\n"

@@ -339,7 +339,7 @@ def _assert_unchanged(module, before):
 
 
 @pytest.mark.parametrize("spec, options, message", [
-    ("vpt", {}, "needs a transformer backbone"),  # refused by the kind check: now before anything changes
+    ("vpt", {"mode": "deep"}, "needs a transformer backbone"),  # refused by the kind check: before anything changes
     ("vpt", {"mode": "pixel", "pad": 150}, "leaves no image inside the frame"),  # refused inside apply: undone
     ("lora+full", {}, "strategies conflict"),  # refused after both applied: undone
 ])

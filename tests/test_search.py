@@ -69,7 +69,8 @@ def test_budget_skips_the_settings_it_has_no_time_for():
     (["lr=1e-3", "lr=1e-2"], {}, "linear", r"search names 'lr' twice"),
     (["r=4,8"], {}, "bias", r"cannot search 'r': not a training setting \(epochs, .*\) nor an option of strategy bias "
                             r"\(its options: none\)"),
-    (["momentum=0.9,0.99"], {}, "lora", r"cannot search 'momentum'.*its options: alpha, dropout, quantize, r, targets, use_dora"),
+    (["momentum=0.9,0.99"], {}, "lora",
+     r"cannot search 'momentum'.*its options: alpha, dropout, quantize, r, targets, use_dora"),
     (["r=4,x"], {}, "lora", r"option r='x' of strategy 'lora' must be int"),
     (["r=0,4"], {}, "lora", r"option r=0 of strategy 'lora' must be >= 1"),
     (["strategy=linear,lorra"], {}, "linear", r"unknown strategy 'lorra'; .*lora"),

@@ -123,6 +123,24 @@ def test_token_prompts_on_a_cnn_are_refused_with_the_alternatives(family, mode):
         wrap(tiny_backbone(family), "vpt", num_classes=5, mode=mode)
 
 
+@pytest.mark.parametrize("family,mode", [("vit", "deep"), ("convnext", "pixel"), ("resnet", "pixel"),
+                                         ("efficientnet", "pixel")])
+def test_vpt_without_a_mode_gives_cnns_the_pixel_prompt_and_vits_deep_tokens(family, mode):
+    """`--strategy vpt` with no mode works on every family, as the README's table promises: the pixel prompt on a
+    CNN (it starts as the backbone), deep prompt tokens (one set per block) on a ViT."""
+    model = wrap(tiny_backbone(family), "vpt", num_classes=5)
+    vpt = model.strategies[0]
+    assert vpt.mode_for(model.backbone) == mode and vpt.identity_at_init == (mode == "pixel")
+    trained = {n for n, p in model.backbone.model.named_parameters() if p.requires_grad}
+    head = model.backbone.head_name + "."
+    if mode == "pixel":
+        assert {n.rsplit(".", 1)[-1] for n in trained if not n.startswith(head)} == {
+            "pad_top", "pad_bottom", "pad_left", "pad_right"}
+    else:
+        prompts = [p for n, p in model.backbone.model.named_parameters() if n.endswith("prompts")]
+        assert len(prompts) == 1 and prompts[0].shape[0] == len(model.backbone.block_names)
+
+
 def test_vpt_inserts_prompts_after_prefix_tokens_and_removes_them_before_the_norm():
     bb = backbones.load("vit_tiny_patch16_224", pretrained=False, img_size=32, reg_tokens=2, global_pool="avg")
     model = wrap(bb, "vpt", num_classes=5, mode="deep", tokens=3).eval()

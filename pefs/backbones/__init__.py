@@ -15,7 +15,13 @@ from typing import Any
 from torch import nn
 
 from pefs.backbones.describe import Backbone, HeadedModule, describe_module, describe_timm, is_timm_model
-from pefs.backbones.sources.checkpoint import check_checkpoint_path, load_checkpoint, read_state_dict
+from pefs.backbones.sources.checkpoint import (
+    check_checkpoint_path,
+    is_pretrain_dir,
+    load_checkpoint,
+    pretrain_identity,
+    read_state_dict,
+)
 from pefs.backbones.sources.offline import OFFLINE_MODELS, create_offline
 from pefs.config import DEFAULT_MODEL
 from pefs.errors import PefsError, unknown
@@ -125,6 +131,7 @@ def load(model: str | nn.Module, pretrained: bool = True, checkpoint: str | Path
         return load_hf(model[3:], pretrained=pretrained, **kwargs)
     if checkpoint is not None:
         check_checkpoint_path(checkpoint)  # a folder, a missing file and a wrong suffix each say so
+        check_pretrained_fits(checkpoint, model, kwargs)
     if model in OFFLINE_MODELS:
         net = create_offline(model, **kwargs) if checkpoint is None else _timm_create(
             OFFLINE_MODELS[model].timm_name, False, model, **kwargs)
@@ -139,6 +146,22 @@ def load(model: str | nn.Module, pretrained: bool = True, checkpoint: str | Path
     if checkpoint is not None:
         load_checkpoint(net, checkpoint, bb.head_name)
     return bb
+
+
+def check_pretrained_fits(checkpoint: str | Path, model: str, kwargs: dict[str, Any] | None) -> None:
+    """A ``pefs pretrain`` directory loads only into the model it was pretrained from, at its image size (a ViT's
+    position embeddings are sized by it): otherwise one PefsError naming the flags that fit. ``kwargs`` None: the
+    image size is not known yet (checked again when the model is built)."""
+    if not is_pretrain_dir(checkpoint):
+        return
+    info = pretrain_identity(checkpoint)
+    if info.get("model") != model:
+        raise PefsError(f"checkpoint {str(checkpoint)!r} was pretrained from model {info.get('model')!r}, not "
+                        f"{model!r}: give --model {info.get('model')}")
+    size = (info.get("model_kwargs") or {}).get("img_size")
+    if size is not None and kwargs is not None and kwargs.get("img_size") != size:
+        raise PefsError(f"checkpoint {str(checkpoint)!r} was pretrained at img_size {size} (its position embeddings "
+                        f"fit that size), not {kwargs.get('img_size') or 'the model default'}: give --img-size {size}")
 
 
 def _timm_create(timm_name: str, pretrained: bool, shown: str, **kwargs: Any) -> nn.Module:

@@ -14,7 +14,7 @@ import threading
 from collections.abc import Sequence
 from typing import Protocol
 
-from pefs.cli import explain, export, models, predict, report, strategies, sweep, tune
+from pefs.cli import explain, export, models, predict, pretrain, report, strategies, sweep, tune
 from pefs.cli.flags import EPILOG
 from pefs.errors import PefsError
 
@@ -31,8 +31,7 @@ class Command(Protocol):
 #: before :func:`main` runs: an object whose ``add_parser`` adds a subcommand of this name.
 COMMANDS: dict[str, Command] = {
     "tune": tune, "models": models, "strategies": strategies, "sweep": sweep, "report": report,
-    "predict": predict, "export": export}
-COMMANDS["explain"] = explain
+    "predict": predict, "export": export, "explain": explain, "pretrain": pretrain}
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -15,7 +15,8 @@ from typing import Any
 
 import torch
 
-from pefs.backbones.sources.checkpoint import check_checkpoint_path
+from pefs.backbones import check_pretrained_fits
+from pefs.backbones.sources.checkpoint import check_checkpoint_path, is_pretrain_dir
 from pefs.config import SCHEMA_VERSION, TuneConfig, checks, head_of, resolved, run_key
 from pefs.config.checks import check_classes
 from pefs.config.files import check_outside, write_text
@@ -27,6 +28,7 @@ from pefs.data.fingerprint import data_fingerprint
 from pefs.data.sources import local_path
 from pefs.errors import PefsError
 from pefs.heads.registry import head_class
+from pefs.pretrain import checkpoint as pretrained
 from pefs.protocols.final import check_final, describe_model, final_summary, save_final
 from pefs.protocols.loop import Task, check_sampling, run_protocol
 from pefs.protocols.selection.auto import AutoSelector
@@ -95,13 +97,24 @@ def tune(cfg: TuneConfig) -> dict[str, Any]:
     check_writable(cfg.output)  # before any compute, not after it
     if cfg.checkpoint:
         check_checkpoint_path(cfg.checkpoint)
+    pretraining = pretraining_of(cfg)
     check_final(cfg)
     tracking.check_tracker(cfg)
     with image_limit(cfg.max_image_pixels):
-        return _tune(cfg)
+        return _tune(cfg, pretraining)
 
 
-def _tune(cfg: TuneConfig) -> dict[str, Any]:
+def pretraining_of(cfg: TuneConfig) -> dict[str, Any]:
+    """``{"pretraining": ...}`` for the record when the checkpoint is a ``pefs pretrain`` directory (first the model
+    and image size it fits, then its weights against their recorded SHA-256 and fingerprint: a changed file is
+    refused), else nothing."""
+    if not is_pretrain_dir(cfg.checkpoint):
+        return {}
+    check_pretrained_fits(cfg.checkpoint, cfg.model, {"img_size": cfg.img_size} if cfg.img_size else None)
+    return {"pretraining": pretrained.summary(cfg.checkpoint, pretrained.verify(cfg.checkpoint))}
+
+
+def _tune(cfg: TuneConfig, pretraining: dict[str, Any]) -> dict[str, Any]:
     """:func:`tune` after its up-front checks."""
     memory = RunMemory()  # this run's peak, not the process's running maximum
     dataset = load_dataset(cfg.data, label_column=cfg.label_column)
@@ -122,7 +135,7 @@ def _tune(cfg: TuneConfig) -> dict[str, Any]:
         extra = {**memory.figures(), **(runner.cache_figures() if selector is None else {}),
                  **(runner.view_figures() if runner is not None else {}),
                  **({"selection": selector.summary} if selector is not None else {}),
-                 **(final_summary(dataset, run) if cfg.final else {}), **provenance(dataset),
+                 **(final_summary(dataset, run) if cfg.final else {}), **provenance(dataset), **pretraining,
                  **({"tracking": track.where()} if track is not None else {})}
         record = finish(cfg, dataset, run, runner, requested, extra)
         if track is not None:

@@ -9,6 +9,9 @@ description has a token layout (timm and ``transformers`` ViTs) and change atten
 ``mode=pixel`` (Bahng et al. 2022) works on any backbone, CNNs included: a learned frame ``pad`` pixels wide
 added to the image border in front of the stem. It is learned at the backbone's input size and resized to
 other image sizes; it starts at zero, so the model starts equal to the backbone.
+
+The default ``mode=auto`` is ``deep`` on a transformer whose token layout pefs knows and ``pixel`` on any other
+backbone (CNNs), as the README's strategy table promises; the mode it became is :meth:`Vpt.mode_for`.
 """
 
 from __future__ import annotations
@@ -114,16 +117,18 @@ def find_stem(bb: Backbone) -> str:
 
 @dataclass
 class VptConfig(StrategyConfig):
-    #: shallow / deep: prompt tokens (transformers); pixel: a learned padding frame (any backbone)
-    mode: Literal["shallow", "deep", "pixel"] = "deep"
+    #: shallow / deep: prompt tokens (transformers); pixel: a learned padding frame (any backbone); auto: deep on
+    #: a transformer with a known token layout, pixel elsewhere (CNNs)
+    mode: Literal["auto", "shallow", "deep", "pixel"] = "auto"
     #: prompt tokens per set (token modes)
     tokens: int = 10
     #: frame width in pixels at the backbone's input size (pixel mode); none = 30/224 of the image side
     pad: int | None = None
 
     def validate(self, strategy: str) -> None:
-        if self.mode not in ("shallow", "deep", "pixel"):
-            raise PefsError(f"option mode={self.mode!r} of strategy {strategy!r} must be 'shallow', 'deep' or 'pixel'")
+        if self.mode not in ("auto", "shallow", "deep", "pixel"):
+            raise PefsError(f"option mode={self.mode!r} of strategy {strategy!r} must be 'auto', 'shallow', 'deep' or "
+                            "'pixel'")
         if self.tokens < 1:
             raise PefsError(f"option tokens={self.tokens} of strategy {strategy!r} must be >= 1")
         if self.pad is not None and self.pad < 1:
@@ -141,16 +146,26 @@ class Vpt(Strategy):
         super().__init__(config)
         self.identity_at_init = self.config.mode == "pixel"  # type: ignore[misc, attr-defined]
 
+    def mode_for(self, bb: Backbone) -> str:
+        """The mode this strategy runs in on ``bb``: the one named, or for ``auto`` deep token prompts on a
+        transformer whose token layout pefs knows and the pixel prompt on any other backbone."""
+        mode = self.config.mode  # type: ignore[attr-defined]
+        if mode != "auto":
+            return mode
+        return "deep" if bb.kind == "transformer" and bb.tokens is not None else "pixel"
+
     def check(self, bb: Backbone) -> None:
-        c: VptConfig = self.config  # type: ignore[assignment]
-        if c.mode != "pixel":
-            vit_blocks(bb, f"vpt mode={c.mode!r} (token prompts)",
+        mode = self.mode_for(bb)
+        if mode != "pixel":
+            vit_blocks(bb, f"vpt mode={mode!r} (token prompts)",
                        "mode=pixel (a learned pixel-space prompt), or strategy 'adapter' or 'ssf'")
 
     def apply(self, bb: Backbone) -> None:
         c: VptConfig = self.config  # type: ignore[assignment]
+        mode = self.mode_for(bb)
+        self.identity_at_init = mode == "pixel"  # type: ignore[misc]  (auto is known only now, on the backbone)
         device, dtype = reference_device_dtype(bb.model)
-        if c.mode == "pixel":
+        if mode == "pixel":
             _, h, w = bb.input_size
             pad = c.pad if c.pad is not None else max(1, round(min(h, w) * DEFAULT_PAD_FRACTION))
             if 2 * pad >= min(h, w):
@@ -161,10 +176,10 @@ class Vpt(Strategy):
             replace_module(bb.model, stem, new)
             set_trainable([new.pad_top, new.pad_bottom, new.pad_left, new.pad_right])
             return
-        blocks = vit_blocks(bb, f"vpt mode={c.mode!r}", "mode=pixel")
+        blocks = vit_blocks(bb, f"vpt mode={mode!r}", "mode=pixel")
         patch = bb.tokens.patch_size  # type: ignore[union-attr]
         bound = math.sqrt(6.0 / (3 * patch[0] * patch[1] + bb.token_width))  # VPT: xavier-uniform over a patch
-        sets = len(blocks) if c.mode == "deep" else 1
+        sets = len(blocks) if mode == "deep" else 1
         prompts = torch.empty(sets, c.tokens, bb.token_width, device=device, dtype=dtype).uniform_(-bound, bound)
         new_blocks = PromptedBlocks(blocks, prompts, bb.tokens.num_prefix, bb.tokens)  # type: ignore[union-attr]
         replace_module(bb.model, bb.tokens.container, new_blocks)  # type: ignore[union-attr]

@@ -1,4 +1,9 @@
-"""Load local weight files (.safetensors, .pth/.pt/.bin) onto a model, with a clear account of misfits."""
+"""Load local weight files (.safetensors, .pth/.pt/.bin) onto a model, with a clear account of misfits.
+
+A ``pefs pretrain`` directory (:data:`PRETRAIN_CONFIG` beside :data:`PRETRAIN_WEIGHTS`) is a checkpoint too: its
+weight file is read after its SHA-256 is checked against the one the directory records (a changed file is
+refused, never loaded). :mod:`pefs.pretrain.checkpoint` writes such directories and checks the rest.
+"""
 
 from __future__ import annotations
 
@@ -10,11 +15,48 @@ from torch import nn
 from pefs.errors import PefsError
 
 SUFFIXES = (".safetensors", ".pth", ".pt", ".bin", ".ckpt")
+#: the identity file and the weight file of a ``pefs pretrain`` checkpoint directory
+PRETRAIN_CONFIG = "pefs_pretrain.json"
+PRETRAIN_WEIGHTS = "backbone.safetensors"
+
+
+def is_pretrain_dir(path: str | Path | None) -> bool:
+    """Whether ``path`` is a ``pefs pretrain`` checkpoint directory (it holds :data:`PRETRAIN_CONFIG`)."""
+    return path is not None and (Path(path) / PRETRAIN_CONFIG).is_file()
+
+
+def pretrain_identity(path: str | Path) -> dict:
+    """The identity a ``pefs pretrain`` directory records (its JSON), or a PefsError saying what is wrong."""
+    import json
+
+    try:
+        info = json.loads((Path(path) / PRETRAIN_CONFIG).read_text())
+    except (OSError, ValueError) as e:
+        raise PefsError(f"cannot read the pretraining identity {str(Path(path) / PRETRAIN_CONFIG)!r}: {e}") from e
+    if not isinstance(info, dict) or not isinstance(info.get("weights"), dict) or "sha256" not in info["weights"]:
+        raise PefsError(f"{str(Path(path) / PRETRAIN_CONFIG)!r} is not a pefs pretrain identity (no weights.sha256)")
+    return info
+
+
+def _pretrain_weights(path: Path) -> Path:
+    """The weight file of pretrain directory ``path`` once its SHA-256 matches the recorded one."""
+    from pefs.config.identity import sha256_file
+
+    weights = path / PRETRAIN_WEIGHTS
+    if not weights.is_file():
+        raise PefsError(f"pretrain checkpoint {str(path)!r} lacks its weight file {PRETRAIN_WEIGHTS}")
+    expected = pretrain_identity(path)["weights"]["sha256"]
+    if sha256_file(weights) != expected:
+        raise PefsError(f"pretrain checkpoint {str(weights)!r} was changed after pefs pretrain wrote it (its SHA-256 "
+                        f"differs from the one in {PRETRAIN_CONFIG}); refusing to load it")
+    return weights
 
 
 def check_checkpoint_path(path: str | Path) -> Path:
     """``path`` as a readable checkpoint file name, or a PefsError saying what it is instead."""
     path = Path(path)
+    if path.is_dir() and (path / PRETRAIN_CONFIG).is_file():
+        return path / PRETRAIN_WEIGHTS
     if path.is_dir():
         inside = sorted(p.name for p in path.iterdir() if p.suffix in SUFFIXES)[:5]
         raise PefsError(f"checkpoint {str(path)!r} is a folder; give the weight file itself ("
@@ -28,8 +70,9 @@ def check_checkpoint_path(path: str | Path) -> Path:
 
 
 def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
-    """Read a state dict, unwrapping the usual ``state_dict`` / ``model`` nesting and ``module.`` prefixes."""
-    path = check_checkpoint_path(path)
+    """Read a state dict, unwrapping the usual ``state_dict`` / ``model`` nesting and ``module.`` prefixes; a
+    ``pefs pretrain`` directory's weight file only when its checksum matches."""
+    path = _pretrain_weights(Path(path)) if is_pretrain_dir(path) else check_checkpoint_path(path)
     try:
         if path.suffix == ".safetensors":
             from safetensors.torch import load_file

@@ -1,0 +1,34 @@
+"""Meta-training with the ProtoNet loss (Snell et al. 2017): in each N-way K-shot episode of base classes, the
+class prototypes are the mean pooled features of the support images, and the queries are classified by negative
+squared Euclidean distance to them (cross-entropy over the episode's N classes)."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from pefs.backbones import Backbone
+
+
+def prototype_logits(support: torch.Tensor, labels: torch.Tensor, query: torch.Tensor, ways: int) -> torch.Tensor:
+    """(Q, N) logits: minus the squared distance of each query feature to each class's mean support feature."""
+    sums = support.new_zeros(ways, support.shape[1]).index_add_(0, labels, support)
+    counts = torch.bincount(labels, minlength=ways).clamp(min=1).to(support.dtype)
+    protos = sums / counts[:, None]
+    return -torch.cdist(query.float(), protos.float()).pow(2)
+
+
+class ProtoNet(nn.Module):
+    """``forward(support, support_labels, query, query_labels)`` -> the episode's ProtoNet loss."""
+
+    views = 1
+    augment = "none"
+
+    def __init__(self, bb: Backbone, n_classes: int, cfg) -> None:
+        super().__init__()
+        self.bb, self.trunk, self.ways = bb, bb.model, int(cfg.ways)
+
+    def forward(self, sx: torch.Tensor, sy: torch.Tensor, qx: torch.Tensor, qy: torch.Tensor) -> torch.Tensor:
+        f = self.bb.features(torch.cat([sx, qx]))
+        return F.cross_entropy(prototype_logits(f[:len(sx)], sy, f[len(sx):], self.ways), qy)
