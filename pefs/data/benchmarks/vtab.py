@@ -4,6 +4,9 @@ split files ``train800.txt``, ``val200.txt``, ``train800val200.txt`` and ``test.
 
 ``vtab1k:<root>/<task>``: train = train800val200, test = test (the reported protocol).
 ``vtab1k-val:<root>/<task>``: train = train800, test = val200 (the protocol's hyper-parameter search).
+
+A folder named after none of the 19 tasks is read as a custom task in the same layout when it holds all four split
+files (a report lists it apart from the 19 and keeps it out of VTAB-1k's means); otherwise the name is refused.
 """
 
 from __future__ import annotations
@@ -39,11 +42,14 @@ LAYOUT = "<root>/<task>/{train800,val200,train800val200,test}.txt + the images t
 
 
 def task_folder(rest: str) -> Path:
-    """The task folder a ``vtab1k:<root>/<task>`` spec names, checked: it exists and is one of the 19 tasks."""
+    """The task folder a ``vtab1k:<root>/<task>`` spec names, checked: it exists and is one of the 19 tasks (or a
+    custom task: any name, all four split files present)."""
     folder = Path(rest).expanduser()
-    if not rest or folder.name not in TASKS:
+    custom = bool(rest) and folder.is_dir() and all((folder / n).is_file() for n in SPLIT_FILES)
+    if not rest or (folder.name not in TASKS and not custom):
         raise PefsError(f"vtab1k:{rest} names no VTAB-1k task: the last part of the path must be one of "
-                        f"{', '.join(TASKS)} (give vtab1k:<root>/<task>; layout {LAYOUT})")
+                        f"{', '.join(TASKS)}, or a folder holding all four split files (give "
+                        f"vtab1k:<root>/<task>; layout {LAYOUT})")
     return require_dir(folder, f"VTAB-1k task folder for {folder.name!r}", f"expected {LAYOUT}")
 
 
@@ -110,7 +116,7 @@ def load(spec: str, rest: str) -> BenchmarkDataset:
         folder.name, splits[roles["train"]], splits[roles["test"]], source=f"benchmark {spec}", benchmark=spec,
         root=str(folder), splits=splits, roles=dict(roles),
         split_files={name: sha256_file(p) for name, p in paths.items()},
-        licence=f"VTAB-1k {TASKS[folder.name]} task {folder.name}: see the source dataset's licence")
+        licence=f"VTAB-1k {TASKS.get(folder.name, 'custom')} task {folder.name}: see the source dataset's licence")
 
 
 def split_files(rest: str) -> list[Path]:
