@@ -24,16 +24,10 @@ from pefs.data.benchmarks.common import (
 )
 from pefs.data.sources import ImageSet
 from pefs.errors import PefsError
+from pefs.results import benchmark_tasks
 
-#: the 19 tasks by group, as the folder names of the community layout, with their class counts
-GROUPS: dict[str, dict[str, int]] = {
-    "natural": {"cifar": 100, "caltech101": 102, "dtd": 47, "oxford_flowers102": 102, "oxford_iiit_pet": 37,
-                "svhn": 10, "sun397": 397},
-    "specialized": {"patch_camelyon": 2, "eurosat": 10, "resisc45": 45, "diabetic_retinopathy": 5},
-    "structured": {"clevr_count": 8, "clevr_dist": 6, "dmlab": 6, "kitti": 4, "dsprites_loc": 16, "dsprites_ori": 16,
-                   "smallnorb_azi": 18, "smallnorb_ele": 9},
-}
-TASKS: dict[str, str] = {task: group for group, tasks in GROUPS.items() for task in tasks}
+#: the 19 tasks by group and task -> group (one list, in pefs.results so reports order their columns by it)
+GROUPS, TASKS = benchmark_tasks.GROUPS, benchmark_tasks.TASKS
 SPLIT_FILES = ("train800.txt", "val200.txt", "train800val200.txt", "test.txt")
 #: which split each spec trains and tests on
 ROLES = {"vtab1k": {"train": "train800val200", "test": "test"},
