@@ -300,19 +300,22 @@ def _describe(layout: str) -> str:
             "episodic": "episodic rows (--ways)"}[layout]
 
 
+def table_markdown(t: Table, heading: str = "##") -> list[str]:
+    """One table as Markdown lines: its title, the table, its notes and, for quoted rows, their sources."""
+    lines = [f"{heading} {t.title}", "", "| strategy | model | " + " | ".join(t.columns) + " |",
+             "|---|---|" + "---:|" * len(t.columns)]
+    for r in t.rows:
+        label = f"{r.strategy} (quoted, {r.source})" if r.source else r.strategy
+        lines.append(f"| {printable(label)} | {printable(r.model)} | " + " | ".join(c.text for c in r.cells) + " |")
+    lines.append("")
+    for note in [*t.notes, *(source_note(s) for s in sorted({r.source for r in t.rows if r.source}))]:
+        lines += [note, ""]
+    return lines
+
+
 def markdown(tables: list[Table]) -> str:
-    """Every table as Markdown, each under its title with its notes and, for quoted rows, their sources."""
-    lines = ["# pefs report: tables in the papers' form", ""]
-    for t in tables:
-        lines += [f"## {t.title}", "", "| strategy | model | " + " | ".join(t.columns) + " |",
-                  "|---|---|" + "---:|" * len(t.columns)]
-        for r in t.rows:
-            label = f"{r.strategy} (quoted, {r.source})" if r.source else r.strategy
-            lines.append(f"| {printable(label)} | {printable(r.model)} | " + " | ".join(c.text for c in r.cells) + " |")
-        lines.append("")
-        for note in [*t.notes, *(source_note(s) for s in sorted({r.source for r in t.rows if r.source}))]:
-            lines += [note, ""]
-    return "\n".join(lines)
+    """Every table as Markdown (:func:`table_markdown`) under one title."""
+    return "\n".join(["# pefs report: tables in the papers' form", ""] + [x for t in tables for x in table_markdown(t)])
 
 
 CSV_COLUMNS = ("layout", "table", "strategy", "model", "column", "shown", "mean_pct", "ci95_pct", "n", "quoted_from")
