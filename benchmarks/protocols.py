@@ -145,6 +145,10 @@ def sweeps(args: Any, fewshot: Path, vtab: Path) -> list[dict[str, Any]]:
     ]
 
 
+def _same(settings: dict[str, Any]) -> str:
+    return json.dumps(settings, sort_keys=True, default=str)
+
+
 def run_sweep(settings: dict[str, Any]) -> dict[str, Any]:
     """One sweep (what ``pefs sweep`` runs for these settings): its cells, seconds and load around it."""
     from pefs.sweep.run import plan, run_sweep, spec_from_settings
@@ -207,7 +211,10 @@ def render(data: dict[str, Any]) -> str:
              "- Split files and their SHA-256 (first 12 hex digits), as every record names them:",
              *_split_files(rows["vtab"] + rows["episodic"]), "",
              "| strategies | protocol | training | cells | wall s | load average (1/5/15 min) start → end |",
-             "|---|---|---|---:|---:|---|", *(_sweep_line(s) for s in data["sweeps"]), ""]
+             "|---|---|---|---:|---:|---|", *(_sweep_line(s) for s in data["sweeps"]), "",
+             *(f"Measured by an earlier command (the store kept its cells; a rerun resumes them), at commit "
+               f"`{s['git_commit']}`, {s['measured_at']}: {_sweep_line(s).split(' | ')[0].lstrip('| ')}.\n"
+               for s in data["sweeps"] if s.get("git_commit"))]
     for layout, what in (("vtab", "The VTAB-style task"), ("episodic", "Base/novel episodes")):
         lines += [f"## {what}", "", f"`pefs report --store {stores[layout]}` writes this table (paper.md):", ""]
         for t in paper_tables(rows[layout], layout):
@@ -242,9 +249,19 @@ def main(argv: list[str] | None = None) -> int:
     data: dict[str, Any] = {**provenance(__file__, argv), "settings": {k: str(v) if isinstance(v, Path) else v
                                                                       for k, v in vars(args).items()},
                             "load_start": load(), "sweeps": []}
+    # a rerun resumes the stores: a sweep it finds finished keeps the entry of the run that measured it
+    earlier = json.loads(args.json.read_text()) if args.json.exists() else {}
+    measured = {_same(s["settings"]): s for s in earlier.get("sweeps", [])}
     for settings in sweeps(args, fewshot, vtab):
-        data["sweeps"].append(run_sweep(settings))
+        result = run_sweep(settings)
+        kept = measured.get(_same(result["settings"])) if result["ran"] == 0 else None
+        if kept:
+            kept = {"git_commit": earlier.get("git_commit"), "measured_at": earlier.get("measured_at"), **kept}
+            data["commands_run"] = earlier.get("commands_run") or [earlier["command"]]
+        data["sweeps"].append(kept or result)
         args.json.write_text(json.dumps(data, indent=1, default=str) + "\n")
+    if "commands_run" in data:
+        data["commands_run"].append(data["command"])
     data.update(machine=machine(), load_end=load())
     args.json.write_text(json.dumps(data, indent=1, default=str) + "\n")
     if args.json == HERE / "protocols.json":
