@@ -53,16 +53,16 @@ Fashion-MNIST (Debian's `dataset-fashion-mnist`) written in each benchmark's own
 
 - **Base/novel episodes** (`fewshot:` layout, `base/<class>/` and `novel/<class>/`): half the classes are base
   classes, the other half novel; every episode is drawn from the novel classes only (the base classes are the
-  dataset's `base` split, for pretraining, and never sampled). Five-way one- and five-shot episodes; the linear
-  probe runs many more episodes than the strategy that trains inside the backbone (BitFit, `bias`), because each
-  of its episodes costs far less on two CPU cores shared with other jobs.
+  dataset's `base` split, for pretraining, and never sampled). Five-way one- and five-shot episodes of the
+  linear probe and of a strategy that trains inside the backbone (BitFit, `bias`); each cell gives its episode
+  count.
 - **VTAB-style task** (`vtab1k:` layout, train800 / val200 / train800val200 / test split files): each strategy is
   trained on all of train800val200 (every class has the same count, so K = that count takes every image) and
   scored once on test, over a few seeds. With every training image taken, seeds change only the training order
   and initialisation; the linear probe (logistic regression fitted to convergence) is deterministic on a fixed
-  set, so its seeds can agree exactly
-  (an interval of zero width). The task is not one of VTAB-1k's nineteen, so the table lists it apart
-  and computes no VTAB-1k group or overall mean; `--published` rows are only for the nineteen real tasks.
+  set, so its seeds can agree exactly (an interval of zero width). The task is not one of VTAB-1k's nineteen,
+  so the table lists it apart and computes no VTAB-1k group or overall mean; `--published` rows are only for the
+  nineteen real tasks.
 
 The backbone is the embedded offline EfficientNet-Lite0 at a small image size, not a ViT-B/16: these numbers say
 what the protocols and tables do on this machine, not how the strategies compare at the scale papers report.
