@@ -4,6 +4,7 @@
     .venv/bin/python -m benchmarks.episodic --episodes 5              # a quick look, printed
     .venv/bin/python -m benchmarks.episodic --render                  # the table of benchmarks/episodic.json
     .venv/bin/python -m benchmarks.episodic --render X.json --out X.md   # an earlier run's data, into its page
+    .venv/bin/python -m benchmarks.episodic --add --only DN4 --out benchmarks/episodic.md  # rows added to the data
 
 Every row is one ``pefs.protocols.run.tune`` run (what ``pefs tune --ways 5 --shots K --episodes E`` runs); the
 script only chooses the settings, times nothing itself and copies mean, CI and seconds per episode from the
@@ -57,6 +58,10 @@ def rows(fast_epochs: dict[int, int]) -> list[Row]:
            Row("prototype (ProtoNet)", "linear", "prototype", False, {1: 0, 5: 0}),
            Row("last-k (k=2)", "last-k", "linear-proto", True, fast_epochs),
            Row("LoRA (r=8)", "lora", "linear-proto", False, fast_epochs)]
+    out += [Row("Matching Networks (no FCE)", "linear", "matching", True, {1: 0, 5: 0}),
+            Row("DN4 (k=3)", "linear", "dn4", True, {1: 0, 5: 0}),
+            Row("BD-CSPN (transductive)", "linear", "bd-cspn", True, {1: 0, 5: 0}),
+            Row("TIM-GD (transductive)", "linear", "tim", True, {1: 0, 5: 0})]
     if "vpt" in STRATEGIES:
         out.append(Row("VPT pixel prompt", "vpt", "linear-proto", False, fast_epochs, {"mode": "pixel"}))
     elif "adapter" in STRATEGIES:
@@ -87,7 +92,7 @@ def render(data: dict[str, Any]) -> str:
     ways = data["settings"]["ways"]
     lines = ["| setting | strategy | head | features | epochs | trainable params | accuracy % (± 95% CI) "
              "| s / episode | run wall s |", "|---|---|---|---|---:|---:|---|---:|---:|"]
-    for r in data["rows"]:
+    for r in (r for r in data["rows"] if "added" not in r):
         rec = r["record"]
         feats = "cached" if rec["cached"] else "uncached"
         acc = mean_ci(rec["accuracies"]).scaled(100)  # t interval, whatever interval the record stored
@@ -99,7 +104,61 @@ def render(data: dict[str, Any]) -> str:
     return "\n".join(lines) + (f"\n\nPython {m['python']}, torch {m['torch']}, {m['threads']} threads, "
                                f"{m['cpus']} CPUs; load average {load_text(data['load'])} at the start, "
                                f"{load_text(data.get('load_end'))} at the end.\n\n"
-                               f"Command: `{data['command']}` at commit `{data.get('git_commit', 'not recorded')}`.\n")
+                               f"Command: `{data['command']}` at commit `{data.get('git_commit', 'not recorded')}`.\n"
+                               + ("\n".join(render_added(data)) if data.get("added") else ""))
+
+
+def _pm(summary: Any) -> str:
+    return f"{summary.mean:.2f}" + (" (one episode, no CI)" if summary.half_width is None
+                                    else f" ± {summary.half_width:.2f}")
+
+
+def render_added(data: dict[str, Any]) -> list[str]:
+    """The table of rows added later (``--add``), each beside the cached prototype row of the main table on the
+    same episodes (its first N: episodes are drawn in sequence from the seed) and their paired difference; then
+    each addition's machine, load, command and commit."""
+    from pefs.results.stats import mean_ci, paired_diff
+
+    ways = data["settings"]["ways"]
+    proto = {r["shots"]: r["record"]["accuracies"] for r in data["rows"]
+             if "added" not in r and r["head"] == "prototype" and r["record"]["cached"]}
+    lines = ["", "Rows added later, by the additions listed under this table. \"prototype\" is the cached prototype "
+             "row above on the same episodes (its first N; episodes are drawn in sequence from the seed), "
+             "\"difference\" the paired difference from it, per episode (t 95% CI).", "",
+             "| setting | strategy | head | features | episodes | trainable params | accuracy % (± 95% CI) "
+             "| prototype, same episodes | difference (paired) | s / episode | run wall s | addition |",
+             "|---|---|---|---|---:|---:|---|---|---|---:|---:|---:|"]
+    for r in (r for r in data["rows"] if "added" in r):
+        rec, n = r["record"], len(r["record"]["accuracies"])
+        ref = proto[r["shots"]][:n]
+        feats = "cached" if rec["cached"] else "uncached"
+        lines.append(f"| {ways}-way {r['shots']}-shot | {r['label']} | {r['head']} | {feats} | {n} "
+                     f"| {rec['params']['trainable']:,} | {_pm(mean_ci(rec['accuracies']).scaled(100))} "
+                     f"| {_pm(mean_ci(ref).scaled(100))} | {_pm(paired_diff(rec['accuracies'], ref).scaled(100))} "
+                     f"| {rec['seconds_per_task']:.3f} | {rec['wall_s']:.1f} | {r['added'] + 1} |")
+    lines.append("")
+    for i, a in enumerate(data["added"]):
+        m = a["machine"]
+        lines.append(f"Addition {i + 1}: Python {m['python']}, torch {m['torch']}, {m['threads']} threads, "
+                     f"{m['cpus']} CPUs; load average {load_text(a['load'])} at the start, "
+                     f"{load_text(a.get('load_end'))} at the end. Command: `{a['command']}` at commit "
+                     f"`{a.get('git_commit', 'not recorded')}`, {a.get('measured_at', 'date not recorded')}.")
+        lines.append("")
+    return lines
+
+
+def _check_addition(data: dict[str, Any], args: argparse.Namespace) -> None:
+    """An addition must draw the main table's episodes: same ways, queries, image size and seed, and no more
+    episodes than it has (the paired comparison reads the prototype row's first N)."""
+    main = data["settings"]
+    for key in ("ways", "queries", "img_size", "seed"):
+        if getattr(args, key) != main[key]:
+            sys.exit(f"--add: {key}={getattr(args, key)} differs from the data's {key}={main[key]}; an addition "
+                     "must draw the same episodes")
+    if args.episodes > main["episodes"]:
+        sys.exit(f"--add: --episodes {args.episodes} exceeds the data's {main['episodes']}")
+    if not args.only:
+        sys.exit("--add needs --only: the rows to add")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -116,6 +175,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", default="-", help="write the table here ('-' prints it)")
     p.add_argument("--json", help="write the raw data here: settings, machine, load, every row's full result "
                                   "record (default: beside --out, .json)")
+    p.add_argument("--add", action="store_true",
+                   help="run the --only rows and add them to the data (--json, default beside --out) as a later "
+                        "addition with its own command, commit, machine and load; the rows there are kept")
     args = p.parse_args(argv)
     data_path = render_source(args, Path(__file__).with_suffix(".json"))
     if data_path is not None:
@@ -125,18 +187,28 @@ def main(argv: list[str] | None = None) -> int:
     e1, e5 = (int(v) for v in args.fast_epochs.split(","))
     shots = [int(s) for s in args.shots.split(",")]
     data: dict[str, Any] = {**provenance(__file__, argv), "settings": vars(args), "load": load(), "rows": []}
+    addition = None
+    if args.add:
+        addition, data = data, json.loads(Path(args.json).read_text())
+        _check_addition(data, args)
+        del addition["rows"]
+        data.setdefault("added", [])
     for row in rows({1: e1, 5: e5}):
         if args.only and row.label.split(" ")[0] not in args.only.split(","):
             continue
         for k in shots:
             r = run(row, k, args)
             data["rows"].append({"label": row.label, "strategy": row.strategy, "head": row.head, "shots": k,
-                                 "epochs": r["epochs"], "process_s": r["process_s"], "record": r["rec"]})
+                                 "epochs": r["epochs"], "process_s": r["process_s"], "record": r["rec"],
+                                 **({"added": len(data["added"])} if addition is not None else {})})
             print(f"{row.label} {'cached' if r['rec']['cached'] else 'uncached'} {k}-shot: "
                   f"{100 * r['rec']['accuracy_mean']:.2f} ± {100 * r['rec']['accuracy_ci95']:.2f} "
                   f"({r['rec']['seconds_per_task']:.3f} s/episode)", file=sys.stderr, flush=True)
-    data["machine"] = machine()
-    data["load_end"] = load()
+    target = addition if addition is not None else data
+    target["machine"] = machine()
+    target["load_end"] = load()
+    if addition is not None:
+        data["added"].append(addition)
     if args.json:
         with open(args.json, "w") as f:
             json.dump(data, f, indent=1, default=str)

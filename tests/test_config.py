@@ -26,7 +26,7 @@ def test_head_names_are_the_registry_and_each_names_its_class():
 
     assert choices(TuneConfig, "head") == tuple(HEADS)
     assert all(head_class(name).name == name for name in HEADS)
-    with pytest.raises(PefsError, match="unknown head 'knn'; valid choices: linear, linear-proto"):
+    with pytest.raises(PefsError, match="unknown head 'knn'; valid choices: bd-cspn, dn4, linear, linear-proto"):
         TuneConfig(head="knn").validate()
 
 

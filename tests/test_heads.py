@@ -85,8 +85,8 @@ def test_prototypes_need_every_class():
 
 
 def test_unknown_head():
-    with pytest.raises(PefsError, match="unknown head 'knn'; valid choices: linear, linear-proto, logistic, "
-                                        "patch-match"):
+    with pytest.raises(PefsError, match="^unknown head 'knn'; valid choices: bd-cspn, dn4, linear, linear-proto, "
+                                        "logistic, matching, patch-match, prototype, tim$"):
         heads.build("knn")
 
 

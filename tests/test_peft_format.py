@@ -33,6 +33,7 @@ def base(kind: str = "vit") -> torch.nn.Module:
     ("vit", "lora", {"r": 4}),
     ("dinov2-reg", "lora", {}),
     ("vit", "peft:loha", {"r": 2}),
+    ("vit", "adalora", {"init_r": 4, "target_r": 2}),
     ("resnet", "lora", {"r": 2}),
 ])
 def test_peft_loads_a_pefs_adapter_with_the_same_logits(kind, spec, options, tmp_path):
@@ -50,6 +51,30 @@ def test_peft_loads_a_pefs_adapter_with_the_same_logits(kind, spec, options, tmp
     with torch.no_grad():
         got = loaded(pixel_values=x).logits
     torch.testing.assert_close(got, expected, atol=1e-5, rtol=1e-5)
+
+
+def test_a_trained_adalora_exports_its_kept_ranks_and_peft_loads_the_same_logits(tmp_path):
+    """After AdaLoRA prunes ranks, the peft adapter records the kept ranks under peft's layer names (rank_pattern)
+    and peft loads it, resized to them, with the same logits."""
+    import peft
+
+    from pefs.config import TrainConfig
+    from pefs.runtime import engine
+
+    model = wrap(base(), "adalora", num_classes=3, init_r=4, target_r=2)
+    x = images(12)
+    engine.fit(model, x, torch.arange(12) % 3, TrainConfig(steps=6, batch_size=4, progress=False, cache_features=False))
+    model.eval()
+    with torch.no_grad():
+        expected = model(x)
+    save_peft_adapter(model, tmp_path / "adapter")
+    pattern = json.loads((tmp_path / "adapter" / "adapter_config.json").read_text())["rank_pattern"]
+    kept = model.strategies[0].ranks(model.backbone)
+    assert {k.removesuffix(".lora_E"): sum(v) for k, v in pattern.items()} == {
+        k.removeprefix("hf."): r for k, r in kept.items()}
+    loaded = peft.PeftModel.from_pretrained(base(), str(tmp_path / "adapter")).eval()
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(pixel_values=x).logits, expected, atol=1e-5, rtol=1e-5)
 
 
 def test_a_peft_lora_directory_loads_back_into_pefs(tmp_path):

@@ -205,6 +205,32 @@ def test_episodic_short_run_rerenders_from_its_data(tmp_path):
     assert again.read_text() == md
 
 
+def test_episodic_addition_keeps_the_rows_and_compares_on_the_same_episodes(tmp_path):
+    """episodic.py --add runs the --only rows and adds them to the data with their own command and commit: the
+    rows already there are kept, the added row sits beside the prototype row's accuracy on the same episodes, the
+    page re-renders from the data; an addition that would draw other episodes (another --queries) is refused."""
+    import json
+
+    out, data = tmp_path / "episodic.md", tmp_path / "episodic.json"
+    common = ["--shots", "1", "--records", str(tmp_path / "records"), "--out", str(out)]
+    _run("episodic.py", ["--episodes", "2", "--only", "prototype", *common])
+    before = json.loads(data.read_text())["rows"]
+    _run("episodic.py", ["--add", "--episodes", "2", "--only", "BD-CSPN", *common])
+    after = json.loads(data.read_text())
+    assert after["rows"][:len(before)] == before and after["rows"][-1]["added"] == 0
+    proto = 100 * sum(before[0]["record"]["accuracies"]) / 2
+    md = out.read_text()
+    assert re.search(rf"\| 5-way 1-shot \| BD-CSPN \(transductive\) \| bd-cspn \| cached \| 2 \| 0 \| [\d.]+ ± [\d.]+ "
+                     rf"\| {proto:.2f} ± [\d.]+ \|", md) and "Addition 1: " in md and "--add" in md
+    _run("episodic.py", ["--render", str(data), "--out", str(tmp_path / "again.md")])
+    assert (tmp_path / "again.md").read_text() == md
+    env = subprocess_env(HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1")
+    r = subprocess.run([*_module("episodic.py"), "--add", "--queries", "10", "--only", "TIM-GD", *common], cwd=ROOT,
+                       capture_output=True, text=True, timeout=300, env=env)
+    assert r.returncode != 0 and "queries=10 differs from the data's queries=15" in r.stderr
+    assert json.loads(data.read_text()) == after
+
+
 def test_summary_table_refuses_a_store_with_a_cell_twice(tmp_path):
     """A rerun appended beside the old rows would be averaged with them: the table script refuses instead."""
     store = BENCH / "strategies" / "results.jsonl"

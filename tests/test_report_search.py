@@ -132,12 +132,13 @@ def test_3d_plot_artists_carry_the_store_numbers_and_escaped_names(tmp_path):
     fig = figure_3d(groups, "setting")
     ax = fig.axes[0]
     assert [t.get_text() for t in ax.get_xticklabels()] == ["1", "2"]
-    assert [t.get_text() for t in ax.get_yticklabels()] == ["linear · caf\\udce9 (10)", "lora · caf\\udce9 (500)"]
-    bars = {c.get_gid() for c in ax.collections}
-    assert bars == {"linear · caf\\udce9 (10) · 1-shot: 50.50%", "linear · caf\\udce9 (10) · 2-shot: 60.50%",
-                    "lora · caf\\udce9 (500) · 1-shot: 60.00%", "lora · caf\\udce9 (500) · 2-shot: 70.00%"}
+    points = {c.get_gid() for c in ax.collections if c.get_gid()}
+    assert points == {"linear · caf\\udce9 (10) · 1-shot: 50.50% ± 6.35",
+                      "linear · caf\\udce9 (10) · 2-shot: 60.50% ± 6.35",
+                      "lora · caf\\udce9 (500) · 1-shot: 60.00% ± 0.00",
+                      "lora · caf\\udce9 (500) · 2-shot: 70.00% ± 0.00"}
     low, high = ax.get_zlim()
-    assert low <= 50.5 and high >= 70.0  # every bar's top inside the z axis
+    assert low <= 50.5 - 6.35 and high >= 70.0  # every point and its interval inside the z axis
     files, _ = build_report(path, tmp_path / "rep")
     png = tmp_path / "rep" / "shots_params_accuracy_3d.png"
     assert png in files and png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and 20_000 < png.stat().st_size < 2e6

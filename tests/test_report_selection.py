@@ -9,7 +9,7 @@ import pytest
 
 from pefs.results.aggregate import aggregate, paired
 from pefs.results.report.markdown import markdown, write_csv
-from pefs.results.report.plots import bars_3d_data, shots_params_accuracy_3d
+from pefs.results.report.plots import figure_3d, points_3d_data, shots_params_accuracy_3d
 from pefs.results.stats import mean_ci
 
 
@@ -62,10 +62,24 @@ def test_csv_gets_chosen_columns_only_when_a_cell_searched(rows, tmp_path):
 
 
 def test_3d_plot_draws_every_cell(rows, tmp_path):
+    """The 3-D plot has one point per finished cell at its shots, trainable count and mean, with its interval."""
     groups = aggregate(rows)
-    shots, labels, bars = bars_3d_data(groups)
-    assert shots == [1, 5] and labels == ["linear · m (10)", "lora · m (500)"]  # fewest trainable first
-    assert bars == [(0, 0, pytest.approx(50.0)), (0, 1, pytest.approx(50.0)),
-                    (1, 0, pytest.approx(70.0)), (1, 1, pytest.approx(75.1))]
+    points, unknown = points_3d_data(groups)
+    assert unknown == 0
+    assert [(p.label, p.shots, p.trainable) for p in points] == [
+        ("linear · m (10)", 1, 10), ("linear · m (10)", 5, 10), ("lora · m (500)", 1, 500), ("lora · m (500)", 5, 500)]
+    assert [p.mean for p in points] == [pytest.approx(50.0), pytest.approx(70.0), pytest.approx(50.0),
+                                        pytest.approx(75.1)]
     path = shots_params_accuracy_3d(groups, tmp_path / "p.png", "setting")
     assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and path.stat().st_size > 20_000
+
+
+def test_3d_plot_puts_trainable_parameters_on_a_numeric_log_axis(rows):
+    """Trainable parameters are a numeric log10 axis (decade ticks, points at log10 of their count), not one
+    category per row: 10 and 500 parameters sit 1.70 decades apart."""
+    fig = figure_3d(aggregate(rows), "setting")
+    ax = fig.axes[0]
+    assert [t.get_text() for t in ax.get_yticklabels()] == ["10", "100", "1k"]
+    assert list(ax.get_yticks()) == [1.0, 2.0, 3.0]
+    ys = {c.get_gid().split(" · ")[0]: c._offsets3d[1][0] for c in ax.collections if c.get_gid()}
+    assert ys["linear"] == pytest.approx(1.0) and ys["lora"] == pytest.approx(2.69897, abs=1e-5)

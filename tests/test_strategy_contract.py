@@ -114,8 +114,8 @@ def test_merge_folds_what_can_fold_and_the_refusal_lists_the_mergeable_strategie
         model = wrap(tiny_backbone("vit"), spec, num_classes=3)
         model.merge()
         assert model.merged
-    with pytest.raises(PefsError, match=r"^cannot merge adapter: .*; mergeable ones: bias, full, last-k, linear, "
-                                        r"lora, norm, peft, ssf$"):
+    with pytest.raises(PefsError, match=r"^cannot merge adapter: .*; mergeable ones: adalora, bias, full, last-k, "
+                                        r"linear, lora, norm, peft, ssf$"):
         wrap(tiny_backbone("vit"), "adapter", num_classes=3).merge()
 
 

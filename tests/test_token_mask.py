@@ -88,11 +88,12 @@ def test_masked_views_of_a_vit_train(image_folder, tmp_path):
     assert rec["runs"][0]["support"] == 27 and rec["runs"][0]["steps"] > 0 and rec["accuracy_mean"] is not None
 
 
-def test_cnns_keep_pixel_masks_and_vits_refuse_token_masks_inside_a_training_trunk(image_folder, tmp_path):
+def test_cnns_keep_pixel_masks_and_vits_drop_tokens_inside_a_training_trunk(image_folder, tmp_path):
+    """A CNN's masked views are painted in pixels; a ViT tuned with LoRA drops tokens in its trunk (no refusal)."""
     base = {"pretrained": False, "img_size": 32, "data": str(image_folder), "views": 2, "mask_ratio": 0.5,
             "output": str(tmp_path), "train": TrainConfig(epochs=1, progress=False)}
     assert not TaskRunner(TuneConfig(model="efficientnet_lite0", **base), 3).token_masks
-    with pytest.raises(PefsError, match="drop patch tokens, which needs a frozen trunk.*'lora'"):
-        TaskRunner(TuneConfig(model="vit_tiny_patch16_224", strategy="lora", **base), 3)
-    with pytest.raises(PefsError, match="mask_mode must be one of random, block; got 'grid'"):
+    lora = TaskRunner(TuneConfig(model="vit_tiny_patch16_224", strategy="lora", **base), 3)
+    assert lora.token_masks and lora.tuned_masks and lora.level == 0
+    with pytest.raises(PefsError, match="mask_mode must be one of random, block, complementary; got 'grid'"):
         TuneConfig(mask_mode="grid", **base).validate()

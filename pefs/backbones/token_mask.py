@@ -5,13 +5,22 @@ kept patch tokens (with the class/register tokens) enter the transformer; the po
 that shorter sequence. Masks are random (each patch dropped independently of its place) or block-wise
 (BEiT-style rectangles of neighbouring patches), drawn from a seeded generator. CNNs keep pixel masking
 (:func:`pefs.data.views.mask_patches`).
+
+Two ways to run a masked view: :func:`masked_tokens` runs a timm ViT's pieces itself (a frozen trunk); and
+:func:`dropping` / :func:`run_kept` drop the tokens inside the model's own forward through a hook on the module
+that embeds the patches (its family says which), so any strategy's changes to the blocks run and train on the
+shorter sequence (timm and ``transformers`` ViTs). :func:`view_masks` draws the masks of a task's extra views,
+``complementary`` ones included (pairs of views that together cover the image).
 """
 
 from __future__ import annotations
 
+import contextlib
 import math
+from collections.abc import Callable, Iterator
 
 import torch
+from torch import nn
 
 from pefs.backbones.describe import Backbone
 from pefs.backbones.families import family_of
@@ -95,3 +104,110 @@ def pooled_views(bb: Backbone, views: torch.Tensor, ratio: float, mode: str, see
     out = [masked_pooled(bb, views[i:i + batch_size].to(device), keep[i:i + batch_size]).float().cpu()
            for i in range(0, len(views), batch_size)]
     return torch.cat(out) if out else views.new_zeros(0, bb.width)
+
+
+# --- token dropping inside the model's own forward (tuned trunks; timm and transformers ViTs) ---------------------
+
+#: every mask mode a view may use: ``complementary`` pairs two views whose kept patches partition the grid
+VIEW_MASK_MODES = (*MASK_MODES, "complementary")
+
+
+def drop_site(bb: Backbone) -> nn.Module | None:
+    """The module whose output is the token sequence (prefix tokens + every patch token, position embeddings
+    added) that the blocks then take, or None when pefs does not know one for this backbone. The family says
+    where it is (timm ViT: ``patch_drop``; ``transformers`` encoders: their ``embeddings``)."""
+    if bb.tokens is None:
+        return None
+    family = family_of(bb)
+    if family is not None:
+        return family.token_drop_site(bb.model)
+    own = getattr(bb.model, "token_drop_site", None)  # a model that describes itself (transformers encoders)
+    return own() if callable(own) else None
+
+
+def drops_tokens(bb: Backbone) -> bool:
+    """True when masked views of ``bb`` can drop patch tokens inside its own forward (any strategy, tuned or not)."""
+    return drop_site(bb) is not None
+
+
+def token_grid(bb: Backbone, size: tuple[int, int]) -> tuple[int, int]:
+    """Patch grid (rows, columns) of ``bb`` on images of ``size`` (height, width), from its token layout."""
+    if bb.tokens is None:
+        raise PefsError(f"{bb.name} has no token layout, so it has no patch grid")
+    ph, pw = bb.tokens.patch_size
+    return size[0] // ph, size[1] // pw
+
+
+def view_masks(n_images: int, n_views: int, grid: tuple[int, int], ratio: float, mode: str,
+               generator: torch.Generator) -> torch.Tensor:
+    """Which patches each extra view keeps: bool (n_views * n_images, patches), view-major (as
+    :func:`pefs.data.views.extra_views` orders views). ``random`` / ``block``: :func:`keep_indices` for every
+    view; ``complementary``: views come in pairs, the second keeping exactly the patches the first drops."""
+    n = grid[0] * grid[1]
+    if mode != "complementary":
+        keep = keep_indices(n_views * n_images, grid, ratio, mode, generator)
+        return torch.zeros(len(keep), n, dtype=torch.bool).scatter_(1, keep, True)
+    if n_views % 2:
+        raise PefsError(f"complementary masks come in pairs; {n_views} extra views is odd: set views to 1 + an "
+                        "even number (3, 5, ...)")
+    if min(round(ratio * n), n - 1) < 1:
+        raise PefsError(f"complementary masks at mask_ratio={ratio} drop no patch of the {grid[0]}x{grid[1]} grid, "
+                        f"so the second view would keep none; use a mask_ratio of at least {0.5 / n:.3g}")
+    out = []
+    for _ in range(n_views // 2):
+        first = view_masks(n_images, 1, grid, ratio, "random", generator)
+        out += [first, ~first]
+    return torch.cat(out)
+
+
+@contextlib.contextmanager
+def dropping(bb: Backbone, keep: torch.Tensor, patches: int) -> Iterator[None]:
+    """Within the block, every forward of ``bb`` keeps only the ``keep`` (B, kept) patch tokens (sorted
+    indices into ``patches`` patch tokens) with the prefix tokens: dropped after the position embeddings are
+    added, before the blocks (as the MAE encoder), so a tuned trunk trains on the shorter sequence."""
+    site = drop_site(bb)
+    if site is None:
+        raise PefsError(f"{bb.name} ({bb.family}) has no known place to drop patch tokens; token masks need a timm "
+                        "VisionTransformer or a transformers ViT / DeiT / DINOv2 / CLIP encoder")
+    prefix = bb.tokens.num_prefix  # type: ignore[union-attr]
+
+    def hook(_module: nn.Module, _args: tuple, t: torch.Tensor) -> torch.Tensor:
+        if not isinstance(t, torch.Tensor) or t.ndim != 3 or t.shape[1] - prefix != patches \
+                or t.shape[0] != keep.shape[0]:
+            shape = tuple(t.shape) if isinstance(t, torch.Tensor) else type(t).__name__
+            raise PefsError(f"token masks drawn for {keep.shape[0]} images of {patches} patches do not fit the "
+                            f"tokens {shape} of {bb.name} ({prefix} prefix tokens)")
+        k = keep.to(t.device)[..., None].expand(-1, -1, t.shape[-1])
+        return torch.cat([t[:, :prefix], torch.gather(t[:, prefix:], 1, k)], dim=1)
+
+    handle = site.register_forward_hook(hook)
+    try:
+        yield
+    finally:
+        handle.remove()
+
+
+def run_kept(bb: Backbone, fn: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor,
+             keep: torch.Tensor | None) -> torch.Tensor:
+    """``fn(x)`` (a forward of ``bb``'s model on images ``x``) with each image keeping only the patches ``keep``
+    (bool (B, patches); None or all True: every token). Images keeping as many tokens run together, so a batch
+    may mix clean and masked views; the outputs come back in ``x``'s order (differentiable)."""
+    if keep is None:
+        return fn(x)
+    patches = keep.shape[1]
+    counts = keep.sum(dim=1)
+    if bool((counts == patches).all()):
+        return fn(x)
+    outs, rows = [], []
+    for c in counts.unique().tolist():
+        r = torch.nonzero(counts == c).flatten()
+        sub = x[r.to(x.device)]
+        if c == patches:
+            outs.append(fn(sub))
+        else:
+            idx = torch.nonzero(keep[r])[:, 1].view(len(r), int(c))  # row-major: each row's indices sorted
+            with dropping(bb, idx, patches):
+                outs.append(fn(sub))
+        rows.append(r)
+    out = torch.cat(outs)
+    return out[torch.cat(rows).argsort().to(out.device)]

@@ -14,7 +14,7 @@ import threading
 from collections.abc import Sequence
 from typing import Protocol
 
-from pefs.cli import export, models, predict, report, strategies, sweep, tune
+from pefs.cli import explain, export, models, predict, report, strategies, sweep, tune
 from pefs.cli.flags import EPILOG
 from pefs.errors import PefsError
 
@@ -32,6 +32,7 @@ class Command(Protocol):
 COMMANDS: dict[str, Command] = {
     "tune": tune, "models": models, "strategies": strategies, "sweep": sweep, "report": report,
     "predict": predict, "export": export}
+COMMANDS["explain"] = explain
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -1,4 +1,5 @@
-"""``pefs strategies``: list tuning strategies, the backbone kinds they support, and their options."""
+"""``pefs strategies``: list tuning strategies, the backbone kinds they support, and their options; then the
+classifier heads (``--head``)."""
 
 from __future__ import annotations
 
@@ -12,7 +13,8 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
 
 
 def run(a: argparse.Namespace) -> int:
-    """Print each strategy: name, summary, kinds and options."""
+    """Print each strategy: name, summary, kinds and options; then each head: name, summary, what it reads."""
+    from pefs.heads.registry import HEADS, head_class
     from pefs.strategies import list_strategies
 
     for name, cls in list_strategies().items():
@@ -21,4 +23,9 @@ def run(a: argparse.Namespace) -> int:
         print(f"{name:12s} {cls.summary} [{kinds}]")
         if opts:
             print(" " * 13 + "options: " + ", ".join(f"{k}={v!r}" for k, v in opts.items()))
+    print("\nheads (--head):")
+    for name in HEADS:
+        head = head_class(name)
+        mark = ", transductive: reads the task's queries together" if head.transductive else ""
+        print(f"{name:12s} {head.summary} [reads {head.reads}{mark}]")
     return 0

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import shlex
 
 from pefs.cli.flags import EPILOG, add_tune_args, config_from_args
@@ -23,9 +24,14 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
 def run(a: argparse.Namespace) -> int:
     """Run the tune ``a`` describes and print its summary: accuracy, parameters, time, the record's path."""
     from pefs.protocols.run import tune
+    from pefs.runtime.distributed import is_main
 
     cfg = config_from_args(a)
+    if not is_main():  # a multi-process --final: the main process shows progress and prints the summary, once
+        cfg = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, progress=False))
     rec = tune(cfg)
+    if not is_main():
+        return 0
     unit = "episodes" if rec["protocol"] == "episodic" else "seeds"
     what = f"{cfg.ways}-way {cfg.shots}-shot" if cfg.ways else f"{cfg.shots}-shot"
     if rec.get("final"):

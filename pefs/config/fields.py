@@ -52,6 +52,8 @@ def choices(cls: type, name: str) -> tuple[str, ...] | None:
         module, _, attr = where.partition(":")
         return tuple(getattr(importlib.import_module(module), attr))
     hint = field_types(cls)[name]
+    if typing.get_origin(hint) in (typing.Union, types.UnionType):  # an optional choice: its Literal's values
+        hint = next(a for a in typing.get_args(hint) if a is not type(None))
     return typing.get_args(hint) if typing.get_origin(hint) is typing.Literal else None
 
 

@@ -185,9 +185,14 @@ class TuneConfig:
     mask_ratio: float = setting(0.0, "extra views have this fraction of patches masked: a ViT drops the masked "
                                 "patch tokens before its blocks (as the MAE encoder); a CNN sees them painted out")
     mask_patch: int = setting(16, "side of a masked patch in pixels (pixel masking; a ViT masks its own patches)")
-    mask_mode: Literal["random", "block"] = setting(
-        "random", "which patches a ViT's masked view drops: random, or block-wise rectangles of neighbours",
+    mask_mode: Literal["random", "block", "complementary"] = setting(
+        "random", "which patches a ViT's masked view drops: random, block-wise rectangles of neighbours, or "
+        "complementary pairs of views whose kept patches partition the image (views = 1 + an even number)",
         added_later=True)
+    query_views: int = setting(1, "score each query image as the mean of its scores over this many views: the "
+                               "clean one and query_views - 1 masked like the support's extra views (--mask-ratio, "
+                               "--mask-mode; no augmentation); 1: the clean view only", metavar="M",
+                               added_later=True)
     train: TrainConfig = setting(help="training settings", cli=False, default_factory=TrainConfig)
     output: str = setting("runs", "folder for the JSON result record", neutral=True, metavar="DIR")
     save_adapter: str | None = setting(None, "save a model directory per seed here (DIR/seedN)", neutral=True,
@@ -197,6 +202,12 @@ class TuneConfig:
     max_image_pixels: int | None = setting(
         None, "refuse images larger than N pixels (default 89,478,485: a guard against decompression bombs); raise "
         "it for genuine large images", metavar="N", neutral=True, added_later=True)
+    track: Literal["tensorboard", "wandb", "mlflow", "csv"] | None = setting(
+        None, "log the run to an experiment tracker through Accelerate: its config, per-step loss and learning rate, "
+        "per-task accuracy and the record's summary (wandb offline unless WANDB_MODE says otherwise; mlflow to a "
+        "local store in the tracking folder)", neutral=True, added_later=True)
+    track_dir: str | None = setting(None, "folder of --track's logs (default: OUTPUT/tracking)", metavar="DIR",
+                                    neutral=True, added_later=True)
     feature_cache: str | None = setting(None, "on-disk store of frozen features shared by runs (default "
                                         "$PEFS_FEATURE_CACHE, else none); delete DIR to clear it", metavar="DIR",
                                         neutral=True)
@@ -229,6 +240,11 @@ class TuneConfig:
         if self.feature_cache is not None and not isinstance(self.feature_cache, str):
             raise PefsError(f"feature_cache must be a directory path, got {self.feature_cache!r}")
         check_views(self)
+        if self.track is not None:
+            check_choice(self, "track")
+        if self.track_dir is not None and (self.track is None or not isinstance(self.track_dir, str)):
+            raise PefsError(f"track_dir={self.track_dir!r} names where --track logs go; add --track "
+                            f"({', '.join(choices(TuneConfig, 'track') or ())}) or drop --track-dir")
         if self.max_image_pixels is not None:
             check_max_pixels(self.max_image_pixels)
         if self.head is not None and self.head not in choices(TuneConfig, "head"):
@@ -274,6 +290,14 @@ def check_views(cfg: TuneConfig) -> None:
                         "or masking (--mask-ratio in (0, 1))")
     if cfg.views == 1 and extra:
         raise PefsError("augmentation and masking make extra views; set views >= 2 (--views 4)")
+    if cfg.mask_mode == "complementary" and cfg.mask_ratio > 0 and (cfg.views - 1) % 2:
+        raise PefsError(f"complementary masks come in pairs of views; views={cfg.views} leaves an odd "
+                        f"{cfg.views - 1} extra: set views to 1 + an even number (3, 5)")
+    if isinstance(cfg.query_views, bool) or not isinstance(cfg.query_views, int) or cfg.query_views < 1:
+        raise PefsError(f"query_views must be a whole number >= 1, got {cfg.query_views!r}")
+    if cfg.mask_mode == "complementary" and cfg.mask_ratio > 0 and (cfg.query_views - 1) % 2:
+        raise PefsError(f"complementary masks come in pairs of views; query_views={cfg.query_views} leaves an odd "
+                        f"{cfg.query_views - 1} masked: set query_views to 1 + an even number (3, 5)")
 
 
 def check_auto(cfg: TuneConfig) -> None:

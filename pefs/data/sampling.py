@@ -48,16 +48,23 @@ def kshot_split(dataset: Dataset, shots: int, seed: int = 0, test_fraction: floa
     A dataset without a test split is first split per class, seeded, ``test_fraction`` held out,
     so no image can land in both sets. ``val_per_class`` > 0 also draws that many validation images per class
     from the train split outside the K shots (for choosing hyper-parameters, never the test split); the K shots
-    are the same whatever ``val_per_class`` is.
+    are the same whatever ``val_per_class`` is. A dataset with its own ``kshot(shots, seed)`` draw (a benchmark
+    that defines its K-shot subsets, e.g. CoOp's) gives the support indices itself.
     """
     rng = np.random.default_rng(seed)
     train, test = dataset.train, dataset.test
     if test is None:
         train_idx, test_idx = stratified_split(train.labels, test_fraction, seed=seed + 10_007)
         train, test = train.subset(train_idx), train.subset(test_idx)
-    _check_shots(shots, train.counts(), train.classes)
-    support = np.concatenate([rng.choice(np.flatnonzero(train.labels == c), shots, replace=False)
-                              for c in range(len(train.classes))])
+    own = getattr(dataset, "kshot", None)  # a benchmark that defines its K-shot subsets (CoOp) draws its own
+    if own is not None and train is dataset.train:
+        if not isinstance(shots, (int, np.integer)) or isinstance(shots, bool) or shots < 1:
+            raise PefsError(f"shots must be a whole number >= 1, got {shots!r}")
+        support = np.asarray(own(int(shots), int(seed)), dtype=int)
+    else:
+        _check_shots(shots, train.counts(), train.classes)
+        support = np.concatenate([rng.choice(np.flatnonzero(train.labels == c), shots, replace=False)
+                                  for c in range(len(train.classes))])
     split = FewShotSplit(train.subset(support), test, support, np.arange(len(test)))
     if val_per_class:
         split.val_index = validation_index(train, support, shots, val_per_class, seed)

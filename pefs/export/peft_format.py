@@ -68,6 +68,8 @@ def save_peft_adapter(model: PefsModel, directory: str | Path) -> Path:
     tuner = tuners[0]
     cfg = copy.deepcopy(tuner.peft_config)
     cfg.target_modules = sorted(n[len(prefix):] for n in tuner.target_names)
+    if getattr(cfg, "rank_pattern", None):  # AdaLoRA's kept ranks per layer, named as the layers are
+        cfg.rank_pattern = {k.removeprefix(prefix): v for k, v in cfg.rank_pattern.items()}
     cfg.modules_to_save = [head[len(prefix):]]
     cfg.base_model_name_or_path = model.backbone.name.removeprefix("hf:")
     cfg.revision = model.backbone.revision

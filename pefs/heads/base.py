@@ -29,6 +29,10 @@ class Head:
     uses_prototypes: ClassVar[bool] = False
     #: the head trains at ``head_lr`` times this
     head_lr_factor: ClassVar[float] = 1.0
+    #: True when ``classify`` reads the task's unlabelled queries together (transductive inference): the runner
+    #: then passes every query of a task in one call, and the record says the query set was used (its accuracy
+    #: is not comparable with an inductive head's, which scores each query on its own)
+    transductive: ClassVar[bool] = False
 
     def trains(self, frozen_prefix: bool) -> bool:
         """Whether the model must be fitted on the support set (a frozen trunk with a prototype head need not)."""
@@ -56,11 +60,24 @@ def as_linear(head: nn.Module) -> nn.Linear:
     return head
 
 
-def prototypes(features: torch.Tensor, labels: torch.Tensor, n_classes: int) -> torch.Tensor:
-    """Mean feature of each class (n_classes, D); every class must have at least one support example."""
+def class_counts(labels: torch.Tensor, n_classes: int) -> torch.Tensor:
+    """Support examples per class (n_classes,); a PefsError naming the classes that have none."""
     counts = torch.bincount(labels, minlength=n_classes)
     if (counts == 0).any():
         raise PefsError(f"classes {torch.nonzero(counts == 0).flatten().tolist()} have no support example")
+    return counts
+
+
+def check_pooled(head: str, support: torch.Tensor, query: torch.Tensor) -> None:
+    """A PefsError unless ``support`` and ``query`` are pooled features (N, D) of one width."""
+    if support.ndim != 2 or query.ndim != 2 or support.shape[1] != query.shape[1]:
+        raise PefsError(f"the {head} head needs pooled features (N, D) of one width; got support "
+                        f"{tuple(support.shape)}, query {tuple(query.shape)}")
+
+
+def prototypes(features: torch.Tensor, labels: torch.Tensor, n_classes: int) -> torch.Tensor:
+    """Mean feature of each class (n_classes, D); every class must have at least one support example."""
+    counts = class_counts(labels, n_classes)
     sums = torch.zeros(n_classes, features.shape[-1], dtype=features.dtype).index_add_(0, labels, features)
     return sums / counts[:, None].to(features.dtype)
 

@@ -27,11 +27,17 @@ class PatchMatchHead(PrototypeHead):
         return patch_match_scores(support, labels, query, n_classes)
 
 
-def match_score(sim: np.ndarray) -> float:
-    """Mean similarity of the best one-to-one assignment of rows (query patches) to columns (support patches)."""
+def assignment(sim: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The best one-to-one assignment (Hungarian) of rows (query patches) to columns (support patches) of a
+    similarity matrix: matched row and column indices (``pefs explain --support`` draws them)."""
     from scipy.optimize import linear_sum_assignment
 
-    rows, cols = linear_sum_assignment(sim, maximize=True)
+    return linear_sum_assignment(sim, maximize=True)
+
+
+def match_score(sim: np.ndarray) -> float:
+    """Mean similarity of the best one-to-one assignment of rows (query patches) to columns (support patches)."""
+    rows, cols = assignment(sim)
     return float(sim[rows, cols].sum() / sim.shape[0])
 
 

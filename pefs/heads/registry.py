@@ -18,6 +18,10 @@ HEADS: dict[str, str] = {
     "prototype": "pefs.heads.prototype:PrototypeHead",
     "patch-match": "pefs.heads.patch_match:PatchMatchHead",
     "logistic": "pefs.heads.logistic:LogisticHead",
+    "matching": "pefs.heads.matching:MatchingHead",
+    "dn4": "pefs.heads.dn4:DN4Head",
+    "bd-cspn": "pefs.heads.bd_cspn:BDCSPNHead",
+    "tim": "pefs.heads.tim:TIMHead",
 }
 
 

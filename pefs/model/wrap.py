@@ -98,6 +98,11 @@ class PefsModel(nn.Module):
             self._base_fingerprint = pefs_io.weights_fingerprint(self._base_params)
         return self._base_fingerprint
 
+    def base_weights(self) -> list[tuple[str, torch.Tensor]]:
+        """The frozen backbone weights the strategies were applied to, named as before any strategy (what
+        :attr:`base_fingerprint` hashes; after ``merge()`` they hold the merged values)."""
+        return list(self._base_params)
+
     def predict(self, images: Any, batch_size: int = 16, precision: str | None = None) -> Predictions:
         """Class names and probabilities for ``images`` (PIL images, paths, or an ImageSet), batch by batch;
         ``precision`` (auto, no, bf16, fp16) overrides the inference precision the model was tuned with."""

@@ -17,6 +17,7 @@ from pefs.config import head_of
 from pefs.errors import PefsError
 from pefs.heads.registry import HEADS, head_class
 from pefs.model import directory as pefs_io
+from pefs.runtime import distributed
 
 if TYPE_CHECKING:
     from pefs.config import TuneConfig
@@ -29,6 +30,7 @@ if TYPE_CHECKING:
 
 def check_final(cfg: TuneConfig) -> None:
     """Refuse, before any compute, a ``--final`` run that cannot give one usable model directory."""
+    distributed.check_launch(cfg.final)  # several processes split one --final fit, not K-shot seeds
     if cfg.save_adapter:
         pefs_io.check_writable_dir(cfg.save_adapter, "--final" if cfg.final else "--save-adapter")
     if not cfg.final:
@@ -74,16 +76,19 @@ def describe_model(model: PefsModel, cfg: TuneConfig, dataset: Dataset) -> None:
 
 def save_final(cfg: TuneConfig, runner: TaskRunner) -> Callable[[Task, TaskResult], None]:
     """After the final task: without a held-out split its accuracy is the training accuracy (recorded as such,
-    never as accuracy); then the model directory is saved."""
+    never as accuracy); then the model directory is saved, once (by the main process of a multi-process run)."""
     def after(task: Task, result: TaskResult) -> None:
         if not task.info["held_out"]:
             result.info["train_accuracy"], result.accuracy = result.accuracy, None
-        result.info["model_dir"] = str(runner.model.save(cfg.save_adapter))
+        result.info["model_dir"] = str(distributed.on_main(lambda: runner.model.save(cfg.save_adapter)))
     return after
 
 
 def final_summary(dataset: Dataset, run: ProtocolRun) -> dict[str, Any]:
-    """The record's extra fields for a final fit: where the model went, what it trained on and was scored on."""
+    """The record's extra fields for a final fit: where the model went, what it trained on and was scored on, and
+    (a multi-process launch only) over how many processes."""
     info = run.runs[0].info if run.runs else {}
+    processes = distributed.world_size()  # a data-parallel fit says over how many processes it split its batches
     return {"final": True, "model_dir": info.get("model_dir"), "trained_on": len(dataset.train),
-            "test_images": len(dataset.test) if info.get("held_out") else 0}
+            "test_images": len(dataset.test) if info.get("held_out") else 0,
+            **({"processes": processes} if processes > 1 else {})}

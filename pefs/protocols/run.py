@@ -26,13 +26,14 @@ from pefs.data.decoding import image_limit
 from pefs.data.fingerprint import data_fingerprint
 from pefs.data.sources import local_path
 from pefs.errors import PefsError
+from pefs.heads.registry import head_class
 from pefs.protocols.final import check_final, describe_model, final_summary, save_final
 from pefs.protocols.loop import Task, check_sampling, run_protocol
 from pefs.protocols.selection.auto import AutoSelector
 from pefs.protocols.selection.selector import Selector, search_space
 from pefs.results.records import Accuracy, DatasetInfo, Machine, ProtocolRun, RunRecord, TaskResult
 from pefs.results.stats import mean_ci
-from pefs.runtime import hardware
+from pefs.runtime import distributed, hardware, tracking
 from pefs.runtime.engine import NonFiniteLoss
 from pefs.runtime.memory import RunMemory
 from pefs.runtime.task import TaskRunner, build_model
@@ -95,6 +96,7 @@ def tune(cfg: TuneConfig) -> dict[str, Any]:
     if cfg.checkpoint:
         check_checkpoint_path(cfg.checkpoint)
     check_final(cfg)
+    tracking.check_tracker(cfg)
     with image_limit(cfg.max_image_pixels):
         return _tune(cfg)
 
@@ -107,36 +109,53 @@ def _tune(cfg: TuneConfig) -> dict[str, Any]:
     check_splits_disjoint(dataset)
     requested, cfg = cfg, resolve(cfg, dataset)
     n_classes = cfg.ways if cfg.protocol == "episodic" else len(dataset.classes)
-    selector = selection(cfg, n_classes)  # a bad search spec fails here, before any weights load
+    selector = selection(cfg, n_classes, dataset)  # a bad search spec fails here, before any weights load
     if selector is not None:
         selector.runners.describe = lambda r: describe_model(r.model, r.cfg, dataset)
     check_sampling(cfg, dataset, selector is not None)  # sampling errors before any weight loads
     runner = TaskRunner(cfg, n_classes) if selector is None else None
     if runner is not None:
         describe_model(runner.model, cfg, dataset)
-    run, diverged = run_protocol(cfg, dataset, runner, _after_each_task(cfg, runner), selector)
-    runner = selector.runner if selector is not None else runner
-    extra = {**memory.figures(), **(runner.cache_figures() if selector is None else {}),
-             **({"selection": selector.summary} if selector is not None else {}),
-             **(final_summary(dataset, run) if cfg.final else {}), **provenance(dataset)}
-    record = finish(cfg, dataset, run, runner, requested, extra)
+    with tracking.tracked(cfg, every_process=not (cfg.final and distributed.world_size() > 1)) as track:
+        run, diverged = run_protocol(cfg, dataset, runner, _after_each_task(cfg, runner, selector), selector, track)
+        runner = selector.runner if selector is not None else runner
+        extra = {**memory.figures(), **(runner.cache_figures() if selector is None else {}),
+                 **(runner.view_figures() if runner is not None else {}),
+                 **({"selection": selector.summary} if selector is not None else {}),
+                 **(final_summary(dataset, run) if cfg.final else {}), **provenance(dataset),
+                 **({"tracking": track.where()} if track is not None else {})}
+        record = finish(cfg, dataset, run, runner, requested, extra)
+        if track is not None:
+            track.summary(record)
     if diverged is not None:
         raise RunDiverged(diverged, record)
     return record
 
 
-def selection(cfg: TuneConfig, n_classes: int) -> Selector | None:
-    """What chooses each task's setting on validation data: ``--strategy auto``, ``--search``, or nothing."""
+def selection(cfg: TuneConfig, n_classes: int, dataset: Dataset | None = None) -> Selector | None:
+    """What chooses each task's setting on validation data: ``--strategy auto``, ``--search``, or nothing. A
+    benchmark with its own validation split (``dataset.select``: VTAB-1k's val200, CoOp's val) is searched on it."""
     if cfg.strategy == "auto":
         return AutoSelector(cfg, n_classes)
     space = search_space(cfg)
-    return Selector(cfg, n_classes, space) if space.axes else None
+    own = getattr(dataset, "select", None) is not None and cfg.protocol != "episodic"
+    own_val = f"{getattr(dataset, 'benchmark', '')}'s own validation split" if own else ""
+    return Selector(cfg, n_classes, space, own_val) if space.axes else None
 
 
-def _after_each_task(cfg: TuneConfig, runner: TaskRunner | None) -> Callable[[Task, TaskResult], None] | None:
-    """What follows each task: the final fit saves its model directory (K-shot seeds' ``--save-adapter`` is
-    :func:`pefs.protocols.loop.run_protocol`'s)."""
-    return save_final(cfg, runner) if cfg.final and runner is not None else None
+def _after_each_task(cfg: TuneConfig, runner: TaskRunner | None,
+                     selector: Selector | None = None) -> Callable[[Task, TaskResult], None] | None:
+    """What follows each task: the final fit saves its model directory, the chosen setting's with a search
+    (K-shot seeds' ``--save-adapter`` is :func:`pefs.protocols.loop.run_protocol`'s)."""
+    if not cfg.final or (runner is None and selector is None):
+        return None
+    if runner is not None:
+        return save_final(cfg, runner)
+
+    def after(task: Task, result: TaskResult) -> None:
+        if selector is not None and selector.runner is not None:  # the setting chosen for this task
+            save_final(cfg, selector.runner)(task, result)
+    return after
 
 
 def finish(cfg: TuneConfig, dataset: Dataset, run: ProtocolRun, runner: TaskRunner | None,
@@ -150,7 +169,7 @@ def finish(cfg: TuneConfig, dataset: Dataset, run: ProtocolRun, runner: TaskRunn
     summary = mean_ci(accs) if accs and run.status == "ok" else None
     params = runner.param_report() if runner is not None else None
     prints = run_fingerprints(cfg.data, cfg.checkpoint)
-    extra = dict(extra or {})
+    extra = {**dict(extra or {}), **query_use(cfg)}
     peak = extra.pop("peak_memory_mb")  # the run's own peak (RunMemory.figures(), which tune() passes)
     rec = RunRecord(
         config=(requested or cfg).to_dict(), resolved=cfg.to_dict(), config_hash=cfg.hash(), schema=SCHEMA_VERSION,
@@ -164,8 +183,23 @@ def finish(cfg: TuneConfig, dataset: Dataset, run: ProtocolRun, runner: TaskRunn
                         torch.get_num_threads(), cfg.train.inference_precision),  # what "auto" precision became
         fingerprints=prints, key=run_key(cfg, prints), finished_at=time.strftime("%Y-%m-%dT%H:%M:%S"),
         extra=extra)
-    rec.path = str(write_record(rec.to_dict(), cfg.output))
+    rec.path = distributed.on_main(lambda: str(write_record(rec.to_dict(), cfg.output)))  # one record per run
     return rec.to_dict()
+
+
+def query_use(cfg: TuneConfig) -> dict[str, Any]:
+    """``{"transductive": {...}}`` when a head the run uses or searches reads each task's unlabelled queries
+    together (its accuracy then uses the query set, and is not comparable with an inductive head's); nothing
+    otherwise, so every other record keeps its keys."""
+    names = [head_of(cfg)]
+    if "head" in cfg.search:
+        names += [v for a in search_space(cfg).axes if a.name == "head" for v in a.values]
+    used = sorted({n for n in names if head_class(n).transductive})
+    if not used:
+        return {}
+    return {"transductive": {"heads": used, "note": "transductive inference: the head classifies each task's "
+                             "queries together, using their unlabelled features (labels never), so one query's "
+                             "prediction depends on the others"}}
 
 
 def write_record(record: dict[str, Any], output: str | Path) -> Path:

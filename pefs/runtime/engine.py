@@ -24,9 +24,10 @@ from torch.utils.data import DataLoader, TensorDataset
 from tqdm.auto import tqdm
 
 from pefs.backbones.split import Stages, stages
+from pefs.backbones.token_mask import run_kept
 from pefs.config import TrainConfig
 from pefs.errors import PefsError
-from pefs.runtime import recipe
+from pefs.runtime import distributed, recipe
 from pefs.runtime.hardware import (
     accelerator,
     autocast,
@@ -48,6 +49,8 @@ class FitStats:
     final_loss: float = float("nan")
     cached: bool = False
     losses: list[float] = field(default_factory=list)
+    lrs: list[float] = field(default_factory=list)  #: the strategies' learning rate at each step
+    head_lrs: list[float] = field(default_factory=list)  #: the head's learning rate at each step
 
 
 def _channels_last(model: nn.Module) -> bool:
@@ -150,15 +153,25 @@ def no_grad_pass(model: nn.Module, cfg: TrainConfig, start: int,
 
 
 def outputs(model: nn.Module, x: torch.Tensor, cfg: TrainConfig, start: int = 0, stop: str | int = "logits",
-            desc: str = "forward") -> torch.Tensor:
+            desc: str = "forward", keep: torch.Tensor | None = None) -> torch.Tensor:
     """Run ``x`` (activations at level ``start``; 0 = images) to ``stop`` ("logits", "pooled", "tokens" or a
-    level) in eval mode, batch by batch; the result is a float32 CPU tensor."""
+    level) in eval mode, batch by batch; the result is a float32 CPU tensor. ``keep`` (bool (N, patches), images
+    only): the patch tokens each image keeps (:func:`pefs.backbones.token_mask.run_kept`)."""
     if level_of(model, stop) == start:
         return x.float()
+    _check_keep(keep, start, len(x))
     run = no_grad_pass(model, cfg, start, stop)
     b = cfg.eval_batch_size
-    out = [run(x[i:i + b]) for i in tqdm(range(0, len(x), b), desc=desc, disable=not cfg.progress, leave=False)]
+    out = [run_kept(model.backbone, run, x[i:i + b], None if keep is None else keep[i:i + b])
+           for i in tqdm(range(0, len(x), b), desc=desc, disable=not cfg.progress, leave=False)]
     return torch.cat(out) if out else torch.empty(0)
+
+
+def _check_keep(keep: torch.Tensor | None, start: int, n: int) -> None:
+    """Token masks act on images entering the model: refuse them with cached activations or the wrong count."""
+    if keep is not None and (start != 0 or len(keep) != n):
+        raise PefsError(f"token masks need images (level 0) and one mask per image; got level {start}, "
+                        f"{len(keep)} masks for {n} inputs")
 
 
 def strategy_lr(model: nn.Module, cfg: TrainConfig) -> float:
@@ -199,21 +212,27 @@ def grad_checkpointing(model: nn.Module, enabled: bool):
 
 
 def fit(model: nn.Module, x: torch.Tensor, y: torch.Tensor, cfg: TrainConfig, seed: int = 0,
-        start: int = 0) -> FitStats:
+        start: int = 0, keep: torch.Tensor | None = None) -> FitStats:
     """Train ``model`` (a PefsModel) on ``x`` (images, or activations at level ``start`` that the caller
     cached) with labels ``y``. A frozen prefix beyond ``start`` runs once here, then only the rest trains:
     AdamW (head at ``head_lr``), cosine schedule over every step, shuffled batches seeded by ``seed``; the
     recipe's opt-in parts (:mod:`pefs.runtime.recipe`: warmup, label smoothing, mixup / cutmix, EMA, layer
-    decay) where the config turns them on. The model
+    decay) where the config turns them on. ``keep`` (bool (N, patches)): the patch tokens each image keeps in
+    every step (MAE-style masked views through the tuned trunk; nothing is cached then). The model
     stays on the training device afterwards (the accelerator's); what it returns from :func:`outputs` is on the
     CPU."""
     cfg.validate()
     cfg = dataclasses.replace(cfg, lr=strategy_lr(model, cfg))  # the strategies' default when --lr is unset
     seed_everything(seed)
     stats = FitStats()
-    level = max(start, frozen_level(model, cfg))
+    _check_keep(keep, start, len(x))
+    level = start if keep is not None else max(start, frozen_level(model, cfg))
+    if keep is not None and recipe.mixes(cfg):
+        raise PefsError("mixup / cutmix blend two images, but masked views keep each image's own patch tokens: "
+                        "train masked views without --mixup / --cutmix")
     recipe.check_mixing(recipe.mixes(cfg), level)  # before any work: mixing needs images, and even batches
     recipe.check_even_batches(cfg, len(x))
+    distributed.check_batches(cfg.batch_size, len(x), even=recipe.mixes(cfg))  # processes share each batch
     if level > start:
         t0 = time.perf_counter()
         x = outputs(model, x, cfg, start, level, desc="frozen prefix")
@@ -226,7 +245,8 @@ def fit(model: nn.Module, x: torch.Tensor, y: torch.Tensor, cfg: TrainConfig, se
     t0 = time.perf_counter()
     with grad_checkpointing(model, cfg.grad_checkpointing):
         _train_mode(model, cfg)
-        _train_steps(model, trained, x, y, cfg, seed, cl, stats)
+        with distributed.data_parallel(trained) as trained:  # DDP under a multi-process launch, else itself
+            _train_steps(model, trained, x, y, cfg, seed, cl, stats, keep)
     stats.train_s = time.perf_counter() - t0
     stats.final_loss = stats.losses[-1] if stats.losses else float("nan")
     model.eval()
@@ -262,7 +282,7 @@ GPU_LOSS_EVERY = 16
 
 
 def _train_steps(model: nn.Module, trained: nn.Module, x: torch.Tensor, y: torch.Tensor, cfg: TrainConfig,
-                 seed: int, cl: bool, stats: FitStats) -> None:
+                 seed: int, cl: bool, stats: FitStats, keep: torch.Tensor | None = None) -> None:
     """The optimizer steps. A support set moves to the device once and batches are indexed there (the shuffled
     order is a seeded DataLoader's, so it repeats); losses are read in groups (:data:`GPU_LOSS_EVERY`)."""
     acc = accelerator()
@@ -278,6 +298,8 @@ def _train_steps(model: nn.Module, trained: nn.Module, x: torch.Tensor, y: torch
     mix = recipe.Mixing(cfg, model.num_classes) if recipe.mixes(cfg) else None
     ema = recipe.WeightAverage(model, cfg.ema) if cfg.ema else None
     order = _loader(torch.arange(len(x)), batch_size=cfg.batch_size, shuffle=True, seed=seed)
+    for s in model.strategies:
+        s.begin_fit(model.backbone, total)
     if x.numel() * x.element_size() <= SUPPORT_ON_DEVICE_BYTES:  # a support set: one copy, batches indexed there
         x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
     classes = y.shape[-1] if y.is_floating_point() and y.ndim == 2 else int(y.max()) + 1 if len(y) else 2
@@ -285,12 +307,17 @@ def _train_steps(model: nn.Module, trained: nn.Module, x: torch.Tensor, y: torch
     try:
         for epoch in range(math.ceil(total / per_epoch)):
             for (idx,) in itertools.islice(order, total - stats.steps):
+                idx, weight = distributed.share(idx)  # this process's part of the step's batch (all of it alone)
                 xb, yb = x[idx.to(x.device)], y[idx.to(y.device)]
                 xb, yb = xb.to(device, non_blocking=True), yb.to(device, non_blocking=True)
                 xb, yb = mix(xb, yb) if mix else (xb, yb)
+                kb = None if keep is None else keep[idx]
                 with autocast(device, precision):
-                    loss = recipe.loss(trained(_layout(xb, cl)).float(), yb, cfg)
-                losses.add(loss, epoch + 1)  # raises at a NaN/inf loss when it reads it
+                    out = run_kept(model.backbone, lambda h: trained(_layout(h, cl)), xb, kb).float()
+                    loss = recipe.loss(out, yb, cfg) * weight if len(yb) else out.sum() * 0.0  # an empty share
+                # a strategy's own loss term (AdaLoRA's penalty), whole on every process: DDP's average keeps it whole
+                loss = sum((r for s in model.strategies if (r := s.regularizer(model.backbone)) is not None), loss)
+                losses.add(distributed.mean(loss), epoch + 1)  # raises at a NaN/inf loss when it reads it
                 opt.zero_grad(set_to_none=True)
                 acc.backward(scaler.scale(loss))
                 try:
@@ -301,8 +328,12 @@ def _train_steps(model: nn.Module, trained: nn.Module, x: torch.Tensor, y: torch
                     raise NonFiniteLoss(stats.steps + 1, epoch + 1, float("inf"), cfg,
                                         f"the optimizer step overflowed at step {stats.steps + 1}") from e
                 scaler.update()
+                scale = sched.get_last_lr()[0] / opt.param_groups[0]["initial_lr"]  # this step's schedule factor
+                stats.lrs.append(cfg.lr * scale), stats.head_lrs.append(cfg.head_lr * scale)
                 sched.step()
                 stats.steps += 1
+                for s in model.strategies:
+                    s.after_step(model.backbone, stats.steps)
                 if ema:
                     ema.update(stats.steps)
         losses.read()

@@ -1,5 +1,6 @@
-"""Where a process's work runs and how: its Accelerator (the device), precision, the GPU settings of the fast and
-the exact (``deterministic``) modes, and how many processes decode images beside it."""
+"""Where a process's work runs and how: its Accelerator (the device), how many processes a launcher started and
+which one this is, precision, the GPU settings of the fast and the exact (``deterministic``) modes, and how many
+processes decode images beside it."""
 
 from __future__ import annotations
 
@@ -11,9 +12,41 @@ from typing import Any
 import torch
 
 from pefs.config import TrainConfig
+from pefs.errors import PefsError
 
 _ACCELERATORS: dict[str, Any] = {}
 
+#: the environment variables a launcher sets to the number of processes (torchrun / accelerate, MPI)
+WORLD_VARS = ("WORLD_SIZE", "PMI_SIZE", "OMPI_COMM_WORLD_SIZE")
+RANK_VARS = ("RANK", "PMI_RANK", "OMPI_COMM_WORLD_RANK")
+
+
+def _env_int(names: tuple[str, ...], default: int) -> int:
+    for name in names:
+        value = os.environ.get(name)
+        if value not in (None, ""):
+            try:
+                return int(value)
+            except ValueError:
+                raise PefsError(f"{name}={value!r} is not a whole number; a launcher (torchrun, accelerate "
+                                "launch) sets it") from None
+    return default
+
+
+def world_size() -> int:
+    """How many processes the launcher started (1 without a launcher), read from the environment: nothing is
+    started, so checks can ask before any weights load."""
+    return max(_env_int(WORLD_VARS, 1), 1)
+
+
+def rank() -> int:
+    """This process's index among :func:`world_size` processes (0 without a launcher)."""
+    return _env_int(RANK_VARS, 0) if world_size() > 1 else 0
+
+
+def is_main() -> bool:
+    """Whether this process writes what the run writes once (model directory, record, printed summary)."""
+    return rank() == 0
 
 
 def accelerator():
@@ -23,11 +56,17 @@ def accelerator():
 
     Models and batches are moved with ``.to(acc.device)`` rather than ``acc.prepare``: a few-shot task is a
     handful of batches, data-parallel wrapping only adds cost, and ``prepare``/``free_memory`` keep references
-    and run ``gc.collect()`` (benchmarks/speed.md times it)."""
+    and run ``gc.collect()`` (benchmarks/speed.md times it). The one exception is a run launched as several
+    processes to split one large task (:mod:`pefs.runtime.distributed`): there this Accelerator starts the
+    process group (gloo on CPUs: Accelerate ignores CPU ranks unless told ``cpu``) and wraps the trained module
+    in DDP."""
     from accelerate import Accelerator
+    from accelerate.utils import DistributedDataParallelKwargs
 
     if "acc" not in _ACCELERATORS:
-        _ACCELERATORS["acc"] = Accelerator()
+        cpu = world_size() > 1 and not torch.cuda.is_available()
+        ddp = DistributedDataParallelKwargs(static_graph=True)  # one forward graph per run: unused parameters OK
+        _ACCELERATORS["acc"] = Accelerator(cpu=cpu, kwargs_handlers=[ddp])
     return _ACCELERATORS["acc"]
 
 

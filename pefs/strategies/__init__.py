@@ -1,6 +1,7 @@
 """Tuning strategies: one module each, registered by name (see :mod:`pefs.strategies.registry`)."""
 
 from pefs.strategies import (  # noqa: F401  (registration side effects)
+    adalora,
     adapter,
     bias,
     full,

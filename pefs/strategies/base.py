@@ -6,8 +6,9 @@ A strategy mutates a freshly loaded :class:`~pefs.backbones.Backbone` in place: 
 (``pefs.model.wrap.wrap`` checks that and trains the head). It declares which leading blocks it leaves untouched
 (``frozen_blocks``: the engine caches their output), whether it reruns the blocks itself
 (``checkpointing_target``: where gradient checkpointing is switched on), whether it keeps the backbone's own
-architecture (``keeps_architecture``: then merging is trivially nothing), how it merges, and which base
-weights it relies on staying frozen (``frozen_base``). What strategies share lives in
+architecture (``keeps_architecture``: then merging is trivially nothing), how it merges, which base
+weights it relies on staying frozen (``frozen_base``), and what it does around each fit and step (``begin_fit``,
+``after_step``, ``regularizer``: AdaLoRA's rank schedule and penalty). What strategies share lives in
 :mod:`pefs.strategies.common`.
 """
 
@@ -20,6 +21,7 @@ import warnings
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
+import torch
 from torch import nn
 
 from pefs.backbones import Backbone
@@ -133,6 +135,19 @@ class Strategy:
     def checkpointing_target(self, bb: Backbone) -> nn.Module | None:
         """The module whose ``set_grad_checkpointing(bool)`` switches gradient checkpointing when this strategy
         reruns the blocks itself (VPT tokens, self-prompt); None: the backbone's own switch serves."""
+        return None
+
+    def begin_fit(self, bb: Backbone, total_steps: int) -> None:
+        """Called by the engine before a fit's first step with the optimizer steps it will take: a strategy whose
+        training follows its own schedule (AdaLoRA's rank budget) sets it here and forgets the last fit's state.
+        Default: nothing."""
+
+    def after_step(self, bb: Backbone, step: int) -> None:
+        """Called by the engine after each optimizer step (``step``: 1 first) with the gradients still in place
+        (AdaLoRA scores and prunes its ranks from them). Default: nothing."""
+
+    def regularizer(self, bb: Backbone) -> torch.Tensor | None:
+        """A term the engine adds to each step's training loss (AdaLoRA's orthogonality penalty); None: none."""
         return None
 
     def merge(self, bb: Backbone) -> None:

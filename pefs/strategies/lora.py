@@ -10,17 +10,22 @@ the rank divides its groups.
 ``use_dora=true``: DoRA (Liu et al. 2024, peft's ``use_dora``) splits each adapted weight into a magnitude per
 output channel (trained, initialised to the weight's column norms) and a direction that LoRA updates; on Linear
 and Conv2d targets alike, merged like LoRA.
+
+``quantize=4bit|8bit``: QLoRA, the base Linear weights held in k-bit by bitsandbytes (:mod:`pefs.strategies.kbit`;
+a CUDA GPU only, refused elsewhere before any model is built), evaluated unmerged.
 """
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
 from pefs.backbones import Backbone
 from pefs.errors import PefsError
 from pefs.strategies.base import StrategyConfig
 from pefs.strategies.common import default_targets
+from pefs.strategies.kbit import check_kbit, quantize_linears
 from pefs.strategies.peft_tuner import PeftTuner
 from pefs.strategies.registry import register
 
@@ -34,8 +39,11 @@ class LoraStrategyConfig(StrategyConfig):
     targets: tuple[str, ...] = ()
     #: DoRA (weight-decomposed LoRA): a trained magnitude per output channel beside the low-rank direction update
     use_dora: bool = False
+    #: QLoRA: hold the base Linear weights in 4bit (NF4) or 8bit through bitsandbytes (a CUDA GPU only)
+    quantize: Literal["none", "4bit", "8bit"] = "none"
 
     def validate(self, strategy: str) -> None:
+        check_kbit(self.quantize, strategy)
         if self.r < 1:
             raise PefsError(f"option r={self.r} of strategy {strategy!r} must be >= 1")
         if not 0 <= self.dropout < 1:
@@ -49,6 +57,28 @@ class Lora(PeftTuner):
                "convs (CNN)")
     config_class = LoraStrategyConfig
     peft_type = "LORA"
+
+    def __init__(self, config: StrategyConfig | None = None) -> None:
+        super().__init__(config)
+        if self.config.quantize != "none":  # type: ignore[attr-defined]
+            self.mergeable = False  # W + dW cannot be folded back into k-bit weights exactly
+
+    def check(self, bb: Backbone) -> None:
+        super().check(bb)
+        c: LoraStrategyConfig = self.config  # type: ignore[assignment]
+        if c.quantize != "none" and bb.kind != "transformer":
+            raise PefsError(f"quantize={c.quantize} holds Linear layers in k-bit (bitsandbytes quantises no "
+                            f"convolution); {bb.name} is a {bb.kind}: use lora without quantize")
+
+    def apply(self, bb: Backbone) -> None:
+        if self.config.quantize != "none":  # type: ignore[attr-defined]
+            quantize_linears(bb, self.config.quantize)  # type: ignore[attr-defined]
+        super().apply(bb)
+
+    def merged_view(self, bb: Backbone) -> contextlib.AbstractContextManager[None]:
+        if self.config.quantize != "none":  # type: ignore[attr-defined]
+            return contextlib.nullcontext()  # evaluated unmerged: merging would requantise the base weights
+        return super().merged_view(bb)
 
     def peft_config_for(self, bb: Backbone) -> tuple[Any, list[str]]:
         import peft

@@ -101,7 +101,8 @@ class PeftMethodStrategy(PeftTuner):
             raise PefsError("strategy 'peft' needs a method, as 'peft:<method>'; methods: " + ", ".join(METHODS))
         if method not in METHODS:
             raise unknown("peft method", str(method), METHODS,
-                          extra="use it as 'peft:<method>', e.g. 'peft:loha'; LoRA itself is the 'lora' strategy")
+                          extra="use it as 'peft:<method>', e.g. 'peft:loha'; LoRA itself is the 'lora' strategy, "
+                          "AdaLoRA the 'adalora' strategy")
         self.method = method
         self.name = f"peft:{method}"
         self.spec = METHODS[method]

@@ -44,13 +44,18 @@ class PeftTuner(Strategy):
     def prefix(self) -> str:
         return adapter_prefix(self.peft_type)
 
-    def apply(self, bb: Backbone) -> None:
+    def inject(self, cfg: Any, model: nn.Module) -> None:
+        """Put the tuner's layers into ``model`` (peft's ``inject_adapter_in_model``; a tuner that keeps state
+        beside its layers, AdaLoRA's rank allocator, keeps its tuner object)."""
         import peft
 
+        peft.inject_adapter_in_model(cfg, model)
+
+    def apply(self, bb: Backbone) -> None:
         cfg, names = self.peft_config_for(bb)
         before = {id(p): p.requires_grad for p in bb.model.parameters()}
         try:
-            peft.inject_adapter_in_model(cfg, bb.model)
+            self.inject(cfg, bb.model)
         except (ValueError, TypeError, NotImplementedError, RuntimeError, KeyError) as e:
             message = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
             raise PefsError(self.describe_refusal(bb, names, message)) from None

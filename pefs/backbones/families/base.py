@@ -62,6 +62,9 @@ class Family:
       features (None: the features are a (B, C, H, W) map or unknown).
     - :meth:`token_masks` — whether MAE-style token masking can run on ``model``; then :meth:`patch_grid`
       and :meth:`masked_tokens` do it.
+    - :meth:`token_drop_site` — the module whose output is the token sequence the blocks take (prefix + patch
+      tokens, position embeddings added), where masked views drop patch tokens inside the model's own forward
+      (None: not known).
     """
 
     name: str = ""
@@ -106,6 +109,9 @@ class Family:
 
     def masked_tokens(self, model: nn.Module, x: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
         raise PefsError(f"the {self.name} family cannot mask tokens")
+
+    def token_drop_site(self, model: nn.Module) -> nn.Module | None:
+        return None
 
     def __repr__(self) -> str:
         return f"<family {self.name}>"

@@ -102,6 +102,11 @@ class HFVisionModel(nn.Module):
         h = emb(x, interpolate_pos_encoding=True) if self.spec.interpolate else emb(x)
         return self._module(self.spec.pre_norm)(h)
 
+    def token_drop_site(self) -> nn.Module | None:
+        """The encoder's ``embeddings`` (class / distillation / register tokens + patch tokens, position embeddings
+        added), where masked views drop patch tokens; None for CNNs."""
+        return None if self.spec.cnn else self.base().embeddings
+
     def run_blocks(self, h: torch.Tensor) -> torch.Tensor:
         """Tokens through every block: the model's own ModuleList, or whatever a strategy put in its place."""
         container = self.base().get_submodule(self.spec.container)

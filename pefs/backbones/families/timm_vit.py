@@ -94,5 +94,14 @@ class TimmVit(Family):
         t = model.norm_pre(torch.cat([t[:, :prefix], patches], dim=1))
         return model.norm(model.blocks(t))
 
+    def token_drop_site(self, model: nn.Module) -> nn.Module | None:
+        """``patch_drop``: ``forward_features`` (and the stem pefs runs in pieces) calls it right after the
+        position embeddings, before ``norm_pre`` and the blocks, with gradient checkpointing too. Only a timm
+        ``VisionTransformer`` (whose forward is known to do so), without timm's own random patch dropout."""
+        site = getattr(model, "patch_drop", None)
+        if type(model).__name__ != "VisionTransformer" or not isinstance(site, nn.Identity):
+            return None
+        return site
+
 
 FAMILY = TimmVit()

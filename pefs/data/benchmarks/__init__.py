@@ -1,5 +1,6 @@
 """The field's benchmarks read from their community layouts under a local root: the registry of ``--data``
-spellings ``NAME:PATH`` (one module per benchmark family: :mod:`.vtab`, :mod:`.episodic`).
+spellings ``NAME:PATH`` (one module per benchmark family: :mod:`.vtab`, :mod:`.episodic`, :mod:`.coop`, :mod:`.bscd`,
+:mod:`.metadataset`).
 
 Importing this package registers every name with :func:`pefs.data.sources.load_dataset` (``pefs.data`` imports
 it), so ``--data vtab1k:/data/vtab-1k/caltech101`` works wherever a data spec does. The data fingerprint of a
@@ -16,7 +17,7 @@ from typing import Any, NamedTuple
 
 from pefs.config.identity import sha256_file, tree_digest
 from pefs.data import sources
-from pefs.data.benchmarks import episodic, vtab
+from pefs.data.benchmarks import bscd, coop, episodic, metadataset, vtab
 from pefs.data.benchmarks.common import BenchmarkDataset
 
 
@@ -37,6 +38,13 @@ BENCHMARKS: dict[str, Benchmark] = {
                               "miniimagenet:<root> (episodes from test.csv's classes)", episodic.MINI_LAYOUT),
     "fewshot": Benchmark(episodic.load_folders, lambda rest: [], "fewshot:<root> (episodes from novel/)",
                          episodic.FOLDER_LAYOUT),
+    "coop": Benchmark(coop.load, coop.split_files, "coop:<root>/<dataset> (CoOp's train / test, its K-shot draws)",
+                      coop.LAYOUT),
+    **{name: Benchmark(bscd.load, lambda rest, _n=name: bscd.split_files(_n, rest),
+                       f"{name}:<root> (BSCD-FSL; episodes, every class novel)", layout)
+       for name, (layout, _) in bscd.SETS.items()},
+    "metadataset": Benchmark(metadataset.load, lambda rest: [], "metadataset:<root>/<source> (episodes from test/)",
+                             metadataset.LAYOUT),
 }
 sources.SPEC_LOADERS.update({name: b.load for name, b in BENCHMARKS.items()})
 

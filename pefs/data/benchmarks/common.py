@@ -9,6 +9,7 @@ line) and what was expected.
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -32,6 +33,18 @@ class BenchmarkDataset(Dataset):
     split_files: dict[str, str] = field(default_factory=dict)
     #: which official split ``train`` and ``test`` are (e.g. {"train": "train800val200", "test": "test"})
     roles: dict[str, str] = field(default_factory=dict)
+    #: the benchmark's own K-shot draw, ``kshot(shots, seed)`` -> support indices into ``train`` (CoOp's), or None
+    #: for pefs' draw (:func:`pefs.data.kshot_split`)
+    kshot: Callable[[int, int], np.ndarray] | None = None
+    #: what a ``--search`` tunes and scores settings on, ``select(support, shots, seed)`` -> (the images each
+    #: setting trains on, None for the task's support; the validation images), from the benchmark's own
+    #: validation split (VTAB-1k's train800 / val200, CoOp's val), or None for pefs' held-out images
+    select: Callable[[ImageSet, int | None, int], tuple[ImageSet | None, ImageSet]] | None = None
+    #: every class is novel and the benchmark is scored on episodes only (BSCD-FSL, Meta-Dataset): K-shot runs
+    #: and ``--final`` are refused
+    episodic_only: bool = False
+    #: more the record says about the data (e.g. a Meta-Dataset source and its siblings)
+    extra: dict[str, Any] = field(default_factory=dict)
 
     def split(self, name: str) -> ImageSet:
         """The official split ``name`` (its own name, e.g. ``val200`` / ``base``, or a role: ``train``, ``test``)."""
@@ -50,7 +63,14 @@ class BenchmarkDataset(Dataset):
         """What a run record says about the data: benchmark, root, split files with their SHA-256, split sizes."""
         return {"benchmark": self.benchmark, "name": self.name, "root": self.root, "roles": dict(self.roles),
                 "split_files": dict(self.split_files),
-                "splits": {k: {"images": len(s), "classes": len(s.classes)} for k, s in self.splits.items()}}
+                "splits": {k: {"images": len(s), "classes": len(s.classes)} for k, s in self.splits.items()},
+                **self.extra}
+
+
+def without(images: ImageSet, names: list[str]) -> ImageSet:
+    """``images`` less those named in ``names`` (a validation split less a task's support)."""
+    drop = set(names)
+    return images.subset([i for i, n in enumerate(images.names) if n not in drop])
 
 
 def sha256_text(text: str) -> str:

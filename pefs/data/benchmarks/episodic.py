@@ -102,7 +102,7 @@ def split_folders(root: Path) -> dict[str, Path]:
     return found
 
 
-def _folder_split(folder: Path) -> tuple[ImageSet, str]:
+def folder_split(folder: Path) -> tuple[ImageSet, str]:
     """One split folder's classes and images, and the SHA-256 of its listing (class/file per line)."""
     dirs = sorted(d for d in folder.iterdir() if d.is_dir() and not d.name.startswith("."))
     if not dirs:
@@ -121,7 +121,7 @@ def load_folders(spec: str, rest: str) -> BenchmarkDataset:
     root = require_dir(Path(rest).expanduser(), "few-shot root", f"expected {FOLDER_LAYOUT}")
     splits, listings = {}, {}
     for split, folder in split_folders(root).items():
-        splits[split], listings[f"{folder.name}/ (listing)"] = _folder_split(folder)
+        splits[split], listings[f"{folder.name}/ (listing)"] = folder_split(folder)
     return _dataset(spec, root, splits, listings)
 
 

@@ -2,8 +2,11 @@
 split files ``train800.txt``, ``val200.txt``, ``train800val200.txt`` and ``test.txt``, each line
 ``relative/path.jpg label`` (the path relative to the task folder, or to its ``images/`` folder).
 
-``vtab1k:<root>/<task>``: train = train800val200, test = test (the reported protocol).
-``vtab1k-val:<root>/<task>``: train = train800, test = val200 (the protocol's hyper-parameter search).
+``vtab1k:<root>/<task>``: train = train800val200, test = test (the reported protocol). A ``--search`` on it
+follows the protocol: each setting trains on train800 and is scored on val200, then the chosen one trains on
+train800val200 and is scored on test (``--final``; K-shot seeds: each setting trains on the seed's K shots and is
+scored on val200 less those shots).
+``vtab1k-val:<root>/<task>``: train = train800, test = val200 (the protocol's hyper-parameter search by hand).
 
 A folder named after none of the 19 tasks is read as a custom task in the same layout when it holds all four split
 files (a report lists it apart from the 19 and keeps it out of VTAB-1k's means); otherwise the name is refused.
@@ -21,6 +24,7 @@ from pefs.data.benchmarks.common import (
     read_lines,
     require_dir,
     require_files,
+    without,
 )
 from pefs.data.sources import ImageSet
 from pefs.errors import PefsError
@@ -106,11 +110,24 @@ def load(spec: str, rest: str) -> BenchmarkDataset:
     if sorted(splits["train800"].names + splits["val200"].names) != sorted(splits["train800val200"].names):
         raise PefsError(f"{what}: train800val200.txt is not train800.txt + val200.txt (the official files are)")
     roles = ROLES[spec]
-    return BenchmarkDataset(
+    ds = BenchmarkDataset(
         folder.name, splits[roles["train"]], splits[roles["test"]], source=f"benchmark {spec}", benchmark=spec,
         root=str(folder), splits=splits, roles=dict(roles),
         split_files={name: sha256_file(p) for name, p in paths.items()},
         licence=f"VTAB-1k {TASKS.get(folder.name, 'custom')} task {folder.name}: see the source dataset's licence")
+    if spec == "vtab1k":  # the protocol's selection: train800 -> val200 (a K-shot support is left out of val200)
+        ds.select = lambda support, shots, seed: ((splits["train800"], splits["val200"]) if shots is None else
+                                                  (None, _val_outside(splits["val200"], support, shots, what)))
+    return ds
+
+
+def _val_outside(val200: ImageSet, support: ImageSet, shots: int, what: str) -> ImageSet:
+    """val200 less a K-shot support's images: what a K-shot ``--search`` scores; an error when nothing is left."""
+    val = without(val200, support.names)
+    if not len(val):
+        raise PefsError(f"{what}: every val200 image is among the {shots} shots per class, leaving none to score "
+                        f"a --search on; give fewer --shots (or use --final, which searches train800 -> val200)")
+    return val
 
 
 def split_files(rest: str) -> list[Path]:

@@ -6,7 +6,10 @@ or the default setting when 1 shot leaves nothing to hold out (the record says s
 search on the rest and score it on the validation images, pick the best
 (:func:`pefs.protocols.selection.search.run_search`),
 then tune the chosen setting on the whole support from the same start and score it once on the queries. The
-queries never take part in the choice. Each task's run entry carries its chosen setting and the search table.
+queries never take part in the choice. A benchmark with its own validation split (``dataset.select``) is
+searched on it: VTAB-1k trains each setting on train800 (``--final``; K-shot: the K shots) and scores val200,
+CoOp scores its K-shot draw of val; ``--final`` may then search too. Each task's run entry carries its chosen
+setting and the search table.
 """
 
 from __future__ import annotations
@@ -56,8 +59,8 @@ class Selector:
     score every setting on it, hand back the chosen setting's runner (the loop retrains it on the whole
     support, from the same start, and scores it once on the queries) with what the record says of the choice."""
 
-    def __init__(self, cfg: TuneConfig, n_classes: int, space: SearchSpace) -> None:
-        if cfg.final:
+    def __init__(self, cfg: TuneConfig, n_classes: int, space: SearchSpace, own_val: str = "") -> None:
+        if cfg.final and not own_val:
             raise PefsError("--final trains on every labelled image, leaving none to validate a --search on; choose "
                             "the settings with a --search run first, then run --final with them")
         self.base, self.space, self.runners = cfg, space, _Runners(n_classes)
@@ -65,7 +68,7 @@ class Selector:
         episodic = cfg.protocol == "episodic"
         # an episode holds out at most half its shots per class (5-shot: 2), so the search still trains on the rest
         self.held_out = min(cfg.val_per_class, cfg.shots // 2) if episodic else cfg.val_per_class
-        on = "validation" if not episodic else \
+        on = own_val or "validation" if not episodic else \
             "held-out support" if self.held_out else f"default ({cfg.shots}-shot: no held-out support)"
         self.summary: dict[str, Any] = {"on": on, "val_per_class": self.held_out,
                                         "axes": {a.name: list(a.values) for a in space.axes}, "chosen": []}
@@ -92,7 +95,8 @@ class Selector:
         return result.chosen, result.table
 
     def __call__(self, task: Task) -> Choice:
-        support, val = task.support, task.val
+        support = task.search_support if task.search_support is not None else task.support
+        val = task.val
         if val is None and self.held_out:
             support, val = hold_out(task.support, self.held_out, task.seed)
         t0 = time.perf_counter()

@@ -26,6 +26,8 @@ from pefs.results.aggregate import Group, aggregate, data_of, dataset_name, fmt_
 from pefs.results.benchmark_tasks import GROUPS, TASKS, VTAB_SPECS
 from pefs.results.report.published import quoted_rows, source_note
 
+#: the ``--data NAME:PATH`` names of pefs.data.benchmarks (a failed row has no record to name its benchmark)
+BENCHMARK_SPECS = (*VTAB_SPECS, "fewshot", "miniimagenet", "coop", "metadataset")
 #: ``--layout`` values: ``auto`` picks the layouts that fit the store's benchmark rows
 LAYOUTS = ("auto", "vtab", "shots", "episodic")
 #: how the VTAB-1k overall mean is taken (printed under every VTAB table)
@@ -70,7 +72,8 @@ def benchmark_of(row: dict[str, Any]) -> tuple[str, str] | None:
     if isinstance(bench, dict) and bench.get("benchmark"):
         return str(bench["benchmark"]), str(bench.get("name") or "")
     spec = row["cell"].get("data") or (row["cell"].get("config") or {}).get("data")
-    if isinstance(spec, str) and spec.split(":", 1)[0] in (*VTAB_SPECS, "fewshot", "miniimagenet") and ":" in spec:
+    if isinstance(spec, str) and ":" in spec and (spec.split(":", 1)[0] in BENCHMARK_SPECS
+                                                  or spec.startswith("bscd-")):
         name, rest = spec.split(":", 1)
         return name, Path(rest.rstrip("/")).name
     return None

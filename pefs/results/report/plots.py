@@ -1,10 +1,12 @@
 """PNG plots of a report (matplotlib, Agg backend): accuracy vs shots, accuracy vs trainable parameters, a
-shots × trainable-parameters heatmap of accuracy and the same as 3-D bars. One set of files per protocol setting
-in the store."""
+shots × trainable-parameters heatmap of accuracy, and shots × trainable parameters × accuracy in 3-D (numeric
+log axes, CI bars). One set of files per protocol setting in the store."""
 
 from __future__ import annotations
 
+import math
 import re
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -178,7 +180,8 @@ def shots_params_heatmap(groups: list[Group], path: Path, title: str) -> Path:
 
 def plot_names(groups: list[Group]) -> dict[str, list[str]]:
     """Per setting, the PNG files :func:`write_plots` writes for it (the report links them): the setting is a
-    file-name suffix only when the store holds several; the 3-D plot only where a setting has several shots."""
+    file-name suffix only when the store holds several; the 3-D plot only where a setting has several shots
+    with known trainable-parameter counts."""
     settings = sorted({g.setting for g in groups})
     names: dict[str, list[str]] = {}
     for setting in settings:
@@ -186,8 +189,9 @@ def plot_names(groups: list[Group]) -> dict[str, list[str]]:
         if not gs:
             continue
         suffix = "" if len(settings) == 1 else "-" + re.sub(r"[^a-z0-9]+", "-", setting.lower()).strip("-")
+        several_shots = len({g.shots for g in gs if g.trainable is not None}) > 1
         kinds = ["accuracy_vs_shots", *(["accuracy_vs_params"] if any(g.trainable for g in gs) else []),
-                 "shots_params_heatmap", *(["shots_params_accuracy_3d"] if len({g.shots for g in gs}) > 1 else [])]
+                 "shots_params_heatmap", *(["shots_params_accuracy_3d"] if several_shots else [])]
         names[setting] = [f"{kind}{suffix}.png" for kind in kinds]
     return names
 
@@ -203,47 +207,97 @@ def write_plots(groups: list[Group], out: Path) -> list[Path]:
     return files
 
 
-def bars_3d_data(groups: list[Group]) -> tuple[list[int], list[str], list[tuple[int, int, float]]]:
-    """What the 3-D plot draws: the shots, the (strategy · model (trainable params)) rows fewest parameters first,
-    and one (shots index, row index, mean accuracy %) bar per finished cell."""
+@dataclass(frozen=True)
+class Point3d:
+    """One finished cell of the 3-D plot: K shots, trainable parameters, mean accuracy (%) and its t 95%
+    half-width (None for one seed), under its (strategy · model (trainable params)) label."""
+
+    shots: int
+    trainable: int
+    mean: float
+    ci: float | None
+    label: str
+
+
+def points_3d_data(groups: list[Group]) -> tuple[list[Point3d], int]:
+    """What the 3-D plot draws: one point per finished cell with a known trainable-parameter count, fewest
+    parameters then fewest shots first, and how many finished cells were left out for an unknown count."""
     gs = _ok(groups)
-    shots = sorted({g.shots for g in gs})
-    first = {(g.strategy, g.model): g for g in gs}
-    rows = sorted(first, key=lambda r: (first[r].trainable or 0, first[r].backbone_params or 0, r))
-    labels = [f"{s} · {m} ({fmt_count(first[s, m].trainable)})" for s, m in rows]
-    bars = [(shots.index(g.shots), rows.index((g.strategy, g.model)), g.mean_ci()[0]) for g in gs]
-    return shots, labels, sorted(bars)
+    known = [g for g in gs if g.trainable is not None]
+    points = [Point3d(g.shots, g.trainable, g.mean_ci()[0], g.mean_ci()[1],
+                      f"{g.strategy} · {g.model} ({fmt_count(g.trainable)})") for g in known]
+    return sorted(points, key=lambda p: (p.trainable, p.label, p.shots)), len(gs) - len(known)
+
+
+def _log_positions(counts: list[int]) -> tuple[dict[int, float], list[float], list[str]]:
+    """log10 position of each trainable count (a count of 0 sits one decade below the smallest positive one, its
+    tick labelled 0), and the decade ticks with their labels: a numeric axis, not categories."""
+    positive = [c for c in counts if c > 0]
+    lowest = math.floor(math.log10(min(positive))) if positive else 0
+    pos = {c: (math.log10(c) if c > 0 else lowest - 1.0) for c in counts}
+    top = math.ceil(max(pos.values())) if positive else 0
+    decades = list(range(lowest if positive else 0, max(top, lowest) + 1))
+    ticks = ([lowest - 1.0] if 0 in counts else []) + [float(d) for d in decades]
+    labels = (["0"] if 0 in counts else []) + [_decade(d) for d in decades]
+    return pos, ticks, labels
+
+
+def _decade(d: int) -> str:
+    """10**d as a tick label: 1, 10, 100, 1k, 10k, 100k, 1M, ..."""
+    for unit, power in (("G", 9), ("M", 6), ("k", 3)):
+        if d >= power:
+            return f"{10 ** (d - power)}{unit}"
+    return str(10 ** d)
 
 
 def shots_params_accuracy_3d(groups: list[Group], path: Path, title: str) -> Path:
-    """Shots × trainable parameters × accuracy as 3-D bars, written to ``path`` (see :func:`figure_3d`)."""
+    """Shots × trainable parameters × accuracy in 3-D, written to ``path`` (see :func:`figure_3d`)."""
     return _save(figure_3d(groups, title), path)
 
 
 def figure_3d(groups: list[Group], title: str) -> Figure:
-    """The 3-D bar figure: one row of bars per (strategy, model), rows ordered by trainable parameters (fewest
-    in front, the count in the row's tick label), colour = strategy; each bar's ``gid`` is
-    ``strategy · model (trainable) · K-shot: mean%``."""
+    """The 3-D figure: x = shots (log2), y = trainable parameters (log10, numeric), z = mean accuracy; one line
+    per (strategy, model) across its shots, colour = strategy, marker = model, a vertical bar at each point for
+    its t 95% CI. Each point's ``gid`` is ``strategy · model (trainable) · K-shot: mean% ± ci``."""
     plt = _pyplot()
-    shots, labels, bars = bars_3d_data(groups)
-    strategies = sorted({label.split(" · ")[0] for label in labels})
-    palette = "tab10" if len(strategies) <= 10 else "tab20"  # one colour per strategy up to 20
-    colours = plt.get_cmap(palette)
-    fig = plt.figure(figsize=(9.5, 7.5))
+    points, unknown = points_3d_data(groups)
+    if not points:
+        raise ValueError("no finished cell with a known trainable-parameter count to plot")
+    strategies = sorted({p.label.split(" · ")[0] for p in points})
+    models = sorted({g.model for g in _ok(groups)})
+    colours = plt.get_cmap("tab10" if len(strategies) <= 10 else "tab20")
+    ypos, yticks, ylabels = _log_positions([p.trainable for p in points])
+    fig = plt.figure(figsize=(11, 7.5))
     ax = fig.add_subplot(projection="3d")
-    ax.view_init(elev=22, azim=-130)  # the row labels (strategy · model) on the open side, not behind the bars
-    lo = min(z for _, _, z in bars)
-    floor = max(0.0, 5 * (lo // 5) - 5)  # bars start a little below the lowest accuracy, so differences show
-    for i, j, z in bars:
-        colour = colours(strategies.index(labels[j].split(" · ")[0]) % colours.N)
-        ax.bar3d(i - 0.3, j - 0.3, floor, 0.6, 0.6, z - floor, color=colour, alpha=0.85, shade=True,
-                 gid=f"{labels[j]} · {shots[i]}-shot: {z:.2f}%")
-    ax.set_xticks(range(len(shots)), [str(k) for k in shots])
-    ax.set_yticks(range(len(labels)), labels, fontsize=7)
-    ax.set_zlim(floor, 100 if max(z for _, _, z in bars) > 95 else max(z for _, _, z in bars) + 5)
-    ax.set_xlabel("shots per class (K)")
-    ax.set_zlabel("accuracy (%), mean")
+    ax.view_init(elev=20, azim=-125)
+    for label in dict.fromkeys(p.label for p in points):
+        series = [p for p in points if p.label == label]
+        strategy, model = label.split(" · ")[0], label.split(" · ")[1].rsplit(" (", 1)[0]
+        colour = colours(strategies.index(strategy) % colours.N)
+        xs = [math.log2(p.shots) for p in series]
+        ys = [ypos[p.trainable] for p in series]
+        ax.plot(xs, ys, [p.mean for p in series], color=colour, alpha=0.6, linewidth=1.2)
+        for p, x, y in zip(series, xs, ys, strict=True):
+            spread = "" if p.ci is None else f" ± {p.ci:.2f}"
+            ax.scatter([x], [y], [p.mean], color=colour, marker=MARKERS[models.index(model) % len(MARKERS)],
+                       s=28, depthshade=False, gid=f"{label} · {p.shots}-shot: {p.mean:.2f}%{spread}")
+            if p.ci is not None:
+                ax.plot([x, x], [y, y], [p.mean - p.ci, p.mean + p.ci], color=colour, linewidth=1.0)
+    shots = sorted({p.shots for p in points})
+    ax.set_xticks([math.log2(k) for k in shots], [str(k) for k in shots])
+    ax.set_yticks(yticks, ylabels, fontsize=8)
+    lows = [p.mean - (p.ci or 0.0) for p in points]
+    highs = [p.mean + (p.ci or 0.0) for p in points]
+    ax.set_zlim(max(0.0, 5 * (min(lows) // 5) - 5), min(100.0, max(highs) + 5))
+    ax.set_xlabel("shots per class (K, log scale)")
+    ax.set_ylabel("trainable parameters (log scale)")
+    ax.set_zlabel("accuracy (%), mean ± t 95% CI")
+    handles = [plt.Line2D([], [], color=colours(i % colours.N), label=s) for i, s in enumerate(strategies)]
+    handles += [plt.Line2D([], [], color="0.3", linestyle="", marker=MARKERS[i % len(MARKERS)], label=m)
+                for i, m in enumerate(models)]
+    ax.legend(handles=handles, fontsize=7, loc="upper left", bbox_to_anchor=(1.02, 0.95))
+    left = f"; {unknown} cell(s) without a trainable-parameter count not drawn" if unknown else ""
     ax.set_title(f"Shots × trainable parameters × accuracy{_random_note(_ok(groups))}\n{title}\n"
-                 "(rows: strategy · model (trainable params), fewest in front)", fontsize=9)
+                 f"(vertical bars: t 95% CI over seeds; one seed has none{left})", fontsize=9)
     fig.tight_layout()
     return fig
