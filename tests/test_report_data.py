@@ -38,7 +38,8 @@ IN_PLACE_REPORTS = {"scale.md": ("scale.py", "--render"),
                     "selection.md": ("selection.py", "--render"),
                     "fingerprint.md": ("fingerprint.py", "--render"),
                     "restore.md": ("restore.py", "--render"),
-                    "linear_default.md": ("linear_default.py", "--render")}
+                    "linear_default.md": ("linear_default.py", "--render"),
+                    "protocols.md": ("protocols.py", "--render")}
 #: reports with committed data whose script has no render-only mode yet (it renders as it measures)
 NO_RENDER_MODE: set[str] = set()
 

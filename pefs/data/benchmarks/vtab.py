@@ -7,6 +7,9 @@ follows the protocol: each setting trains on train800 and is scored on val200, t
 train800val200 and is scored on test (``--final``; K-shot seeds: each setting trains on the seed's K shots and is
 scored on val200 less those shots).
 ``vtab1k-val:<root>/<task>``: train = train800, test = val200 (the protocol's hyper-parameter search by hand).
+
+A folder named after none of the 19 tasks is read as a custom task in the same layout when it holds all four split
+files (a report lists it apart from the 19 and keeps it out of VTAB-1k's means); otherwise the name is refused.
 """
 
 from __future__ import annotations
@@ -25,16 +28,10 @@ from pefs.data.benchmarks.common import (
 )
 from pefs.data.sources import ImageSet
 from pefs.errors import PefsError
+from pefs.results import benchmark_tasks
 
-#: the 19 tasks by group, as the folder names of the community layout, with their class counts
-GROUPS: dict[str, dict[str, int]] = {
-    "natural": {"cifar": 100, "caltech101": 102, "dtd": 47, "oxford_flowers102": 102, "oxford_iiit_pet": 37,
-                "svhn": 10, "sun397": 397},
-    "specialized": {"patch_camelyon": 2, "eurosat": 10, "resisc45": 45, "diabetic_retinopathy": 5},
-    "structured": {"clevr_count": 8, "clevr_dist": 6, "dmlab": 6, "kitti": 4, "dsprites_loc": 16, "dsprites_ori": 16,
-                   "smallnorb_azi": 18, "smallnorb_ele": 9},
-}
-TASKS: dict[str, str] = {task: group for group, tasks in GROUPS.items() for task in tasks}
+#: the 19 tasks by group and task -> group (one list, in pefs.results so reports order their columns by it)
+GROUPS, TASKS = benchmark_tasks.GROUPS, benchmark_tasks.TASKS
 SPLIT_FILES = ("train800.txt", "val200.txt", "train800val200.txt", "test.txt")
 #: which split each spec trains and tests on
 ROLES = {"vtab1k": {"train": "train800val200", "test": "test"},
@@ -43,11 +40,14 @@ LAYOUT = "<root>/<task>/{train800,val200,train800val200,test}.txt + the images t
 
 
 def task_folder(rest: str) -> Path:
-    """The task folder a ``vtab1k:<root>/<task>`` spec names, checked: it exists and is one of the 19 tasks."""
+    """The task folder a ``vtab1k:<root>/<task>`` spec names, checked: it exists and is one of the 19 tasks (or a
+    custom task: any name, all four split files present)."""
     folder = Path(rest).expanduser()
-    if not rest or folder.name not in TASKS:
+    custom = bool(rest) and folder.is_dir() and all((folder / n).is_file() for n in SPLIT_FILES)
+    if not rest or (folder.name not in TASKS and not custom):
         raise PefsError(f"vtab1k:{rest} names no VTAB-1k task: the last part of the path must be one of "
-                        f"{', '.join(TASKS)} (give vtab1k:<root>/<task>; layout {LAYOUT})")
+                        f"{', '.join(TASKS)}, or a folder holding all four split files (give "
+                        f"vtab1k:<root>/<task>; layout {LAYOUT})")
     return require_dir(folder, f"VTAB-1k task folder for {folder.name!r}", f"expected {LAYOUT}")
 
 
@@ -114,7 +114,7 @@ def load(spec: str, rest: str) -> BenchmarkDataset:
         folder.name, splits[roles["train"]], splits[roles["test"]], source=f"benchmark {spec}", benchmark=spec,
         root=str(folder), splits=splits, roles=dict(roles),
         split_files={name: sha256_file(p) for name, p in paths.items()},
-        licence=f"VTAB-1k {TASKS[folder.name]} task {folder.name}: see the source dataset's licence")
+        licence=f"VTAB-1k {TASKS.get(folder.name, 'custom')} task {folder.name}: see the source dataset's licence")
     if spec == "vtab1k":  # the protocol's selection: train800 -> val200 (a K-shot support is left out of val200)
         ds.select = lambda support, shots, seed: ((splits["train800"], splits["val200"]) if shots is None else
                                                   (None, _val_outside(splits["val200"], support, shots, what)))

@@ -23,6 +23,9 @@ from pefs.results.aggregate import (
     fmt_count,
     printable,
 )
+from pefs.results.report.paper import markdown as paper_markdown
+from pefs.results.report.paper import paper_tables
+from pefs.results.report.paper import write_csv as paper_csv
 from pefs.results.report.plots import plot_names
 from pefs.results.report.sections import chosen_table, paired_table, resolve_baseline, search_sections, write_search_csv
 
@@ -154,10 +157,13 @@ def parse_formats(text: str | list[str] | tuple[str, ...]) -> tuple[str, ...]:
 
 
 def build_report(store: str | Path, out: str | Path, formats: tuple[str, ...] = FORMATS,
-                 baseline: str | None = None) -> tuple[list[Path], list[str]]:
+                 baseline: str | None = None, layout: str = "auto",
+                 published: bool = False) -> tuple[list[Path], list[str]]:
     """Read ``store`` (all shards), write the requested formats under ``out``; returns (files, problems).
     Strategies are paired against ``baseline`` (default ``linear`` when present) where both ran the same seeds;
-    a searched store also gets ``search.csv`` (every cell's search table)."""
+    a searched store also gets ``search.csv`` (every cell's search table). Tables in the papers' form
+    (:mod:`pefs.results.report.paper`: ``layout``, with the quoted VTAB-1k rows when ``published``) go to
+    ``paper.md`` / ``paper.csv`` when the store's rows fit one (``auto``: rows from a benchmark source)."""
     store = results.check_store_path(store)
     contents = results.load(store)
     if not contents.files:
@@ -170,6 +176,7 @@ def build_report(store: str | Path, out: str | Path, formats: tuple[str, ...] = 
                                      "since, and the cell was run again on the new content"] if stale else [])
     groups = aggregate(rows)
     baseline, warning = resolve_baseline(groups, baseline)  # a bad --baseline fails before any file is written
+    tables = paper_tables(rows, layout, published)  # so does a layout no row fits
     problems += [warning] if warning else []
     out = Path(out)
     try:
@@ -182,8 +189,14 @@ def build_report(store: str | Path, out: str | Path, formats: tuple[str, ...] = 
         files.append(out / "report.md")
         with atomic_write(files[-1], "report file") as f:
             f.write(markdown(groups, str(store), counts, baseline))
+    if tables and "md" in formats:
+        files.append(out / "paper.md")
+        with atomic_write(files[-1], "report file") as f:
+            f.write(paper_markdown(tables))
     if "csv" in formats:
         files.append(write_csv(groups, out / "results.csv"))
+        if tables:
+            files.append(paper_csv(tables, out / "paper.csv", atomic_write))
         if any(g.searches for g in groups):
             files.append(write_search_csv(groups, out / "search.csv", atomic_write))
     if "png" in formats:
