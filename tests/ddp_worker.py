@@ -4,7 +4,7 @@
 runs ``pefs ARGS...`` (then each further ``++``-separated command, in the same processes) and writes, per
 process, ``OUT/rank{R}.pt``: per command, its exit status, the training-image indices each optimizer step of this
 process took (:func:`pefs.runtime.distributed.share`'s answers, in order) and the trainable weights of the model
-right after its fit. Nothing in pefs changes: the two functions are wrapped, not replaced.
+right after its fit; for ``pefs pretrain``, the trunk's state and the losses every step read. Nothing in pefs changes: the two functions are wrapped, not replaced.
 """
 
 from __future__ import annotations
@@ -34,11 +34,13 @@ def _run_one(args: list[str]) -> dict:
     import torch
 
     from pefs.cli.main import main
+    from pefs.pretrain import loop
     from pefs.runtime import distributed, engine
 
     seen: list[list[int]] = []
     trained: dict[str, torch.Tensor] = {}
-    share, fit = distributed.share, engine.fit
+    losses: list[float] = []
+    share, fit, pretrain = distributed.share, engine.fit, loop.train
 
     def logged_share(idx):
         mine, weight = share(idx)
@@ -50,12 +52,17 @@ def _run_one(args: list[str]) -> dict:
         trained.update({n: p.detach().cpu().clone() for n, p in model.named_parameters() if p.requires_grad})
         return stats
 
-    distributed.share, engine.fit = logged_share, logged_fit
+    def logged_pretrain(objective, *a, **kw):
+        losses.extend(pretrain(objective, *a, **kw))
+        trained.update({n: p.detach().cpu().clone() for n, p in objective.trunk.state_dict().items()})
+        return losses
+
+    distributed.share, engine.fit, loop.train = logged_share, logged_fit, logged_pretrain
     try:
         code = main(args)
     finally:
-        distributed.share, engine.fit = share, fit
-    return {"code": code, "seen": seen, "trained": trained}
+        distributed.share, engine.fit, loop.train = share, fit, pretrain
+    return {"code": code, "seen": seen, "trained": trained, "losses": losses}
 
 
 if __name__ == "__main__":

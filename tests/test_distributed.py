@@ -148,3 +148,34 @@ def test_final_on_two_processes_syncs_shards_saves_once_and_matches_one_process(
     assert one_rec["runs"][0]["steps"] == rec["runs"][0]["steps"] == steps * EPOCHS
     assert abs(one_rec["runs"][0]["final_loss"] - rec["runs"][0]["final_loss"]) < TOLERANCE
     assert one_rec["runs"][0]["accuracy"] == rec["runs"][0]["accuracy"]
+
+
+def test_pretrain_on_two_processes_syncs_weights_and_writes_one_checkpoint(tmp_path):
+    """``torchrun --nproc_per_node 2 pefs pretrain``: both processes end with the same trunk weights and read the
+    same loss at every step, the steps are those of one process with the same total batch, one checkpoint is
+    written (rank 0's weights) and says it ran on 2 processes; a batch the processes cannot share is one line."""
+    from safetensors.torch import load_file
+
+    from tests.conftest import TINY_MODELS
+
+    vit = TINY_MODELS["vit"][0]
+    data = colour_images(tmp_path / "imgs", {"train": 8, "test": 1})  # 24 training images: 3 steps per epoch
+    args = ["pretrain", "-q", "--model", vit, "--no-pretrained", "--img-size", "32", "--data", str(data),
+            "--objective", "supervised", "--epochs", "2", "--lr", "1e-3", "--mixed-precision", "no"]
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "-m", "tests.ddp_worker",
+           str(tmp_path / "probe"), *args, "--batch-size", "8", "--out", str(tmp_path / "ckpt"),
+           "++", *args, "--batch-size", "7", "--out", str(tmp_path / "odd")]
+    r = subprocess.run(cmd, cwd=ROOT, env=subprocess_env(OMP_NUM_THREADS="1"), capture_output=True, text=True,
+                       timeout=600)
+    assert r.returncode == 0, r.stderr[-3000:]
+    runs = [torch.load(tmp_path / "probe" / f"rank{i}.pt")["runs"] for i in (0, 1)]
+    first = [p[0] for p in runs]
+    assert first[0]["trained"] and first[0]["trained"].keys() == first[1]["trained"].keys()
+    assert all(torch.equal(first[0]["trained"][k], first[1]["trained"][k]) for k in first[0]["trained"])
+    assert len(first[0]["losses"]) == 2 * (24 // 8) and first[0]["losses"] == first[1]["losses"]
+    identity = json.loads((tmp_path / "ckpt" / "pefs_pretrain.json").read_text())
+    assert identity["processes"] == 2 and identity["steps"] == 6 and identity["batch_size"] == 8
+    saved = load_file(str(tmp_path / "ckpt" / identity["weights"]["file"]))
+    assert all(torch.equal(saved[k], first[0]["trained"][k]) for k in saved)
+    assert [p[1]["code"] for p in runs] == [2, 2] and not (tmp_path / "odd").exists()
+    assert "--batch-size 7 is the batch of one step over all 2 processes" in r.stderr + r.stdout

@@ -19,6 +19,7 @@ from torch.utils.data import Dataset as TorchDataset
 from pefs.data import Dataset, ImageSet, augment_transform, eval_transform
 from pefs.data.sampling import episodes
 from pefs.errors import PefsError
+from pefs.runtime.hardware import world_size
 
 #: what the checkpoint says when the source has no base classes
 NO_BASE_NOTE = ("the source has no base / novel class split: trained on its train split (never its test split); "
@@ -131,6 +132,10 @@ def loader_for(objective, pool: ImageSet, cfg, size: int, data_config: dict[str,
     if len(pool) < 2:
         raise PefsError(f"pretraining needs at least 2 images; the {len(pool)} given are too few")
     batch = min(cfg.batch_size, len(pool))
-    loader = DataLoader(PoolViews(pool, transform, objective.views), batch_size=batch, shuffle=True, drop_last=True,
-                        num_workers=workers, pin_memory=pin, generator=g)
-    return loader, cfg.steps or cfg.epochs * len(loader)
+    world = world_size()  # under a multi-process launch each process loads its share of every step's batch
+    if batch % world:
+        raise PefsError(f"--batch-size {batch} is the batch of one step over all {world} processes and must split "
+                        f"equally: choose a multiple of {world} (at most the {len(pool)} images)")
+    loader = DataLoader(PoolViews(pool, transform, objective.views), batch_size=batch // world, shuffle=True,
+                        drop_last=True, num_workers=workers, pin_memory=pin, generator=g)
+    return loader, cfg.steps or cfg.epochs * (len(pool) // batch)

@@ -2,7 +2,11 @@
 Accelerator, write the checkpoint directory (on the main process only).
 
 Model, optimizer and DataLoader go through ``accelerator.prepare``, so the same loop runs data-parallel under
-``accelerate launch`` / torchrun; precision and GPU settings come from :mod:`pefs.runtime.hardware`.
+``accelerate launch`` / torchrun: ``--batch-size`` is one step's batch over all processes (each loads its share),
+every process reads the processes' mean loss (all stop together at a NaN), and the checkpoint is written once
+(:mod:`pefs.runtime.distributed`). Contrastive negatives are those of a process's share (no cross-process
+gather); a meta-training step averages one episode per process. Precision and GPU settings come from
+:mod:`pefs.runtime.hardware`.
 """
 
 from __future__ import annotations
@@ -29,7 +33,7 @@ from pefs.pretrain.data import base_pool, loader_for
 from pefs.pretrain.mae import MaskedAutoencoder
 from pefs.pretrain.protonet import ProtoNet
 from pefs.pretrain.supervised import Supervised
-from pefs.runtime import hardware
+from pefs.runtime import distributed, hardware
 
 #: stage name -> the objective module trained in it
 STAGES = {"supervised": Supervised, "contrastive": Contrastive, "mae": MaskedAutoencoder, "protonet": ProtoNet}
@@ -81,12 +85,9 @@ def pretrain(cfg: PretrainConfig) -> dict[str, Any]:
         "steps": steps, "batch_size": cfg.batch_size, "lr": cfg.lr, "seconds": round(time.perf_counter() - began, 2),
         "first_loss": losses[0], "final_loss": final_loss(losses), "losses": thin(losses),
         "config": cfg.to_dict(), "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S")}
-    acc = hardware.accelerator()
-    acc.wait_for_everyone()
-    if acc.is_main_process:
-        identity = checkpoint.save(bb.model, cfg.out, identity)
-    acc.wait_for_everyone()
-    return identity
+    if distributed.world_size() > 1:
+        identity["processes"] = distributed.world_size()
+    return distributed.on_main(lambda: checkpoint.save(bb.model, cfg.out, identity))  # written once
 
 
 def train(objective: torch.nn.Module, loader, steps: int, cfg: PretrainConfig) -> list[float]:
@@ -109,7 +110,7 @@ def train(objective: torch.nn.Module, loader, steps: int, cfg: PretrainConfig) -
             opt.step()
             sched.step()
             opt.zero_grad(set_to_none=True)
-            pending.append(loss.detach().float())
+            pending.append(distributed.mean(loss.detach().float()))  # every process reads the same loss
             done += 1
             if len(pending) == CHECK_EVERY or done == steps:
                 losses += check_finite(pending, done, cfg)
