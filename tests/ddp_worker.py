@@ -4,7 +4,8 @@
 runs ``pefs ARGS...`` (then each further ``++``-separated command, in the same processes) and writes, per
 process, ``OUT/rank{R}.pt``: per command, its exit status, the training-image indices each optimizer step of this
 process took (:func:`pefs.runtime.distributed.share`'s answers, in order) and the trainable weights of the model
-right after its fit; for ``pefs pretrain``, the trunk's state and the losses every step read. Nothing in pefs changes: the two functions are wrapped, not replaced.
+right after its fit; for ``pefs pretrain``, the trunk's state and the losses every step read. Nothing in pefs
+changes: the functions are wrapped, not replaced.
 """
 
 from __future__ import annotations
