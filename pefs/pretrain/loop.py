@@ -51,6 +51,7 @@ def check_inputs(cfg: PretrainConfig) -> None:
         raise PefsError(f"pefs pretrain trains timm and offline models; {cfg.model} is a transformers model, which "
                         "pefs tune --checkpoint cannot load (train it with transformers and pass its directory as hf:)")
     backbones.check_name(cfg.model)
+    backbones.check_weights(cfg.model, cfg.pretrained, cfg.checkpoint)
     if cfg.checkpoint is not None:
         backbones.check_checkpoint_path(cfg.checkpoint)
 
@@ -76,6 +77,7 @@ def pretrain(cfg: PretrainConfig) -> dict[str, Any]:
     losses = train(objective, loader, steps, cfg)
     identity = {
         "kind": "pefs pretrain", "model": cfg.model, "model_kwargs": kwargs, "img_size": size,
+        "architecture": backbones.architecture(cfg.model),
         "params": bb.num_params(), "objective": cfg.stage, "start": start,
         "data": {"spec": cfg.data or DEFAULT_DATASET, "name": dataset.name, "fingerprint": data_fingerprint(cfg.data),
                  "split": pool.split, "note": pool.note, "classes": len(pool.images.classes),

@@ -15,7 +15,7 @@ from typing import Any
 
 import torch
 
-from pefs.backbones import check_pretrained_fits
+from pefs.backbones import check_pretrained_fits, check_weights
 from pefs.backbones.sources.checkpoint import check_checkpoint_path, is_pretrain_dir
 from pefs.config import SCHEMA_VERSION, TuneConfig, checks, head_of, resolved, run_key
 from pefs.config.checks import check_classes
@@ -97,6 +97,7 @@ def tune(cfg: TuneConfig) -> dict[str, Any]:
     check_writable(cfg.output)  # before any compute, not after it
     if cfg.checkpoint:
         check_checkpoint_path(cfg.checkpoint)
+    check_weights(cfg.model, cfg.pretrained, cfg.checkpoint)
     pretraining = pretraining_of(cfg)
     check_final(cfg)
     tracking.check_tracker(cfg)
