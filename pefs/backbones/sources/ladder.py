@@ -4,12 +4,13 @@
 No hub weights exist for these shapes: a ladder model starts from random weights (``--no-pretrained``) and gets
 its pretraining from ``pefs pretrain``, whose checkpoint ``pefs tune --checkpoint DIR`` then loads. The ViTs take
 4-pixel patches at 28 pixels (Fashion-MNIST's own size: 49 patch tokens); the ResNets are ResNet-18's layout at
-a chosen base width. Each entry's timm name and keyword arguments are its architecture, which a pretrain
-checkpoint records and ``pefs tune`` compares (:func:`architecture`).
+a chosen base width, their default input 28 pixels too. Each entry's timm name and keyword arguments are its
+architecture, which a pretrain checkpoint records and ``pefs tune`` compares (:func:`architecture`).
 """
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -37,8 +38,9 @@ def _vit(width: int, depth: int) -> LadderModel:
 
 def _resnet(width: int) -> LadderModel:
     channels = (width, 2 * width, 4 * width, 8 * width)
-    return LadderModel(f"resnet_ladder_w{width}", "resnet18", {"channels": channels, "stem_width": width},
-                       f"ResNet-18 layout at base width {width} (stages {'/'.join(map(str, channels))})")
+    return LadderModel(f"resnet_ladder_w{width}", "resnet18", {
+        "channels": channels, "stem_width": width, "pretrained_cfg_overlay": {"input_size": (3, IMG_SIZE, IMG_SIZE)}},
+        f"ResNet-18 layout at base width {width} (stages {'/'.join(map(str, channels))}) at {IMG_SIZE} px")
 
 
 #: name -> architecture; the ViTs span about 47x in parameters, the ResNets about 36x
@@ -51,7 +53,7 @@ def architecture(name: str) -> dict[str, Any] | None:
     spec = LADDER_MODELS.get(name)
     if spec is None:
         return None
-    return {"timm": spec.timm_name, **{k: list(v) if isinstance(v, tuple) else v for k, v in spec.kwargs.items()}}
+    return json.loads(json.dumps({"timm": spec.timm_name, **spec.kwargs}))  # as a checkpoint's JSON records it
 
 
 def build_kwargs(name: str, kwargs: dict[str, Any]) -> dict[str, Any]:
