@@ -85,16 +85,19 @@ def settings_of(args: Any) -> dict[str, Any]:
 
 def pretrain_one(model: str, objective: str, st: dict[str, Any], data: str) -> dict[str, Any]:
     """``pefs pretrain`` of ``model`` with ``objective`` on the base classes; a checkpoint already written with the
-    same settings is reused. Returns its identity, as the checkpoint records it, and where it is."""
+    same settings from the same images is reused. Returns its identity, as the checkpoint records it, and where
+    it is."""
     from pefs.backbones.sources.checkpoint import is_pretrain_dir, pretrain_identity
     from pefs.config.pretrain import PretrainConfig
+    from pefs.data.fingerprint import data_fingerprint
     from pefs.pretrain import pretrain
 
     out = Path(st["work"]) / "checkpoints" / f"{model}-{objective}"
     cfg = PretrainConfig(model=model, out=str(out), data=data, objective=objective, pretrained=False,
                          img_size=st["img_size"], steps=st["steps"], batch_size=st["batch_size"], lr=st["lr"],
                          progress=False)
-    if is_pretrain_dir(out) and pretrain_identity(out).get("config") == json.loads(json.dumps(cfg.to_dict())):
+    same = is_pretrain_dir(out) and pretrain_identity(out).get("config") == json.loads(json.dumps(cfg.to_dict()))
+    if same and pretrain_identity(out)["data"].get("fingerprint") == data_fingerprint(data):
         info = pretrain_identity(out)
     else:
         print(f"scale_ladder.py: pretrain {model} ({objective}, {st['steps']} steps)", file=sys.stderr, flush=True)
