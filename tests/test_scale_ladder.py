@@ -119,6 +119,13 @@ def test_a_checkpoint_of_another_architecture_is_refused_in_one_line(small_ckpt,
     with pytest.raises(PefsError, match="built as .*'depth': 6.*pretrain it again"):
         backbones.load(SMALL, checkpoint=str(moved))
     assert backbones.load(SMALL, checkpoint=str(small_ckpt)).source.startswith("checkpoint:")
+    sized = tmp_path / "sized"  # pretrained with --img-size 28, the ladder ViT's own size: no flag needed to tune it
+    shutil.copytree(small_ckpt, sized)
+    info = json.loads((sized / "pefs_pretrain.json").read_text())
+    (sized / "pefs_pretrain.json").write_text(json.dumps({**info, "model_kwargs": {"img_size": 28}}))
+    assert backbones.load(SMALL, checkpoint=str(sized)).input_size == (3, 28, 28)
+    with pytest.raises(PefsError, match="give --img-size 28"):
+        backbones.load(SMALL, checkpoint=str(sized), img_size=32)
 
 
 def test_quick_mode_runs_every_stage_into_a_page(tmp_path, monkeypatch):

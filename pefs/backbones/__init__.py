@@ -182,7 +182,8 @@ def check_pretrained_fits(checkpoint: str | Path, model: str, kwargs: dict[str, 
         raise PefsError(f"checkpoint {str(checkpoint)!r} was pretrained from {model!r} built as {recorded}; "
                         f"{model!r} is now built as {now}: pretrain it again with this version of pefs")
     size = (info.get("model_kwargs") or {}).get("img_size")
-    if size is not None and kwargs is not None and kwargs.get("img_size") != size:
+    given = None if kwargs is None else build_kwargs(model, kwargs) if model in LADDER_MODELS else kwargs
+    if size is not None and given is not None and given.get("img_size") != size:
         raise PefsError(f"checkpoint {str(checkpoint)!r} was pretrained at img_size {size} (its position embeddings "
                         f"fit that size), not {kwargs.get('img_size') or 'the model default'}: give --img-size {size}")
 
