@@ -246,3 +246,18 @@ def write_section(path: str | Path, body: str, script: str) -> None:
     if not replace_generated(path, body, script):
         sys.exit(f"{script}: {path} lacks the markers <!-- {script}: begin (generated) --> ... "
                  f"<!-- {script}: end -->")
+
+
+def run_sweep(settings: dict[str, Any], who: str) -> dict[str, Any]:
+    """One sweep (what ``pefs sweep`` runs for these ``settings``), its progress on stderr prefixed by ``who``:
+    its cells, seconds and the machine's load around it."""
+    from pefs.sweep.run import plan, spec_from_settings
+    from pefs.sweep.run import run_sweep as sweep
+
+    spec = spec_from_settings(settings)
+    cells = plan(spec)
+    start, t0 = load(), time.perf_counter()
+    summary = sweep(cells, spec.store, on_event=lambda kind, cell, info: print(
+        f"{who}: {kind} {cell.label() if cell else ''} {info.get('position', '')}", file=sys.stderr, flush=True))
+    return {"settings": settings, "cells": len(cells), "ran": summary.ran, "wall_s": round(time.perf_counter() - t0, 1),
+            "load_start": start, "load_end": load()}

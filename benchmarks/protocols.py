@@ -21,7 +21,6 @@ if __name__ == "__main__" and not __package__:  # started as a file: rerun as `p
 import json
 import os
 import sys
-import time
 from pathlib import Path
 from typing import Any
 
@@ -33,6 +32,7 @@ from benchmarks.common import (
     provenance,
     provenance_section,
     render_source,
+    run_sweep,
 )
 
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # torch (imported below, inside functions) reads it on load
@@ -152,20 +152,6 @@ def _same(settings: dict[str, Any]) -> str:
     return json.dumps(settings, sort_keys=True, default=str)
 
 
-def run_sweep(settings: dict[str, Any]) -> dict[str, Any]:
-    """One sweep (what ``pefs sweep`` runs for these settings): its cells, seconds and load around it."""
-    from pefs.sweep.run import plan, run_sweep, spec_from_settings
-
-    spec = spec_from_settings(settings)
-    cells = plan(spec)
-    start, t0 = load(), time.perf_counter()
-    summary = run_sweep(cells, spec.store, on_event=lambda kind, cell, info: print(
-        f"protocols.py: {kind} {cell.label() if cell else ''} {info.get('position', '')}", file=sys.stderr,
-        flush=True))
-    return {"settings": settings, "cells": len(cells), "ran": summary.ran, "wall_s": time.perf_counter() - t0,
-            "load_start": start, "load_end": load()}
-
-
 # ------------------------------------------------------------------------------------------------ the page
 
 
@@ -256,7 +242,7 @@ def main(argv: list[str] | None = None) -> int:
     earlier = json.loads(args.json.read_text()) if args.json.exists() else {}
     measured = {_same(s["settings"]): s for s in earlier.get("sweeps", [])}
     for settings in sweeps(args, fewshot, vtab):
-        result = run_sweep(settings)
+        result = run_sweep(settings, "protocols.py")
         kept = measured.get(_same(result["settings"])) if result["ran"] == 0 else None
         if kept:  # the command, commit and date of the run that measured it (older entries: the earliest run's)
             first = (earlier.get("commands_run") or [earlier["command"]])[0]

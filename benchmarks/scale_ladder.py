@@ -34,11 +34,10 @@ if __name__ == "__main__" and not __package__:  # started as a file: rerun as `p
 import json
 import os
 import sys
-import time
 from pathlib import Path
 from typing import Any
 
-from benchmarks.common import load, machine, parser, provenance, provenance_section, render_source
+from benchmarks.common import load, machine, parser, provenance, provenance_section, render_source, run_sweep
 
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # torch (imported below, inside functions) reads it on load
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -121,20 +120,6 @@ def sweeps(st: dict[str, Any], checkpoints: list[dict[str, Any]], data: str, sto
     return out
 
 
-def run_sweep(settings: dict[str, Any]) -> dict[str, Any]:
-    """One sweep (what ``pefs sweep`` runs for these settings): its cells, seconds and load around it."""
-    from pefs.sweep.run import plan, run_sweep, spec_from_settings
-
-    spec = spec_from_settings(settings)
-    cells = plan(spec)
-    start, t0 = load(), time.perf_counter()
-    summary = run_sweep(cells, spec.store, on_event=lambda kind, cell, info: print(
-        f"scale_ladder.py: {kind} {cell.label() if cell else ''} {info.get('position', '')}", file=sys.stderr,
-        flush=True))
-    return {"settings": settings, "cells": len(cells), "ran": summary.ran, "wall_s": round(time.perf_counter() - t0, 1),
-            "load_start": start, "load_end": load()}
-
-
 def measure(args: Any) -> dict[str, Any]:
     """Every stage: the layout, the pretraining runs, the sweeps; returns the page's data (also written to
     ``args.json`` after each stage, so an interrupted run keeps what finished)."""
@@ -154,7 +139,7 @@ def measure(args: Any) -> dict[str, Any]:
         data["pretraining"].append(pretrain_one(model, objective, st, data_spec))
         args.json.write_text(json.dumps(data, indent=1, default=str) + "\n")
     for settings in sweeps(st, data["pretraining"], data_spec, store):
-        data["sweeps"].append(run_sweep(settings))
+        data["sweeps"].append(run_sweep(settings, "scale_ladder.py"))
         args.json.write_text(json.dumps(data, indent=1, default=str) + "\n")
     data.update(machine=machine(), load_end=load())
     args.json.write_text(json.dumps(data, indent=1, default=str) + "\n")
