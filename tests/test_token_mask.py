@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from pefs.backbones.token_mask import keep_indices, masked_pooled, masked_tokens, pooled_views
+from pefs.backbones.token_mask import keep_indices, masked_pooled, masked_tokens
 from pefs.config import TrainConfig, TuneConfig
 from pefs.errors import PefsError
 from pefs.protocols.run import tune
@@ -68,7 +68,6 @@ def test_dropped_patches_have_no_influence_painted_ones_would():
         z = x.clone()
         z[..., 16:32, 16:32] += 5.0  # patch 5 is kept: it does
         assert not torch.allclose(masked_pooled(bb, x, keep), masked_pooled(bb, z, keep), atol=1e-3)
-    assert pooled_views(bb, x.repeat(3, 1, 1, 1), 0.5, "block", seed=2).shape == (3, 192)
 
 
 def test_masked_views_of_a_vit_train(image_folder, tmp_path):

@@ -6,11 +6,12 @@ that shorter sequence. Masks are random (each patch dropped independently of its
 (BEiT-style rectangles of neighbouring patches), drawn from a seeded generator. CNNs keep pixel masking
 (:func:`pefs.data.views.mask_patches`).
 
-Two ways to run a masked view: :func:`masked_tokens` runs a timm ViT's pieces itself (a frozen trunk); and
-:func:`dropping` / :func:`run_kept` drop the tokens inside the model's own forward through a hook on the module
-that embeds the patches (its family says which), so any strategy's changes to the blocks run and train on the
-shorter sequence (timm and ``transformers`` ViTs). :func:`view_masks` draws the masks of a task's extra views,
-``complementary`` ones included (pairs of views that together cover the image).
+Two ways to run a masked view: :func:`masked_tokens` runs a timm ViT's pieces itself (MAE pretraining's
+encoder); and :func:`dropping` / :func:`run_kept` (every masked view of a tune run) drop the tokens inside the
+model's own forward through a hook on the module that embeds the patches (its family says which), so any
+strategy's changes to the blocks run and train on the shorter sequence (timm and ``transformers`` ViTs).
+:func:`view_masks` draws the masks of a task's extra views, ``complementary`` ones included
+(pairs of views that together cover the image).
 """
 
 from __future__ import annotations
@@ -91,19 +92,6 @@ def masked_tokens(bb: Backbone, x: torch.Tensor, keep: torch.Tensor) -> torch.Te
 def masked_pooled(bb: Backbone, x: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
     """Pooled pre-logit features (B, D) of images ``x`` keeping only the ``keep`` patch tokens."""
     return bb.model.forward_head(masked_tokens(bb, x, keep), pre_logits=True)
-
-
-@torch.no_grad()
-def pooled_views(bb: Backbone, views: torch.Tensor, ratio: float, mode: str, seed: int,
-                 batch_size: int = 16) -> torch.Tensor:
-    """Pooled features (N, D) of images ``views`` (N, C, H, W), each with its own seeded token mask; run in
-    eval mode on the model's device, float32, on the CPU afterwards. Deterministic for a seed."""
-    keep = keep_indices(len(views), grid_size(bb), ratio, mode, torch.Generator().manual_seed(seed))
-    device = next(bb.model.parameters()).device
-    bb.model.eval()
-    out = [masked_pooled(bb, views[i:i + batch_size].to(device), keep[i:i + batch_size]).float().cpu()
-           for i in range(0, len(views), batch_size)]
-    return torch.cat(out) if out else views.new_zeros(0, bb.width)
 
 
 # --- token dropping inside the model's own forward (tuned trunks; timm and transformers ViTs) ---------------------
