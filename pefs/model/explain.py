@@ -32,8 +32,9 @@ from torch import nn
 from pefs.backbones import Backbone
 from pefs.backbones.layout import BlockRoles, first_tensor, sub
 from pefs.backbones.split import stages
-from pefs.data import ImageSet, eval_transform
+from pefs.data import ImageSet
 from pefs.errors import PefsError
+from pefs.model.inference import decode_each, saved_transform
 
 if TYPE_CHECKING:
     from pefs.model.wrap import PefsModel
@@ -239,18 +240,9 @@ def explain(model: PefsModel, x: torch.Tensor,
 def decode(model: PefsModel, paths: Sequence[Path]) -> tuple[torch.Tensor, list[int], list[tuple[str, str]]]:
     """The images as the model sees them (its saved eval preprocessing), stacked (empty when none decodes); the
     indices of those decoded; (path, reason) of each that cannot be decoded."""
-    pre = dict(model.preprocessing)
-    pre["input_size"] = tuple(pre["input_size"])
-    transform = eval_transform(pre)
     images = ImageSet([], np.zeros(len(paths), dtype=int), [str(p) for p in paths], lambda i: paths[i])
-    xs, ok, failed = [], [], []
-    for i in range(len(paths)):
-        try:
-            xs.append(transform(images.image(i)))
-            ok.append(i)
-        except PefsError as e:
-            failed.append((str(paths[i]), str(e)))
-    return (torch.stack(xs) if xs else torch.empty(0, *pre["input_size"])), ok, failed
+    ok, xs, failed = decode_each(images, range(len(paths)), saved_transform(model))
+    return (torch.stack(xs) if xs else torch.empty(0, *model.preprocessing["input_size"])), ok, failed
 
 
 def decode_all(model: PefsModel, paths: Sequence[Path]) -> torch.Tensor:

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-from collections.abc import Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -112,6 +112,27 @@ def predict_images(model: PefsModel, images: Any, batch_size: int = 16, precisio
                                    torch.cat(scores) if scores else torch.empty(0, model.num_classes))
 
 
+def saved_transform(model: PefsModel) -> Callable:
+    """The eval preprocessing ``model`` was tuned with (saved in its model directory), as a transform."""
+    pre = dict(model.preprocessing)
+    pre["input_size"] = tuple(pre["input_size"])
+    return eval_transform(pre)
+
+
+def decode_each(images: ImageSet, indices: Iterable[int], transform: Callable
+                ) -> tuple[list[int], list[torch.Tensor], list[tuple[str, str]]]:
+    """``transform`` of each image of ``indices``: the indices decoded, their tensors, and (name, reason) of each
+    image that cannot be decoded (one bad file never stops the others)."""
+    ok, xs, failed = [], [], []
+    for i in indices:
+        try:
+            xs.append(transform(images.image(i)))
+            ok.append(i)
+        except PefsError as e:
+            failed.append((images.names[i], str(e)))
+    return ok, xs, failed
+
+
 def stream(model: PefsModel, images: ImageSet, batch_size: int = 16, progress: bool = False,
            precision: str | None = None) -> Iterator[tuple[list[int], torch.Tensor, list[tuple[str, str]]]]:
     """Batch by batch: (indices decoded, their logits (float32), [(name, reason)] of those that failed to decode).
@@ -124,19 +145,11 @@ def stream(model: PefsModel, images: ImageSet, batch_size: int = 16, progress: b
     if batch_size < 1:
         raise PefsError(f"batch size must be >= 1, got {batch_size}")
     cfg = _inference_config(model, precision)
-    pre = dict(model.preprocessing)
-    pre["input_size"] = tuple(pre["input_size"])
-    transform = eval_transform(pre)
+    transform = saved_transform(model)
     merged = model.merged_view() if cfg.merge_for_eval else contextlib.nullcontext()
     with merged, tqdm(total=len(images), desc="predict", unit="img", disable=not progress) as bar:
         for start in range(0, len(images), batch_size):
-            ok, xs, failed = [], [], []
-            for i in range(start, min(start + batch_size, len(images))):
-                try:
-                    xs.append(transform(images.image(i)))
-                    ok.append(i)
-                except PefsError as e:
-                    failed.append((images.names[i], str(e)))
+            ok, xs, failed = decode_each(images, range(start, min(start + batch_size, len(images))), transform)
             scores = (engine.outputs(model, torch.stack(xs), cfg, 0, "logits").float() if xs
                       else torch.empty(0, model.num_classes))
             yield ok, scores, failed
