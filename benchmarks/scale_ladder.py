@@ -225,11 +225,97 @@ def bigger_vs_smaller(found: dict[tuple, dict[int, float]], best: dict[str, tupl
             f"{len(seeds)} seeds.")
 
 
+def budget_lines(rows: list[dict[str, Any]], data: dict[str, Any]) -> list[str]:
+    """How each strategy transferred, from its records: the head it used, its learning rates and the optimizer
+    steps per task at each shot count (clean / with masked views), over every scale. A probe fitted to
+    convergence (the logistic head) and a few AdamW steps through a tuned trunk are different budgets, and the
+    tables above compare them as pefs runs them by default."""
+    supervised = {p["checkpoint"] for p in data["pretraining"] if p["objective"] == "supervised"}
+    seen: dict[str, dict[str, Any]] = {}
+    for r in rows:
+        rec = r.get("record") or {}
+        if r["status"] != "ok" or rec.get("config", {}).get("checkpoint") not in supervised or not rec.get("runs"):
+            continue
+        one = seen.setdefault(label(r["cell"]), {"heads": set(), "rates": set(), "steps": {}})
+        one["heads"].add(rec.get("head"))
+        run = rec["runs"][0]
+        one["rates"].add("-" if run.get("lr") is None and run.get("head_lr") is None
+                         else f"{run.get('lr') or '-'} / {run.get('head_lr') or '-'}")
+        masked = (rec["config"].get("mask_ratio") or 0) > 0
+        one["steps"].setdefault((int(r["cell"]["shots"]), masked), set()).add(int(run.get("steps") or 0))
+    shots = data["settings"]["shots"]
+
+    def steps(s: dict, k: int) -> str:
+        return " / ".join(",".join(map(str, sorted(s.get((k, m), {"-"})))) for m in (False, True))
+
+    heads = [f"steps at {k} shot{'s' if k > 1 else ''} (clean / masked)" for k in shots]
+    lines = ["## How each strategy transferred (from its records)", "",
+             "| strategy | head | lr / head lr | " + " | ".join(heads) + " |", "|---|---|---|" + "---:|" * len(shots)]
+    for name, one in seen.items():
+        lines.append(f"| {name} | {', '.join(sorted(map(str, one['heads'])))} | {', '.join(sorted(one['rates']))} | "
+                     + " | ".join(steps(one["steps"], k) for k in shots) + " |")
+    return [*lines, "", "A `logistic` head is fitted to convergence on frozen features (no optimizer steps); every "
+            "other row trains its head with the trunk's tuned parameters for the steps shown (AdamW, cosine).", ""] \
+        if seen else []
+
+
+def pretraining_budget(data: dict[str, Any]) -> str:
+    """One sentence on what the ladder compares: the same pretraining budget at every scale, and how well each
+    scale fit the base classes within it (its final loss, from the data)."""
+    sup = sorted((p for p in data["pretraining"] if p["objective"] == "supervised"), key=lambda p: p["params"])
+    if len(sup) < 2:
+        return ""
+    small, big = sup[0], sup[-1]
+    same = len({(p["steps"], p["batch_size"]) for p in sup}) == 1
+    fit = ("less well than" if big["final_loss"] > small["final_loss"] else "at least as well as")
+    return (f"- What is compared: every scale was pretrained with {'the same' if same else 'a different'} budget "
+            f"({small['steps']} steps x {small['batch_size']} images for the smallest), and the biggest fit the base "
+            f"classes {fit} the smallest in it (final loss {big['final_loss']:.3f} vs {small['final_loss']:.3f}): "
+            "scales are compared at an equal pretraining budget on this machine, not each at convergence.")
+
+
+def tuned_vs_linear(found: dict[tuple, dict[int, float]], model: str, k: int) -> str:
+    """Whether tuning anything inside ``model``'s trunk beat its linear probe at ``k`` shots: the tuned strategy
+    with the highest mean, paired with the probe over the seeds both ran, in words."""
+    from pefs.results.stats import paired_diff
+
+    base = found.get((model, "supervised", False, "linear", k))
+    tuned = {key[3]: v for key, v in found.items() if key[:3] == (model, "supervised", False) and key[4] == k
+             and key[3] != "linear" and v}
+    if not base or not tuned:
+        return ""
+    name = max(tuned, key=lambda n: sum(tuned[n].values()) / len(tuned[n]))
+    seeds = sorted(set(tuned[name]) & set(base))
+    if len(seeds) < 2:
+        return ""
+    d = paired_diff([tuned[name][s] for s in seeds], [base[s] for s in seeds])
+    words = {"above 0": "beats", "below 0": "falls below"}.get(d.direction(), "is not told apart from")
+    return (f"the best tuned strategy, {name}, {words} the linear probe ({d.mean:+.1f} points, 95% interval "
+            f"{d.low:+.1f} to {d.high:+.1f}, {len(seeds)} paired seeds).")
+
+
+def masked_vs_clean(found: dict[tuple, dict[int, float]], model: str, masked: str, clean: str, k: int) -> str:
+    """The best strategy with masked views against the best without, paired over the seeds both ran (a seed
+    draws the same support images either way), in words."""
+    from pefs.results.stats import paired_diff
+
+    a, b = found[(model, "supervised", True, masked, k)], found[(model, "supervised", False, clean, k)]
+    seeds = sorted(set(a) & set(b))
+    if len(seeds) < 2:
+        return "too few paired seeds to compare with no masked views."
+    d = paired_diff([a[s] for s in seeds], [b[s] for s in seeds])
+    words = {"above 0": "above", "below 0": "below"}.get(d.direction(), "not told apart from")
+    return (f"{words} the best without them ({d.mean:+.1f} points, 95% interval {d.low:+.1f} to {d.high:+.1f}, "
+            f"{len(seeds)} paired seeds).")
+
+
 def answer(found: dict[tuple, dict[int, float]], data: dict[str, Any]) -> list[str]:
     """The answer in plain words, from the data: per shot count, the scale whose best strategy scores highest,
     and whether masked views raised or lowered each scale's best accuracy."""
     st, params = data["settings"], {p["model"]: p["params"] for p in data["pretraining"]}
     lines = ["## The answer, from the data above", ""]
+    if pretraining_budget(data):
+        lines.append(pretraining_budget(data))
     for k in st["shots"]:
         best = {m: best_of(found, m, "supervised", False, k) for m in st["models"]}
         best = {m: b for m, b in best.items() if b}
@@ -241,11 +327,14 @@ def answer(found: dict[tuple, dict[int, float]], data: dict[str, Any]) -> list[s
                      f"{best[top][1]:.1f}%); the scales ranked by their best strategy: {order}. "
                      + bigger_vs_smaller(found, best, params, k))
         for m in best:
+            tuned = tuned_vs_linear(found, m, k)
+            if tuned:
+                lines.append(f"  - {m}: {tuned}")
+        for m in best:
             masked = best_of(found, m, "supervised", True, k)
             if masked:
-                change = masked[1] - best[m][1]
-                lines.append(f"  - {m} with masked views: best {masked[0]} {masked[1]:.1f}% "
-                             f"({'+' if change >= 0 else ''}{change:.1f} points against no masked views).")
+                lines.append(f"  - {m} with masked views: best {masked[0]} {masked[1]:.1f}%; "
+                             + masked_vs_clean(found, m, masked[0], best[m][0], k))
     return lines + [""]
 
 
@@ -303,6 +392,7 @@ def render(data: dict[str, Any], page: Path = PAGE) -> str:
             table = scale_table(found, m, "supervised", masked, st["shots"], strategies)
             if table:
                 lines += [f"## {m}{', masked views' if masked else ''}", "", *table, ""]
+    lines += budget_lines(rows, data)
     lines += objective_lines(found, data)
     picture = plot(rows, data, page)
     if picture:

@@ -148,9 +148,34 @@ def test_quick_mode_runs_every_stage_into_a_page(tmp_path, monkeypatch):
     for heading in (f"## {SMALL}\n", f"## {SMALL}, masked views", f"## Pretraining objective at {SMALL}",
                     "## The answer, from the data above", "## Provenance"):
         assert heading in page
-    bias_rows = [line for line in page.splitlines() if line.startswith("| bias | ")]
+    bias_rows = [line for line in page.splitlines() if line.startswith("| bias | ") and "(n=" in line]
     assert len(bias_rows) == 2 and all(" ± " in row.split(" | ")[2] for row in bias_rows)  # paired intervals
+    # what each strategy's transfer was, from its records: the probe fits a logistic head, bias takes AdamW steps
+    budget = {line.split(" | ")[0][2:]: line.split(" | ") for line in page.split("## How each strategy")[1]
+              .split("\n## ")[0].splitlines() if line.startswith("| ") and "---" not in line and "strategy" not in line}
+    assert budget["linear"][1] == "logistic" and budget["linear"][3].startswith("0 / 0")
+    assert budget["bias"][1] == "linear-proto" and int(budget["bias"][3].split(" / ")[0]) > 0
+    assert "the best tuned strategy, bias," in page
     assert "| mae | " in page and "| contrastive | " in page
     if "3-D plot" in page:
         assert (work / "scale_ladder" / "shots_params_accuracy_3d.png").stat().st_size > 0
     assert not (scale_ladder.HERE / "scale_ladder.json").exists()
+
+
+def test_the_answer_says_what_budget_the_scales_were_pretrained_with():
+    """The answer's first line compares the scales' pretraining from the data: the same steps x batch, and whether
+    the biggest fit the base classes less well (a higher final loss) than the smallest within it."""
+    from benchmarks.scale_ladder import pretraining_budget
+
+    def run(model, params, final, steps=300):
+        return {"model": model, "params": params, "objective": "supervised", "steps": steps, "batch_size": 32,
+                "final_loss": final}
+
+    data = {"pretraining": [run("big", 20_000_000, 0.99), run("small", 400_000, 0.86),
+                            {**run("small", 400_000, 0.5), "objective": "mae"}]}
+    line = pretraining_budget(data)
+    assert "the same budget (300 steps x 32 images" in line and "less well than" in line and "0.990 vs 0.860" in line
+    data["pretraining"][0].update(final_loss=0.5, steps=900)
+    line = pretraining_budget(data)
+    assert "a different budget" in line and "at least as well as" in line
+    assert pretraining_budget({"pretraining": data["pretraining"][1:]}) == ""  # one supervised scale: nothing to say
