@@ -399,7 +399,7 @@ def render(data: dict[str, Any], page: Path = PAGE) -> str:
         lines += ["## Shots x trainable parameters x accuracy (`pefs report`'s 3-D plot)", "",
                   f"![3-D plot]({picture})", ""]
     lines += answer(found, data)
-    measure = f".venv/bin/python -m benchmarks.scale_ladder --work {st['work']}"
+    measure = f".venv/bin/python -m benchmarks.scale_ladder --work {st['work']} --epochs {st['epochs']}"
     return "\n".join([*lines, *provenance_section(data, measure, ".venv/bin/python -m benchmarks.scale_ladder "
                                                                   "--render")])
 

@@ -39,7 +39,8 @@ IN_PLACE_REPORTS = {"scale.md": ("scale.py", "--render"),
                     "fingerprint.md": ("fingerprint.py", "--render"),
                     "restore.md": ("restore.py", "--render"),
                     "linear_default.md": ("linear_default.py", "--render"),
-                    "protocols.md": ("protocols.py", "--render")}
+                    "protocols.md": ("protocols.py", "--render"),
+                    "scale_ladder.md": ("scale_ladder.py", "--render")}
 #: reports with committed data whose script has no render-only mode yet (it renders as it measures)
 NO_RENDER_MODE: set[str] = set()
 
