@@ -31,8 +31,10 @@ if __name__ == "__main__" and not __package__:  # started as a file: rerun as `p
 
     common.run_as_module(__file__)
 
+import dataclasses
 import json
 import os
+import re
 import sys
 from pathlib import Path
 from typing import Any
@@ -360,8 +362,11 @@ def plot(rows: list[dict[str, Any]], data: dict[str, Any], page: Path) -> str | 
     supervised = {p["checkpoint"] for p in data["pretraining"] if p["objective"] == "supervised"}
     keep = [r for r in rows if (r.get("record") or {}).get("config", {}).get("checkpoint") in supervised
             and not ((r.get("record") or {}).get("config", {}).get("mask_ratio") or 0)]
+    # a checkpoint belongs to one scale, which the marker already shows: the legend names the strategy alone
+    groups = [dataclasses.replace(g, strategy=re.sub(r" \(\)", "", re.sub(r"checkpoint=[^,)]*(, )?", "", g.strategy)))
+              for g in aggregate(keep)]
     try:
-        path = shots_params_accuracy_3d(aggregate(keep), page.parent / page.stem / "shots_params_accuracy_3d.png",
+        path = shots_params_accuracy_3d(groups, page.parent / page.stem / "shots_params_accuracy_3d.png",
                                         "scale ladder: shots x trainable parameters x accuracy")
     except ImportError:
         return None
