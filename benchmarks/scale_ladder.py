@@ -278,7 +278,8 @@ def pretraining_budget(data: dict[str, Any]) -> str:
 
 def tuned_vs_linear(found: dict[tuple, dict[int, float]], model: str, k: int) -> str:
     """Whether tuning anything inside ``model``'s trunk beat its linear probe at ``k`` shots: the tuned strategy
-    with the highest mean, paired with the probe over the seeds both ran, in words."""
+    with the highest mean, paired with the probe over the seeds both ran, in words (the pick is made on the same
+    seeds, which the sentence says)."""
     from pefs.results.stats import paired_diff
 
     base = found.get((model, "supervised", False, "linear", k))
@@ -293,7 +294,8 @@ def tuned_vs_linear(found: dict[tuple, dict[int, float]], model: str, k: int) ->
     d = paired_diff([tuned[name][s] for s in seeds], [base[s] for s in seeds])
     words = {"above 0": "beats", "below 0": "falls below"}.get(d.direction(), "is not told apart from")
     return (f"the best tuned strategy, {name}, {words} the linear probe ({d.mean:+.1f} points, 95% interval "
-            f"{d.low:+.1f} to {d.high:+.1f}, {len(seeds)} paired seeds).")
+            f"{d.low:+.1f} to {d.high:+.1f}, {len(seeds)} paired seeds; picked as the best of {len(tuned)} on these "
+            "same seeds, so the interval is optimistic).")
 
 
 def masked_vs_clean(found: dict[tuple, dict[int, float]], model: str, masked: str, clean: str, k: int) -> str:
