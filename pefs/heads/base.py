@@ -76,9 +76,10 @@ def check_pooled(head: str, support: torch.Tensor, query: torch.Tensor) -> None:
 
 
 def prototypes(features: torch.Tensor, labels: torch.Tensor, n_classes: int) -> torch.Tensor:
-    """Mean feature of each class (n_classes, D); every class must have at least one support example."""
+    """Mean feature of each class (n_classes, D), on ``features``' device (a head's CPU features, or a training
+    episode's on the accelerator); every class must have at least one support example."""
     counts = class_counts(labels, n_classes)
-    sums = torch.zeros(n_classes, features.shape[-1], dtype=features.dtype).index_add_(0, labels, features)
+    sums = features.new_zeros(n_classes, features.shape[-1]).index_add_(0, labels, features)
     return sums / counts[:, None].to(features.dtype)
 
 

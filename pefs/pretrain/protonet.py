@@ -9,14 +9,12 @@ import torch.nn.functional as F
 from torch import nn
 
 from pefs.backbones import Backbone
+from pefs.heads.base import prototypes
 
 
 def prototype_logits(support: torch.Tensor, labels: torch.Tensor, query: torch.Tensor, ways: int) -> torch.Tensor:
     """(Q, N) logits: minus the squared distance of each query feature to each class's mean support feature."""
-    sums = support.new_zeros(ways, support.shape[1]).index_add_(0, labels, support)
-    counts = torch.bincount(labels, minlength=ways).clamp(min=1).to(support.dtype)
-    protos = sums / counts[:, None]
-    return -torch.cdist(query.float(), protos.float()).pow(2)
+    return -torch.cdist(query.float(), prototypes(support, labels, ways).float()).pow(2)
 
 
 class ProtoNet(nn.Module):
