@@ -230,3 +230,20 @@ def test_out_inside_the_input_or_over_other_files_is_refused(image_folder, tmp_p
         err = capsys.readouterr().err.strip().splitlines()
         assert len(err) == 1 and fragment in err[0], err
     assert not (image_folder / "pre").exists() and (keep / "notes.txt").read_text() == "mine"
+
+
+def test_protonet_logits_are_minus_squared_distances_to_class_means_and_refuse_an_empty_class():
+    """Meta-training's logits: each query against each class's mean support feature (heads.base.prototypes), and an
+    episode whose support misses a class is refused rather than given a zero prototype."""
+    import torch
+
+    from pefs.errors import PefsError
+    from pefs.pretrain.protonet import prototype_logits
+
+    support = torch.tensor([[0.0, 0.0], [2.0, 0.0], [0.0, 4.0]])
+    labels = torch.tensor([0, 0, 1])
+    query = torch.tensor([[1.0, 0.0], [0.0, 3.0]])
+    logits = prototype_logits(support, labels, query, 2)  # class means (1, 0) and (0, 4)
+    assert torch.allclose(logits, torch.tensor([[0.0, -17.0], [-10.0, -1.0]]))
+    with pytest.raises(PefsError, match=r"classes \[2\] have no support example"):
+        prototype_logits(support, labels, query, 3)
